@@ -1,0 +1,29 @@
+# The two commands in the README do all set-up on a fresh machine.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PORT   ?= 8501
+
+.PHONY: run test setup browser clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian's Chromium for the browser test; skipped quietly where apt-get cannot run.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+	  echo "note: chromium not installed; the browser test will be skipped"; }
+
+run: setup
+	$(PY) -m streamlit run app.py --server.address localhost --server.port $(PORT)
+
+test: setup browser
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""ResNet Studio's logic: specs, budgets, models, data, training, runs, inference. No UI here."""

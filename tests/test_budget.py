@@ -1,0 +1,97 @@
+"""Counting without building: exact against the built model, and the seeds' published counts."""
+import random
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from core.budget import count, fit_to_budget
+from core.model import build_model
+from core.presets import PRESETS, preset_spec
+from core.spec import ArchSpec, SpecError, conv_out
+
+
+def built_params(spec: ArchSpec) -> int:
+    with torch.device("meta"):  # shapes only: a 1024-wide, 16-block net costs nothing to build
+        model = build_model(spec)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("resnet26-seed", 4_978_810), ("resnet24-seed", 4_969_776), ("resnet18", 11_173_962),
+])
+def test_presets_reproduce_their_sources_counts(name, expected):
+    assert count(preset_spec(name)).params == expected == built_params(preset_spec(name))
+    assert PRESETS[name]["source_params"] == expected
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_counts_exactly(name):
+    assert count(preset_spec(name)).params == built_params(preset_spec(name))
+
+
+def random_spec(rng: random.Random) -> ArchSpec:
+    """A random valid spec over the whole allowed range, SE, BN-off and odd kernels included."""
+    n = rng.randint(1, 6)
+    size, stages = 32, []
+    for i in range(n):
+        stride = rng.choice([1, 2]) if size > 1 else 1
+        size = conv_out(size, stride)
+        stages.append({"blocks": rng.choice([1, 1, 2, 3, 16]), "channels": rng.choice([4, 5, 17, 64, 100, 1024]),
+                       "kernel_size": rng.choice([1, 3, 5, 7]), "shortcut_kernel_size": rng.choice([1, 3]),
+                       "stride": stride})
+    return ArchSpec.from_dict({
+        "stem": {"channels": rng.randint(4, 200), "kernel_size": rng.choice([1, 3, 5, 7])},
+        "stages": stages, "batch_norm": rng.random() < 0.7,
+        "se_ratio": rng.choice([0, 0, 1, 4, 16, 975]), "dropout": rng.choice([0.0, 0.3]),
+        "pool_size": rng.randint(1, size), "num_classes": rng.choice([10, 2, 100]),
+    })
+
+
+def test_count_equals_built_model_for_250_random_specs():
+    rng = random.Random(1234)
+    for _ in range(250):
+        spec = random_spec(rng)
+        assert count(spec).params == built_params(spec), spec.to_json()
+
+
+def test_macs_agree_with_torch_flop_counter():
+    rng = random.Random(99)
+    specs = [preset_spec("resnet26-seed"), preset_spec("se-resnet-seed")] + [random_spec(rng) for _ in range(20)]
+    for spec in specs:
+        with torch.device("meta"):
+            model = build_model(spec).eval()
+            x = torch.empty(1, 3, 32, 32)
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+        macs = counter.get_total_flops() / 2
+        assert abs(count(spec).macs - macs) <= 0.01 * macs, spec.to_json()
+
+
+def test_breakdown_adds_up_and_reports_geometry():
+    cost = count(preset_spec("resnet26-seed"))
+    assert cost.params == cost.stem_params + sum(s.params for s in cost.stages) + cost.head_params
+    assert [s.out_size for s in cost.stages] == [32, 16, 8, 4]
+    for stage in cost.stages:
+        assert stage.params == sum(b.params for b in stage.blocks)
+        for b in stage.blocks:
+            assert b.params == b.convs + b.bn + b.shortcut + b.se
+    # stem 3x3 (rf 3), then 6 convs at jump 1 (rf 15), stride-2 conv adds 2, then 5 convs at jump 2 ...
+    assert cost.stages[0].receptive_field == 15
+    assert cost.stages[1].receptive_field == 15 + 2 + 5 * 4
+
+
+def test_fit_to_budget_scales_resnet18_to_the_largest_design_under_5m():
+    fit = fit_to_budget(preset_spec("resnet18"))
+    assert fit.params_before == 11_173_962
+    assert fit.params_after == count(fit.spec).params <= 5_000_000
+    assert fit.params_after > 4_950_000  # tight: the next factor step would overshoot
+    assert len(fit.changes) == 5 and fit.changes[0].startswith("stem.channels: 64 -> ")
+    # it scales up too
+    small = fit_to_budget(preset_spec("resnet20"), budget=1_000_000)
+    assert 900_000 < small.params_after <= 1_000_000
+
+
+def test_fit_to_budget_refuses_an_impossible_budget():
+    with pytest.raises(SpecError, match="narrowest widths"):
+        fit_to_budget(preset_spec("resnet26-seed"), budget=1000)

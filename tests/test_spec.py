@@ -1,0 +1,56 @@
+"""The architecture spec: defaults, JSON round trip, and one clear error per kind of bad input."""
+import json
+
+import pytest
+
+from core.spec import ArchSpec, SpecError
+
+ISSUE_EXAMPLE = {
+    "stem": {"channels": 64, "kernel_size": 3},
+    "stages": [{"blocks": 2, "channels": 64, "kernel_size": 3, "shortcut_kernel_size": 1, "stride": 1},
+               {"blocks": 2, "channels": 128, "kernel_size": 3, "shortcut_kernel_size": 1, "stride": 2}],
+    "batch_norm": True, "se_ratio": 0, "dropout": 0.0, "pool_size": 4, "num_classes": 10,
+}
+
+
+def test_issue_example_round_trips_through_json():
+    spec = ArchSpec.from_dict(ISSUE_EXAMPLE)
+    assert spec.to_dict() == ISSUE_EXAMPLE
+    assert ArchSpec.from_dict(json.loads(spec.to_json())) == spec
+
+
+def test_omitted_keys_take_defaults():
+    spec = ArchSpec.from_dict({"stages": [{"channels": 32}, {"channels": 48}, {"channels": 96}]})
+    assert spec.stem.channels == 32  # stem follows the first stage
+    assert [s.stride for s in spec.stages] == [1, 2, 2]
+    assert [s.blocks for s in spec.stages] == [2, 2, 2]
+    assert spec.feature_sizes == [32, 16, 8]
+    assert (spec.batch_norm, spec.se_ratio, spec.dropout, spec.pool_size) == (True, 0, 0.0, 4)
+
+
+@pytest.mark.parametrize("change, field, allowed", [
+    ({"stages": [{"kernel_size": 4}]}, "stages[0].kernel_size", "1, 3, 5, 7"),
+    ({"stages": [{"shortcut_kernel_size": 5}]}, "stages[0].shortcut_kernel_size", "1, 3"),
+    ({"stages": [{"stride": 3}]}, "stages[0].stride", "1, 2"),
+    ({"stages": [{"blocks": 17}]}, "stages[0].blocks", "1 to 16"),
+    ({"stages": [{"blocks": 0}]}, "stages[0].blocks", "1 to 16"),
+    ({"stages": [{"channels": 2000}]}, "stages[0].channels", "4 to 1024"),
+    ({"stages": [{"channels": 3.5}]}, "stages[0].channels", "4 to 1024"),
+    ({"stages": [{"channels": True}]}, "stages[0].channels", "4 to 1024"),
+    ({"stages": [{"chanels": 64}]}, "unknown key 'chanels'", "blocks, channels"),
+    ({"stages": [{}], "colour": "red"}, "unknown key 'colour'", "stem, stages"),
+    ({"stages": []}, "stages", "1 to 6"),
+    ({"stages": [{}] * 7}, "stages", "1 to 6"),
+    ({"stages": [{}], "pool_size": 64}, "pool_size", "1 to 32"),
+    ({"stages": [{}], "dropout": 1.5}, "dropout", "0.0 to 0.9"),
+    ({"stages": [{}], "batch_norm": "yes"}, "batch_norm", "true or false"),
+    ({"stages": [{}], "stem": {"kernel_size": 2}}, "stem.kernel_size", "1, 3, 5, 7"),
+    ({"stages": [{"stride": 2}] * 6, "pool_size": 1}, "stages[5].stride", "stride 1"),
+    ({"stages": [{}, {}, {}, {}], "pool_size": 8}, "pool_size", "1 to 4"),
+    ({}, "stages", "list of 1 to 6"),
+    ([1, 2], "spec", "expected an object"),
+])
+def test_bad_spec_names_the_field_and_allowed_values(change, field, allowed):
+    with pytest.raises(SpecError) as err:
+        ArchSpec.from_dict(change)
+    assert field in str(err.value) and allowed in str(err.value)
