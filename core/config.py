@@ -17,7 +17,7 @@ from core.spec import (ArchSpec, SpecError, check_bool, check_choice, check_floa
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("cosine", "onecycle", "step", "constant")
 AUGMENTS = ("crop", "flip", "cutout", "perspective", "autoaugment", "trivialaugment")
-PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on CUDA, fp32 elsewhere
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast where the hardware has it (CUDA, AMX CPUs)
 
 
 @dataclass(frozen=True)

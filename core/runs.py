@@ -1,0 +1,308 @@
+"""Runs on disk: the one place that knows the run-folder layout and a run's life cycle.
+
+    runs/<name>/
+        config.json         the RunConfig, with the parameter count
+        status.json         state (queued/running/finished/failed/stopped), pid, device, times, error
+        metrics.jsonl       one JSON line per epoch ("kind": "epoch") and every N steps ("kind": "step")
+        train.log           what the training process printed
+        checkpoints/        last.* and best.* (see core.checkpoint)
+        results.json        per-class accuracy and confusion matrix, written at the end
+
+A run trains in its own process and session, so it outlives the app that launched it. Every
+JSON file is replaced atomically; metrics lines are appended whole, and a reader skips a torn
+last line. Whoever reads a status notices a run whose process is gone and marks it failed.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from core.budget import count
+from core.config import RunConfig
+from core.errors import StudioError
+
+RUNS_DIR = Path(os.environ.get("RESNET_STUDIO_RUNS", Path(__file__).resolve().parent.parent / "runs"))
+STATES = ("queued", "running", "finished", "failed", "stopped")
+ACTIVE = ("queued", "running")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class RunError(StudioError):
+    pass
+
+
+class StopRequested(Exception):
+    """A stop was asked for (SIGTERM) and whatever needed saving is saved."""
+
+
+# ---- atomic files ---------------------------------------------------------------------------
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file beside `path`, flush it to disk, then rename over: readers see old or new."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.errno == errno.ENOSPC:
+            raise RunError(f"{path}: the disk is full; free some space, then resume the run "
+                           f"(the previous version of this file is intact)") from None
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: Path, default=None):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path}: unreadable ({e}); the run folder is damaged") from None
+
+
+def append_line(path: Path, obj) -> None:
+    """One write() of a whole line with O_APPEND: a crash leaves at most a torn last line."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(obj) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+# ---- names and paths ------------------------------------------------------------------------
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in (".", ".."):
+        raise RunError(f"run name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter "
+                       f"or digit (no slashes: a run always lives directly under runs/)")
+    return name
+
+
+@dataclass(frozen=True)
+class Run:
+    dir: Path
+
+    @classmethod
+    def named(cls, name: str, runs_dir: Path | None = None) -> "Run":
+        return cls((runs_dir or RUNS_DIR) / check_name(name))
+
+    @classmethod
+    def at(cls, path: str | Path) -> "Run":
+        """A run given as a path like runs/NAME (as the CLI takes it) or as a bare name."""
+        path = Path(path)
+        if len(path.parts) == 1:
+            return cls.named(path.name)
+        check_name(path.name)
+        return cls(path)
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    config_path = property(lambda self: self.dir / "config.json")
+    status_path = property(lambda self: self.dir / "status.json")
+    metrics_path = property(lambda self: self.dir / "metrics.jsonl")
+    log_path = property(lambda self: self.dir / "train.log")
+    checkpoints = property(lambda self: self.dir / "checkpoints")
+    results_path = property(lambda self: self.dir / "results.json")
+
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def require(self) -> "Run":
+        if not self.exists():
+            raise RunError(f"{self.dir}: no such run (no config.json there); `python -m core runs` lists the runs")
+        return self
+
+    # -- config --
+    def config(self) -> RunConfig:
+        return RunConfig.from_dict(read_json(self.require().config_path))
+
+    # -- status --
+    def status(self) -> dict:
+        """The status, with a run whose process has died turned into `failed` (and saved so)."""
+        status = read_json(self.status_path, default={"state": "failed", "error": "status.json is missing"})
+        if status.get("state") in ACTIVE and not process_alive(status.get("pid"), status.get("pid_start")):
+            status = self.update_status(
+                state="failed", ended=time.time(),
+                error=(f"the training process (pid {status.get('pid')}) ended without saying why: it was killed, "
+                       f"crashed, or the machine restarted; resume to continue from the last checkpoint"))
+        return status
+
+    def update_status(self, **fields) -> dict:
+        status = read_json(self.status_path, default={}) | fields
+        write_json(self.status_path, status)
+        return status
+
+    # -- metrics --
+    def metrics(self) -> list[dict]:
+        rows = []
+        with contextlib.suppress(FileNotFoundError), open(self.metrics_path) as f:
+            for line in f:
+                with contextlib.suppress(ValueError):
+                    rows.append(json.loads(line))
+        return rows
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 200 * lines))
+                return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def summary(self) -> dict:
+        """One row of the runs table."""
+        status, cfg_raw = self.status(), read_json(self.config_path, default={})
+        epochs = [m for m in self.metrics() if m.get("kind") == "epoch"]
+        best = max((m["eval_acc"] for m in epochs), default=None)
+        return {"name": self.name, "state": status.get("state"), "params": cfg_raw.get("params"),
+                "preset": cfg_raw.get("preset"), "best_acc": best,
+                "epochs_done": len(epochs), "epochs": cfg_raw.get("train", {}).get("epochs"),
+                "elapsed": epochs[-1]["elapsed"] if epochs else None, "device": status.get("device"),
+                "created": status.get("created"), "error": status.get("error"), "data": cfg_raw.get("data")}
+
+
+def list_runs(runs_dir: Path | None = None) -> list[Run]:
+    root = runs_dir or RUNS_DIR
+    if not root.is_dir():
+        return []
+    return sorted((Run(p) for p in root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name) and
+                   (p / "config.json").exists()), key=lambda r: r.status_path.stat().st_mtime
+                  if r.status_path.exists() else 0, reverse=True)
+
+
+# ---- processes ----------------------------------------------------------------------------------
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of a process, so a reused pid is not mistaken for our run."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else fields[19]  # state Z = zombie: dead, not yet reaped
+
+
+def process_alive(pid, pid_start=None) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if Path("/proc").is_dir():
+        start = process_start_time(pid)
+        return start is not None and (pid_start is None or start == pid_start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def create_run(cfg: RunConfig, name: str, runs_dir: Path | None = None) -> Run:
+    """Make the run folder with its config and a queued status. Refuses over-budget designs."""
+    params = count(cfg.arch).params
+    if params > cfg.budget and not cfg.allow_over_budget:
+        raise RunError(f"this design has {params:,} parameters, {params - cfg.budget:,} over the budget of "
+                       f"{cfg.budget:,}; shrink it (python -m core params --fit) or pass --allow-over-budget")
+    run = Run.named(name, runs_dir)
+    if run.dir.exists():
+        raise RunError(f"{run.dir} already exists; pick another name, or resume it with --resume {run.dir}")
+    run.dir.mkdir(parents=True)
+    write_json(run.config_path, cfg.to_dict() | {"params": params})
+    write_json(run.status_path, {"state": "queued", "created": time.time(), "pid": None})
+    return run
+
+
+def launch(run: Run, device: str = "auto", data: str | None = None, epochs: int | None = None) -> int:
+    """Start (or resume) training of `run` in a detached process; returns its pid."""
+    status = run.require().status()
+    if status.get("state") in ACTIVE and status.get("pid"):
+        raise RunError(f"{run.name} is already {status['state']} (pid {status['pid']}); stop it first")
+    cmd = [sys.executable, "-m", "core", "train", "--resume", str(run.dir), "--device", device]
+    if data:
+        cmd += ["--data", data]
+    if epochs:
+        cmd += ["--epochs", str(epochs)]
+    run.update_status(state="queued", pid=None, error=None, waiting_for=None)
+    with open(run.log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+    run.update_status(pid=proc.pid, pid_start=process_start_time(proc.pid))
+    # reap it when it ends, so a finished child of a long-lived app does not linger as a zombie
+    threading.Thread(target=proc.wait, daemon=True).start()
+    return proc.pid
+
+
+def stop(run: Run) -> dict:
+    """Ask a run to stop: it finishes its step, saves a checkpoint and says `stopped`."""
+    status = run.require().status()
+    if status.get("state") not in ACTIVE:
+        return status
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(status["pid"], signal.SIGTERM)
+    return status
+
+
+def delete(run: Run) -> None:
+    status = run.require().status()
+    if status.get("state") in ACTIVE:
+        raise RunError(f"{run.name} is {status['state']}; stop it before deleting it")
+    shutil.rmtree(run.dir)
+
+
+# ---- one training per device ------------------------------------------------------------------
+
+@contextlib.contextmanager
+def device_lock(run: Run, device: str, should_stop) -> Iterator[None]:
+    """Hold the device's lock while training; wait as `queued` while another run holds it.
+
+    An OS file lock (flock) is released by the kernel when its process dies, so a killed run
+    never blocks the queue.
+    """
+    locks = run.dir.parent / ".locks"
+    locks.mkdir(exist_ok=True)
+    path = locks / (re.sub(r"[^a-z0-9]", "_", device) + ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if should_stop():
+                    raise StopRequested
+                if not announced:
+                    holder = path.read_text().strip() or "another run"
+                    run.update_status(state="queued", waiting_for=f"{device} is busy with {holder}")
+                    print(f"queued: {device} is busy with {holder}", flush=True)
+                    announced = True
+                time.sleep(0.5)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, run.name.encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

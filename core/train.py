@@ -1,0 +1,324 @@
+"""Training: one loop, top to bottom, in the process of one run (`python -m core train`).
+
+The dataset sits on the training device as uint8 and is augmented there in batches. The model runs
+channels_last, in bf16 autocast where the hardware has it (CUDA, AMX CPUs), with a fused optimizer
+step on CUDA. SIGTERM (Stop) lets
+the current step finish, saves `last`, and ends the run as `stopped`; resuming continues at the
+saved epoch and step, with the same data order.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from core.augment import Augment, Normalizer
+from core.checkpoint import flatten_state, load_train_state, save_checkpoint, unflatten_state
+from core.config import RunConfig, TrainConfig
+from core.data import load_dataset, split_validation
+from core.errors import StudioError
+from core.infer import autocast_for, evaluate
+from core.model import build_model
+from core.runs import Run, RunError, StopRequested, append_line, device_lock, process_start_time, write_json
+
+
+class StopFlag:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._set)
+
+    def _set(self, *_):
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def pick_device(request: str) -> torch.device:
+    if request == "auto":
+        request = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(request)
+    except RuntimeError:
+        raise StudioError(f"device {request!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StudioError(f"device {request}: no CUDA GPU is visible to torch here; use --device cpu or auto")
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise StudioError(f"device {request}: only {torch.cuda.device_count()} GPU(s) here (cuda:0 ...)")
+        device = torch.device("cuda", index)
+    elif device.type != "cpu":
+        raise StudioError(f"device {request!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+# ---- optimizer and learning rate ------------------------------------------------------------------
+
+class Lookahead:
+    """Lookahead (Zhang et al. 2019): every k steps, move slow weights alpha of the way to the
+    fast ones and restart the fast ones from there."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, k: int = 5, alpha: float = 0.5):
+        self.optimizer, self.k, self.alpha, self.steps = optimizer, k, alpha, 0
+        self.param_groups = optimizer.param_groups
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.slow = [p.detach().clone() for p in self.params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.optimizer.step()
+        self.steps += 1
+        if self.steps % self.k == 0:
+            torch._foreach_lerp_(self.slow, self.params, self.alpha)
+            torch._foreach_copy_(self.params, self.slow)
+
+    def state_dict(self) -> dict:
+        return {"inner": self.optimizer.state_dict(), "steps": self.steps,
+                "slow": {str(i): t for i, t in enumerate(self.slow)}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["inner"])
+        self.steps = state["steps"]
+        for i, t in enumerate(self.slow):
+            t.copy_(state["slow"][i])
+
+
+def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device):
+    params = model.parameters()
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if t.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0,
+                              weight_decay=t.weight_decay, **fused)
+    elif t.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
+    elif t.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
+    elif t.optimizer == "rmsprop":
+        opt = torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    else:
+        opt = torch.optim.Adagrad(params, lr=t.lr, weight_decay=t.weight_decay)
+    return Lookahead(opt) if t.lookahead else opt
+
+
+def lr_at(t: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """The learning rate at a global step, from the step alone (so resuming needs no scheduler
+    state): linear warm-up from lr/10, then the schedule's shape over the remaining steps."""
+    warmup = round(t.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return t.lr * (0.1 + 0.9 * step / warmup)
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if t.schedule == "cosine":
+        return t.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if t.schedule == "onecycle":  # torch's OneCycleLR shape: up from lr/25 for 25% of steps, cosine down
+        rise = 0.25
+        if warmup == 0 and progress < rise:
+            return t.lr * (0.04 + 0.96 * 0.5 * (1 - math.cos(math.pi * progress / rise)))
+        start = 0 if warmup else rise
+        down = (progress - start) / (1 - start)
+        return t.lr * (1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * down)))
+    if t.schedule == "step":
+        return t.lr * t.step_gamma ** ((step - warmup) // (t.step_epochs * steps_per_epoch))
+    return t.lr
+
+
+class Trainer:
+    """Model, optimizer, EMA and augmentation for one config, and one training step."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device):
+        t = self.t = cfg.train
+        self.model = build_model(cfg.arch).to(device, memory_format=torch.channels_last)  # faster on GPU and CPU
+        self.optimizer = build_optimizer(self.model, t, device)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) \
+            if t.ema_decay > 0 else None
+        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.augment = Augment(t.augment, t.crop_padding, t.cutout_size, t.normalize, device)
+        self.autocast = autocast_for(device, t.precision)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a uint8 batch; returns (loss, logits), still on the device."""
+        x = self.augment(images).contiguous(memory_format=torch.channels_last)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.autocast:
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.t.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return loss.detach(), logits.detach()
+
+
+# ---- the run ------------------------------------------------------------------------------------------
+
+def log(run: Run, message: str) -> None:
+    line = f"{time.strftime('%H:%M:%S')} {message}"
+    with open(run.log_path, "a") as f:
+        f.write(line + "\n")
+    if sys.stderr.isatty():
+        print(line, file=sys.stderr)
+
+
+def train(run: Run, device_request: str = "auto", data: str | None = None, epochs: int | None = None) -> dict:
+    """Train (or resume) a run in this process; returns the final status. Never raises for the run's
+    own failures: they end up in status.json as `failed` with the reason."""
+    stop = StopFlag()
+    run.update_status(pid=os.getpid(), pid_start=process_start_time(os.getpid()), device_request=device_request)
+    try:
+        cfg = run.config()
+        if epochs and epochs != cfg.train.epochs:  # resuming with more (or fewer) epochs
+            cfg = cfg.replace_train(epochs=epochs)
+            write_json(run.config_path, {**cfg.to_dict(), "params": run.summary()["params"]})
+        if data:
+            cfg = RunConfig(cfg.arch, cfg.train, data, cfg.preset, cfg.budget, cfg.allow_over_budget)
+        device = pick_device(device_request)
+        with device_lock(run, str(device), stop):
+            run.update_status(state="running", device=str(device), started=time.time(), waiting_for=None,
+                              error=None, device_name=torch.cuda.get_device_name(device)
+                              if device.type == "cuda" else "CPU")
+            log(run, f"training on {device} with torch {torch.__version__}")
+            fit(run, cfg, device, stop)
+        return run.update_status(state="finished", ended=time.time())
+    except StopRequested:
+        log(run, "stopped on request; resume to continue")
+        return run.update_status(state="stopped", ended=time.time(), waiting_for=None)
+    except StudioError as e:
+        log(run, f"failed: {e}")
+        return run.update_status(state="failed", ended=time.time(), error=str(e), waiting_for=None)
+    except Exception as e:  # a bug or the machine: keep the traceback in the log, the gist in the status
+        log(run, traceback.format_exc())
+        reason = "out of memory: use a smaller batch size" if isinstance(e, torch.OutOfMemoryError) else \
+            f"{type(e).__name__}: {e}"
+        return run.update_status(state="failed", ended=time.time(), error=reason, waiting_for=None)
+
+
+def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag) -> None:
+    t = cfg.train
+    torch.manual_seed(t.seed)
+
+    # data, on the device, as uint8
+    dataset = load_dataset(cfg.data)
+    train_split, eval_split, eval_name = dataset.train, dataset.test, "test"
+    if t.val_fraction > 0:
+        train_split, eval_split = split_validation(dataset.train, t.val_fraction, t.seed)
+        eval_name = "val"
+    images, labels = train_split.images.to(device), train_split.labels.to(device)
+    n = len(labels)
+    batch_size = min(t.batch_size, n)
+    steps_per_epoch = n // batch_size  # whole batches only: static shapes, and no tiny last step
+    total_steps = t.epochs * steps_per_epoch
+    log(run, f"data: {dataset.source}; {n:,} training images, {len(eval_split):,} {eval_name} images")
+
+    trainer = Trainer(cfg, device)
+    model, optimizer, ema, augment = trainer.model, trainer.optimizer, trainer.ema, trainer.augment
+
+    # resume where `last` left off
+    start_epoch, start_step, best_acc, elapsed_before = 0, 0, -1.0, 0.0
+    if (run.checkpoints / "last.json").exists():
+        tensors, plain, meta = load_train_state(run.checkpoints, "last")
+        model.load_state_dict(unflatten_state("model", tensors, plain))
+        optimizer.load_state_dict(unflatten_state("optimizer", tensors, plain))
+        if ema is not None:
+            ema.load_state_dict(unflatten_state("ema", tensors, plain))
+        start_epoch, start_step = meta["epoch"], meta["step"]
+        best_acc, elapsed_before = meta.get("best_acc", -1.0), meta["elapsed"]
+        log(run, f"resumed at epoch {start_epoch} step {start_step}")
+
+    def checkpoint_meta(epoch: int, step: int, acc: float | None, elapsed: float) -> dict:
+        return {"spec": cfg.arch.to_dict(), "classes": list(dataset.classes), **augment.normalizer.stats,
+                "epoch": epoch, "step": step, "eval_acc": acc, "eval_split": eval_name, "best_acc": best_acc,
+                "elapsed": elapsed, "tta_flip": t.tta_flip, "data": dataset.source, "saved": time.time()}
+
+    def save(tag: str, epoch: int, step: int, acc: float | None, elapsed: float) -> None:
+        state, plain = {}, {}
+        for prefix, sd in [("model", model.state_dict()), ("optimizer", optimizer.state_dict())] + \
+                ([("ema", ema.state_dict())] if ema is not None else []):
+            ts, ps = flatten_state(prefix, sd)
+            state |= ts
+            plain |= ps
+        eval_model = ema.module if ema is not None else model
+        save_checkpoint(run.checkpoints, tag, eval_model.state_dict(), checkpoint_meta(epoch, step, acc, elapsed),
+                        train_state=state, train_meta=plain)
+
+    def evaluate_now():
+        return evaluate(ema.module if ema is not None else model, eval_split.images, eval_split.labels,
+                        augment.normalizer, device, len(dataset.classes), t.tta_flip, t.precision)
+
+    session_start = time.perf_counter()
+    for epoch in range(start_epoch, t.epochs):
+        model.train()
+        # the epoch's order depends only on (seed, epoch), so a resumed epoch replays it
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch)).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen, epoch_start = 0, time.perf_counter()
+        first = start_step if epoch == start_epoch else 0
+        for step in range(first, steps_per_epoch):
+            global_step = epoch * steps_per_epoch + step
+            torch.manual_seed(t.seed * 1_000_003 + global_step)  # augmentation and dropout, replayable
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            y = labels[idx]
+            lr = lr_at(t, global_step, total_steps, steps_per_epoch)
+            loss, logits = trainer.step(images[idx], y, lr)
+            loss_sum += loss * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            if (global_step + 1) % t.log_every == 0:  # the only host sync inside an epoch
+                rate = seen / (time.perf_counter() - epoch_start)
+                run_append_metrics(run, {"kind": "step", "epoch": epoch + (step + 1) / steps_per_epoch,
+                                         "step": global_step + 1, "train_loss": loss_sum.item() / seen,
+                                         "lr": lr, "images_per_s": rate,
+                                         "elapsed": elapsed_before + time.perf_counter() - session_start})
+            if stop():
+                save("last", epoch, step + 1, None, elapsed_before + time.perf_counter() - session_start)
+                raise StopRequested
+
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_time = time.perf_counter() - epoch_start
+        result = evaluate_now()
+        elapsed = elapsed_before + time.perf_counter() - session_start
+        line = {"kind": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+                "train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
+                "eval_split": eval_name, "eval_loss": result.loss, "eval_acc": result.accuracy,
+                "lr": lr_at(t, (epoch + 1) * steps_per_epoch - 1, total_steps, steps_per_epoch),
+                "images_per_s": seen / train_time, "elapsed": elapsed}
+        run_append_metrics(run, line)
+        log(run, f"epoch {epoch + 1}/{t.epochs}: train loss {line['train_loss']:.3f} acc {line['train_acc']:.3f}, "
+                 f"{eval_name} loss {result.loss:.3f} acc {result.accuracy:.4f}, {line['images_per_s']:.0f} img/s")
+        if result.accuracy > best_acc:
+            best_acc = result.accuracy
+            save("best", epoch + 1, 0, result.accuracy, elapsed)
+        save("last", epoch + 1, 0, result.accuracy, elapsed)
+        run.update_status(epoch=epoch + 1, best_acc=best_acc)
+
+    final = evaluate_now()
+    write_json(run.results_path, {
+        "eval_split": eval_name, "accuracy": final.accuracy, "loss": final.loss, "classes": list(dataset.classes),
+        "per_class_accuracy": dict(zip(dataset.classes, final.per_class_accuracy)),
+        "confusion": final.confusion.tolist(), "best_acc": best_acc, "data": dataset.source,
+        "checkpoint": "last"})
+
+
+def run_append_metrics(run: Run, line: dict) -> None:
+    try:
+        append_line(run.metrics_path, line)
+    except OSError as e:
+        raise RunError(f"cannot write {run.metrics_path} ({e.strerror}); free disk space, then resume") from None
