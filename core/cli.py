@@ -8,11 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 
 from core.budget import BUDGET, count, fit_to_budget
 from core.config import RunConfig
 from core.errors import StudioError
 from core.presets import PRESETS
+from core.runs import Run, create_run, delete, launch, list_runs, stop
 from core.spec import load_json_file
 
 
@@ -67,6 +70,86 @@ def cmd_params(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    if args.resume:
+        run = Run.at(args.resume).require()
+    else:
+        cfg = config_from_args(args)
+        overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v}
+        if overrides:
+            cfg = cfg.replace_train(**overrides)
+        if args.allow_over_budget:
+            cfg = RunConfig.from_dict(cfg.to_dict() | {"allow_over_budget": True})
+        if args.data:
+            cfg = RunConfig.from_dict(cfg.to_dict() | {"data": args.data})
+        name = args.run_dir or f"{cfg.preset or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = Run.at(name)
+        run = create_run(cfg, run.name, run.dir.parent)
+    if args.detach:
+        pid = launch(run, args.device, args.data if args.resume else None, args.epochs if args.resume else None)
+        emit({"run": str(run.dir), "pid": pid, "state": "queued"})
+        return 0
+    from core.train import train  # torch-heavy: imported only by the commands that train
+
+    status = train(run, args.device, args.data if args.resume else None, args.epochs if args.resume else None)
+    emit({"run": str(run.dir)} | status)
+    return 1 if status["state"] == "failed" else 0
+
+
+def cmd_bench(args) -> int:
+    from core.bench import bench
+
+    cfg = config_from_args(args)
+    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("compile", args.compile or None)) if v}
+    if overrides:
+        cfg = cfg.replace_train(**overrides)
+    if args.data:
+        cfg = RunConfig.from_dict(cfg.to_dict() | {"data": args.data})
+    emit(bench(cfg, args.device, args.seconds))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from core.predict import Classifier, classify
+
+    classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
+    predictions = classify(classifier, [(f, Path(f)) for f in args.images], tta_flip=args.tta_flip)
+    emit([p.to_json(args.top) for p in predictions])
+    return 0 if all(p.ok for p in predictions) else 1
+
+
+def cmd_evaluate(args) -> int:
+    from core.data import resolve_data
+    from core.predict import Classifier, evaluate_run
+
+    start = time.perf_counter()
+    classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
+    report = evaluate_run(classifier, resolve_data(args.data), args.mistakes, args.tta_flip)
+    emit(report.to_json() | {"checkpoint": args.checkpoint, "seconds": time.perf_counter() - start})
+    return 0
+
+
+def cmd_runs(args) -> int:
+    emit([run.summary() for run in list_runs()])
+    return 0
+
+
+def cmd_stop(args) -> int:
+    emit(stop(Run.at(args.run)))
+    return 0
+
+
+def cmd_delete(args) -> int:
+    run = Run.at(args.run)
+    if not args.yes:
+        print(f"error: deleting {run.dir} removes its checkpoints and metrics; pass --yes to confirm",
+              file=sys.stderr)
+        return 2
+    delete(run)
+    emit({"deleted": str(run.dir)})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="ResNet Studio, headless.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +163,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit", action="store_true", help="also scale widths to the largest design within budget")
     p.add_argument("--multiple-of", type=int, default=1, help="with --fit: round widths to a multiple of this")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("train", help="train a design (or resume a run) and write its run folder")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--preset", help="a preset name")
+    g.add_argument("--config", metavar="RUN.json", help="a run config (arch + train) or a bare spec")
+    g.add_argument("--resume", metavar="runs/NAME", help="continue a run from its last checkpoint")
+    p.add_argument("--run-dir", metavar="runs/NAME", help="where the run goes (default runs/<preset>-<time>)")
+    p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda or cuda:N")
+    p.add_argument("--data", help="CIFAR-10 folder or archive, or 'builtin' (default: $CIFAR10_DATA, ./data, "
+                                  "else the built-in slice)")
+    p.add_argument("--epochs", type=int, help="override the number of epochs (with --resume: the new total)")
+    p.add_argument("--batch-size", type=int, help="override the batch size")
+    p.add_argument("--allow-over-budget", action="store_true", help="train a design over its parameter budget")
+    p.add_argument("--detach", action="store_true", help="train in a background process and return at once")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench", help="training images/s of this engine vs a seed-style DataLoader loop")
+    add_source(p)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seconds", type=float, default=20.0, help="timed seconds for each loop (after warm-up)")
+    p.add_argument("--data", help="dataset (default as for train)")
+    p.add_argument("--batch-size", type=int, help="override the engine's batch size")
+    p.add_argument("--compile", action="store_true", help="torch.compile the engine's model")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("predict", help="classify image files with a run's checkpoint (JSON per file)")
+    p.add_argument("--run", required=True, metavar="runs/NAME")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--top", type=int, default=3, help="how many classes to list per image")
+    p.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix and worst mistakes")
+    p.add_argument("--run", required=True, metavar="runs/NAME")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--data", help="a CIFAR-10 copy (its test split) or a folder/.zip/.tar.gz of class folders")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--mistakes", type=int, default=20, help="how many of the most confident mistakes to list")
+    p.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("runs", help="list the runs with their state and best accuracy")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("stop", help="stop a running or queued run (it saves a checkpoint first)")
+    p.add_argument("run", metavar="runs/NAME")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("delete", help="delete a finished, failed or stopped run")
+    p.add_argument("run", metavar="runs/NAME")
+    p.add_argument("--yes", action="store_true", help="confirm")
+    p.set_defaults(func=cmd_delete)
     return parser
 
 

@@ -1,0 +1,99 @@
+"""Using a trained run: predict on files, Grad-CAM, evaluate on the test split and custom sets."""
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from core.data import load_dataset
+from core.predict import Classifier, classify, evaluate_run
+from core.runs import Run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Run:
+    """A small net trained for two epochs on the built-in slice, in a real process."""
+    tmp = tmp_path_factory.mktemp("trained")
+    cfg = {"arch": {"stages": [{"blocks": 1, "channels": 16}, {"blocks": 1, "channels": 32}], "pool_size": 16},
+           "train": {"epochs": 2, "batch_size": 128, "lr": 0.05}, "data": "builtin"}
+    (tmp / "cfg.json").write_text(json.dumps(cfg))
+    subprocess.run([sys.executable, "-m", "core", "train", "--config", str(tmp / "cfg.json"), "--run-dir",
+                    str(tmp / "runs" / "small"), "--device", "cpu"], cwd=ROOT, check=True, capture_output=True)
+    return Run(tmp / "runs" / "small")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_predict_cli_gives_json_per_file_and_a_clear_error_for_a_bad_one(trained, tmp_path):
+    test = load_dataset("builtin").test
+    good = tmp_path / "plane.png"
+    Image.fromarray(test.images[0].permute(1, 2, 0).numpy()).resize((200, 150)).save(good)
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is not an image")
+    out = subprocess.run([sys.executable, "-m", "core", "predict", "--run", str(trained.dir), str(good), str(bad)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1  # not every file was classified
+    rows = json.loads(out.stdout)
+    assert rows[0]["ok"] and len(rows[0]["top"]) == 3
+    assert sum(rows[0]["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert rows[0]["top"][0]["probability"] >= rows[0]["top"][1]["probability"]
+    assert not rows[1]["ok"] and "notes.png" in rows[1]["error"]
+
+
+def test_classify_matches_the_models_own_forward_pass(trained):
+    test = load_dataset("builtin").test
+    classifier = Classifier.load(trained, "best")
+    files = [(f"img{i}.png", png_bytes(Image.fromarray(test.images[i].permute(1, 2, 0).numpy()))) for i in range(8)]
+    predictions = classify(classifier, files, grad_cam=True)
+    direct = classifier.probabilities(test.images[:8])
+    for pred, row in zip(predictions, direct):
+        assert torch.equal(pred.input, test.images[predictions.index(pred)])  # 32x32 passes through bit-exact
+        assert list(pred.probabilities.values()) == pytest.approx(row.tolist(), abs=1e-6)
+        assert pred.cam.shape == (32, 32) and pred.cam.min() >= 0 and pred.cam.max() == pytest.approx(1.0)
+
+
+def test_evaluate_on_the_builtin_slice_equals_a_direct_count(trained):
+    classifier = Classifier.load(trained, "best")
+    report = evaluate_run(classifier, "builtin", mistakes=5)
+    test = load_dataset("builtin").test
+    predicted = classifier.probabilities(test.images).argmax(1)
+    assert report.images == 1000
+    assert report.accuracy == pytest.approx((predicted == test.labels).float().mean().item())
+    assert sum(map(sum, report.confusion)) == 1000
+    assert report.confusion[3][5] == int(((test.labels == 3) & (predicted == 5)).sum())
+    confidences = [m.confidence for m in report.mistakes]
+    assert len(confidences) == 5 and confidences == sorted(confidences, reverse=True)
+    assert all(m.true != m.predicted for m in report.mistakes)
+
+
+def test_evaluate_on_a_custom_zip_and_its_wrong_class_folder(trained, tmp_path):
+    test = load_dataset("builtin").test
+    good, bad = tmp_path / "custom.zip", tmp_path / "wrong.zip"
+    with zipfile.ZipFile(good, "w") as z, zipfile.ZipFile(bad, "w") as zb:
+        for i in range(40):
+            cls = classifier_classes()[int(test.labels[i])]
+            big = Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).resize((96, 96))
+            z.writestr(f"{cls}/{i}.png", png_bytes(big))
+            zb.writestr(f"{'aeroplane' if cls == 'airplane' else cls}/{i}.png", png_bytes(big))
+    report = evaluate_run(Classifier.load(trained, "best"), str(good))
+    assert report.images == 40 and 0 <= report.accuracy <= 1
+    with pytest.raises(Exception, match="aeroplane"):
+        evaluate_run(Classifier.load(trained, "best"), str(bad))
+    out = subprocess.run([sys.executable, "-m", "core", "evaluate", "--run", str(trained.dir), "--data", str(bad)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "aeroplane" in out.stderr and "Traceback" not in out.stderr
+
+
+def classifier_classes():
+    return list(load_dataset("builtin").classes)
