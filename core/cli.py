@@ -15,7 +15,7 @@ from core.budget import BUDGET, count, fit_to_budget
 from core.config import RunConfig
 from core.errors import StudioError
 from core.presets import PRESETS
-from core.runs import Run, create_run, delete, launch, list_runs, stop
+from core.runs import Run, create_run, delete, export, launch, list_runs, stop
 from core.spec import load_json_file
 
 
@@ -139,6 +139,13 @@ def cmd_stop(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    dest = export(Run.at(args.run), Run.at(args.dest), half=not args.fp32)
+    emit({"exported": str(dest.dir), "files": sorted(str(p.relative_to(dest.dir)) for p in dest.dir.rglob("*")
+                                                     if p.is_file())})
+    return 0
+
+
 def cmd_delete(args) -> int:
     run = Run.at(args.run)
     if not args.yes:
@@ -213,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="runs/NAME")
     p.set_defaults(func=cmd_stop)
 
+    p = sub.add_parser("export", help="copy a finished run to ship: record + best checkpoint in fp16")
+    p.add_argument("run", metavar="runs/NAME")
+    p.add_argument("dest", metavar="runs/NEW")
+    p.add_argument("--fp32", action="store_true", help="keep fp32 weights")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("delete", help="delete a finished, failed or stopped run")
     p.add_argument("run", metavar="runs/NAME")
     p.add_argument("--yes", action="store_true", help="confirm")
@@ -230,3 +243,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0

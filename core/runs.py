@@ -266,6 +266,30 @@ def stop(run: Run) -> dict:
     return status
 
 
+def export(run: Run, dest: Run, half: bool = True) -> Run:
+    """A copy of a finished run to ship: its record, and the best checkpoint alone (fp16 by default),
+    without optimizer state. It loads, lists, predicts and evaluates like any run."""
+    from core.checkpoint import load_checkpoint, save_checkpoint
+
+    status = run.require().status()
+    if status.get("state") != "finished":
+        raise RunError(f"{run.name} is {status.get('state')}; only a finished run can be exported")
+    if dest.dir.exists():
+        raise RunError(f"{dest.dir} already exists; delete it first or pick another name")
+    ckpt = load_checkpoint(run.checkpoints, "best")
+    tmp = dest.dir.with_name(f".{dest.name}.export")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("config.json", "metrics.jsonl", "results.json", "train.log"):
+        if (run.dir / name).exists():
+            shutil.copy2(run.dir / name, tmp / name)
+    write_json(tmp / "status.json", status | {"pid": None, "exported_from": run.name, "half": half})
+    meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "generation", "has_train_state")}
+    save_checkpoint(tmp / "checkpoints", "best", ckpt.weights, meta, half=half)
+    os.replace(tmp, dest.dir)  # the exported run appears whole or not at all
+    return dest
+
+
 def delete(run: Run) -> None:
     status = run.require().status()
     if status.get("state") in ACTIVE:

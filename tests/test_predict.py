@@ -97,3 +97,16 @@ def test_evaluate_on_a_custom_zip_and_its_wrong_class_folder(trained, tmp_path):
 
 def classifier_classes():
     return list(load_dataset("builtin").classes)
+
+
+def test_exported_run_predicts_the_same_at_half_the_size(trained, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "core", "export", str(trained.dir), str(tmp_path / "runs" / "shipped")],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    shipped = Run(tmp_path / "runs" / "shipped")
+    assert "checkpoints/best.safetensors" in json.loads(out.stdout)["files"]
+    assert not (shipped.checkpoints / "last.json").exists() and shipped.status()["state"] == "finished"
+    full = (trained.checkpoints / "best.safetensors").stat().st_size
+    assert (shipped.checkpoints / "best.safetensors").stat().st_size < 0.6 * full
+    a = evaluate_run(Classifier.load(trained, "best"), "builtin")
+    b = evaluate_run(Classifier.load(shipped, "best"), "builtin")
+    assert abs(a.accuracy - b.accuracy) <= 0.003  # fp16 rounding may flip a borderline image or three
