@@ -1,0 +1,375 @@
+"""Design: shape a residual network for CIFAR-10 and see what it costs on every change.
+
+The design lives in session state as plain spec dicts, so it survives page switches (Streamlit
+forgets the state of widgets a page does not render). Every control is a view of the draft and
+writes back to it; every number comes from core.budget.count, arithmetic on the spec, never
+from building the model.
+"""
+from __future__ import annotations
+
+import json
+from functools import reduce
+from operator import getitem
+from urllib.parse import urlencode
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from core.budget import BUDGET, Cost, count, fit_to_budget
+from core.config import RunConfig
+from core.presets import PRESETS, preset_spec
+from core.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES, SE_RATIO_RANGE,
+                       SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, ArchSpec, SpecError, conv_out)
+
+from app_pages._link import KEYS as LINK_KEYS, from_query, to_query
+
+DRAFT = "design_draft"        # what the controls show, as a spec dict; may be invalid
+DESIGN = "design"             # the last valid design, ArchSpec.to_dict(); the Train page reads it
+PRESET = "design_preset"      # the preset the design started from, or None (RunConfig.preset)
+CONTROL = "design:"           # key prefix of the controls, which are re-read from the draft when forgotten
+UPLOAD = "design_upload"
+UPLOAD_ERROR = "design_upload_error"
+LINK_ERROR = "design_link_error"
+FIT_REPORT = "design_fit_report"  # (st element name, markdown), shown once under the Fit button
+DEFAULT_PRESET = "resnet26-seed"  # the best seed's network, within budget
+
+
+# ---- the design in session state --------------------------------------------------------------
+
+def load_design(spec: ArchSpec, preset: str | None) -> None:
+    """Make `spec` the design; the controls re-read it."""
+    st.session_state[DRAFT] = spec.to_dict()
+    st.session_state[DESIGN] = spec.to_dict()
+    st.session_state[PRESET] = preset
+    forget_controls(CONTROL)
+
+
+def forget_controls(prefix: str) -> None:
+    for key in [k for k in st.session_state if str(k).startswith(prefix)]:
+        del st.session_state[key]
+
+
+def matching_preset(spec: ArchSpec) -> str | None:
+    return next((name for name in PRESETS if preset_spec(name) == spec), None)
+
+
+def parse_config(text: str | bytes) -> RunConfig:
+    """A run config or a bare spec, from JSON text; any failure is one SpecError saying what is wrong."""
+    try:
+        data = json.loads(text)
+    except UnicodeDecodeError:
+        raise SpecError("not a text file; expected JSON") from None
+    except json.JSONDecodeError as e:
+        raise SpecError(f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    return RunConfig.from_dict(data)
+
+
+def start_design() -> None:
+    """First run of a session: the design in the link, if there is one, else the default preset."""
+    if any(key in st.query_params for key in LINK_KEYS):
+        try:
+            spec = from_query({key: st.query_params.get_all(key) for key in st.query_params})
+        except SpecError as e:
+            st.session_state[LINK_ERROR] = str(e)
+        else:
+            load_design(spec, matching_preset(spec))
+            return
+    load_design(preset_spec(DEFAULT_PRESET), DEFAULT_PRESET)
+
+
+def map_sizes(stages: list[dict]) -> list[int]:
+    """Side of each stage's output map; ArchSpec.feature_sizes for a draft that may not validate."""
+    size, sizes = IMAGE_SIZE, []
+    for stage in stages:
+        size = conv_out(size, stage["stride"])
+        sizes.append(size)
+    return sizes
+
+
+# ---- callbacks: they run before the page, so they may reset the controls' state ----------------
+
+def store(path: tuple, key: str) -> None:
+    draft = st.session_state[DRAFT]
+    reduce(getitem, path[:-1], draft)[path[-1]] = st.session_state[key]
+    keep_pool_within_map()
+
+
+def set_stage_count(key: str) -> None:
+    stages = st.session_state[DRAFT]["stages"]
+    wanted = st.session_state[key]
+    del stages[wanted:]
+    while len(stages) < wanted:  # a new stage repeats the last one, halving the map while it can
+        stages.append({**stages[-1], "stride": 2 if map_sizes(stages)[-1] > 1 else 1})
+    forget_controls(CONTROL + "stages.")
+    keep_pool_within_map()
+
+
+def keep_pool_within_map() -> None:
+    """A stride change must never strand the pool window outside the last feature map."""
+    draft = st.session_state[DRAFT]
+    last = map_sizes(draft["stages"])[-1]
+    if draft["pool_size"] > last:
+        draft["pool_size"] = last
+        st.session_state.pop(CONTROL + "pool_size", None)
+        st.toast(f"Pool size lowered to {last}: the last feature map is now {last}×{last}.")
+
+
+def choose_preset() -> None:
+    name = st.session_state[CONTROL + "preset"]
+    if name is not None:
+        load_design(preset_spec(name), name)
+
+
+def fit_design() -> None:
+    try:
+        fit = fit_to_budget(ArchSpec.from_dict(st.session_state[DESIGN]))
+    except SpecError as e:
+        st.session_state[FIT_REPORT] = ("error", str(e))
+        return
+    load_design(fit.spec, st.session_state[PRESET])
+    if fit.changes:
+        changes = "\n".join(f"- `{change}`" for change in fit.changes)
+        st.session_state[FIT_REPORT] = (
+            "success", f"Every width scaled by {fit.factor:.3f}: {fit.params_before:,} → "
+                       f"{fit.params_after:,} parameters.\n\n{changes}")
+    else:
+        st.session_state[FIT_REPORT] = ("info", "No width can change by a whole channel and stay within budget.")
+
+
+def load_uploaded_design() -> None:
+    upload = st.session_state[UPLOAD]
+    st.session_state.pop(UPLOAD_ERROR, None)
+    if upload is None:  # the file was removed
+        return
+    try:
+        config = parse_config(upload.getvalue())
+    except SpecError as e:
+        st.session_state[UPLOAD_ERROR] = f"{upload.name}: {e}"
+        return
+    load_design(config.arch, config.preset if config.preset in PRESETS else matching_preset(config.arch))
+    st.toast(f"Loaded the design in {upload.name}.")
+
+
+# ---- controls ---------------------------------------------------------------------------------
+
+def control(widget, label: str, path: tuple, **kwargs):
+    """`widget` showing the draft's value at `path`; moving it writes the value back."""
+    key = CONTROL + ".".join(map(str, path))
+    if key not in st.session_state:
+        st.session_state[key] = reduce(getitem, path, st.session_state[DRAFT])
+    return widget(label, key=key, on_change=store, args=(path, key), **kwargs)
+
+
+def whole_number(label: str, path: tuple, bounds: tuple[int, int], **kwargs):
+    return control(st.number_input, label, path, min_value=bounds[0], max_value=bounds[1], step=1, **kwargs)
+
+
+def one_of(label: str, path: tuple, options, **kwargs):
+    return control(st.segmented_control, label, path, options=options, required=True, **kwargs)
+
+
+def card_columns(count: int, per_row: int):
+    """`count` equal columns in rows of at most `per_row`."""
+    for start in range(0, count, per_row):
+        yield from st.columns(per_row)[:count - start]
+
+
+def square(side: int) -> str:
+    return f"{side}×{side}"
+
+
+# ---- display ----------------------------------------------------------------------------------
+
+def preset_label(name: str) -> str:
+    params = count(preset_spec(name)).params
+    return f"{name} · {params:,} parameters" + (" · over budget" if params > BUDGET else "")
+
+
+def si(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f}"
+
+
+def breakdown(spec: ArchSpec, cost: Cost) -> pd.DataFrame:
+    rows = [{"Part": "Stem", "Blocks": None, "Channels": spec.stem.channels, "Parameters": cost.stem_params,
+             "MACs": cost.stem_macs, "Output": square(IMAGE_SIZE), "Receptive field": spec.stem.kernel_size}]
+    rows += [{"Part": f"Stage {s.index}", "Blocks": stage.blocks, "Channels": stage.channels,
+              "Parameters": s.params, "MACs": s.macs, "Output": square(s.out_size),
+              "Receptive field": s.receptive_field} for stage, s in zip(spec.stages, cost.stages)]
+    rows.append({"Part": "Head", "Blocks": None, "Channels": None, "Parameters": cost.head_params,
+                 "MACs": cost.head_macs, "Output": f"{spec.num_classes} classes", "Receptive field": None})
+    table = pd.DataFrame(rows).astype({"Blocks": "Int64", "Channels": "Int64", "Receptive field": "Int64"})
+    table.insert(4, "Share", 100 * table["Parameters"] / cost.params)
+    return table
+
+
+ROW_HEIGHT = 35  # pixels per table row; the chart's bars line up with it
+BREAKDOWN_COLUMNS = {
+    "Blocks": st.column_config.NumberColumn(format="%d"),
+    "Channels": st.column_config.NumberColumn(format="%d", help="Output channels"),
+    "Parameters": st.column_config.NumberColumn(format="%,d"),
+    "Share": st.column_config.NumberColumn(format="%.1f%%", help="Share of the design's parameters"),
+    "MACs": st.column_config.NumberColumn(format="compact", help="Multiply-accumulates for one image"),
+    "Receptive field": st.column_config.NumberColumn(
+        format="%d px", help="Side of the input window one output pixel sees"),
+}
+
+
+def parameter_chart(table: pd.DataFrame) -> alt.Chart:
+    base = alt.Chart(table).encode(
+        y=alt.Y("Part:N", sort=list(table["Part"]), title=None),
+        x=alt.X("Parameters:Q", axis=alt.Axis(labelExpr="datum.value ? format(datum.value, '~s') : '0'")),
+        tooltip=["Part", alt.Tooltip("Parameters:Q", format=","),
+                 alt.Tooltip("Share:Q", format=".1f", title="Share %")],
+    )
+    labels = base.mark_text(align="left", dx=4).encode(text="label:N").transform_calculate(
+        label="format(datum.Share, '.0f') + '%'")
+    return base.mark_bar() + labels
+
+
+# ---- the page ---------------------------------------------------------------------------------
+
+if DRAFT not in st.session_state:
+    start_design()
+draft = st.session_state[DRAFT]
+try:
+    spec = ArchSpec.from_dict(draft)
+    draft_error = None
+    st.session_state[DESIGN] = spec.to_dict()
+except SpecError as e:
+    draft_error = str(e)
+    spec = ArchSpec.from_dict(st.session_state[DESIGN])
+cost = count(spec)
+link = to_query(spec)
+if {key: st.query_params.get_all(key) for key in st.query_params} != link:  # the address bar links to this design
+    st.query_params.from_dict(link)
+
+st.title("Design")
+st.write(f"Shape a residual network for {square(IMAGE_SIZE)} CIFAR-10 images within {BUDGET:,} trainable "
+         f"parameters. Every number is counted from the design as you change it.")
+if LINK_ERROR in st.session_state:
+    st.error(f"The design in this link can't be used: {st.session_state.pop(LINK_ERROR)}  \n"
+             f"Showing the {DEFAULT_PRESET} preset instead.")
+
+preset = st.session_state[PRESET]
+modified = preset is not None and draft != preset_spec(preset).to_dict()
+picker, about = st.columns([2, 3], vertical_alignment="bottom")
+st.session_state.setdefault(CONTROL + "preset", preset)
+picker.selectbox("Start from a preset", list(PRESETS), key=CONTROL + "preset", format_func=preset_label,
+                 placeholder="Your own design", on_change=choose_preset)
+if preset is not None:
+    about.markdown(f"{PRESETS[preset]['description']}  \n:gray[Source: {PRESETS[preset]['source']}]")
+if modified:
+    about.button(f"Modified: revert to {preset}", type="tertiary", icon=":material/undo:",
+                 on_click=load_design, args=(preset_spec(preset), preset))
+
+# -- budget --
+over = cost.params - BUDGET
+st.subheader("Budget", divider="gray")
+if draft_error:
+    st.error(f"This design can't be built. {draft_error}  \nThe numbers below are for the last valid design.")
+params, used, macs, costliest = st.columns(4)
+params.metric("Parameters", f"{cost.params:,}", f"{over:,} over budget" if over > 0 else f"{-over:,} to spare",
+              delta_color="inverse" if over > 0 else "normal", delta_arrow="off", border=True, height="stretch",
+              help=f"Trainable parameters; the budget is {BUDGET:,}")
+used.metric("Budget used", f"{cost.params / BUDGET:.1%}", border=True, height="stretch")
+macs.metric("MACs per image", si(cost.macs), border=True, height="stretch",
+            help=f"{cost.macs:,} multiply-accumulates for one {square(IMAGE_SIZE)} image, forward pass")
+largest = cost.largest_stage()
+costliest.metric("Costliest stage", f"Stage {largest.index}", f"{largest.params / cost.params:.0%} of parameters",
+                 delta_color="off", delta_arrow="off", border=True, height="stretch")
+if over > 0:
+    st.error(f"Over budget by {over:,} parameters. Stage {largest.index} costs the most: {largest.params:,} "
+             f"parameters. Narrow it, give it fewer blocks, or let Fit to budget scale every width.")
+
+if draft_error:
+    train_blocked = "Can't train: the design can't be built; see the error above."
+elif over > 0:
+    train_blocked = f"Can't train: the design is {over:,} parameters over budget."
+else:
+    train_blocked = None
+train, fit, reason = st.columns([1, 1, 4], vertical_alignment="center")
+if train.button("Train this design", type="primary", icon=":material/play_arrow:", disabled=bool(train_blocked),
+                help=train_blocked, width="stretch"):
+    st.switch_page("app_pages/train.py")
+fit.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design, disabled=bool(draft_error),
+           width="stretch",
+           help=f"Scale every width by one factor, the largest that keeps the design within {BUDGET:,} parameters")
+if train_blocked:
+    reason.caption(train_blocked)
+if FIT_REPORT in st.session_state:
+    kind, report = st.session_state.pop(FIT_REPORT)
+    getattr(st, kind)(report)
+
+# -- architecture --
+st.subheader("Architecture", divider="gray")
+sizes = map_sizes(draft["stages"])
+count_column, stem_column, stem_kernel_column = st.columns(3)
+st.session_state.setdefault(CONTROL + "stage_count", len(draft["stages"]))
+count_column.segmented_control("Stages", range(STAGES_RANGE[0], STAGES_RANGE[1] + 1), key=CONTROL + "stage_count",
+                               required=True, on_change=set_stage_count, args=(CONTROL + "stage_count",))
+with stem_column:
+    whole_number("Stem channels", ("stem", "channels"), CHANNELS_RANGE, help="Width of the first convolution")
+with stem_kernel_column:
+    one_of("Stem kernel", ("stem", "kernel_size"), KERNEL_SIZES, help="Side of its square kernel: 3 means 3×3")
+
+in_channels = draft["stem"]["channels"]
+stages = len(draft["stages"])
+cards = card_columns(stages, stages if stages <= 4 else 3)  # narrower cards would wrap the kernel choices
+for i, (card, stage, size) in enumerate(zip(cards, draft["stages"], sizes)):
+    with card.container(border=True, height="stretch"):
+        st.markdown(f"**Stage {i}** :gray[· {square(size)} out]")
+        whole_number("Blocks", ("stages", i, "blocks"), BLOCKS_RANGE)
+        whole_number("Channels", ("stages", i, "channels"), CHANNELS_RANGE)
+        one_of("Kernel", ("stages", i, "kernel_size"), KERNEL_SIZES,
+               help="Side of the square kernel of every convolution in the stage: 3 means 3×3")
+        one_of("Stride", ("stages", i, "stride"), STRIDES, help="2 halves the feature map in the stage's first block")
+        projects = stage["stride"] != 1 or stage["channels"] != in_channels
+        one_of("Shortcut kernel", ("stages", i, "shortcut_kernel_size"), SHORTCUT_KERNEL_SIZES,
+               disabled=not projects,
+               help="Kernel of the projection shortcut, which the first block needs when it changes the "
+                    "resolution or the width" + ("" if projects else "; this stage changes neither"))
+    in_channels = stage["channels"]
+
+batch_norm, se_ratio, dropout, pool = st.columns(4)
+with batch_norm:
+    control(st.toggle, "Batch norm", ("batch_norm",), help="Batch normalization after every convolution")
+with se_ratio:
+    whole_number("SE ratio", ("se_ratio",), SE_RATIO_RANGE,
+                 help="Squeeze-and-excitation in every block, with channels ÷ ratio hidden units (16 is usual); "
+                      "0 turns it off")
+with dropout:
+    control(st.slider, "Dropout", ("dropout",), min_value=DROPOUT_RANGE[0], max_value=DROPOUT_RANGE[1], step=0.05,
+            help="Dropout between the two convolutions of every block")
+with pool:
+    control(st.select_slider, "Pool size", ("pool_size",), options=range(1, sizes[-1] + 1),
+            help=f"Average-pool window before the linear head; the last feature map is {square(sizes[-1])}")
+
+# -- breakdown --
+st.subheader("Where the parameters go", divider="gray")
+table = breakdown(spec, cost)
+listing, chart = st.columns([3, 2])
+listing.dataframe(table, hide_index=True, column_config=BREAKDOWN_COLUMNS, placeholder="", row_height=ROW_HEIGHT)
+chart.altair_chart(parameter_chart(table), height=ROW_HEIGHT * (len(table) + 1))
+pooled = cost.stages[-1].out_size // spec.pool_size
+st.caption(f"Head: {square(spec.pool_size)} average pool on the {square(cost.stages[-1].out_size)} map, "
+           f"then {cost.head_features:,} features ({spec.stages[-1].channels} channels × {square(pooled)}) "
+           f"into a linear layer to {spec.num_classes} classes. Total: {cost.params:,} parameters, "
+           f"{cost.macs:,} MACs per image.")
+
+# -- save and share --
+st.subheader("Save and share", divider="gray")
+save, load, share = st.columns(3)
+file_name = preset if preset is not None and not modified else "resnet-design"
+save.download_button("Download the design as JSON", spec.to_json(), file_name=f"{file_name}.json",
+                     mime="application/json", on_click="ignore", icon=":material/download:")
+load.file_uploader("Load a design", type="json", key=UPLOAD, on_change=load_uploaded_design,
+                   help="A design saved here, or a run config (its arch is used)")
+if UPLOAD_ERROR in st.session_state:
+    load.error(f"Could not load {st.session_state[UPLOAD_ERROR]}")
+share.markdown("**Link to this design**")
+share.code(f"{st.context.url or ''}?{urlencode(link, doseq=True)}", language=None, wrap_lines=True)
+share.caption("The address bar holds the same link.")

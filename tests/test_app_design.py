@@ -1,0 +1,221 @@
+"""The Design page, run headless through Streamlit's AppTest: real widgets, real displayed values.
+
+Every expected number comes from core.budget, so the page is held to the same arithmetic as the CLI.
+"""
+import json
+import re
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_pages._link import from_query, to_query
+from core.budget import BUDGET, count, fit_to_budget
+from core.presets import PRESETS, preset_spec
+from core.spec import ArchSpec, SpecError
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+DEFAULT = "resnet26-seed"
+
+
+def open_app(query: dict | None = None) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=30)
+    app.query_params.update(query or {})
+    return app.run()
+
+
+def metric(app: AppTest, label: str):
+    return next(m for m in app.metric if m.label == label)
+
+
+def shown_params(app: AppTest) -> int:
+    return int(metric(app, "Parameters").value.replace(",", ""))
+
+
+def train_button(app: AppTest):
+    return next(b for b in app.button if b.label == "Train this design")
+
+
+def stage_control(app: AppTest, stage: int, field: str):
+    return app.get_by_key(f"design:stages.{stage}.{field}")
+
+
+def with_stage(spec: ArchSpec, stage: int, **changes) -> ArchSpec:
+    data = spec.to_dict()
+    data["stages"][stage].update(changes)
+    return ArchSpec.from_dict(data)
+
+
+def assert_clean(app: AppTest) -> None:
+    assert not app.exception, [e.value for e in app.exception]
+
+
+def test_app_opens_on_the_design_page_with_the_default_preset():
+    app = open_app()
+    assert_clean(app)
+    assert app.title[0].value == "Design"
+    assert metric(app, "Parameters").value == f"{count(preset_spec(DEFAULT)).params:,}"
+    assert metric(app, "Parameters").delta == f"{BUDGET - count(preset_spec(DEFAULT)).params:,} to spare"
+    assert not train_button(app).disabled
+    assert app.session_state["design"] == preset_spec(DEFAULT).to_dict()
+
+
+@pytest.mark.parametrize("page, title", [("train", "Train"), ("runs", "Runs"), ("classify", "Classify")])
+def test_every_other_page_opens(page, title):
+    app = open_app()
+    app.switch_page(f"app_pages/{page}.py").run()
+    assert_clean(app)
+    assert app.title[0].value == title
+
+
+@pytest.mark.parametrize("field, value", [("channels", 256), ("blocks", 5)])
+def test_changing_a_stage_changes_the_displayed_total(field, value):
+    app = open_app()
+    stage_control(app, 3, field).set_value(value).run()
+    assert_clean(app)
+    expected = count(with_stage(preset_spec(DEFAULT), 3, **{field: value})).params
+    assert shown_params(app) == expected != count(preset_spec(DEFAULT)).params
+    assert app.dataframe[0].value.set_index("Part").loc["Stage 3", "Parameters"] == \
+        count(with_stage(preset_spec(DEFAULT), 3, **{field: value})).stages[3].params
+
+
+def test_resnet18_is_over_budget_and_cannot_be_trained():
+    app = open_app()
+    app.get_by_key("design:preset").set_value("resnet18").run()
+    assert_clean(app)
+    over = count(preset_spec("resnet18")).params - BUDGET
+    assert shown_params(app) == 11_173_962
+    assert metric(app, "Parameters").delta == f"{over:,} over budget"
+    assert any(f"Over budget by {over:,} parameters. Stage 3 costs the most" in e.value for e in app.error)
+    assert train_button(app).disabled
+    reason = f"Can't train: the design is {over:,} parameters over budget."
+    assert train_button(app).help == reason
+    assert any(c.value == reason for c in app.caption)
+
+
+def test_fit_to_budget_brings_the_design_within_budget_and_lists_the_changes():
+    app = open_app()
+    app.get_by_key("design:preset").set_value("resnet18").run()
+    next(b for b in app.button if b.label == "Fit to budget").click().run()
+    assert_clean(app)
+    fit = fit_to_budget(preset_spec("resnet18"))
+    assert shown_params(app) == fit.params_after <= BUDGET
+    assert fit.changes and all(change in app.success[0].value for change in fit.changes)
+    assert stage_control(app, 3, "channels").value == fit.spec.stages[3].channels
+    assert not train_button(app).disabled
+
+
+def test_a_modified_preset_can_be_reverted():
+    app = open_app()
+    stage_control(app, 0, "blocks").set_value(1).run()
+    revert = next(b for b in app.button if b.label == f"Modified: revert to {DEFAULT}")
+    revert.click().run()
+    assert_clean(app)
+    assert stage_control(app, 0, "blocks").value == preset_spec(DEFAULT).stages[0].blocks
+    assert shown_params(app) == count(preset_spec(DEFAULT)).params
+    assert not any(b.label.startswith("Modified") for b in app.button)
+
+
+def test_train_hands_the_design_to_the_train_page():
+    app = open_app()
+    stage_control(app, 0, "channels").set_value(96).run()
+    train_button(app).click().run()
+    assert_clean(app)
+    assert app.title[0].value == "Train"
+    assert app.session_state["design"] == with_stage(preset_spec(DEFAULT), 0, channels=96).to_dict()
+
+
+def test_the_design_survives_a_page_switch():
+    app = open_app()
+    stage_control(app, 2, "channels").set_value(150).run()
+    app.switch_page("app_pages/runs.py").run()
+    app.switch_page("app_pages/design.py").run()
+    assert_clean(app)
+    assert stage_control(app, 2, "channels").value == 150
+    assert shown_params(app) == count(with_stage(preset_spec(DEFAULT), 2, channels=150)).params
+
+
+def test_an_impossible_stride_shows_the_spec_error_and_keeps_the_last_valid_numbers():
+    app = open_app()
+    app.get_by_key("design:stage_count").set_value(6).run()  # new stages halve the map: ... 4, 2, 1
+    assert app.get_by_key("design:pool_size").value == 1     # the 4x4 pool no longer fits the 1x1 map
+    assert any("Pool size lowered to 1" in toast.value for toast in app.toast)
+    last_valid = shown_params(app)
+    stage_control(app, 0, "stride").set_value(2).run()       # now stage 5 would halve a 1x1 map
+    assert_clean(app)
+    assert any("stages[5].stride" in e.value for e in app.error)
+    assert shown_params(app) == last_valid
+    assert train_button(app).disabled
+
+
+def test_a_bad_upload_shows_an_error_not_an_exception():
+    app = open_app()
+    uploader = app.get_by_key("design_upload")
+    uploader.upload("broken.json", b'{"stages": [', "application/json").run()
+    assert_clean(app)
+    assert any("broken.json: not valid JSON" in e.value for e in app.error)
+    app.get_by_key("design_upload").set_value(
+        ("wide.json", json.dumps({"stages": [{"channels": 5000}]}).encode(), "application/json")).run()
+    assert_clean(app)
+    assert any("stages[0].channels: 5000 is out of range" in e.value for e in app.error)
+    assert shown_params(app) == count(preset_spec(DEFAULT)).params  # the design is untouched
+
+
+def test_uploading_a_run_config_loads_its_architecture():
+    config = {"arch": PRESETS["resnet20"]["arch"], "train": {"epochs": 3}, "preset": "resnet20"}
+    app = open_app()
+    app.get_by_key("design_upload").upload("run.json", json.dumps(config).encode(), "application/json").run()
+    assert_clean(app)
+    assert not app.error
+    assert shown_params(app) == count(preset_spec("resnet20")).params
+    assert app.get_by_key("design:preset").value == "resnet20"
+
+
+def test_the_link_in_the_address_bar_opens_the_same_design():
+    app = open_app()
+    stage_control(app, 1, "channels").set_value(120).run()
+    stage_control(app, 1, "kernel_size").set_value(5).run()
+    shared = open_app(dict(app.query_params))
+    assert_clean(shared)
+    assert shown_params(shared) == shown_params(app) == count(
+        with_stage(preset_spec(DEFAULT), 1, channels=120, kernel_size=5)).params
+    assert stage_control(shared, 1, "kernel_size").value == 5
+
+
+def test_a_broken_link_says_what_is_wrong_and_opens_the_default():
+    app = open_app({"stage": ["3y128"]})
+    assert_clean(app)
+    assert any("stage 0: '3y128' is not in the form" in e.value for e in app.error)
+    assert shown_params(app) == count(preset_spec(DEFAULT)).params
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_round_trips_through_a_link(name):
+    assert from_query(to_query(preset_spec(name))) == preset_spec(name)
+
+
+def test_a_link_keeps_every_field_and_leaves_defaults_out():
+    spec = ArchSpec.from_dict({
+        "stem": {"channels": 24, "kernel_size": 5},
+        "stages": [{"blocks": 1, "channels": 24, "kernel_size": 7, "shortcut_kernel_size": 3, "stride": 2},
+                   {"blocks": 2, "channels": 48, "stride": 1}],
+        "batch_norm": False, "se_ratio": 4, "dropout": 0.25, "pool_size": 16, "num_classes": 100})
+    query = to_query(spec)
+    assert query == {"stem": ["24k5"], "stage": ["1x24k7p3s2", "2x48s1"], "bn": ["0"], "se": ["4"],
+                     "dropout": ["0.25"], "pool": ["16"], "classes": ["100"]}
+    assert from_query(query) == spec
+    assert to_query(preset_spec(DEFAULT)) == {"stem": ["128"], "stage": ["3x128s1", "3x100s2", "3x164s2", "3x200s2"]}
+
+
+@pytest.mark.parametrize("query, message", [
+    ({"stage": ["3x128"], "colour": ["red"]}, "colour: not a design parameter"),
+    ({"stem": ["64"]}, "stage: missing"),
+    ({"stage": ["3x128", "big"]}, "stage 1: 'big' is not in the form"),
+    ({"stage": ["3x128"], "bn": ["yes"]}, "bn: 'yes' is not allowed"),
+    ({"stage": ["3x128"], "pool": ["4.5"]}, "pool: '4.5' is not a whole number"),
+    ({"stage": ["3x128"], "dropout": ["lots"]}, "dropout: 'lots' is not a number"),
+    ({"stage": ["3x2000"]}, "stages[0].channels: 2000 is out of range"),
+])
+def test_a_bad_link_raises_one_clear_spec_error(query, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        from_query(query)
