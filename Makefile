@@ -16,7 +16,7 @@ setup: $(STAMP)
 # Debian's Chromium for the browser test; skipped quietly where apt-get cannot run.
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "note: chromium not installed; the browser test will be skipped"; }
 
 run: setup
