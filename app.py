@@ -4,8 +4,8 @@ import streamlit as st
 st.set_page_config(page_title="ResNet Studio", layout="wide")
 
 st.navigation([
-    st.Page("app_pages/design.py", title="Design", icon=":material/architecture:", default=True),
-    st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("app_pages/runs.py", title="Runs", icon=":material/monitoring:"),
-    st.Page("app_pages/classify.py", title="Classify", icon=":material/image_search:"),
+    st.Page("pages/design.py", title="Design", icon=":material/architecture:", default=True),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
+    st.Page("pages/classify.py", title="Classify", icon=":material/image_search:"),
 ], position="top").run()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_pages._link import from_query, to_query
+from core.link import from_query, to_query
 from core.budget import BUDGET, count, fit_to_budget
 from core.presets import PRESETS, preset_spec
 from core.spec import ArchSpec, SpecError
@@ -63,7 +63,7 @@ def test_app_opens_on_the_design_page_with_the_default_preset():
 @pytest.mark.parametrize("page, title", [("train", "Train"), ("runs", "Runs"), ("classify", "Classify")])
 def test_every_other_page_opens(page, title):
     app = open_app()
-    app.switch_page(f"app_pages/{page}.py").run()
+    app.switch_page(f"pages/{page}.py").run()
     assert_clean(app)
     assert app.title[0].value == title
 
@@ -128,8 +128,8 @@ def test_train_hands_the_design_to_the_train_page():
 def test_the_design_survives_a_page_switch():
     app = open_app()
     stage_control(app, 2, "channels").set_value(150).run()
-    app.switch_page("app_pages/runs.py").run()
-    app.switch_page("app_pages/design.py").run()
+    app.switch_page("pages/runs.py").run()
+    app.switch_page("pages/design.py").run()
     assert_clean(app)
     assert stage_control(app, 2, "channels").value == 150
     assert shown_params(app) == count(with_stage(preset_spec(DEFAULT), 2, channels=150)).params

@@ -151,7 +151,7 @@ def test_typing_a_channel_width_changes_the_parameter_count(page):
 
 
 def test_a_link_opens_its_design(page):
-    from app_pages._link import from_query
+    from core.link import from_query
     from core.budget import count
 
     query = {"stem": ["32"], "stage": ["2x32s1", "2x64s2"], "pool": ["8"]}

@@ -21,8 +21,10 @@ from core.config import RunConfig
 from core.presets import PRESETS, preset_spec
 from core.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES, SE_RATIO_RANGE,
                        SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, ArchSpec, SpecError, conv_out)
+from core.link import KEYS as LINK_KEYS, from_query, to_query
+from pages._ui import through_app_shell
 
-from app_pages._link import KEYS as LINK_KEYS, from_query, to_query
+through_app_shell()
 
 DRAFT = "design_draft"        # what the controls show, as a spec dict; may be invalid
 DESIGN = "design"             # the last valid design, ArchSpec.to_dict(); the Train page reads it
@@ -294,7 +296,7 @@ else:
 train, fit, reason = st.columns([1, 1, 4], vertical_alignment="center")
 if train.button("Train this design", type="primary", icon=":material/play_arrow:", disabled=bool(train_blocked),
                 help=train_blocked, width="stretch"):
-    st.switch_page("app_pages/train.py")
+    st.switch_page("pages/train.py")
 fit.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design, disabled=bool(draft_error),
            width="stretch",
            help=f"Scale every width by one factor, the largest that keeps the design within {BUDGET:,} parameters")
