@@ -34,7 +34,7 @@ from core.budget import count
 from core.config import RunConfig
 from core.errors import StudioError
 
-RUNS_DIR = Path(os.environ.get("RESNET_STUDIO_RUNS", Path(__file__).resolve().parent.parent / "runs"))
+REPO_RUNS = Path(__file__).resolve().parent.parent / "runs"
 STATES = ("queued", "running", "finished", "failed", "stopped")
 ACTIVE = ("queued", "running")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -92,6 +92,11 @@ def append_line(path: Path, obj) -> None:
 
 # ---- names and paths ------------------------------------------------------------------------
 
+def runs_root() -> Path:
+    """Where runs live: $RESNET_STUDIO_RUNS, else runs/ in the repo."""
+    return Path(os.environ.get("RESNET_STUDIO_RUNS") or REPO_RUNS)
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name) or name in (".", ".."):
         raise RunError(f"run name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter "
@@ -105,7 +110,7 @@ class Run:
 
     @classmethod
     def named(cls, name: str, runs_dir: Path | None = None) -> "Run":
-        return cls((runs_dir or RUNS_DIR) / check_name(name))
+        return cls((runs_dir or runs_root()) / check_name(name))
 
     @classmethod
     def at(cls, path: str | Path) -> "Run":
@@ -186,7 +191,7 @@ class Run:
 
 
 def list_runs(runs_dir: Path | None = None) -> list[Run]:
-    root = runs_dir or RUNS_DIR
+    root = runs_dir or runs_root()
     if not root.is_dir():
         return []
     return sorted((Run(p) for p in root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name) and

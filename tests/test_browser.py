@@ -62,13 +62,15 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def app_url():
+def app_url(trained_runs):
+    """The app served from this checkout, its runs folder holding the trained `small` run."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=os.environ | {"RESNET_STUDIO_RUNS": str(trained_runs)})
     try:
         wait_until_healthy(url, server)
         yield url

@@ -17,18 +17,6 @@ from core.runs import Run
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Run:
-    """A small net trained for two epochs on the built-in slice, in a real process."""
-    tmp = tmp_path_factory.mktemp("trained")
-    cfg = {"arch": {"stages": [{"blocks": 1, "channels": 16}, {"blocks": 1, "channels": 32}], "pool_size": 16},
-           "train": {"epochs": 2, "batch_size": 128, "lr": 0.05}, "data": "builtin"}
-    (tmp / "cfg.json").write_text(json.dumps(cfg))
-    subprocess.run([sys.executable, "-m", "core", "train", "--config", str(tmp / "cfg.json"), "--run-dir",
-                    str(tmp / "runs" / "small"), "--device", "cpu"], cwd=ROOT, check=True, capture_output=True)
-    return Run(tmp / "runs" / "small")
-
-
 def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")

@@ -1,0 +1,30 @@
+"""Shared fixtures: a run really trained by the engine, in a runs folder of the test's own."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.runs import Run
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL_ARCH = {"stages": [{"blocks": 1, "channels": 16}, {"blocks": 1, "channels": 32}], "pool_size": 16}
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory) -> Path:
+    """A runs folder holding `small`: a small net trained for two epochs on the built-in slice by
+    `python -m core train`, in a real process. Tests must not change it; copy it to change it."""
+    root = tmp_path_factory.mktemp("trained") / "runs"
+    cfg = root.parent / "small.json"
+    cfg.write_text(json.dumps({"arch": SMALL_ARCH, "train": {"epochs": 2, "batch_size": 128, "lr": 0.05},
+                               "data": "builtin"}))
+    subprocess.run([sys.executable, "-m", "core", "train", "--config", str(cfg), "--run-dir", str(root / "small"),
+                    "--device", "cpu"], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained(trained_runs) -> Run:
+    return Run(trained_runs / "small")
