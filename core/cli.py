@@ -96,6 +96,17 @@ def cmd_train(args) -> int:
     return 1 if status["state"] == "failed" else 0
 
 
+def cmd_data(args) -> int:
+    from core.data import load_dataset, resolve_data
+
+    start = time.perf_counter()
+    dataset = load_dataset(resolve_data(args.data), download=args.download)
+    emit({"source": dataset.source, "classes": list(dataset.classes), "train": len(dataset.train),
+          "test": len(dataset.test), "train_per_class": dataset.train.labels.bincount().tolist(),
+          "test_per_class": dataset.test.labels.bincount().tolist(), "seconds": time.perf_counter() - start})
+    return 0
+
+
 def cmd_bench(args) -> int:
     from core.bench import bench
 
@@ -185,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-over-budget", action="store_true", help="train a design over its parameter budget")
     p.add_argument("--detach", action="store_true", help="train in a background process and return at once")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("data", help="check a CIFAR-10 copy (decode and cache it), or download it")
+    p.add_argument("--data", help="folder or archive (default: $CIFAR10_DATA, ./data, else the built-in slice)")
+    p.add_argument("--download", action="store_true",
+                   help="download torchvision's CIFAR-10 into --data (needs internet)")
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("bench", help="training images/s of this engine vs a seed-style DataLoader loop")
     add_source(p)

@@ -182,3 +182,11 @@ def test_bench_reports_both_loops_side_by_side():
     report = json.loads(out.stdout)
     assert report["engine"]["images_per_s"] > 0 and report["seed_style"]["images_per_s"] > 0
     assert report["ratio"] == pytest.approx(report["engine"]["images_per_s"] / report["seed_style"]["images_per_s"])
+
+
+def test_data_command_checks_a_copy_and_explains_a_missing_one(tmp_path):
+    report = json.loads(core_cli("data", "--data", "builtin").stdout)
+    assert (report["train"], report["test"]) == (5000, 1000) and report["test_per_class"] == [100] * 10
+    out = core_cli("data", "--data", str(tmp_path / "nowhere"), check=False)
+    assert out.returncode == 2 and "nowhere" in out.stderr and "cifar10-jpg.tar.gz" in out.stderr
+    assert "Traceback" not in out.stderr
