@@ -1,20 +1,26 @@
 """Using a trained run: classify images, explain them with Grad-CAM, evaluate on a test set."""
 from __future__ import annotations
 
+import fcntl
+import io
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from core.augment import Normalizer
 from core.checkpoint import load_model
-from core.data import DataError, load_class_folders, load_dataset
+from core.data import BUILTIN, DataError, Split, load_class_folders, load_dataset
 from core.errors import StudioError
 from core.images import open_image, to_input
 from core.infer import evaluate
 from core.model import ResNet
 from core.runs import Run
+from core.visual import thumbnail
 
 
 @dataclass
@@ -67,6 +73,7 @@ class Prediction:
     input: torch.Tensor | None = None          # uint8 (3, 32, 32): what the model sees
     probabilities: dict[str, float] = field(default_factory=dict)
     cam: torch.Tensor | None = None            # (32, 32) in [0, 1]
+    thumbnail: np.ndarray | None = None        # uint8 (H, W, 3): the whole image, small, for people
 
     def top(self, k: int = 3) -> list[dict]:
         ranked = sorted(self.probabilities.items(), key=lambda kv: kv[1], reverse=True)[:k]
@@ -85,7 +92,8 @@ def classify(classifier: Classifier, files: list[tuple[str, bytes | Path]], tta_
     good: list[Prediction] = []
     for name, source in files:
         try:
-            pred = Prediction(name, True, input=to_input(open_image(source, name)))
+            image = open_image(source, name)
+            pred = Prediction(name, True, input=to_input(image), thumbnail=thumbnail(image))
             good.append(pred)
         except StudioError as e:
             pred = Prediction(name, False, error=str(e))
@@ -98,6 +106,19 @@ def classify(classifier: Classifier, files: list[tuple[str, bytes | Path]], tta_
             pred.probabilities = dict(zip(classifier.classes, row.tolist()))
             pred.cam = cam
     return results
+
+
+def sample_files(per_class: int = 1) -> list[tuple[str, bytes]]:
+    """The first `per_class` test images of each class in the built-in slice, as PNG files named after
+    their class: something to classify before having images of one's own."""
+    dataset = load_dataset(BUILTIN)
+    test, files = dataset.test, []
+    for label, name in enumerate(dataset.classes):
+        for index in (test.labels == label).nonzero().flatten()[:per_class].tolist():
+            png = io.BytesIO()
+            Image.fromarray(test.images[index].permute(1, 2, 0).numpy()).save(png, format="PNG")
+            files.append((f"{name}-{index}.png", png.getvalue()))
+    return files
 
 
 # ---- evaluation on a labelled set --------------------------------------------------------------------
@@ -147,6 +168,43 @@ def evaluate_run(classifier: Classifier, data: str, mistakes: int = 20, tta_flip
     if classes != classifier.classes:
         raise StudioError(f"{data}: its classes ({', '.join(classes)}) differ from the model's "
                           f"({', '.join(classifier.classes)})")
+    return evaluate_split(classifier, split, source, mistakes, tta_flip)
+
+
+ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "resnet-studio-upload"
+
+
+def evaluate_archive(classifier: Classifier, name: str, data: bytes, mistakes: int = 20,
+                     tta_flip: bool = False) -> Report:
+    """Evaluate on an archive of class folders given as bytes (an upload called `name`); errors name it.
+
+    The bytes are written to one fixed path, under a lock, for load_class_folders: its decoding cache
+    keeps one entry per path, so uploads share one entry instead of adding one each.
+    """
+    suffix = next((s for s in ARCHIVE_SUFFIXES if name.lower().endswith(s)), None)
+    if suffix is None:
+        raise DataError(f"{name}: not an archive; upload a .zip, .tar.gz, .tgz or .tar of class folders, "
+                        f"<class>/<image>")
+    UPLOAD_DIR.mkdir(exist_ok=True)
+    path = (UPLOAD_DIR / f"upload{suffix}").resolve()  # as load_class_folders names it in errors
+    with open(UPLOAD_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        path.write_bytes(data)
+        try:
+            split, _ = load_class_folders(path, classifier.classes)
+        except DataError as e:
+            raise DataError(str(e).replace(str(path), name)) from None
+        finally:
+            path.unlink(missing_ok=True)
+    return evaluate_split(classifier, split, f"{name} (uploaded class folders)", mistakes, tta_flip)
+
+
+def evaluate_split(classifier: Classifier, split: Split, source: str, mistakes: int = 20,
+                   tta_flip: bool = False) -> Report:
+    """Accuracy, per-class accuracy, confusion and the `mistakes` most confident mistakes on labelled images
+    whose labels index the classifier's classes."""
+    classes = classifier.classes
     result = evaluate(classifier.model, split.images, split.labels, classifier.normalizer, classifier.device,
                       len(classes), tta_flip, precision="fp32")
     probs = result.logits.softmax(1)

@@ -6,6 +6,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -98,3 +99,53 @@ def test_exported_run_predicts_the_same_at_half_the_size(trained, tmp_path):
     a = evaluate_run(Classifier.load(trained, "best"), "builtin")
     b = evaluate_run(Classifier.load(shipped, "best"), "builtin")
     assert abs(a.accuracy - b.accuracy) <= 0.003  # fp16 rounding may flip a borderline image or three
+
+
+def test_an_uploaded_archive_is_evaluated_as_the_same_file_on_disk_and_errors_name_the_upload(trained, tmp_path):
+    from core.data import DataError
+    from core.predict import UPLOAD_DIR, evaluate_archive
+
+    test = load_dataset("builtin").test
+    classes = classifier_classes()
+    good, wrong = io.BytesIO(), io.BytesIO()
+    with zipfile.ZipFile(good, "w") as z, zipfile.ZipFile(wrong, "w") as zw:
+        for i in range(0, 1000, 20):
+            png = png_bytes(Image.fromarray(test.images[i].permute(1, 2, 0).numpy()))
+            z.writestr(f"set/{classes[int(test.labels[i])]}/{i}.png", png)
+            zw.writestr(f"{classes[int(test.labels[i])]}/{i}.png", png)
+        zw.writestr("lion/0.png", png)
+    (tmp_path / "good.zip").write_bytes(good.getvalue())
+    classifier = Classifier.load(trained, "best")
+
+    report = evaluate_archive(classifier, "good.zip", good.getvalue(), mistakes=5)
+    on_disk = evaluate_run(classifier, str(tmp_path / "good.zip"), mistakes=5)
+    assert report.data == "good.zip (uploaded class folders)"
+    assert (report.images, report.accuracy, report.confusion) == (50, on_disk.accuracy, on_disk.confusion)
+    with pytest.raises(DataError, match=r"^wrong\.zip: unknown class folder\(s\) lion"):
+        evaluate_archive(classifier, "wrong.zip", wrong.getvalue())
+    with pytest.raises(DataError, match="photo.jpg: not an archive"):
+        evaluate_archive(classifier, "photo.jpg", b"\xff\xd8")
+    assert not list(UPLOAD_DIR.glob("upload*"))  # no upload is left behind
+
+
+def test_sample_files_are_one_lossless_test_image_per_class_named_after_it():
+    from core.predict import sample_files
+    from core.images import open_image, to_input
+
+    dataset = load_dataset("builtin")
+    files = sample_files()
+    assert [name.split("-")[0] for name, _ in files] == list(dataset.classes)
+    for name, data in files:
+        index = int(name.split("-")[1].removesuffix(".png"))
+        assert torch.equal(to_input(open_image(data, name)), dataset.test.images[index])
+        assert dataset.classes[int(dataset.test.labels[index])] == name.split("-")[0]
+
+
+def test_classify_keeps_a_thumbnail_of_the_whole_image_upright(trained):
+    wide = Image.new("RGB", (800, 400), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated a quarter turn: upright it is tall
+    buffer = io.BytesIO()
+    wide.save(buffer, format="JPEG", exif=exif)
+    (prediction,) = classify(Classifier.load(trained, "best"), [("phone.jpg", buffer.getvalue())])
+    assert prediction.thumbnail.shape == (192, 96, 3) and prediction.thumbnail.dtype == np.uint8
