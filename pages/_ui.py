@@ -1,8 +1,21 @@
 """Display helpers shared by the pages (a module, not a page: app.py's st.navigation lists the pages)."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import altair as alt
+import pandas as pd
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
+
+from core.errors import StudioError
+from core.runs import ACTIVE, Run
+
+# core.checkpoint and core.predict load torch, which takes seconds: they are imported where a page
+# uses a network, so the Design page, which never does, opens without that wait.
+if TYPE_CHECKING:
+    from core.predict import Classifier
 
 
 def through_app_shell() -> None:
@@ -19,3 +32,133 @@ def through_app_shell() -> None:
     if first_run and PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         st.rerun()
+
+
+# ---- runs and checkpoints, for the pages that use a trained network ---------------------------
+
+RUN_CHOICE = "run_choice"  # the run being looked at, the same on Classify and Evaluate
+
+
+def run_label(run: Run) -> str:
+    summary = run.summary()
+    best = f" · best {summary['best_acc']:.1%}" if summary["best_acc"] is not None else ""
+    return f"{run.name} · {summary['state']}{best}"
+
+
+def has_checkpoint(run: Run, tag: str = "best") -> bool:
+    return (run.checkpoints / f"{tag}.json").exists()
+
+
+def default_run(runs: list[Run]) -> Run:
+    """The newest finished run with a checkpoint, else the newest with one, else the newest (runs are newest first)."""
+    usable = [run for run in runs if has_checkpoint(run)]
+    finished = [run for run in usable if run.status().get("state") == "finished"]
+    return (finished or usable or runs)[0]
+
+
+def select_run(label: str, runs: list[Run], remember: str, default: Run, **kwargs) -> Run:
+    """A choice of run kept under `remember` across pages (Streamlit forgets the state of a widget its page
+    does not render); a run that has gone since falls back to `default`."""
+    by_name = {run.name: run for run in runs}
+    widget = remember + ":widget"
+    if st.session_state.get(widget) not in by_name:
+        remembered = st.session_state.get(remember)
+        st.session_state[widget] = remembered if remembered in by_name else default.name
+    name = st.selectbox(label, list(by_name), key=widget, format_func=lambda n: run_label(by_name[n]), **kwargs)
+    st.session_state[remember] = name
+    return by_name[name]
+
+
+def select_checkpoint(key: str, default: str = "best", **kwargs) -> str:
+    from core.checkpoint import TAGS
+
+    return st.segmented_control("Checkpoint", TAGS, default=default, required=True, key=key,
+                                format_func=str.capitalize, **kwargs)
+
+
+@st.cache_resource(show_spinner="Loading the checkpoint…", max_entries=8)
+def load_classifier(run_dir: str, tag: str, saved: float) -> Classifier:
+    """One loaded model per checkpoint save: `saved` (its file's mtime) changes when training writes a new one."""
+    from core.predict import Classifier
+
+    return Classifier.load(Run(Path(run_dir)), tag)
+
+
+def open_classifier(run: Run, tag: str) -> Classifier | None:
+    """The run's checkpoint ready to predict, or None with a message saying why not and what to do."""
+    meta = run.checkpoints / f"{tag}.json"  # written last in a save: its mtime marks the save
+    if not meta.exists():
+        state = run.status().get("state")
+        if state in ACTIVE:
+            st.info(f"**{run.name}** has no checkpoint yet: it appears after the first epoch, and this page "
+                    f"uses it as soon as it does.", icon=":material/hourglass_top:")
+        else:
+            st.warning(f"**{run.name}** has no {tag} checkpoint: it is {state} and never finished an epoch. "
+                       f"Resume it on the Runs page, or pick another run.", icon=":material/warning:")
+        return None
+    try:
+        classifier = load_classifier(str(run.dir), tag, meta.stat().st_mtime)
+    except (StudioError, OSError) as e:
+        st.error(f"The {tag} checkpoint of **{run.name}** can't be loaded: {e}", icon=":material/error:")
+        return None
+    saved = classifier.meta
+    if saved.get("eval_acc") is not None:
+        st.caption(f"{tag.capitalize()} checkpoint: epoch {saved.get('epoch')}, "
+                   f"{saved['eval_acc']:.1%} on its {saved.get('eval_split', 'evaluation')} split.")
+    return classifier
+
+
+def checkpoint_id(run: Run, tag: str, classifier: Classifier) -> tuple[str, str, str]:
+    """What names a loaded checkpoint in a cache key: its run, tag and save (each save has its own generation)."""
+    return str(run.dir), tag, classifier.meta["generation"]
+
+
+def no_runs_yet(purpose: str) -> None:
+    """The empty state of a page that needs a trained run: what to do, with the buttons to do it."""
+    st.info(f"No runs yet. {purpose} needs a network trained here: design one, train it, and its checkpoint "
+            f"appears here after its first epoch.", icon=":material/info:")
+    design, train, _ = st.columns([1, 1, 4])
+    if design.button("Design a network", icon=":material/architecture:", width="stretch"):
+        st.switch_page("pages/design.py")
+    if train.button("Train", type="primary", icon=":material/model_training:", width="stretch"):
+        st.switch_page("pages/train.py")
+
+
+# ---- charts of how a network does, class by class ---------------------------------------------
+
+PRIMARY = "#2563eb"             # the theme's primary colour (.streamlit/config.toml)
+RUN_COLOURS = [PRIMARY, "#f59e0b"]  # side by side: blue, then amber
+CELL = 34                       # pixels per class in a confusion matrix
+
+
+def confusion_chart(classes: list[str], confusion: list[list[int]]) -> alt.Chart:
+    """Rows are true classes, columns predicted ones; shade is the share of the row, so classes of
+    different sizes compare, and each cell is labelled with its count."""
+    cells = pd.DataFrame([{"True": true, "Predicted": predicted, "Images": n, "Share": n / max(sum(row), 1)}
+                          for true, row in zip(classes, confusion) for predicted, n in zip(classes, row)])
+    base = alt.Chart(cells).encode(
+        x=alt.X("Predicted:N", sort=classes, axis=alt.Axis(orient="top", labelAngle=-45, labelOverlap=False)),
+        y=alt.Y("True:N", sort=classes, axis=alt.Axis(labelOverlap=False)),
+        tooltip=["True", "Predicted", "Images", alt.Tooltip("Share:Q", format=".1%", title="Share of true")],
+    )
+    heat = base.mark_rect().encode(color=alt.Color("Share:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]),
+                                                   legend=alt.Legend(format="%", title="Share of true")))
+    counts = base.mark_text(fontSize=11).encode(
+        text="Images:Q", color=alt.condition("datum.Share > 0.5", alt.value("white"), alt.value("#1f2937")))
+    return (heat + counts).properties(height=CELL * len(classes))
+
+
+def per_class_chart(accuracy: pd.DataFrame) -> alt.Chart:
+    """Bars of accuracy per class, one per run side by side; columns Class, Accuracy and Run."""
+    runs = list(dict.fromkeys(accuracy["Run"]))
+    classes = list(dict.fromkeys(accuracy["Class"]))
+    colour = alt.Color("Run:N", scale=alt.Scale(domain=runs, range=RUN_COLOURS[:len(runs)]),
+                       legend=alt.Legend(orient="bottom", title=None) if len(runs) > 1 else None)
+    base = alt.Chart(accuracy).encode(
+        y=alt.Y("Class:N", sort=classes, title=None, axis=alt.Axis(labelOverlap=False)),
+        x=alt.X("Accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+        yOffset=alt.YOffset("Run:N", sort=runs),
+        tooltip=["Run", "Class", alt.Tooltip("Accuracy:Q", format=".1%")],
+    )
+    labels = base.mark_text(align="left", dx=3, fontSize=11).encode(text=alt.Text("Accuracy:Q", format=".0%"))
+    return (base.mark_bar().encode(color=colour) + labels).properties(height=CELL * len(classes))

@@ -1,10 +1,136 @@
-"""Classify: placeholder until the training engine lands."""
+"""Classify: give a trained network images and see what it thinks they show, and where it looked.
+
+Pick a run and one of its checkpoints, then drop images. Every image that decodes gets the 32x32
+input the network sees, a Grad-CAM overlay and the probability of all ten classes; a file that
+doesn't gets its own error and the rest go on. The work is in core.predict; results are cached
+per checkpoint save and files, so moving any control does not decode the images again.
+"""
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
 import streamlit as st
 
-from pages._ui import through_app_shell
+from core.data import IMAGE_SUFFIXES
+from core.predict import Classifier, Prediction, classify, sample_files
+from core.runs import list_runs
+from core.visual import cam_overlay, enlarge
+from pages._ui import (PRIMARY, RUN_CHOICE, checkpoint_id, default_run, no_runs_yet, open_classifier, select_checkpoint,
+                       select_run, through_app_shell)
 
 through_app_shell()
 
+UPLOAD = "classify_upload"
+SAMPLES = "classify_samples"  # the built-in test images, when asked for instead of uploads
+SCALE = 6                     # the 32x32 input is shown 192 px wide, each of its pixels a visible square
+SIDE = SCALE * 32             # the width every image of a prediction is shown at
+MANY = 6                      # beyond this many files, a table of them all comes before the details
+
+
+@st.cache_data(show_spinner="Classifying…", max_entries=8)
+def predictions(_classifier: Classifier, checkpoint: tuple, files: tuple[tuple[str, bytes], ...],
+                tta_flip: bool) -> list[Prediction]:
+    """`checkpoint` (checkpoint_id) stands for the classifier in the cache key."""
+    return classify(_classifier, list(files), tta_flip=tta_flip, grad_cam=True)
+
+
+def probability_chart(prediction: Prediction) -> alt.Chart:
+    """All ten classes in their fixed order, so images compare at a glance; the top one in colour."""
+    top = prediction.top(1)[0]["class"]
+    table = pd.DataFrame(prediction.probabilities.items(), columns=["Class", "Probability"])
+    base = alt.Chart(table).encode(
+        y=alt.Y("Class:N", sort=None, title=None, axis=alt.Axis(labelOverlap=False)),
+        x=alt.X("Probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%", title=None)),
+        tooltip=["Class", alt.Tooltip("Probability:Q", format=".2%")],
+    )
+    bars = base.mark_bar().encode(color=alt.condition(alt.datum.Class == top, alt.value(PRIMARY), alt.value("#cbd5e1")))
+    labels = base.mark_text(align="left", dx=3, fontSize=11).encode(text=alt.Text("Probability:Q", format=".0%"))
+    return bars + labels
+
+
+def try_samples() -> None:
+    st.session_state[SAMPLES] = tuple(sample_files())
+
+
+def summary_table(results: list[Prediction], classes: list[str]) -> pd.DataFrame:
+    """One row per file: its top two classes and every class's probability, or why it could not be read."""
+    rows = []
+    for result in results:
+        row = dict.fromkeys(["File", "Top class", "Probability", "Second class", "Second probability", *classes])
+        row["File"] = result.file
+        if result.ok:
+            first, second = result.top(2)
+            row |= {"Top class": first["class"], "Probability": first["probability"],
+                    "Second class": second["class"], "Second probability": second["probability"]}
+            row |= result.probabilities
+        rows.append(row | {"Error": result.error})
+    return pd.DataFrame(rows)
+
+
+def show_prediction(result: Prediction) -> None:
+    first, second = result.top(2)
+    with st.container(border=True):
+        st.markdown(f"#### {first['class']} · {first['probability']:.0%}")
+        st.caption(f"{result.file} · next: {second['class']} {second['probability']:.0%}")
+        image, seen, cam, chart = st.columns([1, 1, 1, 2], vertical_alignment="top")
+        # the same size for all three, so a small original is not lost beside its enlarged input
+        height, width = result.thumbnail.shape[:2]
+        image.image(result.thumbnail, caption="Your image", width=SIDE * width // max(height, width))
+        seen.image(enlarge(result.input, SCALE), caption="What the network sees: 32×32", width=SIDE)
+        cam.image(cam_overlay(result.input, result.cam, SCALE), caption=f"Where it saw {first['class']} (Grad-CAM)",
+                  width=SIDE)
+        chart.altair_chart(probability_chart(result), height=SIDE + 40)
+
+
 st.title("Classify")
-st.write("Give a trained network an image and see which of the ten CIFAR-10 classes it thinks it shows.")
-st.info("Classifying arrives with the training engine.", icon=":material/construction:")
+st.write("Give a trained network images and see which of the ten CIFAR-10 classes it thinks each shows, "
+         "and where in the image it found the evidence.")
+
+runs = list_runs()
+if not runs:
+    no_runs_yet("Classifying")
+    st.stop()
+
+pick_run, pick_tag, pick_tta = st.columns([3, 2, 2], vertical_alignment="bottom")
+with pick_run:
+    run = select_run("Run", runs, RUN_CHOICE, default_run(runs))
+with pick_tag:
+    tag = select_checkpoint("classify_tag", help="Best: the epoch with the highest accuracy. Last: the newest epoch.")
+tta_flip = pick_tta.toggle("Flip test-time augmentation", key="classify_tta",
+                           help="Average the prediction for each image and its mirror image: often a little more "
+                                "accurate, since CIFAR-10 classes look the same mirrored")
+classifier = open_classifier(run, tag)
+
+uploads = st.file_uploader("Images", type=[suffix.lstrip(".") for suffix in IMAGE_SUFFIXES],
+                           accept_multiple_files=True, key=UPLOAD,
+                           help="PNG, JPEG, WebP, BMP, GIF or TIFF, any size or colour mode. The network sees the "
+                                "central square, shrunk to 32×32.")
+if uploads:
+    files = tuple((upload.name, upload.getvalue()) for upload in uploads)
+    st.session_state.pop(SAMPLES, None)
+elif SAMPLES in st.session_state:
+    files = st.session_state[SAMPLES]
+    st.caption("Built-in CIFAR-10 test images, one per class; each file is named after its true class.")
+else:
+    files = ()
+    hint, samples = st.columns([4, 1], vertical_alignment="center")
+    hint.info("Drop images above, or try the network on test images it has never trained on.",
+              icon=":material/info:")
+    samples.button("Try ten test images", icon=":material/photo_library:", width="stretch", on_click=try_samples)
+
+if files and classifier is not None:
+    results = predictions(classifier, checkpoint_id(run, tag, classifier), files, tta_flip)
+    for result in results:
+        if not result.ok:
+            st.error(result.error, icon=":material/broken_image:")
+    if len(results) > MANY:
+        table = summary_table(results, classifier.classes)
+        errors = ["Error"] if table["Error"].notna().any() else []
+        shown = table[["File", "Top class", "Probability", "Second class", *errors]]
+        st.dataframe(shown.assign(Probability=100 * shown["Probability"]), hide_index=True, column_config={
+            "Probability": st.column_config.ProgressColumn(format="%.1f%%", min_value=0, max_value=100)})
+        st.download_button("Download all predictions as CSV", table.to_csv(index=False), file_name="predictions.csv",
+                           mime="text/csv", on_click="ignore", icon=":material/download:")
+    for result in results:
+        if result.ok:
+            show_prediction(result)

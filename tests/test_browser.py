@@ -1,10 +1,12 @@
 """The app in a real browser: every page renders without an exception, and the Design page reacts.
 
 Starts `streamlit run app.py` on a free port and drives Debian's Chromium through Playwright.
-Each page's screenshot lands in test-output/screenshots/<page>.png. To cover a new page, add it
-to PAGES; to exercise one, write a test that takes `page` and calls `open_app_page`.
+Each page's screenshot lands in test-output/screenshots/<page>.png (Classify and Evaluate are shot
+again once they show results, over their first shot). To cover a new page, add it to PAGES; to
+exercise one, write a test that takes `page` and calls `open_app_page`.
 """
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
-PAGES = {"design": "", "train": "train", "runs": "runs", "classify": "classify"}  # name: url path ("" = default)
+PAGES = {"design": "", "train": "train", "runs": "runs", "evaluate": "evaluate", "classify": "classify"}  # name: url path ("" = default)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 EXCEPTION = '[data-testid="stException"]'
@@ -171,3 +173,37 @@ def test_a_bad_upload_shows_an_error_not_an_exception(page):
     expect(page.get_by_text("Could not load broken.json: not valid JSON")).to_be_visible()
     wait_until_settled(page)
     assert_no_exception(page)
+
+
+def test_an_uploaded_image_gets_a_prediction(page):
+    import io
+
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    from core.data import CLASSES, load_dataset
+
+    picture = Image.fromarray(load_dataset("builtin").test.images[0].permute(1, 2, 0).numpy()).resize((160, 160))
+    png = io.BytesIO()
+    picture.save(png, format="PNG")
+    open_app_page(page, PAGES["classify"])
+    page.locator(".st-key-classify_upload input[type=file]").set_input_files(
+        files=[{"name": "plane.png", "mimeType": "image/png", "buffer": png.getvalue()}])
+    heading = page.locator("h4").filter(has_text="%")
+    expect(heading).to_have_count(1)
+    assert heading.inner_text().split(" · ")[0] in CLASSES
+    wait_until_settled(page)
+    assert_no_exception(page)
+    screenshot(page, "classify")
+
+
+def test_evaluating_shows_the_confusion_matrix_and_mistakes(page):
+    from playwright.sync_api import expect
+
+    open_app_page(page, PAGES["evaluate"])
+    page.get_by_role("button", name="Evaluate", exact=True).click()
+    expect(metric_value(page, "Accuracy")).to_have_text(re.compile(r"^\d+\.\d\d%$"))
+    expect(page.get_by_text("Most confident mistakes")).to_be_visible()
+    wait_until_settled(page)
+    assert_no_exception(page)
+    screenshot(page, "evaluate")
