@@ -156,7 +156,7 @@ def per_class_chart(accuracy: pd.DataFrame) -> alt.Chart:
                        legend=alt.Legend(orient="bottom", title=None) if len(runs) > 1 else None)
     base = alt.Chart(accuracy).encode(
         y=alt.Y("Class:N", sort=classes, title=None, axis=alt.Axis(labelOverlap=False)),
-        x=alt.X("Accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+        x=alt.X("Accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%", tickCount=10)),
         yOffset=alt.YOffset("Run:N", sort=runs),
         tooltip=["Run", "Class", alt.Tooltip("Accuracy:Q", format=".1%")],
     )

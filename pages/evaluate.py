@@ -120,11 +120,11 @@ def show_report(evaluated: Evaluated) -> None:
     st.subheader(evaluated.label, divider="gray")
     st.caption(describe(evaluated))
     accuracy, images, hardest = st.columns(3)
-    accuracy.metric("Accuracy", f"{report.accuracy:.2%}", border=True)
-    images.metric("Images", f"{report.images:,}", border=True)
+    accuracy.metric("Accuracy", f"{report.accuracy:.2%}", border=True, height="stretch")
+    images.metric("Images", f"{report.images:,}", border=True, height="stretch")
     worst = min(report.per_class_accuracy, key=report.per_class_accuracy.get)
     hardest.metric("Hardest class", worst, f"{report.per_class_accuracy[worst]:.1%} right", delta_color="off",
-                   delta_arrow="off", border=True)
+                   delta_arrow="off", border=True, height="stretch")
     matrix, bars = st.columns([3, 2])
     matrix.markdown("**Confusion matrix** :gray[· rows: true class, columns: predicted]")
     matrix.altair_chart(confusion_chart(report.classes, report.confusion))
@@ -144,10 +144,10 @@ def show_comparison(first: Evaluated, second: Evaluated) -> None:
     st.subheader("A against B", divider="gray")
     st.caption(describe(first))
     a, b, _ = st.columns([1, 1, 1])
-    a.metric(f"Accuracy of {first.label}", f"{first.report.accuracy:.2%}", border=True)
+    a.metric(f"Accuracy of {first.label}", f"{first.report.accuracy:.2%}", border=True, height="stretch")
     difference = 100 * (second.report.accuracy - first.report.accuracy)
     b.metric(f"Accuracy of {second.label}", f"{second.report.accuracy:.2%}", f"{difference:+.2f} points against A",
-             delta_color="normal" if difference else "off", border=True)
+             delta_color="normal" if difference else "off", border=True, height="stretch")
     st.markdown("**Accuracy per class**")
     st.altair_chart(per_class_chart(per_class_table(first, second)))
     for column, evaluated in zip(st.columns(2), (first, second)):
