@@ -35,6 +35,13 @@ def add_source(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--config", metavar="FILE.json", help="a run config or a bare architecture spec")
 
 
+def add_checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, metavar="runs/NAME")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
+
+
 def budget_report(cfg: RunConfig, budget: int) -> dict:
     cost = count(cfg.arch)
     return {"params": cost.params, "budget": budget, "within_budget": cost.params <= budget,
@@ -213,21 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("predict", help="classify image files with a run's checkpoint (JSON per file)")
-    p.add_argument("--run", required=True, metavar="runs/NAME")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    p.add_argument("--device", default="cpu")
+    add_checkpoint(p)
     p.add_argument("--top", type=int, default=3, help="how many classes to list per image")
-    p.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix and worst mistakes")
-    p.add_argument("--run", required=True, metavar="runs/NAME")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    add_checkpoint(p)
     p.add_argument("--data", help="a CIFAR-10 copy (its test split) or a folder/.zip/.tar.gz of class folders")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--mistakes", type=int, default=20, help="how many of the most confident mistakes to list")
-    p.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("runs", help="list the runs with their state and best accuracy")
