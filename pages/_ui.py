@@ -10,7 +10,9 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from core.errors import StudioError
+from core.presets import PRESETS, preset_spec
 from core.runs import ACTIVE, Run
+from core.spec import ArchSpec
 
 # core.checkpoint and core.predict load torch, which takes seconds: they are imported where a page
 # uses a network, so the Design page, which never does, opens without that wait.
@@ -162,3 +164,37 @@ def per_class_chart(accuracy: pd.DataFrame) -> alt.Chart:
     )
     labels = base.mark_text(align="left", dx=3, fontSize=11).encode(text=alt.Text("Accuracy:Q", format=".0%"))
     return (base.mark_bar().encode(color=colour) + labels).properties(height=CELL * len(classes))
+
+
+# ---- the design in session state: Design edits it, Train trains it ------------------------------
+
+DRAFT = "design_draft"           # what the Design page's controls show, as a spec dict; may be invalid
+DESIGN = "design"                # the last valid design, ArchSpec.to_dict()
+PRESET = "design_preset"         # the preset the design started from, or None (RunConfig.preset)
+DESIGN_CONTROL = "design:"       # key prefix of the Design page's controls, re-read from the draft when forgotten
+DEFAULT_PRESET = "resnet26-seed"  # the best seed's network, within budget
+
+
+def load_design(spec: ArchSpec, preset: str | None) -> None:
+    """Make `spec` the design; the Design page's controls re-read it."""
+    st.session_state[DRAFT] = spec.to_dict()
+    st.session_state[DESIGN] = spec.to_dict()
+    st.session_state[PRESET] = preset
+    forget_controls(DESIGN_CONTROL)
+
+
+def forget_controls(prefix: str) -> None:
+    for key in [k for k in st.session_state if str(k).startswith(prefix)]:
+        del st.session_state[key]
+
+
+def matching_preset(spec: ArchSpec) -> str | None:
+    return next((name for name in PRESETS if preset_spec(name) == spec), None)
+
+
+def current_design() -> tuple[ArchSpec, str | None]:
+    """The design and its preset; the default preset's before the Design page has run (a deep link)."""
+    if DESIGN not in st.session_state:
+        return preset_spec(DEFAULT_PRESET), DEFAULT_PRESET
+    return ArchSpec.from_dict(st.session_state[DESIGN]), st.session_state.get(PRESET)
+

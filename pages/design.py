@@ -22,39 +22,18 @@ from core.presets import PRESETS, preset_spec
 from core.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES, SE_RATIO_RANGE,
                        SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, ArchSpec, SpecError, conv_out)
 from core.link import KEYS as LINK_KEYS, from_query, to_query
-from pages._ui import through_app_shell
+from pages._ui import (DEFAULT_PRESET, DESIGN, DESIGN_CONTROL as CONTROL, DRAFT, PRESET, forget_controls,
+                       load_design, matching_preset, through_app_shell)
 
 through_app_shell()
 
-DRAFT = "design_draft"        # what the controls show, as a spec dict; may be invalid
-DESIGN = "design"             # the last valid design, ArchSpec.to_dict(); the Train page reads it
-PRESET = "design_preset"      # the preset the design started from, or None (RunConfig.preset)
-CONTROL = "design:"           # key prefix of the controls, which are re-read from the draft when forgotten
 UPLOAD = "design_upload"
 UPLOAD_ERROR = "design_upload_error"
 LINK_ERROR = "design_link_error"
 FIT_REPORT = "design_fit_report"  # (st element name, markdown), shown once under the Fit button
-DEFAULT_PRESET = "resnet26-seed"  # the best seed's network, within budget
 
 
 # ---- the design in session state --------------------------------------------------------------
-
-def load_design(spec: ArchSpec, preset: str | None) -> None:
-    """Make `spec` the design; the controls re-read it."""
-    st.session_state[DRAFT] = spec.to_dict()
-    st.session_state[DESIGN] = spec.to_dict()
-    st.session_state[PRESET] = preset
-    forget_controls(CONTROL)
-
-
-def forget_controls(prefix: str) -> None:
-    for key in [k for k in st.session_state if str(k).startswith(prefix)]:
-        del st.session_state[key]
-
-
-def matching_preset(spec: ArchSpec) -> str | None:
-    return next((name for name in PRESETS if preset_spec(name) == spec), None)
-
 
 def parse_config(text: str | bytes) -> RunConfig:
     """A run config or a bare spec, from JSON text; any failure is one SpecError saying what is wrong."""
