@@ -198,3 +198,44 @@ def current_design() -> tuple[ArchSpec, str | None]:
         return preset_spec(DEFAULT_PRESET), DEFAULT_PRESET
     return ArchSpec.from_dict(st.session_state[DESIGN]), st.session_state.get(PRESET)
 
+
+# ---- runs in training: shared by Train (which follows one) and Runs (which compares them) -----------
+
+FOLLOWED = "train_followed"  # the run the Train page follows; the Runs page may pick it
+STATE_BADGES = {"queued": ("gray", ":material/hourglass_top:"), "running": ("blue", ":material/sprint:"),
+                "finished": ("green", ":material/check_circle:"), "failed": ("red", ":material/error:"),
+                "stopped": ("orange", ":material/pause_circle:")}
+
+
+def state_badge(state: str | None) -> None:
+    colour, icon = STATE_BADGES.get(state, ("gray", None))
+    st.badge(state or "unknown", color=colour, icon=icon)
+
+
+def plural(n: int, thing: str) -> str:
+    return f"{n:,} {thing}{'' if n == 1 else 's'}"
+
+
+def data_label(data: str | None) -> str:
+    """A run's data in a few words: the built-in slice, or the name of the folder or archive."""
+    return "built-in slice" if data in (None, "builtin") else Path(data).name
+
+
+def epoch_chart(curves: pd.DataFrame, title: str, epochs: float, colours: dict[str, str] | None = None,
+                value_format: str = "~g", thin: tuple[str, ...] = ()) -> alt.Chart:
+    """Lines over epochs 0 to `epochs`, from columns Epoch, Value and Curve, with a dot on every point so that
+    a curve of one point shows; `thin` curves (dense ones, logged within epochs) get thin lines and small dots."""
+    names = list(dict.fromkeys(curves["Curve"]))
+    scale = alt.Scale(domain=names, range=[colours[n] for n in names]) if colours else \
+        alt.Scale(domain=names, scheme="tableau10")  # runs: colours far apart
+    is_thin = alt.FieldOneOfPredicate(field="Curve", oneOf=list(thin))
+    base = alt.Chart(curves).encode(
+        x=alt.X("Epoch:Q", scale=alt.Scale(domain=[0, max(epochs, 1)], padding=6),
+                axis=alt.Axis(tickMinStep=1, format="~g")),
+        y=alt.Y("Value:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(format=value_format)),
+        color=alt.Color("Curve:N", scale=scale, sort=names, legend=alt.Legend(orient="bottom", title=None)),
+        tooltip=["Curve", alt.Tooltip("Epoch:Q", format=".2f"),
+                 alt.Tooltip("Value:Q", format=".2%" if "%" in value_format else ".4~g")])
+    lines = base.mark_line().encode(strokeWidth=alt.condition(is_thin, alt.value(1), alt.value(2.5)))
+    dots = base.mark_circle(opacity=1).encode(size=alt.condition(is_thin, alt.value(12), alt.value(36)))
+    return (lines + dots).properties(title=title, height=260)

@@ -1,10 +1,563 @@
-"""Train: placeholder until the training engine lands."""
+"""Train: the design from the Design page, with training settings, data and a device; launch it and follow it live.
+
+A run trains in a process of its own (core.runs.launch), so it outlives this page and the app: the page
+only reads the run's folder, in a fragment that re-runs every two seconds while the run is active. The
+settings are widgets that keep their values for the session; they start from the recipe of the design's
+preset, and every check on them is TrainConfig's.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
 import streamlit as st
 
-from pages._ui import through_app_shell
+from core.budget import BUDGET, count
+from core.checkpoint import read_meta
+from core.config import AUGMENTS, OPTIMIZERS, PRECISIONS, SCHEDULES, RunConfig, TrainConfig
+from core.data import BUILTIN, DEFAULT_DIR, TORCHVISION_DIR, DataError, load_dataset, resolve_data
+from core.errors import StudioError
+from core.presets import PRESETS
+from core.progress import (CIFAR10_TEST_IMAGES, CIFAR10_TRAIN_IMAGES, duration_text, epoch_seconds,
+                           measure_cpu_speed, metric_frames, progress)
+from core.runs import ACTIVE, Run, check_name, create_run, launch, list_runs, stop
+from core.spec import ArchSpec, SpecError
+from pages._ui import (FOLLOWED, PRIMARY, RUN_COLOURS, current_design, data_label, epoch_chart, load_design,
+                       matching_preset, plural, state_badge, through_app_shell)
 
 through_app_shell()
 
+SETTING = "train:"                   # key prefix of the settings' widgets: "train:" + TrainConfig field
+SETTINGS_FROM = "train_settings_from"  # the preset whose recipe the settings were loaded from (None: defaults)
+DATA_CHOICE = "train_data"           # one of DATA_SOURCES
+DATA_PATH = "train_data_path"
+DOWNLOAD_DIR = "train_download_dir"
+DEVICE = "train_device"
+RUN_NAME = "train_run_name"
+LAUNCH_ERROR = "train_launch_error"
+WITHIN = "train, within epochs"      # the loss curve from the step lines
+REFRESH_S = 2                        # how often the live view re-reads an active run
+PERSIST = {"persist_state": "session"}  # a setting keeps its value while the user is on another page
+DATA_SOURCES = {BUILTIN: "Built-in slice", "path": "A copy on this machine", "download": "Download CIFAR-10"}
+
+
+# ---- the settings: one widget per TrainConfig field, in groups -------------------------------------
+
+@dataclass(frozen=True)
+class Setting:
+    field: str
+    label: str
+    help: str
+    step: float | None = None       # number inputs
+    options: tuple = ()             # choices
+    unused: Callable[[dict], str | None] = lambda values: None  # why it does not apply to these settings
+
+
+def unless(field: str, wanted: tuple, reason: str) -> Callable[[dict], str | None]:
+    def check(values: dict) -> str | None:
+        value = values[field]
+        applies = any(w in value for w in wanted) if isinstance(value, list) else value in wanted
+        return None if applies else reason
+    return check
+
+
+STEP_ONLY = unless("schedule", ("step",), "Only the step schedule uses it")
+SETTINGS = {
+    "Schedule": [
+        Setting("epochs", "Epochs", "Passes over the training images", step=1),
+        Setting("batch_size", "Batch size", "Images per optimizer step. A larger batch trains faster per image on a "
+                                            "GPU, until its memory runs out", step=32),
+        Setting("lr", "Learning rate", "The schedule's peak learning rate", step=0.01),
+        Setting("schedule", "Schedule", "How the learning rate moves: cosine decays it to 0; onecycle rises from "
+                                        "lr/25 over a quarter of the steps, then decays; step multiplies it by the "
+                                        "step factor every few epochs; constant keeps it", options=SCHEDULES),
+        Setting("warmup_epochs", "Warm-up epochs", "Rise linearly from lr/10 to lr over this many epochs before the "
+                                                   "schedule; 0 for none", step=0.5),
+        Setting("step_epochs", "Step every (epochs)", "Epochs between two drops of the step schedule", step=1,
+                unused=STEP_ONLY),
+        Setting("step_gamma", "Step factor", "The step schedule multiplies the learning rate by this at each drop",
+                step=0.05, unused=STEP_ONLY),
+    ],
+    "Optimizer": [
+        Setting("optimizer", "Optimizer", "SGD with momentum is the seeds' choice for CIFAR-10; Adam and AdamW "
+                                          "want a smaller learning rate (about 0.001 to 0.01)", options=OPTIMIZERS),
+        Setting("momentum", "Momentum", "Share of the previous update kept in the next one", step=0.01,
+                unused=unless("optimizer", ("sgd", "rmsprop"), "Only SGD and RMSprop use momentum")),
+        Setting("nesterov", "Nesterov momentum", "Look ahead along the momentum before taking the gradient",
+                unused=unless("optimizer", ("sgd",), "Only SGD has Nesterov momentum")),
+        Setting("weight_decay", "Weight decay", "Pull on every weight towards 0, e.g. 5e-4 with SGD; 0 for none",
+                step=1e-4),
+        Setting("lookahead", "Lookahead", "Every 5 steps, move a slow copy of the weights halfway to the "
+                                          "optimizer's and restart from there (Zhang et al. 2019)"),
+        Setting("grad_clip", "Gradient clipping", "Largest gradient norm of a step; 0 for none", step=0.1),
+    ],
+    "Regularization": [
+        Setting("augment", "Augmentation", "Random changes to every training image. crop: pad, then take a 32×32 "
+                                           "window; flip: mirror half of them; cutout: blank a square; perspective: "
+                                           "tilt; autoaugment and trivialaugment: learned or random policies, drawn "
+                                           "per image (slower)", options=AUGMENTS),
+        Setting("crop_padding", "Crop padding", "Pixels of padding before the crop: the largest shift", step=1,
+                unused=unless("augment", ("crop",), "Only the crop augmentation uses it")),
+        Setting("cutout_size", "Cutout size", "Side of the blanked square, in pixels", step=1,
+                unused=unless("augment", ("cutout",), "Only the cutout augmentation uses it")),
+        Setting("label_smoothing", "Label smoothing", "Share of each target spread over the other classes; 0.1 is "
+                                                      "usual, 0 for none", step=0.05),
+        Setting("ema_decay", "Weight EMA", "Keep a moving average of the weights, and evaluate and save it instead "
+                                           "of them, e.g. 0.999; 0 for none", step=0.001),
+        Setting("normalize", "Normalize inputs", "Subtract CIFAR-10's channel means and divide by their standard "
+                                                 "deviations"),
+    ],
+    "Evaluation and engine": [
+        Setting("val_fraction", "Validation share", "Hold this share of the training images out and evaluate on "
+                                                    "it instead of the test split, so that no choice is made on test "
+                                                    "images; 0 evaluates on test", step=0.05),
+        Setting("tta_flip", "Flip at test time", "Average each prediction over the image and its mirror"),
+        Setting("precision", "Precision", "auto: bf16 where the hardware computes it natively (CUDA GPUs, CPUs with "
+                                          "AMX), else fp32", options=PRECISIONS),
+        Setting("compile", "torch.compile", "Compile the model: faster steps on a GPU, after a minute or two of "
+                                            "compiling; rarely worth it on a CPU"),
+        Setting("seed", "Seed", "Seeds the weights, the data order and the augmentation: the same seed replays a "
+                                "run", step=1),
+        Setting("log_every", "Log every (steps)", "Steps between two points of the loss curve within an epoch",
+                step=5),
+    ],
+}
+LABELS = {s.field: s.label for group in SETTINGS.values() for s in group}
+assert set(LABELS) == {f.name for f in fields(TrainConfig)}, "every TrainConfig field needs a widget"
+
+
+def recipe(preset: str | None) -> TrainConfig:
+    return RunConfig.from_preset(preset).train if preset in PRESETS else TrainConfig()
+
+
+def load_settings(train: TrainConfig, source: str | None) -> None:
+    for name, value in train.to_dict().items():
+        st.session_state[SETTING + name] = value
+    st.session_state[SETTINGS_FROM] = source
+
+
+def setting_values() -> dict:
+    return {name: st.session_state[SETTING + name] for name in LABELS}
+
+
+def setting_widget(setting: Setting, values: dict) -> None:
+    key, default = SETTING + setting.field, getattr(TrainConfig(), setting.field)
+    reason = setting.unused(values)
+    common = dict(key=key, help=setting.help + (f". {reason}." if reason else ""), disabled=bool(reason), **PERSIST)
+    if isinstance(default, bool):
+        st.toggle(setting.label, **common)
+    elif isinstance(default, tuple):
+        st.pills(setting.label, setting.options, selection_mode="multi", **common)
+    elif len(setting.options) > 3:  # more would wrap in a card
+        st.selectbox(setting.label, setting.options, **common)
+    elif setting.options:
+        st.segmented_control(setting.label, setting.options, required=True, **common)
+    else:
+        st.number_input(setting.label, step=setting.step, format="%g" if isinstance(default, float) else "%d",
+                        **common)
+
+
+def settings_error(values: dict) -> str | None:
+    """TrainConfig's complaint about the settings, naming the setting as its widget does."""
+    try:
+        TrainConfig.from_dict(values)
+    except SpecError as e:
+        message = str(e)
+        for name, label in LABELS.items():
+            message = message.replace(f"train.{name}:", f"{label}:")
+        return message
+    return None
+
+
+# ---- data and device ------------------------------------------------------------------------------
+
+@st.cache_data(show_spinner="Reading the data (decoded once, then cached for every run)…", max_entries=16)
+def data_summary(data: str, modified: float) -> dict:
+    """What a dataset holds; `modified` (the path's mtime) makes a changed copy read again."""
+    dataset = load_dataset(data)
+    return {"source": dataset.source, "train": len(dataset.train), "test": len(dataset.test)}
+
+
+def modified(data: str) -> float:
+    return 0.0 if data == BUILTIN else Path(data).stat().st_mtime
+
+
+@st.cache_resource
+def find_gpus() -> dict[str, str]:
+    """CUDA devices by torch name (cuda:0, ...) with their names; asked once per server."""
+    import torch
+
+    return {f"cuda:{i}": torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}
+
+
+@st.cache_data(show_spinner="Timing a few training steps of this design on the CPU…", max_entries=64)
+def cpu_images_per_s(arch: dict, batch_size: int, augment: tuple, precision: str) -> float:
+    train = TrainConfig.from_dict({"batch_size": batch_size, "augment": list(augment), "precision": precision})
+    return measure_cpu_speed(ArchSpec.from_dict(arch), train)
+
+
+def device_label(device: str) -> str:
+    gpus = find_gpus()
+    return f"GPU {device.split(':')[1]} · {gpus[device]}" if device in gpus else "CPU"
+
+
+def use_data(choice: str, path: str | None = None) -> None:
+    st.session_state[DATA_CHOICE] = choice
+    if path is not None:
+        st.session_state[DATA_PATH] = path
+
+
+def chosen_data() -> tuple[str | None, str | None]:
+    """(the data a run would train on, as load_dataset takes it, or None; what is wrong when None)."""
+    choice = st.session_state[DATA_CHOICE]
+    if choice == BUILTIN:
+        return BUILTIN, None
+    if choice == "path":
+        text = st.session_state[DATA_PATH].strip()
+        if not text:
+            return None, "Give the path of a CIFAR-10 copy, or pick the built-in slice."
+        path = resolve_data(text)
+        return (path, None) if Path(path).exists() else (None, f"{path}: no such file or folder.")
+    folder = resolve_data(st.session_state[DOWNLOAD_DIR])
+    if (Path(folder) / TORCHVISION_DIR).is_dir():
+        return folder, None
+    return None, "Download CIFAR-10 first, or pick another source."
+
+
+def download_data(folder: str) -> None:
+    try:
+        with st.spinner(f"Downloading CIFAR-10 into {folder} (163 MB)…"):
+            load_dataset(folder, download=True)
+    except StudioError as e:
+        st.error(f"The download failed: {e}", icon=":material/cloud_off:")
+        return
+    st.success(f"CIFAR-10 is in {folder}: ready to train on.", icon=":material/check_circle:")
+
+
+# ---- launching and following runs ---------------------------------------------------------------------
+
+def default_run_name(preset: str | None) -> str:
+    return f"{preset or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"  # as `python -m core train` names runs
+
+
+def launch_run() -> None:
+    """Create the run and start its process, from the widgets' values as they are at the click (a value
+    typed just before it arrives with the click, after the page last drew)."""
+    spec, preset = current_design()
+    data, data_problem = chosen_data()
+    name, device = st.session_state[RUN_NAME].strip(), st.session_state[DEVICE]
+    try:
+        if data_problem:
+            raise DataError(data_problem)
+        launch(create_run(RunConfig(spec, TrainConfig.from_dict(setting_values()), data, preset), name), device)
+    except StudioError as e:
+        st.session_state[LAUNCH_ERROR] = str(e)
+        return
+    st.session_state[FOLLOWED] = name
+    st.session_state.pop(RUN_NAME, None)  # the next run gets a fresh name
+    st.toast(f"Launched {name} on {device_label(device)}.", icon=":material/rocket_launch:")
+
+
+def clone_run(run: Run) -> None:
+    """The run's design into the Design page and its settings and data into this page's widgets."""
+    cfg = run.config()
+    preset = cfg.preset if cfg.preset in PRESETS else matching_preset(cfg.arch)
+    load_design(cfg.arch, preset)
+    load_settings(cfg.train, preset)
+    if cfg.data == BUILTIN:
+        use_data(BUILTIN)
+    else:
+        use_data("path", cfg.data)
+
+
+def resume_point(run: Run) -> str:
+    try:
+        saved = read_meta(run.checkpoints, "last")
+    except StudioError:
+        return "It saved no checkpoint: Resume starts it over."
+    within = f", step {saved['step']}" if saved["step"] else ""
+    return f"Its last checkpoint is at epoch {saved['epoch']}{within}: Resume continues from there."
+
+
+def most_recent(runs: list[Run], states: dict[str, str]) -> str:
+    """The newest active run, else the newest run (list_runs gives them newest first)."""
+    return next((run.name for run in runs if states[run.name] in ACTIVE), runs[0].name)
+
+
+def run_charts(steps: pd.DataFrame, per_epoch: pd.DataFrame, split: str, epochs: int) -> None:
+    loss = pd.concat([
+        pd.DataFrame({"Epoch": steps["epoch"], "Value": steps["train_loss"], "Curve": WITHIN}),
+        pd.DataFrame({"Epoch": per_epoch["epoch"], "Value": per_epoch["train_loss"], "Curve": "train"}),
+        pd.DataFrame({"Epoch": per_epoch["epoch"], "Value": per_epoch["eval_loss"], "Curve": split})])
+    accuracy = pd.concat([
+        pd.DataFrame({"Epoch": per_epoch["epoch"], "Value": per_epoch["train_acc"], "Curve": "train"}),
+        pd.DataFrame({"Epoch": per_epoch["epoch"], "Value": per_epoch["eval_acc"], "Curve": split})])
+    lr = pd.concat([pd.DataFrame({"Epoch": lines["epoch"], "Value": lines["lr"], "Curve": "learning rate"})
+                    for lines in (steps, per_epoch)]).sort_values("Epoch")
+    colours = {WITHIN: "#93c5fd", "train": PRIMARY, split: RUN_COLOURS[1], "learning rate": PRIMARY}
+    loss_column, accuracy_column, lr_column = st.columns(3)
+    loss_column.altair_chart(epoch_chart(loss, "Loss", epochs, colours, thin=(WITHIN,)))
+    if per_epoch.empty:
+        accuracy_column.caption("Accuracy: after the first epoch.")
+    else:
+        accuracy_column.altair_chart(epoch_chart(accuracy, "Accuracy", epochs, colours, value_format=".1~%"))
+    lr_column.altair_chart(epoch_chart(lr, "Learning rate", epochs, colours, thin=("learning rate",)))
+
+
+def show_run(run: Run, live: bool) -> None:
+    """One run as it stands on disk: state, progress, curves, log and what can be done with it."""
+    status = run.status()
+    state = status.get("state")
+    if (state in ACTIVE) != live:
+        st.rerun()  # it started or ended: the whole page follows (refreshing, buttons)
+    try:
+        cfg = run.config()
+    except StudioError as e:
+        st.error(f"{run.name} can't be read: {e}", icon=":material/error:")
+        return
+    rows = run.metrics()
+    epochs = cfg.train.epochs
+    at = progress(rows, epochs, cfg.train.batch_size)
+
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.markdown(f"#### {run.name}")
+        state_badge(state)
+        where = status.get("device_name") or status.get("device")  # known once its process has started
+        st.caption(" · ".join([*([where] if where else []), f"{count(cfg.arch).params:,} parameters",
+                               cfg.preset or "custom design", data_label(cfg.data)]))
+    if state == "queued":
+        waiting = status.get("waiting_for")
+        st.info(f"Queued: {waiting}. It starts by itself when the device is free." if waiting else
+                "Starting: the training process is loading the data and building the network.",
+                icon=":material/hourglass_top:")
+    elif state == "running" and not rows:
+        st.info(f"Running: the first numbers appear after {cfg.train.log_every} steps.",
+                icon=":material/hourglass_top:")
+    elif state == "failed":
+        st.error(f"**Failed**: {status.get('error') or 'no reason recorded'}.  \n{resume_point(run)} The log "
+                 f"below has the details.", icon=":material/error:")
+    elif state == "stopped":
+        st.info(f"Stopped at epoch {at.epoch:.1f}. Resume continues from there.", icon=":material/pause_circle:")
+
+    pace = [f"Epoch {at.epoch:.1f} of {epochs}"]
+    if at.images_per_s:
+        pace.append(f"{at.images_per_s:,.0f} images/s")
+    if state in ACTIVE and at.eta_s is not None:
+        pace.append(f"about {duration_text(at.eta_s)} left")
+    st.progress(at.fraction, text=" · ".join(pace))
+    steps, per_epoch = metric_frames(rows)
+    if not steps.empty or not per_epoch.empty:
+        split = per_epoch["eval_split"].iloc[-1] if len(per_epoch) else "test"  # test, or val when held out
+        best, loss, elapsed, left = st.columns(4)
+        best.metric(f"Best {split} accuracy", f"{per_epoch['eval_acc'].max():.1%}" if len(per_epoch) else "–",
+                    border=True)
+        loss.metric(f"Last {split} loss", f"{per_epoch['eval_loss'].iloc[-1]:.3f}" if len(per_epoch) else "–",
+                    border=True)
+        elapsed.metric("Training time", duration_text(at.elapsed_s), border=True)
+        left.metric("Time left", "done" if state == "finished" else duration_text(at.eta_s)
+                    if state in ACTIVE and at.eta_s is not None else "–", border=True)
+        run_charts(steps, per_epoch, split, epochs)
+
+    with st.expander("Log", expanded=state == "failed", icon=":material/terminal:"):
+        st.code(run.log_tail(30) or "(nothing yet)", language=None)
+
+    actions = st.container(horizontal=True, vertical_alignment="bottom")
+    if state in ACTIVE:
+        if actions.button("Stop", icon=":material/stop_circle:",
+                          help="Finish the current step, save a checkpoint, and stop; Resume continues"):
+            stop(run)
+            st.toast(f"Stopping {run.name}: it saves a checkpoint first.", icon=":material/stop_circle:")
+    else:
+        done = int(per_epoch["epoch"].max()) if len(per_epoch) else 0
+        more = actions.number_input("Epochs in all", min_value=max(1, done), value=max(epochs, done, 1), step=1,
+                                    key=f"train_resume_epochs:{run.name}", width=160,
+                                    help="The run's new total: more epochs than first set (or fewer, down to those "
+                                         "done) stretch or shrink its learning-rate schedule")
+        finished = state == "finished"
+        if actions.button("Train longer" if finished else "Resume", type="primary", icon=":material/play_arrow:",
+                          disabled=finished and more <= done,
+                          help=f"Continue from the last checkpoint on {device_label(st.session_state[DEVICE])}"):
+            try:
+                launch(run, st.session_state[DEVICE], epochs=int(more))
+            except StudioError as e:
+                st.error(str(e), icon=":material/error:")
+            else:
+                st.rerun()
+    if actions.button("Open in Design", icon=":material/architecture:", on_click=clone_run, args=(run,),
+                      help="Load this run's design into the Design page and its settings and data here, "
+                           "to change and train again"):
+        st.switch_page("pages/design.py")
+
+
+# ---- the page -----------------------------------------------------------------------------------------
+
+spec, preset = current_design()
+cost = count(spec)
+if any(SETTING + name not in st.session_state for name in LABELS):
+    load_settings(recipe(preset), preset)
+elif preset is not None and preset != st.session_state[SETTINGS_FROM]:
+    load_settings(recipe(preset), preset)
+    st.toast(f"Training settings now follow {preset}'s recipe.", icon=":material/tune:")
+
 st.title("Train")
-st.write("Train the design from the Design page on CIFAR-10 and watch its loss and accuracy as it learns.")
-st.info("Training arrives with the training engine.", icon=":material/construction:")
+st.write("Train the design from the Design page on CIFAR-10 in a background process, and watch it learn. "
+         "It keeps training when you leave this page.")
+
+# -- design --
+st.subheader("Design", divider="gray")
+over = cost.params - BUDGET
+name_column, params_column, macs_column, change_column = st.columns([2, 1, 1, 1], vertical_alignment="center")
+name_column.markdown(f"**{preset or 'Your own design'}**  \n:gray[{plural(len(spec.stages), 'stage')} · "
+                     f"{plural(sum(s.blocks for s in spec.stages), 'block')} · widths "
+                     f"{', '.join(str(s.channels) for s in spec.stages)}]")
+params_column.metric("Parameters", f"{cost.params:,}", f"{over:,} over budget" if over > 0 else f"{-over:,} to spare",
+                     delta_color="inverse" if over > 0 else "normal", delta_arrow="off")
+macs_column.metric("MACs per image", f"{cost.macs / 1e6:,.0f} M")
+if change_column.button("Change in Design", icon=":material/architecture:", width="stretch"):
+    st.switch_page("pages/design.py")
+if over > 0:
+    st.error(f"This design has {cost.params:,} parameters, {over:,} over the budget of {BUDGET:,}: it can't be "
+             f"trained. Make it narrower or shallower on the Design page, or let Fit to budget scale every width.",
+             icon=":material/block:")
+    if st.button("Fit it in Design", type="primary", icon=":material/fit_width:", key="train_fit_in_design"):
+        st.switch_page("pages/design.py")
+
+# -- data --
+st.subheader("Data", divider="gray")
+found = resolve_data(None)  # what a run would use with no choice: $CIFAR10_DATA, ./data, or the slice
+st.session_state.setdefault(DATA_CHOICE, BUILTIN if found == BUILTIN else "path")
+st.session_state.setdefault(DATA_PATH, "" if found == BUILTIN else found)
+st.session_state.setdefault(DOWNLOAD_DIR, str(DEFAULT_DIR))
+choice = st.segmented_control("Train on", list(DATA_SOURCES), format_func=DATA_SOURCES.get, required=True,
+                              key=DATA_CHOICE, **PERSIST)
+data, data_problem = chosen_data()
+if choice == BUILTIN:
+    st.caption("5,000 training and 1,000 test images of the JPEG copy of CIFAR-10, shipped with the app: an "
+               "epoch takes seconds to minutes. Enough to try a design; its accuracy needs the full 50,000.")
+    if found == BUILTIN:
+        st.info("No full copy of CIFAR-10 is set up on this machine. Point to one (a folder or archive), or "
+                "download the original (needs internet).", icon=":material/dataset:")
+        with st.container(horizontal=True):
+            st.button("Use a copy on this machine", icon=":material/folder_open:", on_click=use_data, args=("path",))
+            st.button("Download CIFAR-10", icon=":material/download:", on_click=use_data, args=("download",))
+elif choice == "path":
+    st.text_input("Folder or archive", key=DATA_PATH, placeholder="/path/to/cifar10-jpg.tar.gz",
+                  help="torchvision's CIFAR-10 (a folder holding cifar-10-batches-py/), or train/<class>/ and "
+                       "test/<class>/ folders of images, as a folder, .tar.gz, .tgz, .tar or .zip", **PERSIST)
+    if not st.session_state[DATA_PATH].strip():
+        st.caption(data_problem)
+    elif data_problem:
+        st.error(data_problem, icon=":material/error:")
+    else:
+        summary_column, check_column = st.columns([4, 1], vertical_alignment="center")
+        summary_column.caption("It is read when the run starts: decoded once (a minute for 60,000 JPEGs), then "
+                               "cached, so later runs start at once.")
+        if check_column.button("Check it now", icon=":material/fact_check:", width="stretch"):
+            try:
+                found_data = data_summary(data, modified(data))
+            except StudioError as e:
+                st.error(str(e), icon=":material/error:")
+            else:
+                st.success(f"{found_data['source']}: {found_data['train']:,} training and {found_data['test']:,} "
+                           f"test images.", icon=":material/check_circle:")
+else:
+    folder_column, download_column = st.columns([4, 1], vertical_alignment="bottom")
+    folder = folder_column.text_input("Into folder", key=DOWNLOAD_DIR, **PERSIST,
+                                      help="torchvision downloads the original, lossless CIFAR-10 (163 MB) from "
+                                           "cs.toronto.edu into this folder; ./data is where runs look by default")
+    st.caption("The download needs internet access from the machine running ResNet Studio.")
+    if download_column.button("Download", type="primary", icon=":material/download:", width="stretch"):
+        download_data(folder)
+        data, data_problem = chosen_data()
+
+# -- device --
+st.subheader("Device", divider="gray")
+gpus = find_gpus()
+devices = [*gpus, "cpu"]
+if st.session_state.get(DEVICE) not in devices:
+    st.session_state[DEVICE] = devices[0]
+device = st.segmented_control("Train on device", devices, format_func=device_label, required=True, key=DEVICE,
+                              **PERSIST)
+values = setting_values()
+if device == "cpu":
+    train_images, eval_images = CIFAR10_TRAIN_IMAGES, CIFAR10_TEST_IMAGES
+    if data == BUILTIN:
+        builtin = data_summary(BUILTIN, 0.0)
+        train_images, eval_images = builtin["train"], builtin["test"]
+    valid = settings_error(values) is None
+    measure = TrainConfig.from_dict(values) if valid else TrainConfig()
+    speed = cpu_images_per_s(spec.to_dict(), measure.batch_size, measure.augment, measure.precision)
+    per_epoch = epoch_seconds(speed, train_images, eval_images)
+    where = "the built-in slice" if data == BUILTIN else f"{train_images:,} training images"
+    estimate = (f"about **{duration_text(per_epoch)} per epoch** of {where} for this design: "
+                f"{duration_text(per_epoch * measure.epochs)} for {plural(measure.epochs, 'epoch')}. Timed "
+                f"over a few steps on one CPU core just now: a run uses all {os.cpu_count()} cores, so it goes "
+                f"faster when nothing else runs here, and slower when something else trains.")
+    if gpus:
+        st.info(f"Training on the CPU: {estimate}", icon=":material/memory:")
+    else:
+        st.warning(f"**No GPU found**: this run trains on the CPU, at {estimate}  \nTry designs on the built-in "
+                   f"slice for a few epochs; for full runs, open ResNet Studio on a machine with a CUDA GPU.",
+                   icon=":material/memory:")
+    with st.container(horizontal=True):
+        if data != BUILTIN:
+            st.button("Use the built-in slice", icon=":material/dataset:", on_click=use_data, args=(BUILTIN,))
+        st.button("Time it again", icon=":material/timer:", type="tertiary", on_click=cpu_images_per_s.clear,
+                  help="The timing is kept per design; time it again when the machine is less (or more) busy")
+
+# -- settings --
+st.subheader("Training settings", divider="gray")
+source = st.session_state[SETTINGS_FROM]
+from_recipe = recipe(source).to_dict()
+about, reset = st.columns([4, 1], vertical_alignment="center")
+about.caption(f"They start from {f'the {source} preset’s recipe' if source else 'the defaults: the best seed’s recipe'}"
+              f"{' (changed here)' if values != from_recipe else ''}. Hover over a setting for what it does.")
+reset.button("Back to the recipe", icon=":material/undo:", type="tertiary", disabled=values == from_recipe,
+             on_click=load_settings, args=(recipe(source), source), width="stretch")
+for column, (group, settings) in zip(st.columns(len(SETTINGS)), SETTINGS.items()):
+    with column.container(border=True, height="stretch"):
+        st.markdown(f"**{group}**")
+        for setting in settings:
+            setting_widget(setting, values)
+invalid = settings_error(setting_values())
+if invalid:
+    st.error(invalid, icon=":material/error:")
+
+# -- launch --
+st.subheader("Launch", divider="gray")
+st.session_state.setdefault(RUN_NAME, default_run_name(preset))
+name_column, launch_column = st.columns([3, 1], vertical_alignment="bottom")
+run_name = name_column.text_input("Run name", key=RUN_NAME,
+                                  help="The run's folder name: letters, digits, '.', '_' and '-'").strip()
+try:
+    check_name(run_name)
+    name_problem = f"A run named {run_name} exists; pick another name." if Run.named(run_name).dir.exists() else None
+except StudioError as e:
+    name_problem = str(e)
+blocked = (f"The design is {over:,} parameters over budget." if over > 0 else None) or invalid or data_problem \
+    or name_problem
+launch_column.button("Launch", type="primary", icon=":material/rocket_launch:", width="stretch",
+                     disabled=bool(blocked), on_click=launch_run,
+                     help=blocked or f"Start training {run_name} on {device_label(device)} in the background")
+if blocked:
+    st.caption(f"Can't launch: {blocked}")
+if LAUNCH_ERROR in st.session_state:
+    st.error(f"Could not launch: {st.session_state.pop(LAUNCH_ERROR)}", icon=":material/error:")
+
+# -- the followed run --
+st.subheader("Follow a run", divider="gray")
+runs = list_runs()
+if not runs:
+    st.caption("Launch a run above: its progress, curves and log appear here as it trains.")
+else:
+    states = {run.name: run.status().get("state") for run in runs}
+    if st.session_state.get(FOLLOWED) not in states:
+        st.session_state[FOLLOWED] = most_recent(runs, states)
+    followed = st.selectbox("Run", list(states), key=FOLLOWED, **PERSIST, help="Newest first; until you pick one, the newest "
+                            "active run")
+    live = states[followed] in ACTIVE
+    st.fragment(show_run, run_every=REFRESH_S if live else None)(Run.named(followed), live)

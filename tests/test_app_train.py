@@ -1,0 +1,290 @@
+"""The Train and Runs pages, run headless through Streamlit's AppTest, on runs folders of the tests' own.
+
+A run that looks active is faked with this test process's pid (alive for as long as the test runs), so the
+pages treat it as training; nothing here may stop such a run, which would signal pytest. The launch tests
+start real training processes and wait for them.
+"""
+import json
+import os
+import shutil
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.budget import BUDGET, count
+from core.config import RunConfig, TrainConfig
+from core.presets import preset_spec
+from core.runs import Run, process_start_time, stop
+from core.spec import ArchSpec
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
+TINY = ArchSpec.from_dict({"stages": [{"blocks": 1, "channels": 16}], "pool_size": 32})  # trains an epoch in seconds
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "runs"
+    root.mkdir()
+    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(root))
+    return root
+
+
+@pytest.fixture
+def trained_copy(trained_runs, runs_dir) -> Run:
+    """A copy of the trained `small`, to change or delete."""
+    shutil.copytree(trained_runs / "small", runs_dir / "small")
+    return Run(runs_dir / "small")
+
+
+def open_page(page: str, design: ArchSpec | None = None, preset: str | None = None) -> AppTest:
+    """The app opened on Design (as a visitor does), then switched to `page` with `design` in session."""
+    app = AppTest.from_file(APP, default_timeout=120).run()
+    if design is not None:
+        app.session_state["design_draft"] = design.to_dict()
+        app.session_state["design"] = design.to_dict()
+        app.session_state["design_preset"] = preset
+    return app.switch_page(f"pages/{page}.py").run()
+
+
+def assert_clean(app: AppTest) -> None:
+    assert not app.exception, [e.value for e in app.exception]
+
+
+def button(app: AppTest, label: str):
+    return next(b for b in app.button if b.label == label)
+
+
+def texts(elements) -> str:
+    return "\n".join(e.value for e in elements)
+
+
+def chart_specs(app: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in app.get("vega_lite_chart")]
+
+
+def chart_titles(app: AppTest) -> list[str]:
+    return [spec.get("title") for spec in chart_specs(app)]
+
+
+def progress_text(app: AppTest) -> str:
+    return app.get("progress")[0].proto.text
+
+
+def fake_state(run: Run, **status) -> None:
+    """Make `run` look as `status` says, held by this process (alive) when it looks active."""
+    pid = os.getpid()
+    run.status_path.write_text(json.dumps({"created": time.time(), "pid": pid, "pid_start": process_start_time(pid),
+                                           "device": "cpu", "device_name": "CPU"} | status))
+
+
+def wait_for_state(run: Run, states: tuple[str, ...], timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run.status()
+        if status.get("state") in states:
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"{run.name} did not become {' or '.join(states)} within {timeout:.0f} s: {run.status()}\n"
+                         f"{run.log_tail()}")
+
+
+# ---- empty states -------------------------------------------------------------------------------------
+
+def test_without_runs_the_runs_page_says_to_train_with_a_button(runs_dir):
+    app = open_page("runs")
+    assert_clean(app)
+    assert "No runs yet" in texts(app.info)
+    button(app, "Train a network").click().run()
+    assert_clean(app)
+    assert app.title[0].value == "Train"
+    assert any("Launch a run above" in c.value for c in app.caption)
+
+
+def test_without_gpu_or_dataset_the_train_page_says_what_to_do(runs_dir, monkeypatch):
+    monkeypatch.delenv("CIFAR10_DATA", raising=False)
+    monkeypatch.chdir(runs_dir)  # no ./data here
+    app = open_page("train")
+    assert_clean(app)
+    assert "No full copy of CIFAR-10" in texts(app.info)
+    button(app, "Download CIFAR-10").click().run()
+    assert app.get_by_key("train_data").value == "download"
+    assert any("needs internet" in c.value for c in app.caption)
+    import torch
+
+    if torch.cuda.device_count() == 0:
+        warning = texts(app.warning)
+        assert "No GPU found" in warning and "per epoch" in warning
+        assert any(b.label == "Use the built-in slice" for b in app.button)
+
+
+# ---- settings, data and budget ------------------------------------------------------------------------
+
+def test_every_training_setting_has_a_widget_with_help_starting_from_the_presets_recipe(runs_dir):
+    app = open_page("train", preset_spec("resnet10-wide"), "resnet10-wide")
+    assert_clean(app)
+    recipe = RunConfig.from_preset("resnet10-wide").train
+    for field in fields(TrainConfig):
+        widget = app.get_by_key(f"train:{field.name}")
+        assert widget.help, field.name
+        value = widget.value
+        assert (list(value) if field.name == "augment" else value) == \
+            (list(recipe.augment) if field.name == "augment" else getattr(recipe, field.name)), field.name
+    assert app.get_by_key("train:optimizer").value == "adam"
+    assert app.get_by_key("train:momentum").disabled  # adam has no momentum
+
+
+def test_a_setting_out_of_range_names_it_and_blocks_launch(runs_dir):
+    app = open_page("train", TINY)
+    app.get_by_key("train:lr").set_value(20.0).run()
+    assert_clean(app)
+    assert "Learning rate: 20.0 is out of range" in texts(app.error)
+    assert button(app, "Launch").disabled
+
+
+def test_settings_survive_a_page_switch_and_go_back_to_the_recipe(runs_dir):
+    app = open_page("train", TINY)
+    app.get_by_key("train:epochs").set_value(3).run()
+    app.switch_page("pages/runs.py").run()
+    app.switch_page("pages/train.py").run()
+    assert app.get_by_key("train:epochs").value == 3
+    button(app, "Back to the recipe").click().run()
+    assert_clean(app)
+    assert app.get_by_key("train:epochs").value == TrainConfig().epochs
+
+
+def test_a_missing_data_path_is_named_and_blocks_launch(runs_dir):
+    app = open_page("train", TINY)
+    app.get_by_key("train_data").set_value("path").run()
+    app.get_by_key("train_data_path").input(str(runs_dir / "nowhere")).run()
+    assert_clean(app)
+    assert "nowhere: no such file or folder" in texts(app.error)
+    assert button(app, "Launch").disabled
+
+
+def test_an_over_budget_design_cannot_be_launched_and_leads_back_to_design(runs_dir):
+    app = open_page("train", preset_spec("resnet18"), "resnet18")
+    assert_clean(app)
+    over = count(preset_spec("resnet18")).params - BUDGET
+    assert f"{over:,} over the budget of {BUDGET:,}" in texts(app.error)
+    assert button(app, "Launch").disabled
+    assert button(app, "Launch").help == f"The design is {over:,} parameters over budget."
+    button(app, "Fit it in Design").click().run()
+    assert app.title[0].value == "Design"
+    assert not list(runs_dir.iterdir())
+
+
+# ---- following runs --------------------------------------------------------------------------------------
+
+def test_a_running_run_shows_its_progress_charts_and_a_stop_button(trained_copy):
+    halfway = [line for line in trained_copy.metrics() if line["epoch"] < 1.6]  # 39 steps an epoch, logged every 20
+    trained_copy.metrics_path.write_text("".join(json.dumps(line) + "\n" for line in halfway))
+    fake_state(trained_copy, state="running")
+    app = open_page("train", TINY)
+    assert_clean(app)
+    assert app.get_by_key("train_followed").value == "small"  # the active run, followed by default
+    assert progress_text(app).startswith("Epoch 1.5 of 2")
+    assert {"Loss", "Accuracy", "Learning rate"} <= set(chart_titles(app))
+    assert any(b.label == "Stop" for b in app.button)
+    assert not any(b.label == "Resume" for b in app.button)
+
+
+def test_a_queued_run_says_what_it_waits_for(trained_copy):
+    trained_copy.metrics_path.unlink()
+    fake_state(trained_copy, state="queued", waiting_for="cpu is busy with example")
+    app = open_page("train", TINY)
+    assert_clean(app)
+    assert "Queued: cpu is busy with example" in texts(app.info)
+
+
+def test_a_failed_run_shows_its_error_its_log_and_a_resume_button(trained_copy):
+    fake_state(trained_copy, state="failed", error="out of memory: use a smaller batch size", pid=None)
+    app = open_page("train", TINY)
+    assert_clean(app)
+    error = texts(app.error)
+    assert "out of memory: use a smaller batch size" in error and "Its last checkpoint is at epoch 2: Resume continues" in error
+    assert app.expander[0].proto.expanded and "epoch 2/2" in app.code[0].value
+    assert any(b.label == "Resume" for b in app.button)
+
+
+def test_open_in_design_clones_the_design_and_the_settings(trained_runs, monkeypatch):
+    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(trained_runs))
+    small = Run(trained_runs / "small").config()
+    app = open_page("train", TINY)
+    button(app, "Open in Design").click().run()
+    assert_clean(app)
+    assert app.title[0].value == "Design"
+    assert app.session_state["design"] == small.arch.to_dict()
+    app.switch_page("pages/train.py").run()
+    assert app.get_by_key("train:lr").value == small.train.lr == 0.05
+    assert app.get_by_key("train:epochs").value == small.train.epochs
+
+
+def test_launching_trains_in_a_background_process_and_trains_longer(runs_dir):
+    app = open_page("train", TINY)
+    app.get_by_key("train:epochs").set_value(1).run()
+    app.get_by_key("train_data").set_value("builtin").run()
+    app.get_by_key("train_device").set_value("cpu").run()
+    app.get_by_key("train_run_name").input("tiny").run()
+    button(app, "Launch").click().run()
+    assert_clean(app)
+    run = Run(runs_dir / "tiny")
+    try:
+        assert run.config().arch == TINY and run.config().train.epochs == 1 and run.config().data == "builtin"
+        assert app.get_by_key("train_followed").value == "tiny"
+        assert wait_for_state(run, ("running", "finished", "failed"))["state"] != "failed", run.log_tail()
+        assert wait_for_state(run, ("finished", "failed"))["state"] == "finished", run.log_tail()
+        app.run()
+        assert progress_text(app).startswith("Epoch 1.0 of 1")
+        app.get_by_key("train_resume_epochs:tiny").set_value(2).run()
+        button(app, "Train longer").click().run()
+        assert_clean(app)
+        assert wait_for_state(run, ("finished", "failed"))["state"] == "finished", run.log_tail()
+        assert [line["epoch"] for line in run.metrics() if line["kind"] == "epoch"] == [1, 2]
+    finally:
+        stop(run)
+        wait_for_state(run, ("finished", "failed", "stopped"))
+
+
+# ---- the runs page ---------------------------------------------------------------------------------------
+
+def test_the_runs_page_lists_a_run_with_its_accuracy_and_confusion_matrix(trained_runs, monkeypatch):
+    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(trained_runs))
+    summary = Run(trained_runs / "small").summary()
+    results = json.loads((trained_runs / "small" / "results.json").read_text())
+    app = open_page("runs")
+    assert_clean(app)
+    table = app.dataframe[0].value.set_index("Run")
+    assert table.loc["small", "State"] == "finished" and table.loc["small", "Parameters"] == summary["params"]
+    assert table.loc["small", "Best accuracy"] == pytest.approx(summary["best_acc"])
+    assert table.loc["small", "Epochs"] == "2 of 2"
+    assert app.get_by_key("runs_compare").value == ["small"]
+    specs = json.dumps(chart_specs(app))
+    assert '"Predicted"' in specs and '"Accuracy per class"' not in specs  # the confusion matrix is drawn
+    assert f"**{results['accuracy']:.2%}** on the test split" in texts(app.markdown)
+    assert "Accuracy on the evaluation split" in chart_titles(app)
+
+
+def test_deleting_a_run_asks_first_and_refuses_an_active_one(trained_copy):
+    app = open_page("runs")
+    button(app, "Delete…").click().run()
+    assert any("can't be undone" in m.value for m in app.markdown)
+    button(app, "Cancel").click().run()
+    assert trained_copy.exists() and not any(m.value.startswith("Delete **") for m in app.markdown)
+
+    fake_state(trained_copy, state="running")
+    app = open_page("runs")
+    button(app, "Delete…").click().run()
+    button(app, "Delete").click().run()
+    assert_clean(app)
+    assert "stop it before deleting it" in texts(app.error) and trained_copy.exists()
+
+    fake_state(trained_copy, state="finished", pid=None)
+    app = open_page("runs")
+    button(app, "Delete…").click().run()
+    button(app, "Delete").click().run()
+    assert_clean(app)
+    assert not trained_copy.dir.exists()
+    assert "No runs yet" in texts(app.info)

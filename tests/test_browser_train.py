@@ -1,0 +1,69 @@
+"""Train and Runs in a real browser: both open cleanly, and a design launched from the browser trains live to its end.
+
+The server's runs folder is the session's shared `trained_runs`: the run launched here has a name of its own
+and is deleted at the end, so the other tests see that folder as it was.
+"""
+import re
+import time
+from urllib.parse import urlencode
+
+import pytest
+
+from core.link import to_query
+from core.runs import Run, delete, stop
+from core.spec import ArchSpec
+from test_browser import app_url, assert_no_exception, browser, open_app_page, page, screenshot  # noqa: F401 (fixtures)
+
+TINY = ArchSpec.from_dict({"stages": [{"blocks": 1, "channels": 16}], "pool_size": 32})  # trains an epoch in seconds
+CHART = '[data-testid="stVegaLiteChart"]'
+
+
+@pytest.mark.parametrize("name", ["train", "runs"])
+def test_the_page_opens_without_exception(page, name):
+    open_app_page(page, name)
+    assert_no_exception(page)
+
+
+def test_a_design_launched_from_the_browser_trains_live_to_its_end(page, trained_runs):
+    from playwright.sync_api import expect
+
+    name = f"browser-{time.strftime('%H%M%S')}"
+    run = Run.named(name, trained_runs)
+    open_app_page(page, "?" + urlencode(to_query(TINY), doseq=True))  # the design, by its link
+    page.get_by_role("button", name="Train this design").click()
+    expect(page.locator("h1")).to_have_text("Train", timeout=60_000)  # its first visit imports torch
+    epochs = page.locator(".st-key-train-epochs input")
+    epochs.fill("1")
+    epochs.press("Enter")
+    page.get_by_role("radio", name="Built-in slice").click()
+    run_name = page.locator(".st-key-train_run_name input")
+    run_name.fill(name)
+    run_name.press("Enter")
+    launch = page.get_by_role("button", name="Launch")
+    expect(launch).to_be_enabled()
+    launch.click()
+    try:
+        # the first point within the epoch: the bar moves and the loss is drawn, while the page stays usable
+        expect(page.get_by_test_id("stProgress")).to_contain_text(re.compile(r"Epoch 0\.[1-9] of 1"), timeout=120_000)
+        expect(page.locator(CHART).first).to_be_visible()
+        screenshot(page, "train-running")
+        assert_no_exception(page)
+        expect(page.get_by_role("button", name="Train longer")).to_be_visible(timeout=180_000)  # finished
+        expect(page.get_by_test_id("stProgress")).to_contain_text("Epoch 1.0 of 1")
+        expect(page.locator(CHART)).to_have_count(3)
+        assert run.status()["state"] == "finished"
+        assert_no_exception(page)
+        screenshot(page, "train")
+
+        open_app_page(page, "runs")
+        expect(page.locator(".st-key-runs_compare")).to_contain_text(name)  # the newest runs, overlaid
+        expect(page.locator(CHART)).to_have_count(5)  # two overlays, the scatter, its confusion matrix and classes
+        assert_no_exception(page)
+        screenshot(page, "runs")
+    finally:
+        if run.exists():
+            stop(run)
+            deadline = time.monotonic() + 60
+            while run.status()["state"] in ("queued", "running") and time.monotonic() < deadline:
+                time.sleep(0.5)
+            delete(run)
