@@ -182,10 +182,14 @@ def _torchvision_root(path: Path, download: bool) -> Path | None:
 
 def _read_torchvision(root: Path, download: bool) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
     folder = root / TORCHVISION_DIR
+    created = download and not root.exists()
     try:
         splits = {"train": _CIFAR10Files(root, train=True, download=download),
                   "test": _CIFAR10Files(root, train=False)}
     except OSError as e:  # no network is a URLError, an OSError
+        if created:  # left empty, ./data would pass for a copy: runs without --data would look there
+            with contextlib.suppress(OSError):
+                root.rmdir()
         action = "download CIFAR-10 into" if download else "read"
         raise DataError(f"{root}: could not {action} it ({e}). {HOW_TO_GET_DATA}") from None
     except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as e:

@@ -212,6 +212,7 @@ def test_download_without_network_is_a_clear_error(tmp_path):
         pass
     with pytest.raises(DataError, match=r"could not download CIFAR-10 into it"):
         load_dataset(str(tmp_path / "dl"), download=True)
+    assert not (tmp_path / "dl").exists()  # no empty folder left to pass for a copy
 
 
 # ---- torchvision's layout ----------------------------------------------------------------------
