@@ -125,7 +125,7 @@ def load_model(folder: Path, tag: str = "best", device: str | torch.device = "cp
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise CheckpointError(f"{folder}/{tag}: the weights do not fit its architecture ({first})") from None
-    return model.to(device).eval(), ckpt.meta
+    return model.to(device, memory_format=torch.channels_last).eval(), ckpt.meta  # as trained: faster
 
 
 # ---- optimizer state without pickle -------------------------------------------------------------

@@ -17,7 +17,7 @@ from core.checkpoint import load_model
 from core.data import BUILTIN, DataError, Split, load_class_folders, load_dataset
 from core.errors import StudioError
 from core.images import open_image, to_input
-from core.infer import evaluate
+from core.infer import evaluate, predict_logits
 from core.model import ResNet
 from core.runs import Run
 from core.visual import thumbnail
@@ -42,13 +42,9 @@ class Classifier:
         return cls(model, meta, Normalizer(meta["mean"], meta["std"], device), torch.device(device))
 
     def probabilities(self, inputs: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
-        """Class probabilities (N, classes) for uint8 inputs (N, 3, 32, 32)."""
-        with torch.no_grad():
-            x = self.normalizer(inputs.to(self.device))
-            logits = self.model(x)
-            if tta_flip:
-                logits = (logits + self.model(x.flip(3))) / 2
-        return logits.softmax(1).cpu()
+        """Class probabilities (N, classes) for uint8 inputs (N, 3, 32, 32), computed exactly as
+        evaluation computes them."""
+        return predict_logits(self.model, inputs, self.normalizer, self.device, tta_flip=tta_flip).softmax(1)
 
     def grad_cam(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Grad-CAM (Selvaraju et al. 2017) on the last stage: (N, 32, 32) maps in [0, 1] showing
@@ -206,7 +202,7 @@ def evaluate_split(classifier: Classifier, split: Split, source: str, mistakes: 
     whose labels index the classifier's classes."""
     classes = classifier.classes
     result = evaluate(classifier.model, split.images, split.labels, classifier.normalizer, classifier.device,
-                      len(classes), tta_flip, precision="fp32")
+                      len(classes), tta_flip)
     probs = result.logits.softmax(1)
     confidence, predicted = probs.max(1)
     wrong = (predicted != split.labels).nonzero().flatten()
