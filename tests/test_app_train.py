@@ -7,6 +7,7 @@ start real training processes and wait for them.
 import json
 import os
 import shutil
+import socket
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -16,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.budget import BUDGET, count
 from core.config import RunConfig, TrainConfig
+from core.data import BUILTIN_ARCHIVE
 from core.presets import preset_spec
 from core.runs import Run, process_start_time, stop
 from core.spec import ArchSpec
@@ -164,6 +166,31 @@ def test_a_missing_data_path_is_named_and_blocks_launch(runs_dir):
     assert button(app, "Launch").disabled
 
 
+def test_a_copy_on_this_machine_can_be_checked_before_launch(runs_dir):
+    app = open_page("train", TINY)
+    app.get_by_key("train_data").set_value("path").run()
+    app.get_by_key("train_data_path").input(str(BUILTIN_ARCHIVE)).run()  # class folders in a .tar.gz
+    assert not app.error and not button(app, "Launch").disabled
+    button(app, "Check it now").click().run()
+    assert_clean(app)
+    assert "5,000 training and 1,000 test images" in texts(app.success)
+
+
+def test_a_download_without_internet_says_so(runs_dir):
+    try:
+        socket.getaddrinfo("www.cs.toronto.edu", 443)
+        pytest.skip("this machine is online: the test would download 170 MB")
+    except OSError:
+        pass
+    app = open_page("train", TINY)
+    app.get_by_key("train_data").set_value("download").run()
+    app.get_by_key("train_download_dir").input(str(runs_dir.parent / "cifar")).run()
+    button(app, "Download").click().run()
+    assert_clean(app)
+    assert "The download failed" in texts(app.error) and "could not download CIFAR-10" in texts(app.error)
+    assert button(app, "Launch").disabled
+
+
 def test_an_over_budget_design_cannot_be_launched_and_leads_back_to_design(runs_dir):
     app = open_page("train", preset_spec("resnet18"), "resnet18")
     assert_clean(app)
@@ -222,7 +249,7 @@ def test_open_in_design_clones_the_design_and_the_settings(trained_runs, monkeyp
     assert app.get_by_key("train:epochs").value == small.train.epochs
 
 
-def test_launching_trains_in_a_background_process_and_trains_longer(runs_dir):
+def test_launching_trains_in_a_background_process_which_stops_resumes_and_trains_longer(runs_dir):
     app = open_page("train", TINY)
     app.get_by_key("train:epochs").set_value(1).run()
     app.get_by_key("train_data").set_value("builtin").run()
@@ -240,6 +267,14 @@ def test_launching_trains_in_a_background_process_and_trains_longer(runs_dir):
         assert progress_text(app).startswith("Epoch 1.0 of 1")
         app.get_by_key("train_resume_epochs:tiny").set_value(2).run()
         button(app, "Train longer").click().run()
+        assert_clean(app)
+        wait_for_state(run, ("running",))
+        app.run()
+        button(app, "Stop").click().run()
+        assert wait_for_state(run, ("stopped", "failed"))["state"] == "stopped", run.log_tail()
+        app.run()
+        assert "Stopped at epoch 1." in texts(app.info)
+        button(app, "Resume").click().run()
         assert_clean(app)
         assert wait_for_state(run, ("finished", "failed"))["state"] == "finished", run.log_tail()
         assert [line["epoch"] for line in run.metrics() if line["kind"] == "epoch"] == [1, 2]
