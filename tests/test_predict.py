@@ -1,5 +1,6 @@
 """Using a trained run: predict on files, Grad-CAM, evaluate on the test split and custom sets."""
 import io
+import os
 import json
 import subprocess
 import sys
@@ -149,3 +150,14 @@ def test_classify_keeps_a_thumbnail_of_the_whole_image_upright(trained):
     wide.save(buffer, format="JPEG", exif=exif)
     (prediction,) = classify(Classifier.load(trained, "best"), [("phone.jpg", buffer.getvalue())])
     assert prediction.thumbnail.shape == (192, 96, 3) and prediction.thumbnail.dtype == np.uint8
+
+
+def test_the_shipped_example_run_lists_predicts_and_evaluates():
+    example = Run(ROOT / "runs" / "example")
+    assert example.status()["state"] == "finished" and example.summary()["params"] == 272_474
+    # the built-in slice's test images are CIFAR-10 test images: the example never trained on them
+    report = evaluate_run(Classifier.load(example, "best"), "builtin")
+    assert report.images == 1000 and report.accuracy > 0.8
+    out = subprocess.run([sys.executable, "-m", "core", "runs"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "RESNET_STUDIO_RUNS": str(ROOT / "runs")}, check=True)
+    assert "example" in [row["name"] for row in json.loads(out.stdout)]
