@@ -190,8 +190,9 @@ run = select_run("Run", runs, RUN_CHOICE, default_run(runs))
 row = next(r for r in rows if r["name"] == run.name)
 with st.container(horizontal=True, vertical_alignment="center"):
     state_badge(row["state"])
-    st.caption(f"{row['params']:,} parameters · {row['preset'] or 'custom design'} · {data_label(row['data'])} · "
-               f"{row['epochs_done']} of {plural(row['epochs'], 'epoch')}" + (f" · {row['device']}" if row["device"] else ""))
+    facts = [f"{row['params']:,} parameters", row["preset"] or "custom design", data_label(row["data"]),
+             f"{row['epochs_done']} of {plural(row['epochs'], 'epoch')}"]
+    st.caption(" · ".join(facts + ([row["device"]] if row["device"] else [])))
 try:
     result = results(str(run.dir), changed(run.results_path))
 except RunError as e:

@@ -230,7 +230,7 @@ def chosen_data() -> tuple[str | None, str | None]:
 
 def download_data(folder: str) -> None:
     try:
-        with st.spinner(f"Downloading CIFAR-10 into {folder} (163 MB)…"):
+        with st.spinner(f"Downloading CIFAR-10 into {folder} (170 MB)…"):
             load_dataset(folder, download=True)
     except StudioError as e:
         st.error(f"The download failed: {e}", icon=":material/cloud_off:")
@@ -467,7 +467,7 @@ elif choice == "path":
 else:
     folder_column, download_column = st.columns([4, 1], vertical_alignment="bottom")
     folder = folder_column.text_input("Into folder", key=DOWNLOAD_DIR, **PERSIST,
-                                      help="torchvision downloads the original, lossless CIFAR-10 (163 MB) from "
+                                      help="torchvision downloads the original, lossless CIFAR-10 (170 MB) from "
                                            "cs.toronto.edu into this folder; ./data is where runs look by default")
     st.caption("The download needs internet access from the machine running ResNet Studio.")
     if download_column.button("Download", type="primary", icon=":material/download:", width="stretch"):
@@ -514,8 +514,9 @@ st.subheader("Training settings", divider="gray")
 source = st.session_state[SETTINGS_FROM]
 from_recipe = recipe(source).to_dict()
 about, reset = st.columns([4, 1], vertical_alignment="center")
-about.caption(f"They start from {f'the {source} preset’s recipe' if source else 'the defaults: the best seed’s recipe'}"
-              f"{' (changed here)' if values != from_recipe else ''}. Hover over a setting for what it does.")
+recipe_name = f"the {source} preset’s recipe" if source else "the defaults: the best seed’s recipe"
+about.caption(f"They start from {recipe_name}{' (changed here)' if values != from_recipe else ''}. Hover over a "
+              f"setting for what it does.")
 reset.button("Back to the recipe", icon=":material/undo:", type="tertiary", disabled=values == from_recipe,
              on_click=load_settings, args=(recipe(source), source), width="stretch")
 for column, (group, settings) in zip(st.columns(len(SETTINGS)), SETTINGS.items()):
@@ -557,7 +558,7 @@ else:
     states = {run.name: run.status().get("state") for run in runs}
     if st.session_state.get(FOLLOWED) not in states:
         st.session_state[FOLLOWED] = most_recent(runs, states)
-    followed = st.selectbox("Run", list(states), key=FOLLOWED, **PERSIST, help="Newest first; until you pick one, the newest "
-                            "active run")
+    followed = st.selectbox("Run", list(states), key=FOLLOWED, help="Newest first; until you pick one, the "
+                            "newest active run", **PERSIST)
     live = states[followed] in ACTIVE
     st.fragment(show_run, run_every=REFRESH_S if live else None)(Run.named(followed), live)

@@ -231,7 +231,8 @@ def test_a_failed_run_shows_its_error_its_log_and_a_resume_button(trained_copy):
     app = open_page("train", TINY)
     assert_clean(app)
     error = texts(app.error)
-    assert "out of memory: use a smaller batch size" in error and "Its last checkpoint is at epoch 2: Resume continues" in error
+    assert "out of memory: use a smaller batch size" in error
+    assert "Its last checkpoint is at epoch 2: Resume continues" in error
     assert app.expander[0].proto.expanded and "epoch 2/2" in app.code[0].value
     assert any(b.label == "Resume" for b in app.button)
 
