@@ -148,7 +148,9 @@ class Run:
     def status(self) -> dict:
         """The status, with a run whose process has died turned into `failed` (and saved so)."""
         status = read_json(self.status_path, default={"state": "failed", "error": "status.json is missing"})
-        if status.get("state") in ACTIVE and not process_alive(status.get("pid"), status.get("pid_start")):
+        # no pid yet: created and not launched, or launched and not yet started; nothing has died
+        if status.get("state") in ACTIVE and status.get("pid") is not None and \
+                not process_alive(status.get("pid"), status.get("pid_start")):
             status = self.update_status(
                 state="failed", ended=time.time(),
                 error=(f"the training process (pid {status.get('pid')}) ended without saying why: it was killed, "
@@ -266,6 +268,8 @@ def stop(run: Run) -> dict:
     status = run.require().status()
     if status.get("state") not in ACTIVE:
         return status
+    if status.get("pid") is None:  # never started: nothing to signal
+        return run.update_status(state="stopped", ended=time.time(), waiting_for=None)
     with contextlib.suppress(ProcessLookupError):
         os.kill(status["pid"], signal.SIGTERM)
     return status

@@ -190,3 +190,12 @@ def test_data_command_checks_a_copy_and_explains_a_missing_one(tmp_path):
     out = core_cli("data", "--data", str(tmp_path / "nowhere"), check=False)
     assert out.returncode == 2 and "nowhere" in out.stderr and "cifar10-jpg.tar.gz" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_created_but_unlaunched_run_is_queued_not_dead_and_stops_cleanly(tmp_path):
+    from core.config import RunConfig
+    from core.runs import create_run
+
+    run = create_run(RunConfig.from_dict(SMALL), "waiting", tmp_path / "runs")
+    assert run.status()["state"] == "queued"  # no pid yet is not a dead process
+    assert stop(run)["state"] == "stopped"
