@@ -7,7 +7,6 @@ start real training processes and wait for them.
 import json
 import os
 import shutil
-import socket
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -176,12 +175,7 @@ def test_a_copy_on_this_machine_can_be_checked_before_launch(runs_dir):
     assert "5,000 training and 1,000 test images" in texts(app.success)
 
 
-def test_a_download_without_internet_says_so(runs_dir):
-    try:
-        socket.getaddrinfo("www.cs.toronto.edu", 443)
-        pytest.skip("this machine is online: the test would download 170 MB")
-    except OSError:
-        pass
+def test_a_download_without_internet_says_so(runs_dir, offline):
     app = open_page("train", TINY)
     app.get_by_key("train_data").set_value("download").run()
     app.get_by_key("train_download_dir").input(str(runs_dir.parent / "cifar")).run()
