@@ -11,7 +11,7 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from core.errors import StudioError
 from core.presets import PRESETS, preset_spec
-from core.runs import ACTIVE, Run
+from core.runs import ACTIVE, Run, list_runs
 from core.spec import ArchSpec
 
 # core.checkpoint and core.predict load torch, which takes seconds: they are imported where a page
@@ -115,8 +115,17 @@ def checkpoint_id(run: Run, tag: str, classifier: Classifier) -> tuple[str, str,
     return str(run.dir), tag, classifier.meta["generation"]
 
 
+def runs_or_stop(purpose: str) -> list:
+    """Every run, newest first; with none, the page's empty state (what to do, with the buttons to
+    do it) and the end of the script run."""
+    runs = list_runs()
+    if not runs:
+        no_runs_yet(purpose)
+        st.stop()
+    return runs
+
+
 def no_runs_yet(purpose: str) -> None:
-    """The empty state of a page that needs a trained run: what to do, with the buttons to do it."""
     st.info(f"No runs yet. {purpose} needs a network trained here: design one, train it, and its checkpoint "
             f"appears here after its first epoch.", icon=":material/info:")
     design, train, _ = st.columns([1, 1, 4])

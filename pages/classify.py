@@ -13,9 +13,8 @@ import streamlit as st
 
 from core.data import IMAGE_SUFFIXES
 from core.predict import Classifier, Prediction, classify, sample_files
-from core.runs import list_runs
 from core.visual import cam_overlay, enlarge
-from pages._ui import (PRIMARY, RUN_CHOICE, checkpoint_id, default_run, no_runs_yet, open_classifier, select_checkpoint,
+from pages._ui import (PRIMARY, RUN_CHOICE, checkpoint_id, default_run, runs_or_stop, open_classifier, select_checkpoint,
                        select_run, through_app_shell)
 
 through_app_shell()
@@ -86,10 +85,7 @@ st.title("Classify")
 st.write("Give a trained network images and see which of the ten CIFAR-10 classes it thinks each shows, "
          "and where in the image it found the evidence.")
 
-runs = list_runs()
-if not runs:
-    no_runs_yet("Classifying")
-    st.stop()
+runs = runs_or_stop("Classifying")
 
 pick_run, pick_tag, pick_tta = st.columns([3, 2, 2], vertical_alignment="bottom")
 with pick_run:

@@ -16,9 +16,9 @@ import streamlit as st
 from core.data import BUILTIN, resolve_data
 from core.errors import StudioError
 from core.predict import Classifier, Report, evaluate_archive, evaluate_run
-from core.runs import Run, list_runs
+from core.runs import Run
 from core.visual import enlarge
-from pages._ui import (RUN_CHOICE, checkpoint_id, confusion_chart, default_run, has_checkpoint, no_runs_yet,
+from pages._ui import (RUN_CHOICE, checkpoint_id, confusion_chart, default_run, has_checkpoint, runs_or_stop,
                        open_classifier, per_class_chart, select_checkpoint, select_run, through_app_shell)
 
 through_app_shell()
@@ -159,10 +159,7 @@ st.title("Evaluate")
 st.write("See how a trained network does on a whole labelled test set: where it is right, what it confuses, "
          "the mistakes it is surest of, and how it compares with another run.")
 
-runs = list_runs()
-if not runs:
-    no_runs_yet("Evaluating")
-    st.stop()
+runs = runs_or_stop("Evaluating")
 
 data_column, tta_column = st.columns([3, 1], vertical_alignment="top")
 with data_column:
