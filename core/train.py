@@ -26,7 +26,7 @@ from core.data import load_dataset, split_validation
 from core.errors import StudioError
 from core.infer import autocast_for, evaluate
 from core.model import build_model
-from core.runs import Run, RunError, StopRequested, append_line, device_lock, process_start_time, write_json
+from core.runs import Run, RunError, StopRequested, append_line, device_lock, process_start_time, read_json, write_json
 
 
 class StopFlag:
@@ -185,7 +185,7 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
         cfg = run.config()
         if epochs and epochs != cfg.train.epochs:  # resuming with more (or fewer) epochs
             cfg = cfg.replace_train(epochs=epochs)
-            write_json(run.config_path, {**cfg.to_dict(), "params": run.summary()["params"]})
+            write_json(run.config_path, {**cfg.to_dict(), "params": read_json(run.config_path)["params"]})
         if data:
             cfg = RunConfig(cfg.arch, cfg.train, data, cfg.preset, cfg.budget, cfg.allow_over_budget)
         device = pick_device(device_request)
