@@ -20,7 +20,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from core.errors import StudioError
-from core.runs import write_atomic, write_json
+from core.files import write_atomic, write_json
 from core.spec import ArchSpec, SpecError
 
 TAGS = ("best", "last")

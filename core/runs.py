@@ -15,7 +15,6 @@ last line. Whoever reads a status notices a run whose process is gone and marks 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -33,6 +32,7 @@ from typing import Iterator
 from core.budget import count
 from core.config import RunConfig
 from core.errors import StudioError
+from core.files import append_line, read_json, write_json
 
 REPO_RUNS = Path(__file__).resolve().parent.parent / "runs"
 STATES = ("queued", "running", "finished", "failed", "stopped")
@@ -46,48 +46,6 @@ class RunError(StudioError):
 
 class StopRequested(Exception):
     """A stop was asked for (SIGTERM) and whatever needed saving is saved."""
-
-
-# ---- atomic files ---------------------------------------------------------------------------
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path`, flush it to disk, then rename over: readers see old or new."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if e.errno == errno.ENOSPC:
-            raise RunError(f"{path}: the disk is full; free some space, then resume the run "
-                           f"(the previous version of this file is intact)") from None
-        raise
-
-
-def write_json(path: Path, obj) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def read_json(path: Path, default=None):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return default
-    except (OSError, ValueError) as e:
-        raise RunError(f"{path}: unreadable ({e}); the run folder is damaged") from None
-
-
-def append_line(path: Path, obj) -> None:
-    """One write() of a whole line with O_APPEND: a crash leaves at most a torn last line."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(obj) + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 # ---- names and paths ------------------------------------------------------------------------

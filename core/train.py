@@ -24,9 +24,10 @@ from core.checkpoint import flatten_state, load_train_state, save_checkpoint, un
 from core.config import RunConfig, TrainConfig
 from core.data import load_dataset, split_validation
 from core.errors import StudioError
+from core.files import append_line, read_json, write_json
 from core.infer import autocast_for, evaluate
 from core.model import build_model
-from core.runs import Run, RunError, StopRequested, append_line, device_lock, process_start_time, read_json, write_json
+from core.runs import Run, RunError, StopRequested, device_lock, process_start_time
 
 
 class StopFlag:

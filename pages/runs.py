@@ -14,8 +14,10 @@ import pandas as pd
 import streamlit as st
 
 from core.budget import BUDGET
+from core.errors import StudioError
+from core.files import read_json
 from core.progress import metric_frames
-from core.runs import ACTIVE, Run, RunError, delete, list_runs, read_json, runs_root
+from core.runs import ACTIVE, Run, delete, list_runs, runs_root
 from pages._ui import (FOLLOWED, PRIMARY, RUN_CHOICE, confusion_chart, data_label, default_run, epoch_chart,
                        per_class_chart, plural, select_run, state_badge, through_app_shell)
 
@@ -135,7 +137,7 @@ def confirm_delete(run: Run) -> None:
     if delete_column.button("Delete", type="primary", icon=":material/delete:", width="stretch"):
         try:
             delete(run)
-        except RunError as e:
+        except StudioError as e:
             st.error(f"Not deleted: {e}.", icon=":material/block:")
             return
         cancel_delete()
@@ -195,7 +197,7 @@ with st.container(horizontal=True, vertical_alignment="center"):
     st.caption(" · ".join(facts + ([row["device"]] if row["device"] else [])))
 try:
     result = results(str(run.dir), changed(run.results_path))
-except RunError as e:
+except StudioError as e:
     result = None
     st.error(str(e), icon=":material/error:")
 if result:

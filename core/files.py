@@ -1,0 +1,57 @@
+"""Files that are never seen half-written: atomic replace for whole files, whole-line appends.
+
+Every JSON file of a run folder and every checkpoint file goes through here.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from pathlib import Path
+
+from core.errors import StudioError
+
+
+class FileError(StudioError):
+    pass
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file beside `path`, flush it to disk, then rename over: readers see old or new."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.errno == errno.ENOSPC:
+            raise FileError(f"{path}: the disk is full; free some space, then resume the run "
+                            f"(the previous version of this file is intact)") from None
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: Path, default=None):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as e:
+        raise FileError(f"{path}: unreadable ({e}); the run folder is damaged") from None
+
+
+def append_line(path: Path, obj) -> None:
+    """One write() of a whole line with O_APPEND: a crash leaves at most a torn last line."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(obj) + "\n").encode())
+    finally:
+        os.close(fd)
