@@ -14,9 +14,11 @@ from pathlib import Path
 from core.budget import BUDGET, count, fit_to_budget
 from core.config import RunConfig
 from core.errors import StudioError
+from core.machine import PROBE_SECONDS, REFERENCE
 from core.presets import PRESETS
 from core.runs import Run, create_run, delete, export, launch, list_runs, stop
 from core.spec import load_json_file
+from core.units import macs_text, margin_text, params_text
 
 
 def emit(obj) -> None:
@@ -44,7 +46,9 @@ def add_checkpoint(p: argparse.ArgumentParser) -> None:
 
 def budget_report(cfg: RunConfig, budget: int) -> dict:
     cost = count(cfg.arch)
-    return {"params": cost.params, "budget": budget, "within_budget": cost.params <= budget,
+    summary = (f"{params_text(cost.params)} parameters ({margin_text(cost.params - budget)}), "
+               f"{macs_text(cost.macs)} MACs per image")
+    return {"summary": summary, "params": cost.params, "budget": budget, "within_budget": cost.params <= budget,
             "margin": budget - cost.params, "macs": cost.macs,
             "stem": {"params": cost.stem_params, "macs": cost.stem_macs},
             "stages": [{"stage": s.index, "blocks": len(s.blocks), "channels": cfg.arch.stages[s.index].channels,
@@ -124,6 +128,13 @@ def cmd_bench(args) -> int:
     if args.data:
         cfg = RunConfig.from_dict(cfg.to_dict() | {"data": args.data})
     emit(bench(cfg, args.device, args.seconds))
+    return 0
+
+
+def cmd_machine(args) -> int:
+    from core.machine import probe
+
+    emit(probe(again=args.again, arch_preset=args.preset, seconds=args.seconds))
     return 0
 
 
@@ -218,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="override the engine's batch size")
     p.add_argument("--compile", action="store_true", help="torch.compile the engine's model")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("machine", help="find the training devices and time each one (kept for estimates)")
+    p.add_argument("--again", action="store_true", help="time every device, also those timed before")
+    p.add_argument("--preset", default=REFERENCE, choices=list(PRESETS), help="the design to time")
+    p.add_argument("--seconds", type=float, default=PROBE_SECONDS, help="timed seconds per device, after a warm-up")
+    p.set_defaults(func=cmd_machine)
 
     p = sub.add_parser("predict", help="classify image files with a run's checkpoint (JSON per file)")
     add_checkpoint(p)

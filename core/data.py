@@ -39,14 +39,12 @@ from safetensors.torch import save_file
 from torchvision.datasets import CIFAR10
 
 from core.errors import StudioError
+from core.files import cache_dir
 from core.images import ImageError, open_image, to_input
+from core.sources import BUILTIN, BUILTIN_ARCHIVE, DEFAULT_DIR, TORCHVISION_DIR, resolve_data
 from core.spec import IMAGE_SIZE, IN_CHANNELS
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-BUILTIN = "builtin"
-BUILTIN_ARCHIVE = Path(__file__).parent / "assets" / "cifar10-slice.tar.gz"
-DEFAULT_DIR = Path("data")  # relative to the working directory, like a --data argument
-TORCHVISION_DIR = "cifar-10-batches-py"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 # More than any dataset worth training here holds (CIFAR-10: 60,000 files, 55 MB): beyond, a bomb.
@@ -91,13 +89,6 @@ class Dataset:
     test: Split
     classes: tuple[str, ...]
     source: str  # where it came from, in words, for people and for the run record
-
-
-def resolve_data(data: str | None) -> str:
-    """The data to use, as "builtin" or an absolute path: `data` if given, else $CIFAR10_DATA, else ./data if
-    it exists, else the built-in slice."""
-    choice = data or os.environ.get("CIFAR10_DATA") or (str(DEFAULT_DIR) if DEFAULT_DIR.exists() else BUILTIN)
-    return BUILTIN if choice == BUILTIN else str(Path(choice).expanduser().resolve())
 
 
 def load_dataset(data: str | None = None, download: bool = False) -> Dataset:
@@ -427,8 +418,7 @@ def _cache_file(path: Path, kind: str) -> Path:
             lines.append(f"{file}\0{info.st_size}\0{info.st_mtime_ns}\n")
     state = hashlib.sha256(f"format {CACHE_FORMAT}\n{''.join(sorted(lines))}".encode()).hexdigest()[:16]
     source = hashlib.sha256(f"{path}\0{kind}".encode()).hexdigest()[:16]
-    cache_dir = Path(os.environ.get("RESNET_STUDIO_CACHE") or Path.home() / ".cache" / "resnet-studio")
-    return cache_dir / f"{source}-{state}.safetensors"
+    return cache_dir() / f"{source}-{state}.safetensors"
 
 
 def _read_cache(file: Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...]] | None:

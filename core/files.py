@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 from pathlib import Path
+from typing import Callable, Iterator
 
 from core.errors import StudioError
 
@@ -55,3 +57,31 @@ def append_line(path: Path, obj) -> None:
         os.write(fd, (json.dumps(obj) + "\n").encode())
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` for a read-change-write: one writer at a time, across processes.
+
+    The lock is a flock on a file beside it (.NAME.lock), not on `path`, which atomic writes replace.
+    The kernel drops it when its process dies, so a killed writer never blocks the others.
+    """
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def update_json(path: Path, change: Callable[[dict], dict]) -> dict:
+    """Read the JSON object at `path` (or {}), change it and write it back, all under its lock."""
+    with locked(path):
+        obj = change(read_json(path, default={}))
+        write_json(path, obj)
+        return obj
+
+
+def cache_dir() -> Path:
+    """Where this machine keeps what it can compute again: $RESNET_STUDIO_CACHE, else ~/.cache/resnet-studio."""
+    return Path(os.environ.get("RESNET_STUDIO_CACHE") or Path.home() / ".cache" / "resnet-studio")

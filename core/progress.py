@@ -1,4 +1,4 @@
-"""How far a run has got and how long it will take, from its metrics lines; and how fast this CPU trains a design.
+"""How far a run has got and how long it will take, from its metrics lines.
 
 Metrics lines come in two kinds (see core.train): "step" lines every log_every steps and "epoch" lines at
 the end of each epoch. A run resumed after a crash replays the steps after its last checkpoint, so the
@@ -6,19 +6,14 @@ file may hold lines of a path the run no longer took: `history` keeps the run's 
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import pandas as pd
 
-from core.config import RunConfig, TrainConfig
-from core.spec import IMAGE_SIZE, IN_CHANNELS, ArchSpec
 
-CIFAR10_TRAIN_IMAGES, CIFAR10_TEST_IMAGES = 50_000, 10_000
 STEP_COLUMNS = ["epoch", "step", "train_loss", "lr", "images_per_s", "elapsed"]
 EPOCH_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "eval_split", "eval_loss", "eval_acc", "lr",
                  "images_per_s", "elapsed"]
-EVAL_COST = 1 / 3  # an evaluated image costs a forward pass: about a third of a training step's work
 
 
 def _order(row: dict) -> tuple:
@@ -76,49 +71,3 @@ def progress(rows: list[dict], epochs: int, batch_size: int, window: float = 1.0
     else:
         eta = None
     return Progress(last["epoch"], epochs, speed, last["elapsed"], eta)
-
-
-def epoch_seconds(images_per_s: float, train_images: int, eval_images: int) -> float:
-    """An epoch's training and evaluation time at a training speed."""
-    return (train_images + EVAL_COST * eval_images) / images_per_s
-
-
-def duration_text(seconds: float) -> str:
-    """A duration as people say it: 45 s, 12 min, 3 h 05 min."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    hours, minutes = divmod(round(seconds / 60), 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def measure_cpu_speed(arch: ArchSpec, train: TrainConfig, seconds: float = 0.5, batch_size: int = 16) -> float:
-    """Training images/s of `arch` on one CPU core, with `train`'s augmentation and precision, over a few
-    steps on random images: an estimate for a page in a few seconds (`python -m core bench` measures).
-
-    One core, because a training already running here keeps every core busy, and two processes whose
-    thread pools spin on the same cores slow each other down many times over: one core is steady.
-    """
-    import torch
-
-    from core.bench import time_steps
-    from core.train import Trainer
-
-    cpu = torch.device("cpu")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        trainer = Trainer(RunConfig(arch, dataclasses.replace(train, batch_size=batch_size, compile=False)), cpu)
-        generator = torch.Generator().manual_seed(0)
-        images = torch.randint(0, 256, (batch_size, IN_CHANNELS, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8,
-                               generator=generator)
-        labels = torch.randint(0, arch.num_classes, (batch_size,), generator=generator)
-
-        def step() -> int:
-            trainer.step(images, labels, train.lr)
-            return batch_size
-
-        return time_steps(step, cpu, seconds)["images_per_s"]
-    finally:
-        torch.set_num_threads(threads)

@@ -8,6 +8,7 @@ saved epoch and step, with the same data order.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -20,12 +21,14 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from core.augment import Augment, Normalizer
+from core.budget import count
 from core.checkpoint import flatten_state, load_train_state, save_checkpoint, unflatten_state
 from core.config import RunConfig, TrainConfig
 from core.data import load_dataset, split_validation
 from core.errors import StudioError
 from core.files import append_line, read_json, write_json
 from core.infer import autocast_for, evaluate
+from core.machine import record_speed
 from core.model import build_model
 from core.runs import Run, RunError, StopRequested, device_lock, process_start_time
 
@@ -62,6 +65,11 @@ def pick_device(request: str) -> torch.device:
     elif device.type != "cpu":
         raise StudioError(f"device {request!r}: use auto, cpu, cuda or cuda:N")
     return device
+
+
+def device_name(device: torch.device) -> str:
+    """What the device is, as core.machine names it: the GPU's model, or CPU."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
 # ---- optimizer and learning rate ------------------------------------------------------------------
@@ -192,8 +200,7 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
         device = pick_device(device_request)
         with device_lock(run, str(device), stop):
             run.update_status(state="running", device=str(device), started=time.time(), waiting_for=None,
-                              error=None, device_name=torch.cuda.get_device_name(device)
-                              if device.type == "cuda" else "CPU")
+                              error=None, device_name=device_name(device))
             log(run, f"training on {device} with torch {torch.__version__}")
             fit(run, cfg, device, stop)
         return run.update_status(state="finished", ended=time.time())
@@ -302,6 +309,9 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag) -> None:
                 "lr": lr_at(t, (epoch + 1) * steps_per_epoch - 1, total_steps, steps_per_epoch),
                 "images_per_s": seen / train_time, "elapsed": elapsed}
         run_append_metrics(run, line)
+        with contextlib.suppress(OSError):  # a speed for estimates; no reason to fail a run
+            record_speed(str(device), device_name(device), line["images_per_s"], count(cfg.arch).macs,
+                         f"run {run.name}")
         log(run, f"epoch {epoch + 1}/{t.epochs}: train loss {line['train_loss']:.3f} acc {line['train_acc']:.3f}, "
                  f"{eval_name} loss {result.loss:.3f} acc {result.accuracy:.4f}, {line['images_per_s']:.0f} img/s")
         if result.accuracy > best_acc:

@@ -22,6 +22,7 @@ from core.presets import PRESETS, preset_spec
 from core.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES, SE_RATIO_RANGE,
                        SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, ArchSpec, SpecError, conv_out)
 from core.link import KEYS as LINK_KEYS, from_query, to_query
+from core.units import macs_text, margin_text, params_text
 from pages._ui import (DEFAULT_PRESET, DESIGN, DESIGN_CONTROL as CONTROL, DRAFT, PRESET, forget_controls,
                        load_design, matching_preset, through_app_shell)
 
@@ -164,14 +165,7 @@ def square(side: int) -> str:
 
 def preset_label(name: str) -> str:
     params = count(preset_spec(name)).params
-    return f"{name} · {params:,} parameters" + (" · over budget" if params > BUDGET else "")
-
-
-def si(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.0f}"
+    return f"{name} · {params_text(params)} parameters" + (" · over budget" if params > BUDGET else "")
 
 
 def breakdown(spec: ArchSpec, cost: Cost) -> pd.DataFrame:
@@ -253,11 +247,11 @@ st.subheader("Budget", divider="gray")
 if draft_error:
     st.error(f"This design can't be built. {draft_error}  \nThe numbers below are for the last valid design.")
 params, used, macs, costliest = st.columns(4)
-params.metric("Parameters", f"{cost.params:,}", f"{over:,} over budget" if over > 0 else f"{-over:,} to spare",
+params.metric("Parameters", params_text(cost.params), margin_text(over),
               delta_color="inverse" if over > 0 else "normal", delta_arrow="off", border=True, height="stretch",
               help=f"Trainable parameters; the budget is {BUDGET:,}")
 used.metric("Budget used", f"{cost.params / BUDGET:.1%}", border=True, height="stretch")
-macs.metric("MACs per image", si(cost.macs), border=True, height="stretch",
+macs.metric("MACs per image", macs_text(cost.macs), border=True, height="stretch",
             help=f"{cost.macs:,} multiply-accumulates for one {square(IMAGE_SIZE)} image, forward pass")
 largest = cost.largest_stage()
 costliest.metric("Costliest stage", f"Stage {largest.index}", f"{largest.params / cost.params:.0%} of parameters",

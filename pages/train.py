@@ -7,25 +7,23 @@ preset, and every check on them is TrainConfig's.
 """
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import streamlit as st
 
 from core.budget import BUDGET, count
-from core.checkpoint import read_meta
-from core.config import AUGMENTS, OPTIMIZERS, PRECISIONS, SCHEDULES, RunConfig, TrainConfig
-from core.data import BUILTIN, DEFAULT_DIR, TORCHVISION_DIR, DataError, load_dataset, resolve_data
+from core.config import RunConfig, TrainConfig
 from core.errors import StudioError
+from core.files import cache_dir
+from core.machine import device_label, estimate, known_devices, probe_running, start_probe
 from core.presets import PRESETS
-from core.progress import (CIFAR10_TEST_IMAGES, CIFAR10_TRAIN_IMAGES, duration_text, epoch_seconds,
-                           measure_cpu_speed, metric_frames, progress)
-from core.runs import ACTIVE, Run, check_name, create_run, launch, list_runs, stop
-from core.spec import ArchSpec, SpecError
+from core.progress import metric_frames, progress
+from core.runs import ACTIVE, Run, RunError, check_name, create_run, launch, list_runs, stop
+from core.settings import LABELS, SETTINGS, Setting, recipe, settings_error
+from core.sources import BUILTIN, CHOICES, CIFAR10_DOWNLOAD_BYTES, DEFAULT_DIR, chosen_data, image_counts, resolve_data
+from core.units import bytes_text, duration_text, macs_text, margin_text, params_text, rate_text
 from pages._ui import (FOLLOWED, PRIMARY, RUN_COLOURS, current_design, data_label, epoch_chart, load_design,
                        matching_preset, plural, state_badge, through_app_shell)
 
@@ -42,97 +40,11 @@ LAUNCH_ERROR = "train_launch_error"
 WITHIN = "train, within epochs"      # the loss curve from the step lines
 REFRESH_S = 2                        # how often the live view re-reads an active run
 PERSIST = {"persist_state": "session"}  # a setting keeps its value while the user is on another page
-DATA_SOURCES = {BUILTIN: "Built-in slice", "path": "A copy on this machine", "download": "Download CIFAR-10"}
+DATA_SOURCES = dict(zip(CHOICES, ("Built-in slice", "A copy on this machine", "Download CIFAR-10")))
+AUTO_LABEL = "Best available"         # the device while the first probe is still looking
 
 
-# ---- the settings: one widget per TrainConfig field, in groups -------------------------------------
-
-@dataclass(frozen=True)
-class Setting:
-    field: str
-    label: str
-    help: str
-    step: float | None = None       # number inputs
-    options: tuple = ()             # choices
-    unused: Callable[[dict], str | None] = lambda values: None  # why it does not apply to these settings
-
-
-def unless(field: str, wanted: tuple, reason: str) -> Callable[[dict], str | None]:
-    def check(values: dict) -> str | None:
-        value = values[field]
-        applies = any(w in value for w in wanted) if isinstance(value, list) else value in wanted
-        return None if applies else reason
-    return check
-
-
-STEP_ONLY = unless("schedule", ("step",), "Only the step schedule uses it")
-SETTINGS = {
-    "Schedule": [
-        Setting("epochs", "Epochs", "Passes over the training images", step=1),
-        Setting("batch_size", "Batch size", "Images per optimizer step. A larger batch trains faster per image on a "
-                                            "GPU, until its memory runs out", step=32),
-        Setting("lr", "Learning rate", "The schedule's peak learning rate", step=0.01),
-        Setting("schedule", "Schedule", "How the learning rate moves: cosine decays it to 0; onecycle rises from "
-                                        "lr/25 over a quarter of the steps, then decays; step multiplies it by the "
-                                        "step factor every few epochs; constant keeps it", options=SCHEDULES),
-        Setting("warmup_epochs", "Warm-up epochs", "Rise linearly from lr/10 to lr over this many epochs before the "
-                                                   "schedule; 0 for none", step=0.5),
-        Setting("step_epochs", "Step every (epochs)", "Epochs between two drops of the step schedule", step=1,
-                unused=STEP_ONLY),
-        Setting("step_gamma", "Step factor", "The step schedule multiplies the learning rate by this at each drop",
-                step=0.05, unused=STEP_ONLY),
-    ],
-    "Optimizer": [
-        Setting("optimizer", "Optimizer", "SGD with momentum is the seeds' choice for CIFAR-10; Adam and AdamW "
-                                          "want a smaller learning rate (about 0.001 to 0.01)", options=OPTIMIZERS),
-        Setting("momentum", "Momentum", "Share of the previous update kept in the next one", step=0.01,
-                unused=unless("optimizer", ("sgd", "rmsprop"), "Only SGD and RMSprop use momentum")),
-        Setting("nesterov", "Nesterov momentum", "Look ahead along the momentum before taking the gradient",
-                unused=unless("optimizer", ("sgd",), "Only SGD has Nesterov momentum")),
-        Setting("weight_decay", "Weight decay", "Pull on every weight towards 0, e.g. 5e-4 with SGD; 0 for none",
-                step=1e-4),
-        Setting("lookahead", "Lookahead", "Every 5 steps, move a slow copy of the weights halfway to the "
-                                          "optimizer's and restart from there (Zhang et al. 2019)"),
-        Setting("grad_clip", "Gradient clipping", "Largest gradient norm of a step; 0 for none", step=0.1),
-    ],
-    "Regularization": [
-        Setting("augment", "Augmentation", "Random changes to every training image. crop: pad, then take a 32×32 "
-                                           "window; flip: mirror half of them; cutout: blank a square; perspective: "
-                                           "tilt; autoaugment and trivialaugment: learned or random policies, drawn "
-                                           "per image (slower)", options=AUGMENTS),
-        Setting("crop_padding", "Crop padding", "Pixels of padding before the crop: the largest shift", step=1,
-                unused=unless("augment", ("crop",), "Only the crop augmentation uses it")),
-        Setting("cutout_size", "Cutout size", "Side of the blanked square, in pixels", step=1,
-                unused=unless("augment", ("cutout",), "Only the cutout augmentation uses it")),
-        Setting("label_smoothing", "Label smoothing", "Share of each target spread over the other classes; 0.1 is "
-                                                      "usual, 0 for none", step=0.05),
-        Setting("ema_decay", "Weight EMA", "Keep a moving average of the weights, and evaluate and save it instead "
-                                           "of them, e.g. 0.999; 0 for none", step=0.001),
-        Setting("normalize", "Normalize inputs", "Subtract CIFAR-10's channel means and divide by their standard "
-                                                 "deviations"),
-    ],
-    "Evaluation and engine": [
-        Setting("val_fraction", "Validation share", "Hold this share of the training images out and evaluate on "
-                                                    "it instead of the test split, so that no choice is made on test "
-                                                    "images; 0 evaluates on test", step=0.05),
-        Setting("tta_flip", "Flip at test time", "Average each prediction over the image and its mirror"),
-        Setting("precision", "Precision", "auto: bf16 where the hardware computes it natively (CUDA GPUs, CPUs with "
-                                          "AMX), else fp32", options=PRECISIONS),
-        Setting("compile", "torch.compile", "Compile the model: faster steps on a GPU, after a minute or two of "
-                                            "compiling; rarely worth it on a CPU"),
-        Setting("seed", "Seed", "Seeds the weights, the data order and the augmentation: the same seed replays a "
-                                "run", step=1),
-        Setting("log_every", "Log every (steps)", "Steps between two points of the loss curve within an epoch",
-                step=5),
-    ],
-}
-LABELS = {s.field: s.label for group in SETTINGS.values() for s in group}
-assert set(LABELS) == {f.name for f in fields(TrainConfig)}, "every TrainConfig field needs a widget"
-
-
-def recipe(preset: str | None) -> TrainConfig:
-    return RunConfig.from_preset(preset).train if preset in PRESETS else TrainConfig()
-
+# ---- the settings: one widget per TrainConfig field, in core.settings' groups --------------------
 
 def load_settings(train: TrainConfig, source: str | None) -> None:
     for name, value in train.to_dict().items():
@@ -161,23 +73,13 @@ def setting_widget(setting: Setting, values: dict) -> None:
                         **common)
 
 
-def settings_error(values: dict) -> str | None:
-    """TrainConfig's complaint about the settings, naming the setting as its widget does."""
-    try:
-        TrainConfig.from_dict(values)
-    except SpecError as e:
-        message = str(e)
-        for name, label in LABELS.items():
-            message = message.replace(f"train.{name}:", f"{label}:")
-        return message
-    return None
-
-
 # ---- data and device ------------------------------------------------------------------------------
 
 @st.cache_data(show_spinner="Reading the data (decoded once, then cached for every run)…", max_entries=16)
 def data_summary(data: str, modified: float) -> dict:
     """What a dataset holds; `modified` (the path's mtime) makes a changed copy read again."""
+    from core.data import load_dataset  # torch: only when data is read
+
     dataset = load_dataset(data)
     return {"source": dataset.source, "train": len(dataset.train), "test": len(dataset.test)}
 
@@ -186,56 +88,89 @@ def modified(data: str) -> float:
     return 0.0 if data == BUILTIN else Path(data).stat().st_mtime
 
 
-@st.cache_resource
-def find_gpus() -> dict[str, str]:
-    """CUDA devices by torch name (cuda:0, ...) with their names; asked once per server."""
-    import torch
-
-    return {f"cuda:{i}": torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}
-
-
-@st.cache_data(show_spinner="Timing a few training steps of this design on the CPU…", max_entries=64)
-def cpu_images_per_s(arch: dict, batch_size: int, augment: tuple, precision: str) -> float:
-    train = TrainConfig.from_dict({"batch_size": batch_size, "augment": list(augment), "precision": precision})
-    return measure_cpu_speed(ArchSpec.from_dict(arch), train)
-
-
-def device_label(device: str) -> str:
-    gpus = find_gpus()
-    return f"GPU {device.split(':')[1]} · {gpus[device]}" if device in gpus else "CPU"
-
-
 def use_data(choice: str, path: str | None = None) -> None:
     st.session_state[DATA_CHOICE] = choice
     if path is not None:
         st.session_state[DATA_PATH] = path
 
 
-def chosen_data() -> tuple[str | None, str | None]:
-    """(the data a run would train on, as load_dataset takes it, or None; what is wrong when None)."""
-    choice = st.session_state[DATA_CHOICE]
-    if choice == BUILTIN:
-        return BUILTIN, None
-    if choice == "path":
-        text = st.session_state[DATA_PATH].strip()
-        if not text:
-            return None, "Give the path of a CIFAR-10 copy, or pick the built-in slice."
-        path = resolve_data(text)
-        return (path, None) if Path(path).exists() else (None, f"{path}: no such file or folder.")
-    folder = resolve_data(st.session_state[DOWNLOAD_DIR])
-    if (Path(folder) / TORCHVISION_DIR).is_dir():
-        return folder, None
-    return None, "Download CIFAR-10 first, or pick another source."
+def data_choice() -> tuple[str | None, str | None]:
+    """(the data a run would train on, or None; what is wrong when None), from the widgets."""
+    return chosen_data(st.session_state[DATA_CHOICE], st.session_state[DATA_PATH], st.session_state[DOWNLOAD_DIR])
 
 
 def download_data(folder: str) -> None:
+    from core.data import load_dataset
+
     try:
-        with st.spinner(f"Downloading CIFAR-10 into {folder} (170 MB)…"):
+        with st.spinner(f"Downloading CIFAR-10 into {folder} ({bytes_text(CIFAR10_DOWNLOAD_BYTES)})…"):
             load_dataset(folder, download=True)
     except StudioError as e:
         st.error(f"The download failed: {e}", icon=":material/cloud_off:")
         return
     st.success(f"CIFAR-10 is in {folder}: ready to train on.", icon=":material/check_circle:")
+
+
+@st.cache_resource(show_spinner=False)
+def look_at_machine(cache: str) -> None:
+    """Once per server (and cache folder): a probe in the background finds the devices again, since a GPU
+    may have come or gone, and times those it has no speed for. The page never waits for it."""
+    start_probe()
+
+
+def device_name(device: str) -> str:
+    return AUTO_LABEL if device == "auto" else device_label(device, known_devices())
+
+
+def when_text(when: float) -> str:
+    day = "today" if time.strftime("%Y%m%d", time.localtime(when)) == time.strftime("%Y%m%d") else \
+        time.strftime("%d %b", time.localtime(when))
+    return f"{time.strftime('%H:%M', time.localtime(when))} {day}"
+
+
+def speed_source(source: str, when: float) -> str:
+    if source.startswith("run "):
+        return f"the speed run {source[4:]} trained at ({when_text(when)})"
+    return f"a short timing of the {source.removeprefix('timed on ')} preset on this machine ({when_text(when)})"
+
+
+def probing(spec, device: str, data: str | None) -> bool:
+    """Whether the figure for `device` is still to come from a probe that is running."""
+    return (device == "auto" or estimate(spec, device, data) is None) and probe_running()
+
+
+def show_estimate(spec, device: str, data: str | None, epochs: int, waiting: bool) -> None:
+    """How long an epoch takes on `device`, from the speed kept on disk; while a probe is still looking,
+    a note, re-drawn every second, until its figure arrives."""
+    if probing(spec, device, data) != waiting:
+        st.rerun()  # the probe ended: the whole page follows (device list, estimate)
+    figure = None if device == "auto" else estimate(spec, device, data)
+    where = "the built-in slice" if data == BUILTIN else f"{image_counts(data)[0]:,} training images"
+    if figure is not None:
+        text = (f"about **{duration_text(figure.epoch_s)} per epoch** of {where} for this design, "
+                f"{duration_text(figure.epoch_s * epochs)} for {plural(epochs, 'epoch')} "
+                f"({rate_text(figure.images_per_s)} images/s).  \n"
+                f":gray[From {speed_source(figure.source, figure.when)}, "
+                f"scaled by this design's {macs_text(count(spec).macs)} MACs per image: a rough figure, which the "
+                f"next run on this device replaces with its own.]")
+    elif waiting:
+        text = "timing it in the background (once, a few seconds): the estimate per epoch appears here."
+    else:
+        text = "no speed is known for it yet: time it, or launch and watch the first epoch."
+    if device == "auto":
+        st.info("Looking for this machine's GPUs and timing it in the background (once, a few seconds). "
+                "Launch now and the run takes the best device it finds.", icon=":material/memory:")
+    elif list(known_devices()) == ["cpu"]:
+        st.warning(f"**No GPU found**: this run trains on the CPU, {text}  \nTry designs on the built-in slice "
+                   f"for a few epochs; for full runs, open ResNet Studio on a machine with a CUDA GPU.",
+                   icon=":material/memory:")
+        if data != BUILTIN:
+            st.button("Use the built-in slice", icon=":material/dataset:", on_click=use_data, args=(BUILTIN,))
+    else:
+        st.info(f"On {device_name(device)}: {text}", icon=":material/memory:")
+    st.button("Time it again" if figure else "Time it", icon=":material/timer:", type="tertiary", disabled=waiting,
+              on_click=start_probe, args=(True,),
+              help="Time this machine's devices again, in the background: when it is less (or more) busy")
 
 
 # ---- launching and following runs ---------------------------------------------------------------------
@@ -248,18 +183,18 @@ def launch_run() -> None:
     """Create the run and start its process, from the widgets' values as they are at the click (a value
     typed just before it arrives with the click, after the page last drew)."""
     spec, preset = current_design()
-    data, data_problem = chosen_data()
+    data, data_problem = data_choice()
     name, device = st.session_state[RUN_NAME].strip(), st.session_state[DEVICE]
     try:
         if data_problem:
-            raise DataError(data_problem)
+            raise RunError(data_problem)
         launch(create_run(RunConfig(spec, TrainConfig.from_dict(setting_values()), data, preset), name), device)
     except StudioError as e:
         st.session_state[LAUNCH_ERROR] = str(e)
         return
     st.session_state[FOLLOWED] = name
     st.session_state.pop(RUN_NAME, None)  # the next run gets a fresh name
-    st.toast(f"Launched {name} on {device_label(device)}.", icon=":material/rocket_launch:")
+    st.toast(f"Launched {name} on {device_name(device)}.", icon=":material/rocket_launch:")
 
 
 def clone_run(run: Run) -> None:
@@ -275,6 +210,8 @@ def clone_run(run: Run) -> None:
 
 
 def resume_point(run: Run) -> str:
+    from core.checkpoint import read_meta  # torch: only for a run that failed
+
     try:
         saved = read_meta(run.checkpoints, "last")
     except StudioError:
@@ -327,7 +264,7 @@ def show_run(run: Run, live: bool) -> None:
         st.markdown(f"#### {run.name}")
         state_badge(state)
         where = status.get("device_name") or status.get("device")  # known once its process has started
-        st.caption(" · ".join([*([where] if where else []), f"{count(cfg.arch).params:,} parameters",
+        st.caption(" · ".join([*([where] if where else []), f"{params_text(count(cfg.arch).params)} parameters",
                                cfg.preset or "custom design", data_label(cfg.data)]))
     if state == "queued":
         waiting = status.get("waiting_for")
@@ -345,7 +282,7 @@ def show_run(run: Run, live: bool) -> None:
 
     pace = [f"Epoch {at.epoch:.1f} of {epochs}"]
     if at.images_per_s:
-        pace.append(f"{at.images_per_s:,.0f} images/s")
+        pace.append(f"{rate_text(at.images_per_s)} images/s")
     if state in ACTIVE and at.eta_s is not None:
         pace.append(f"about {duration_text(at.eta_s)} left")
     st.progress(at.fraction, text=" · ".join(pace))
@@ -380,7 +317,7 @@ def show_run(run: Run, live: bool) -> None:
         finished = state == "finished"
         if actions.button("Train longer" if finished else "Resume", type="primary", icon=":material/play_arrow:",
                           disabled=finished and more <= done,
-                          help=f"Continue from the last checkpoint on {device_label(st.session_state[DEVICE])}"):
+                          help=f"Continue from the last checkpoint on {device_name(st.session_state[DEVICE])}"):
             try:
                 launch(run, st.session_state[DEVICE], epochs=int(more))
             except StudioError as e:
@@ -414,9 +351,9 @@ name_column, params_column, macs_column, change_column = st.columns([2, 1, 1, 1]
 name_column.markdown(f"**{preset or 'Your own design'}**  \n:gray[{plural(len(spec.stages), 'stage')} · "
                      f"{plural(sum(s.blocks for s in spec.stages), 'block')} · widths "
                      f"{', '.join(str(s.channels) for s in spec.stages)}]")
-params_column.metric("Parameters", f"{cost.params:,}", f"{over:,} over budget" if over > 0 else f"{-over:,} to spare",
+params_column.metric("Parameters", params_text(cost.params), margin_text(over),
                      delta_color="inverse" if over > 0 else "normal", delta_arrow="off")
-macs_column.metric("MACs per image", f"{cost.macs / 1e6:,.0f} M")
+macs_column.metric("MACs per image", macs_text(cost.macs))
 if change_column.button("Change in Design", icon=":material/architecture:", width="stretch"):
     st.switch_page("pages/design.py")
 if over > 0:
@@ -434,7 +371,7 @@ st.session_state.setdefault(DATA_PATH, "" if found == BUILTIN else found)
 st.session_state.setdefault(DOWNLOAD_DIR, str(DEFAULT_DIR))
 choice = st.segmented_control("Train on", list(DATA_SOURCES), format_func=DATA_SOURCES.get, required=True,
                               key=DATA_CHOICE, **PERSIST)
-data, data_problem = chosen_data()
+data, data_problem = data_choice()
 if choice == BUILTIN:
     st.caption("5,000 training and 1,000 test images of the JPEG copy of CIFAR-10, shipped with the app: an "
                "epoch takes seconds to minutes. Enough to try a design; its accuracy needs the full 50,000.")
@@ -467,47 +404,26 @@ elif choice == "path":
 else:
     folder_column, download_column = st.columns([4, 1], vertical_alignment="bottom")
     folder = folder_column.text_input("Into folder", key=DOWNLOAD_DIR, **PERSIST,
-                                      help="torchvision downloads the original, lossless CIFAR-10 (170 MB) from "
-                                           "cs.toronto.edu into this folder; ./data is where runs look by default")
+                                      help=f"torchvision downloads the original, lossless CIFAR-10 "
+                                           f"({bytes_text(CIFAR10_DOWNLOAD_BYTES)}) from cs.toronto.edu into this "
+                                           f"folder; ./data is where runs look by default")
     st.caption("The download needs internet access from the machine running ResNet Studio.")
     if download_column.button("Download", type="primary", icon=":material/download:", width="stretch"):
         download_data(folder)
-        data, data_problem = chosen_data()
+        data, data_problem = data_choice()
 
 # -- device --
 st.subheader("Device", divider="gray")
-gpus = find_gpus()
-devices = [*gpus, "cpu"]
+look_at_machine(str(cache_dir()))
+devices = list(known_devices() or ["auto"])  # "auto" (the training process picks) until the probe has looked
 if st.session_state.get(DEVICE) not in devices:
     st.session_state[DEVICE] = devices[0]
-device = st.segmented_control("Train on device", devices, format_func=device_label, required=True, key=DEVICE,
+device = st.segmented_control("Train on device", devices, format_func=device_name, required=True, key=DEVICE,
                               **PERSIST)
 values = setting_values()
-if device == "cpu":
-    train_images, eval_images = CIFAR10_TRAIN_IMAGES, CIFAR10_TEST_IMAGES
-    if data == BUILTIN:
-        builtin = data_summary(BUILTIN, 0.0)
-        train_images, eval_images = builtin["train"], builtin["test"]
-    valid = settings_error(values) is None
-    measure = TrainConfig.from_dict(values) if valid else TrainConfig()
-    speed = cpu_images_per_s(spec.to_dict(), measure.batch_size, measure.augment, measure.precision)
-    per_epoch = epoch_seconds(speed, train_images, eval_images)
-    where = "the built-in slice" if data == BUILTIN else f"{train_images:,} training images"
-    estimate = (f"about **{duration_text(per_epoch)} per epoch** of {where} for this design: "
-                f"{duration_text(per_epoch * measure.epochs)} for {plural(measure.epochs, 'epoch')}. Timed "
-                f"over a few steps on one CPU core just now: a run uses all {os.cpu_count()} cores, so it goes "
-                f"faster when nothing else runs here, and slower when something else trains.")
-    if gpus:
-        st.info(f"Training on the CPU: {estimate}", icon=":material/memory:")
-    else:
-        st.warning(f"**No GPU found**: this run trains on the CPU, at {estimate}  \nTry designs on the built-in "
-                   f"slice for a few epochs; for full runs, open ResNet Studio on a machine with a CUDA GPU.",
-                   icon=":material/memory:")
-    with st.container(horizontal=True):
-        if data != BUILTIN:
-            st.button("Use the built-in slice", icon=":material/dataset:", on_click=use_data, args=(BUILTIN,))
-        st.button("Time it again", icon=":material/timer:", type="tertiary", on_click=cpu_images_per_s.clear,
-                  help="The timing is kept per design; time it again when the machine is less (or more) busy")
+epochs = values["epochs"] if settings_error(values) is None else TrainConfig().epochs
+waiting = probing(spec, device, data)
+st.fragment(show_estimate, run_every=1 if waiting else None)(spec, device, data, epochs, waiting)
 
 # -- settings --
 st.subheader("Training settings", divider="gray")
@@ -543,7 +459,7 @@ blocked = (f"The design is {over:,} parameters over budget." if over > 0 else No
     or name_problem
 launch_column.button("Launch", type="primary", icon=":material/rocket_launch:", width="stretch",
                      disabled=bool(blocked), on_click=launch_run,
-                     help=blocked or f"Start training {run_name} on {device_label(device)} in the background")
+                     help=blocked or f"Start training {run_name} on {device_name(device)} in the background")
 if blocked:
     st.caption(f"Can't launch: {blocked}")
 if LAUNCH_ERROR in st.session_state:

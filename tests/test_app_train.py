@@ -17,9 +17,11 @@ from streamlit.testing.v1 import AppTest
 from core.budget import BUDGET, count
 from core.config import RunConfig, TrainConfig
 from core.data import BUILTIN_ARCHIVE
+from core.machine import estimate, probe_running, read_machine, record_speed, update_machine
 from core.presets import preset_spec
 from core.runs import Run, process_start_time, stop
 from core.spec import ArchSpec
+from core.units import duration_text
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 TINY = ArchSpec.from_dict({"stages": [{"blocks": 1, "channels": 16}], "pool_size": 32})  # trains an epoch in seconds
@@ -31,6 +33,21 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     root.mkdir()
     monkeypatch.setenv("RESNET_STUDIO_RUNS", str(root))
     return root
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """A cache folder of the test's own: what the page knows of this machine starts empty."""
+    monkeypatch.setenv("RESNET_STUDIO_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def cpu_timed(cache) -> dict:
+    """This machine known as a CPU alone, trained at 100 images/s on resnet20 (as a probe would record it)."""
+    update_machine(lambda machine: machine | {"devices": {"cpu": "CPU"}})
+    record_speed("cpu", "CPU", 100.0, count(preset_spec("resnet20")).macs, "timed on resnet20")
+    return read_machine()
 
 
 @pytest.fixture
@@ -104,7 +121,7 @@ def test_without_runs_the_runs_page_says_to_train_with_a_button(runs_dir):
     assert any("Launch a run above" in c.value for c in app.caption)
 
 
-def test_without_gpu_or_dataset_the_train_page_says_what_to_do(runs_dir, monkeypatch):
+def test_without_gpu_or_dataset_the_train_page_says_what_to_do(runs_dir, cpu_timed, monkeypatch):
     monkeypatch.delenv("CIFAR10_DATA", raising=False)
     monkeypatch.chdir(runs_dir)  # no ./data here
     app = open_page("train")
@@ -113,12 +130,36 @@ def test_without_gpu_or_dataset_the_train_page_says_what_to_do(runs_dir, monkeyp
     button(app, "Download CIFAR-10").click().run()
     assert app.get_by_key("train_data").value == "download"
     assert any("needs internet" in c.value for c in app.caption)
-    import torch
+    warning = texts(app.warning)
+    assert "No GPU found" in warning and "per epoch" in warning
+    assert any(b.label == "Use the built-in slice" for b in app.button)
 
-    if torch.cuda.device_count() == 0:
-        warning = texts(app.warning)
-        assert "No GPU found" in warning and "per epoch" in warning
-        assert any(b.label == "Use the built-in slice" for b in app.button)
+
+def test_the_page_draws_at_once_and_the_estimate_fills_in_from_a_probe_in_the_background(runs_dir, cache,
+                                                                                         monkeypatch):
+    import core.machine
+    import core.train
+
+    steps = []  # a training step or a timing in the script run would land here
+    monkeypatch.setattr(core.train.Trainer, "step", lambda *args: steps.append("step"))
+    monkeypatch.setattr(core.machine, "measure", lambda *args: steps.append("measure"))
+    app = open_page("train")  # the default design, a seed-sized network
+    assert_clean(app)
+    assert not button(app, "Launch").disabled and app.get_by_key("train:epochs").value == TrainConfig().epochs
+    assert "Looking for this machine's GPUs and timing it in the background" in texts(app.info)
+    assert steps == []
+
+    deadline = time.monotonic() + 300  # the probe, in a process of its own, finds the CPU and times it
+    while "speeds" not in read_machine() or probe_running():
+        assert time.monotonic() < deadline, (cache / "machine.log").read_text()
+        time.sleep(0.5)
+    app.run()
+    assert_clean(app)
+    figure = estimate(preset_spec("resnet26-seed"), "cpu", "builtin")
+    shown = texts(app.warning) + texts(app.info)
+    assert f"about **{duration_text(figure.epoch_s)} per epoch** of the built-in slice" in shown
+    assert "From a short timing of the resnet20 preset on this machine" in shown
+    assert steps == []
 
 
 # ---- settings, data and budget ------------------------------------------------------------------------

@@ -1,9 +1,7 @@
-"""core.progress: a run's path through its metrics lines, where it stands, and a quick CPU timing."""
+"""core.progress: a run's path through its metrics lines and where it stands."""
 import pytest
 
-from core.config import TrainConfig
-from core.progress import duration_text, epoch_seconds, history, measure_cpu_speed, metric_frames, progress
-from core.spec import ArchSpec
+from core.progress import history, metric_frames, progress
 
 
 def step(epoch: float, step: int, elapsed: float, loss: float = 1.0, speed: float = 100.0) -> dict:
@@ -52,25 +50,3 @@ def test_progress_from_the_first_point_and_after_the_end():
     assert first.eta_s == pytest.approx(2.5 * 40 * 50 / 100)
     assert progress(TWO_EPOCHS, epochs=2, batch_size=50).eta_s == 0
     assert progress(TWO_EPOCHS, epochs=2, batch_size=50).fraction == 1
-
-
-def test_epoch_time_counts_evaluation_as_a_forward_pass():
-    assert epoch_seconds(100.0, 5000, 1000) == pytest.approx((5000 + 1000 / 3) / 100)
-
-
-@pytest.mark.parametrize("seconds, text", [(4.2, "4 s"), (89, "89 s"), (600, "10 min"), (3 * 3600 + 300, "3 h 05 min")])
-def test_durations_read_as_people_say_them(seconds, text):
-    assert duration_text(seconds) == text
-
-
-def test_measuring_cpu_speed_is_quick_and_leaves_torch_threads_alone():
-    import time
-
-    import torch
-
-    threads = torch.get_num_threads()
-    arch = ArchSpec.from_dict({"stages": [{"blocks": 1, "channels": 16}], "pool_size": 32})
-    start = time.perf_counter()
-    speed = measure_cpu_speed(arch, TrainConfig(), seconds=0.2)
-    assert speed > 0 and time.perf_counter() - start < 30
-    assert torch.get_num_threads() == threads

@@ -1,0 +1,179 @@
+"""This machine's training devices and how fast each trains, kept on disk so that a page can estimate at once.
+
+A probe (`python -m core machine`, which the Train page starts in the background) asks torch for the
+devices and times a few training steps of a reference design on each device that has no figure yet.
+A run reports its own images/s at the end of every epoch, and that figure replaces its device's.
+A speed is kept as MACs per second (images/s × the design's MACs per image), so that one figure
+estimates any design: images/s ≈ MACs per second ÷ the design's MACs per image. Rough, since small
+networks use a device less well than large ones; each estimate says where its figure came from.
+
+    <cache>/machine.json   {"devices": {"cuda:0": "NVIDIA H100", "cpu": "CPU"}, "found": time,
+                            "speeds": {"cpu": {"macs_per_s", "images_per_s", "name", "source", "when"}}}
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.budget import count
+from core.config import RunConfig
+from core.files import FileError, cache_dir, locked, read_json, write_json
+from core.presets import preset_spec
+from core.sources import image_counts
+
+REFERENCE = "resnet20"             # the design a probe times: small, so a probe takes seconds even on a CPU
+PROBE_BATCH = {"cpu": 32, "cuda": 256}
+PROBE_SECONDS = 2.0                # timed, after the warm-up steps
+EVAL_COST = 1 / 3  # an evaluated image costs a forward pass: about a third of a training step's work
+
+
+def machine_path() -> Path:
+    return cache_dir() / "machine.json"
+
+
+def probe_lock_path() -> Path:
+    return cache_dir() / ".machine.probe.lock"
+
+
+def read_machine() -> dict:
+    """What is known of this machine; {} before the first probe (or when the file is damaged)."""
+    try:
+        return read_json(machine_path(), default={})
+    except FileError:
+        return {}
+
+
+def known_devices() -> dict[str, str] | None:
+    """Torch device names (cuda:0, ..., cpu) with what they are, as the last probe found them; None before."""
+    return read_machine().get("devices")
+
+
+def device_label(device: str, devices: dict[str, str] | None) -> str:
+    name = (devices or {}).get(device, "")
+    return f"GPU {device.split(':')[1]} · {name}" if device.startswith("cuda:") else "CPU"
+
+
+# ---- measuring (torch) ---------------------------------------------------------------------------
+
+def find_devices() -> dict[str, str]:
+    import torch
+
+    gpus = {f"cuda:{i}": torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}
+    return gpus | {"cpu": "CPU"}
+
+
+def measure(device: str, arch_preset: str = REFERENCE, seconds: float = PROBE_SECONDS) -> float:
+    """Training images/s of a preset's design on `device`, over a few steps on random images, with the
+    preset's recipe: what a run of it would do, data loading aside."""
+    import torch
+
+    from core.bench import time_steps
+    from core.train import Trainer
+
+    cfg = RunConfig.from_preset(arch_preset)
+    where = torch.device(device)
+    batch_size = PROBE_BATCH[where.type]
+    trainer = Trainer(RunConfig(cfg.arch, dataclasses.replace(cfg.train, batch_size=batch_size, compile=False)),
+                      where)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=generator).to(where)
+    labels = torch.randint(0, cfg.arch.num_classes, (batch_size,), generator=generator).to(where)
+
+    def step() -> int:
+        trainer.step(images, labels, cfg.train.lr)
+        return batch_size
+
+    return time_steps(step, where, seconds)["images_per_s"]
+
+
+def record_speed(device: str, name: str, images_per_s: float, macs: int, source: str) -> None:
+    """Keep `device`'s speed, measured at `images_per_s` on a design of `macs` MACs per image."""
+    figure = {"macs_per_s": images_per_s * macs, "images_per_s": images_per_s, "macs": macs, "name": name,
+              "source": source, "when": time.time()}
+    update_machine(lambda machine: machine | {"speeds": machine.get("speeds", {}) | {device: figure}})
+
+
+def update_machine(change) -> None:
+    """Read, change and write machine.json under its lock: probes and runs write it at the same time."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with locked(machine_path()):
+        write_json(machine_path(), change(read_machine()))
+
+
+def probe(again: bool = False, arch_preset: str = REFERENCE, seconds: float = PROBE_SECONDS) -> dict:
+    """Find the devices and time each one without a speed (every one, `again`); returns what is known.
+    A probe already running elsewhere makes this one return at once."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    lock = os.open(probe_lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return read_machine()
+        devices = find_devices()
+        update_machine(lambda machine: machine | {"devices": devices, "found": time.time()})
+        speeds = read_machine().get("speeds", {})
+        macs = count(preset_spec(arch_preset)).macs
+        for device, name in devices.items():
+            if again or speeds.get(device, {}).get("name") != name:
+                record_speed(device, name, measure(device, arch_preset, seconds), macs, f"timed on {arch_preset}")
+        return read_machine()
+    finally:
+        os.close(lock)
+
+
+# ---- asking (no torch) ---------------------------------------------------------------------------
+
+def probe_running() -> bool:
+    try:
+        fd = os.open(probe_lock_path(), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def start_probe(again: bool = False) -> None:
+    """Run a probe in a process of its own, its output in <cache>/machine.log; at once."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / "machine.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "core", "machine", *(["--again"] if again else [])],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+    threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it ends: no zombie
+
+
+@dataclass(frozen=True)
+class Estimate:
+    images_per_s: float
+    epoch_s: float       # training through the train images and evaluating the test images once
+    source: str          # where the speed came from, in words: "timed on resnet20" or "run NAME"
+    when: float          # when it was measured
+
+
+def epoch_seconds(images_per_s: float, train_images: int, eval_images: int) -> float:
+    """An epoch's training and evaluation time at a training speed."""
+    return (train_images + EVAL_COST * eval_images) / images_per_s
+
+
+def estimate(arch, device: str, data: str | None) -> Estimate | None:
+    """How long an epoch of `arch` on `data` takes on `device`, from the speed kept for it; None without one."""
+    machine = read_machine()
+    figure = machine.get("speeds", {}).get(device)
+    if figure is None or figure.get("name") != machine.get("devices", {}).get(device):
+        return None
+    images_per_s = figure["macs_per_s"] / count(arch).macs
+    return Estimate(images_per_s, epoch_seconds(images_per_s, *image_counts(data)), figure["source"],
+                    figure["when"])

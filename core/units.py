@@ -1,0 +1,47 @@
+"""One way to show a number: parameters, MACs, sizes and durations as every page and command writes them."""
+from __future__ import annotations
+
+SI = (("G", 1e9), ("M", 1e6), ("k", 1e3))
+
+
+def params_text(n: int) -> str:
+    """Parameters in full, 4,978,810: the budget is counted to the last one."""
+    return f"{n:,}"
+
+
+def si_text(n: float, unit: str = "") -> str:
+    """Three figures with an SI prefix: 1.18 G, 40.8 MB, 512 B."""
+    for prefix, size in SI:
+        if n >= size:
+            return f"{n / size:.3g} {prefix}{unit}"
+    return f"{n:.0f} {unit}".rstrip()
+
+
+def macs_text(n: float) -> str:
+    """Multiply-accumulates: 1.18 G, 40.8 M, 512."""
+    return si_text(n)
+
+
+def rate_text(per_second: float) -> str:
+    """A speed such as images/s: whole numbers from 10 up (1,234), two figures below (0.95, 4.2)."""
+    return f"{per_second:,.0f}" if per_second >= 10 else f"{per_second:.2g}"
+
+
+def bytes_text(n: float) -> str:
+    """A size in bytes, in powers of 1,000: 170 MB, 2.15 GB, 512 B."""
+    return si_text(n, "B")
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as people say it: 45 s, 12 min, 3 h 05 min."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def margin_text(over: int) -> str:
+    """How far a design is from its parameter budget, given its parameters over it (negative: under)."""
+    return f"{params_text(over)} over budget" if over > 0 else f"{params_text(-over)} to spare"

@@ -1,0 +1,33 @@
+"""core.settings: every training setting has a label, a help text and a group, and says when it does not apply."""
+from dataclasses import fields
+
+from core.config import RunConfig, TrainConfig
+from core.settings import LABELS, SETTINGS, recipe, settings_error
+
+
+def test_every_train_config_field_has_one_setting_with_help():
+    settings = [s for group in SETTINGS.values() for s in group]
+    assert sorted(s.field for s in settings) == sorted(f.name for f in fields(TrainConfig))
+    assert all(s.label and s.help for s in settings)
+
+
+def test_a_complaint_names_the_setting_by_its_label():
+    values = TrainConfig().to_dict() | {"lr": 20.0}
+    assert settings_error(values).startswith("Learning rate: 20.0 is out of range")
+    assert settings_error(TrainConfig().to_dict()) is None
+
+
+def test_a_setting_says_when_it_does_not_apply():
+    by_field = {s.field: s for group in SETTINGS.values() for s in group}
+    adam = TrainConfig().to_dict() | {"optimizer": "adam"}
+    assert by_field["momentum"].unused(adam) == "Only SGD and RMSprop use momentum"
+    assert by_field["momentum"].unused(TrainConfig().to_dict() | {"optimizer": "sgd"}) is None
+    no_crop = TrainConfig().to_dict() | {"augment": ["flip"]}
+    assert by_field["crop_padding"].unused(no_crop) == "Only the crop augmentation uses it"
+    assert by_field["step_gamma"].unused(TrainConfig().to_dict() | {"schedule": "step"}) is None
+
+
+def test_settings_start_from_the_presets_recipe_or_the_defaults():
+    assert recipe("resnet10-wide") == RunConfig.from_preset("resnet10-wide").train
+    assert recipe(None) == TrainConfig() and recipe("no-such-preset") == TrainConfig()
+    assert set(LABELS) == {f.name for f in fields(TrainConfig)}

@@ -1,0 +1,50 @@
+"""core.units: one way to write parameters, MACs, sizes, speeds and durations, the same in the pages and the CLI."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.budget import BUDGET, count
+from core.presets import preset_spec
+from core.units import bytes_text, duration_text, macs_text, margin_text, params_text, rate_text
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("macs, text", [(1_179_483_088, "1.18 G"), (40_813_184, "40.8 M"), (2_500, "2.5 k"),
+                                        (512, "512")])
+def test_macs_read_to_three_figures(macs, text):
+    assert macs_text(macs) == text
+
+
+@pytest.mark.parametrize("size, text", [(170_498_071, "170 MB"), (2_147_483_648, "2.15 GB"), (999, "999 B")])
+def test_sizes_read_in_powers_of_a_thousand(size, text):
+    assert bytes_text(size) == text
+
+
+@pytest.mark.parametrize("seconds, text", [(4.2, "4 s"), (89, "89 s"), (600, "10 min"), (3 * 3600 + 300, "3 h 05 min")])
+def test_durations_read_as_people_say_them(seconds, text):
+    assert duration_text(seconds) == text
+
+
+@pytest.mark.parametrize("rate, text", [(1234.4, "1,234"), (14.4, "14"), (0.952, "0.95"), (4.2, "4.2")])
+def test_speeds_keep_two_figures_below_ten(rate, text):
+    assert rate_text(rate) == text
+
+
+def test_parameters_are_counted_to_the_last_one():
+    assert params_text(4_978_810) == "4,978,810"
+    assert margin_text(-21_190) == "21,190 to spare" and margin_text(6_173_962) == "6,173,962 over budget"
+
+
+def test_the_cli_summary_writes_a_design_as_the_pages_do():
+    spec = preset_spec("resnet26-seed")
+    out = subprocess.run([sys.executable, "-m", "core", "params", "--preset", "resnet26-seed"], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    cost = count(spec)
+    assert json.loads(out.stdout)["summary"] == (f"{params_text(cost.params)} parameters "
+                                                 f"({margin_text(cost.params - BUDGET)}), {macs_text(cost.macs)} "
+                                                 f"MACs per image")
+    assert json.loads(out.stdout)["summary"] == "4,978,810 parameters (21,190 to spare), 1.18 G MACs per image"
