@@ -23,6 +23,7 @@ PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast where the hardware 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 30
+    time_limit: float = 0.0        # seconds of training (evaluation apart) instead of `epochs`; 0 = off
     batch_size: int = 128
     optimizer: str = "sgd"
     lr: float = 0.1
@@ -65,6 +66,7 @@ class TrainConfig:
             check_choice("train.augment", a, AUGMENTS)
         return cls(
             epochs=check_int("train.epochs", d["epochs"], 1, 10_000),
+            time_limit=check_float("train.time_limit", d["time_limit"], 0.0, 1e6),
             batch_size=check_int("train.batch_size", d["batch_size"], 1, 65_536),
             optimizer=check_choice("train.optimizer", d["optimizer"], OPTIMIZERS),
             lr=check_float("train.lr", d["lr"], 1e-7, 10.0),

@@ -33,6 +33,9 @@ STEP_ONLY = unless("schedule", ("step",), "Only the step schedule uses it")
 SETTINGS = {
     "Schedule": [
         Setting("epochs", "Epochs", "Passes over the training images", step=1),
+        Setting("time_limit", "Time limit (s)", "Train for this many seconds instead of the epochs, evaluation "
+                                                "apart, with the schedule stretched over them; 0 trains the epochs",
+                step=60.0),
         Setting("batch_size", "Batch size", "Images per optimizer step. A larger batch trains faster per image on a "
                                             "GPU, until its memory runs out", step=32),
         Setting("lr", "Learning rate", "The schedule's peak learning rate", step=0.01),

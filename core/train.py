@@ -4,11 +4,13 @@ The dataset sits on the training device as uint8 and is augmented there in batch
 channels_last, in bf16 autocast where the hardware has it (CUDA, AMX CPUs), with a fused optimizer
 step on CUDA. SIGTERM (Stop) lets
 the current step finish, saves `last`, and ends the run as `stopped`; resuming continues at the
-saved epoch and step, with the same data order.
+saved epoch and step, with the same data order. With `time_limit` the run trains for that many seconds
+instead of its epochs, and the schedule drawn over its epochs is stretched over that time.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import signal
@@ -31,6 +33,9 @@ from core.infer import autocast_for, evaluate
 from core.machine import record_speed
 from core.model import build_model
 from core.runs import Run, RunError, StopRequested, device_lock, process_start_time
+
+
+EVALS_IN_A_TIME_LIMIT = 25  # a time-limited run evaluates about this often, and at its end
 
 
 class StopFlag:
@@ -150,6 +155,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, device: torch.device):
         t = self.t = cfg.train
         self.model = build_model(cfg.arch).to(device, memory_format=torch.channels_last)  # faster on GPU and CPU
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # shapes are static: let cuDNN time its algorithms once
         self.optimizer = build_optimizer(self.model, t, device)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) \
             if t.ema_decay > 0 else None
@@ -238,7 +245,7 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag) -> None:
     model, optimizer, ema, augment = trainer.model, trainer.optimizer, trainer.ema, trainer.augment
 
     # resume where `last` left off
-    start_epoch, start_step, best_acc, elapsed_before = 0, 0, -1.0, 0.0
+    start_epoch, start_step, best_acc, elapsed_before, trained = 0, 0, -1.0, 0.0, 0.0
     if (run.checkpoints / "last.json").exists():
         tensors, plain, meta = load_train_state(run.checkpoints, "last")
         model.load_state_dict(unflatten_state("model", tensors, plain))
@@ -246,13 +253,14 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag) -> None:
         if ema is not None:
             ema.load_state_dict(unflatten_state("ema", tensors, plain))
         start_epoch, start_step = meta["epoch"], meta["step"]
-        best_acc, elapsed_before = meta.get("best_acc", -1.0), meta["elapsed"]
+        best_acc, elapsed_before, trained = meta.get("best_acc", -1.0), meta["elapsed"], meta.get("trained", 0.0)
         log(run, f"resumed at epoch {start_epoch} step {start_step}")
 
     def checkpoint_meta(epoch: int, step: int, acc: float | None, elapsed: float) -> dict:
         return {"spec": cfg.arch.to_dict(), "classes": list(dataset.classes), **augment.normalizer.stats,
                 "epoch": epoch, "step": step, "eval_acc": acc, "eval_split": eval_name, "best_acc": best_acc,
-                "elapsed": elapsed, "tta_flip": t.tta_flip, "data": dataset.source, "saved": time.time()}
+                "elapsed": elapsed, "trained": trained, "tta_flip": t.tta_flip, "data": dataset.source,
+                "saved": time.time()}
 
     def save(tag: str, epoch: int, step: int, acc: float | None, elapsed: float) -> None:
         state, plain = {}, {}
@@ -269,8 +277,15 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag) -> None:
         return evaluate(ema.module if ema is not None else model, eval_split.images, eval_split.labels,
                         augment.normalizer, device, len(dataset.classes), t.tta_flip, t.precision)
 
+    def lr_now(global_step: int, trained_now: float) -> float:
+        """The schedule's lr at a step; with a time limit, at the share of the time used instead."""
+        if t.time_limit:
+            return lr_at(t, min(1.0, trained_now / t.time_limit) * total_steps, total_steps, steps_per_epoch)
+        return lr_at(t, global_step, total_steps, steps_per_epoch)
+
     session_start = time.perf_counter()
-    for epoch in range(start_epoch, t.epochs):
+    out_of_time, next_eval = False, 0.0
+    for epoch in itertools.count(start_epoch) if t.time_limit else range(start_epoch, t.epochs):
         model.train()
         # the epoch's order depends only on (seed, epoch), so a resumed epoch replays it
         order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch)).to(device)
@@ -278,12 +293,14 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag) -> None:
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen, epoch_start = 0, time.perf_counter()
         first = start_step if epoch == start_epoch else 0
+        step, lr = first - 1, lr_now(epoch * steps_per_epoch + first, trained)  # for an epoch with no step left
         for step in range(first, steps_per_epoch):
             global_step = epoch * steps_per_epoch + step
             torch.manual_seed(t.seed * 1_000_003 + global_step)  # augmentation and dropout, replayable
             idx = order[step * batch_size:(step + 1) * batch_size]
             y = labels[idx]
-            lr = lr_at(t, global_step, total_steps, steps_per_epoch)
+            trained_now = trained + time.perf_counter() - epoch_start  # host clock: no sync
+            lr = lr_now(global_step, trained_now)
             loss, logits = trainer.step(images[idx], y, lr)
             loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
@@ -295,30 +312,44 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag) -> None:
                                          "lr": lr, "images_per_s": rate,
                                          "elapsed": elapsed_before + time.perf_counter() - session_start})
             if stop():
+                trained += time.perf_counter() - epoch_start
                 save("last", epoch, step + 1, None, elapsed_before + time.perf_counter() - session_start)
                 raise StopRequested
+            if t.time_limit and trained_now >= t.time_limit:
+                out_of_time = True
+                break
 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time = time.perf_counter() - epoch_start
+        trained += train_time
+        done_epoch, done_step = (epoch + 1, 0) if step + 1 == steps_per_epoch else (epoch, step + 1)
+        epochs_done = done_epoch + done_step / steps_per_epoch if done_step else done_epoch
+        if t.time_limit:  # epochs can take a second on a GPU: evaluate and save a few times, not after each
+            if trained < next_eval and not out_of_time:
+                continue
+            next_eval = trained + t.time_limit / EVALS_IN_A_TIME_LIMIT
         result = evaluate_now()
         elapsed = elapsed_before + time.perf_counter() - session_start
-        line = {"kind": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+        line = {"kind": "epoch", "epoch": epochs_done,
+                "step": done_epoch * steps_per_epoch + done_step,
                 "train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
                 "eval_split": eval_name, "eval_loss": result.loss, "eval_acc": result.accuracy,
-                "lr": lr_at(t, (epoch + 1) * steps_per_epoch - 1, total_steps, steps_per_epoch),
-                "images_per_s": seen / train_time, "elapsed": elapsed}
+                "lr": lr, "images_per_s": seen / train_time, "elapsed": elapsed, "trained": trained}
         run_append_metrics(run, line)
         with contextlib.suppress(OSError):  # a speed for estimates; no reason to fail a run
             record_speed(str(device), device_name(device), line["images_per_s"], count(cfg.arch).macs,
                          f"run {run.name}")
-        log(run, f"epoch {epoch + 1}/{t.epochs}: train loss {line['train_loss']:.3f} acc {line['train_acc']:.3f}, "
+        of = f" ({trained:.0f} of {t.time_limit:g} s)" if t.time_limit else f"/{t.epochs}"
+        log(run, f"epoch {epochs_done:.4g}{of}: train loss {line['train_loss']:.3f} acc {line['train_acc']:.3f}, "
                  f"{eval_name} loss {result.loss:.3f} acc {result.accuracy:.4f}, {line['images_per_s']:.0f} img/s")
         if result.accuracy > best_acc:
             best_acc = result.accuracy
-            save("best", epoch + 1, 0, result.accuracy, elapsed)
-        save("last", epoch + 1, 0, result.accuracy, elapsed)
-        run.update_status(epoch=epoch + 1, best_acc=best_acc)
+            save("best", done_epoch, done_step, result.accuracy, elapsed)
+        save("last", done_epoch, done_step, result.accuracy, elapsed)
+        run.update_status(epoch=epochs_done, best_acc=best_acc)
+        if out_of_time:
+            break
 
     final = evaluate_now()
     write_json(run.results_path, {

@@ -184,6 +184,10 @@ def test_bench_reports_both_loops_side_by_side():
     report = json.loads(out.stdout)
     assert report["engine"]["images_per_s"] > 0 and report["seed_style"]["images_per_s"] > 0
     assert report["ratio"] == pytest.approx(report["engine"]["images_per_s"] / report["seed_style"]["images_per_s"])
+    # the share of the device's peak: training FLOPs (6 x MACs per image) over a matrix product timed in this call
+    assert report["peak"]["tflops"] > 0 and report["train_flops_per_image"] == 6 * report["macs_per_image"]
+    assert report["engine"]["fraction_of_peak"] == pytest.approx(
+        report["engine"]["images_per_s"] * report["train_flops_per_image"] / 1e12 / report["peak"]["tflops"])
 
 
 def test_data_command_checks_a_copy_and_explains_a_missing_one(tmp_path):
@@ -201,3 +205,18 @@ def test_a_created_but_unlaunched_run_is_queued_not_dead_and_stops_cleanly(tmp_p
     run = create_run(RunConfig.from_dict(SMALL), "waiting", tmp_path / "runs")
     assert run.status()["state"] == "queued"  # no pid yet is not a dead process
     assert stop(run)["state"] == "stopped"
+
+
+def test_a_time_limit_trains_for_that_time_with_the_schedule_stretched_over_it(tmp_path):
+    run_dir = tmp_path / "runs" / "timed"
+    cfg = tmp_path / "timed.json"
+    cfg.write_text(json.dumps({**SMALL, "train": {**SMALL["train"], "time_limit": 3, "log_every": 1}}))
+    out = core_cli("train", "--config", str(cfg), "--run-dir", str(run_dir), "--device", "cpu")
+    assert json.loads(out.stdout)["state"] == "finished"
+    run = Run(run_dir)
+    last = [m for m in run.metrics() if m["kind"] == "epoch"][-1]
+    assert last["trained"] >= 3  # it stops once the time is used, not after `epochs`
+    assert last["lr"] == pytest.approx(0, abs=1e-9)  # and the cosine reached its end there
+    steps = [m for m in run.metrics() if m["kind"] == "step"]
+    assert len(steps) >= 2 and all(a["lr"] >= b["lr"] for a, b in zip(steps, steps[1:]))
+    assert json.loads((run.checkpoints / "last.json").read_text())["trained"] == pytest.approx(last["trained"])
