@@ -19,12 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from core.data import load_dataset, resolve_data  # noqa: E402
+from core.data import load_dataset  # noqa: E402
 from core.files import write_atomic  # noqa: E402
 
 
-def write_airbench_data(data: str, dest: Path) -> Path:
-    """DEST/cifar10/{train,test}.pt from the CIFAR-10 copy `data`; returns DEST/cifar10."""
+def write_airbench_data(data: str | None, dest: Path) -> Path:
+    """DEST/cifar10/{train,test}.pt from the CIFAR-10 copy `data` (None: as training picks it); returns DEST/cifar10."""
     dataset = load_dataset(data)
     folder = dest / "cifar10"
     folder.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--data", help="the CIFAR-10 copy (default: $CIFAR10_DATA, ./data, else the built-in slice)")
     p.add_argument("--dest", type=Path, default=Path("."), help="where the cifar10/ folder goes (default: here)")
     args = p.parse_args()
-    folder = write_airbench_data(resolve_data(args.data), args.dest)
+    folder = write_airbench_data(args.data, args.dest)
     for name in ("train", "test"):
         d = torch.load(folder / f"{name}.pt")
         print(f"{folder / name}.pt: images {tuple(d['images'].shape)} {d['images'].dtype}, "

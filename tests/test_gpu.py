@@ -154,17 +154,20 @@ def test_bench_on_cuda_reports_the_share_of_the_measured_peak(compile_flag):
     assert engine["train_tflops"] == pytest.approx(engine["images_per_s"] * report["train_flops_per_image"] / 1e12)
 
 
-def test_the_train_page_lists_the_gpu_and_launches_on_it(tmp_path, monkeypatch):
+def test_the_train_page_lists_the_gpu_the_probe_found_and_launches_on_it(tmp_path, monkeypatch):
     pytest.importorskip("streamlit")
     from test_app_train import TINY, assert_clean, button, open_page, wait_for_state
 
     monkeypatch.setenv("RESNET_STUDIO_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("RESNET_STUDIO_CACHE", str(tmp_path / "cache"))
+    machine = json.loads(core_cli("machine").stdout)  # the probe the page starts: finds the GPU and times it
+    assert machine["devices"]["cuda:0"] == torch.cuda.get_device_name(0)
+    assert machine["speeds"]["cuda:0"]["images_per_s"] > 0
     app = open_page("train", TINY)
     assert_clean(app)
     device = app.get_by_key("train_device")
     assert device.value == "cuda:0"  # a GPU is the default
     assert device.options[0] == f"GPU 0 · {torch.cuda.get_device_name(0)}" and device.options[-1] == "CPU"
-    assert not any("No GPU found" in w.value for w in app.warning)
     app.get_by_key("train:epochs").set_value(1).run()
     app.get_by_key("train_data").set_value("builtin").run()
     app.get_by_key("train_run_name").input("on-gpu").run()
