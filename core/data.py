@@ -40,7 +40,7 @@ from torchvision.datasets import CIFAR10
 
 from core.errors import StudioError
 from core.files import cache_dir
-from core.images import ImageError, open_image, to_input
+from core.images import ImageError, open_image, to_pixels
 from core.sources import BUILTIN, BUILTIN_ARCHIVE, DEFAULT_DIR, TORCHVISION_DIR, resolve_data
 from core.spec import IMAGE_SIZE, IN_CHANNELS
 
@@ -383,7 +383,7 @@ def _decode(files: list[_File], where: Path) -> torch.Tensor:
 
 def _decode_chunk(named: list[tuple[str, bytes]]) -> np.ndarray:
     # numpy, not a tensor: it comes back from a worker by value, not through shared memory
-    return torch.stack([to_input(open_image(data, name)) for name, data in named]).numpy()
+    return np.stack([to_pixels(open_image(data, name)) for name, data in named])
 
 
 # ---- the cache --------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 `open_image` accepts whatever a user might upload (any Pillow format, any colour mode or bit depth,
 EXIF-rotated photos) and returns plain RGB, or raises one `ImageError` naming the file. Sizes are
 checked from the header before any pixel is decoded, so a decompression bomb costs nothing.
-`to_input` turns an image into what the network sees: the central square at 32x32, uint8.
+`to_pixels` turns an image into what the network sees: the central square at 32x32, uint8; `to_input`
+gives the same as a torch tensor. Apart from `to_input` this module needs only Pillow and numpy, so an
+exported model classifies images on a device without torch (core.onnx_model).
 """
 from __future__ import annotations
 
@@ -11,9 +13,8 @@ import io
 import warnings
 from pathlib import Path
 
-import torch
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.transforms.v2.functional import pil_to_tensor
 
 from core.errors import StudioError
 from core.spec import IMAGE_SIZE
@@ -98,7 +99,7 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img.point(lambda v: (v - lo) * scale + 0.5).convert("L")  # + 0.5: round, not truncate
 
 
-def to_input(img: Image.Image) -> torch.Tensor:
+def to_pixels(img: Image.Image) -> np.ndarray:
     """uint8 (3, 32, 32): the central square, resized with antialiasing; a 32x32 image passes unchanged."""
     img = _to_rgb(img)
     side = min(img.size)
@@ -106,4 +107,11 @@ def to_input(img: Image.Image) -> torch.Tensor:
     # crop first: resizing with a box would let the filter reach pixels outside the square
     square = img.crop((left, top, left + side, top + side))
     small = square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)  # antialiased when shrinking
-    return pil_to_tensor(small).contiguous()
+    return np.ascontiguousarray(np.asarray(small).transpose(2, 0, 1))
+
+
+def to_input(img: Image.Image):
+    """`to_pixels` as a torch tensor."""
+    import torch  # here, not above: the ONNX path uses this module where torch is not installed
+
+    return torch.from_numpy(to_pixels(img))

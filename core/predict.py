@@ -4,10 +4,9 @@ from __future__ import annotations
 import fcntl
 import io
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -16,9 +15,10 @@ from core.augment import Normalizer
 from core.checkpoint import load_model
 from core.data import BUILTIN, DataError, Split, load_class_folders, load_dataset
 from core.errors import StudioError
-from core.images import open_image, to_input
+from core.images import to_input
 from core.infer import evaluate, predict_logits
 from core.model import ResNet
+from core.prediction import Prediction, read_files
 from core.runs import Run
 from core.visual import thumbnail
 
@@ -61,39 +61,11 @@ class Classifier:
         return (cam / peak).cpu()
 
 
-@dataclass
-class Prediction:
-    file: str
-    ok: bool
-    error: str | None = None
-    input: torch.Tensor | None = None          # uint8 (3, 32, 32): what the model sees
-    probabilities: dict[str, float] = field(default_factory=dict)
-    cam: torch.Tensor | None = None            # (32, 32) in [0, 1]
-    thumbnail: np.ndarray | None = None        # uint8 (H, W, 3): the whole image, small, for people
-
-    def top(self, k: int = 3) -> list[dict]:
-        ranked = sorted(self.probabilities.items(), key=lambda kv: kv[1], reverse=True)[:k]
-        return [{"class": c, "probability": p} for c, p in ranked]
-
-    def to_json(self, k: int = 3) -> dict:
-        if not self.ok:
-            return {"file": self.file, "ok": False, "error": self.error}
-        return {"file": self.file, "ok": True, "top": self.top(k), "probabilities": self.probabilities}
-
-
 def classify(classifier: Classifier, files: list[tuple[str, bytes | Path]], tta_flip: bool = False,
              grad_cam: bool = False) -> list[Prediction]:
     """Classify every file that decodes; a bad file gets its own error and the rest go on."""
-    results: list[Prediction] = []
-    good: list[Prediction] = []
-    for name, source in files:
-        try:
-            image = open_image(source, name)
-            pred = Prediction(name, True, input=to_input(image), thumbnail=thumbnail(image))
-            good.append(pred)
-        except StudioError as e:
-            pred = Prediction(name, False, error=str(e))
-        results.append(pred)
+    results = read_files(files, lambda image: {"input": to_input(image), "thumbnail": thumbnail(image)})
+    good = [pred for pred in results if pred.ok]
     if good:
         inputs = torch.stack([p.input for p in good])
         probs = classifier.probabilities(inputs, tta_flip)
