@@ -5,12 +5,17 @@ after a warm-up; images/s is images over wall time in the timed window (data loa
 Each rate is also given as a share of the device's peak: a large matrix product in the engine's
 compute dtype (bf16 on a GPU), timed in the same call, against the training FLOPs per image
 counted from the design (3 forward passes' worth: forward, and backward for inputs and weights).
+
+`bench_export`: inference latency of a run's network in PyTorch and as exported for devices (ONNX fp32
+and int8 in onnxruntime), side by side in one process on the same images.
 """
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -178,3 +183,61 @@ def bench(cfg: RunConfig, device_request: str = "auto", seconds: float = 20.0) -
         "seed_style": seed_style | share_of_peak(seed_style["images_per_s"], flops, peak) | SEED_STYLE_SETTINGS,
         "ratio": engine["images_per_s"] / seed_style["images_per_s"],
     }
+
+
+# ---- inference latency of an exported model ----------------------------------------------------------
+
+LATENCY_BATCHES = (1, 256)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_export(run, tag: str = "best", data: str | None = None, seconds: float = 10.0) -> dict:
+    """Median CPU latency per call at batch 1 and 256 of PyTorch eager in fp32 (predict's code path held to
+    fp32; predict itself takes bf16 where torch reports the CPU does it natively), ONNX fp32 and ONNX int8
+    (as `export --format onnx [--int8]` writes them). The three take turns call by call, so load from other
+    processes falls on all of them alike; each batch size gets `seconds` of turns."""
+    import onnxruntime
+
+    from core.infer import predict_logits
+    from core.onnx_export import CALIBRATION_IMAGES, calibration_images, onnx_fp32, quantize_int8, verification_data
+    from core.onnx_model import OnnxModel
+    from core.predict import Classifier
+
+    classifier = Classifier.load(run, tag)
+    dataset = load_dataset(data or verification_data(run))
+    fp32 = onnx_fp32(classifier, run, tag)
+    int8 = quantize_int8(fp32, calibration_images(dataset.train.images, CALIBRATION_IMAGES), classifier, run, tag)
+    models = {"pytorch": lambda x: predict_logits(classifier.model, torch.from_numpy(x), classifier.normalizer,
+                                                   classifier.device, precision="fp32"),
+              "onnx_fp32": OnnxModel.load(fp32).logits, "onnx_int8": OnnxModel.load(int8).logits}
+    rows = []
+    for batch in LATENCY_BATCHES:
+        images = dataset.test.images[:batch].numpy()
+        times = {name: [] for name in models}
+        for call in models.values():  # warm-up: first calls allocate and pick kernels
+            call(images)
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds or len(times["pytorch"]) < 5:
+            for name, call in models.items():
+                tick = time.perf_counter()
+                call(images)
+                times[name].append(time.perf_counter() - tick)
+        ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
+        rows.append({"batch": batch, "calls": len(times["pytorch"]),
+                     **{f"{name}_ms": v for name, v in ms.items()},
+                     **{f"{name}_ms_per_image": v / batch for name, v in ms.items()},
+                     "onnx_fp32_speedup": ms["pytorch"] / ms["onnx_fp32"],
+                     "onnx_int8_speedup": ms["pytorch"] / ms["onnx_int8"]})
+    return {"run": run.name, "checkpoint": tag, "cpu": cpu_name(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
+            "pytorch_precision": "fp32",
+            "bytes": {"onnx_fp32": len(fp32), "onnx_int8": len(int8)}, "latency": rows}

@@ -147,7 +147,8 @@ class Run:
                 "preset": cfg_raw.get("preset"), "best_acc": best,
                 "epochs_done": len(epochs), "epochs": cfg_raw.get("train", {}).get("epochs"),
                 "elapsed": epochs[-1]["elapsed"] if epochs else None, "device": status.get("device"),
-                "created": status.get("created"), "error": status.get("error"), "data": cfg_raw.get("data")}
+                "created": status.get("created"), "error": status.get("error"), "data": cfg_raw.get("data"),
+                "imported_from": status.get("imported_from")}
 
 
 def list_runs(runs_dir: Path | None = None) -> list[Run]:
