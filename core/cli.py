@@ -204,13 +204,13 @@ def cmd_bench_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from core.augment import MEAN, STD
-    from core.importer import import_weights
+    from core.importer import NORMALIZATIONS, import_weights
 
     design = RunConfig.from_dict(load_json_file(args.design))
     if args.allow_over_budget:
         design = RunConfig.from_dict(design.to_dict() | {"allow_over_budget": True})
-    mean, std = ((0.0,) * 3, (1.0,) * 3) if args.no_normalize else (tuple(args.mean or MEAN), tuple(args.std or STD))
+    mean, std = NORMALIZATIONS[args.normalization]
+    mean, std = tuple(args.mean or mean), tuple(args.std or std)
     run = import_weights(Path(args.weights), args.weights, design, args.run_dir, mean, std)
     emit({"imported": str(run.dir), "from": args.weights, "params": run.summary()["params"],
           "mean": list(mean), "std": list(std)})
@@ -325,11 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("weights", metavar="WEIGHTS.pt")
     p.add_argument("--design", required=True, metavar="SPEC.json", help="the network's design: a spec or run config")
     p.add_argument("--run-dir", required=True, metavar="runs/NAME", help="the new run")
-    p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
-                   help="per-channel mean the weights were trained with, on [0, 1] pixels (default CIFAR-10's)")
-    p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
-                   help="per-channel std the weights were trained with (default CIFAR-10's)")
-    p.add_argument("--no-normalize", action="store_true", help="the weights were trained on plain [0, 1] pixels")
+    p.add_argument("--normalization", choices=("cifar10", "kuangliu", "none"), default="cifar10",
+                   help="the input normalisation the weights were trained with: CIFAR-10's mean and std (default), "
+                        "kuangliu pytorch-cifar's (std 0.2023, 0.1994, 0.2010), or none (plain [0, 1] pixels)")
+    p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="or give the mean on [0, 1] pixels")
+    p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="and the std")
     p.add_argument("--allow-over-budget", action="store_true", help="import a design over its parameter budget")
     p.set_defaults(func=cmd_import)
 

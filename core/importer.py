@@ -33,6 +33,10 @@ KUANGLIU = [(re.compile(r"^conv1\."), "stem.0."), (re.compile(r"^bn1\."), "stem.
             (re.compile(r"^linear\."), "fc.")]
 OURS = [(re.compile(r"^stem\.0\."), "conv1."), (re.compile(r"^stem\.1\."), "bn1."),
         (re.compile(r"^stages\.(\d+)\."), lambda m: f"layer{int(m.group(1)) + 1}."), (re.compile(r"^fc\."), "linear.")]
+# the per-channel (mean, std) on [0, 1] pixels a network may have been trained with
+NORMALIZATIONS = {"cifar10": (MEAN, STD),                                   # this studio's, the usual one
+                  "kuangliu": (MEAN, (0.2023, 0.1994, 0.2010)),             # pytorch-cifar's main.py
+                  "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))}               # plain [0, 1] pixels
 UNSAFE = re.compile(r"GLOBAL ([\w.]+)")  # how torch's weights-only unpickler names what it refused
 CODE_MODULES = {"builtins", "__builtin__", "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "runpy",
                 "importlib", "pty", "code", "codecs", "marshal", "types", "ctypes", "pickle", "operator"}
@@ -139,11 +143,13 @@ def import_weights(source: bytes | Path, name: str, design: RunConfig, run_dir: 
                    classes: tuple[str, ...] = CLASSES) -> Run:
     """A new finished run at `run_dir` holding the file's weights as its best checkpoint.
 
-    mean, std: the normalisation the weights were trained with, on [0, 1] pixels ((0,)*3 and (1,)*3: none).
+    mean, std: the normalisation the weights were trained with, on [0, 1] pixels (see NORMALIZATIONS).
     """
     if design.arch.num_classes != len(classes):
         raise WeightsError(f"the design has {design.arch.num_classes} classes, but {len(classes)} class names "
                            f"are given")
+    if min(std) <= 0:
+        raise WeightsError(f"std {list(std)}: every channel's std must be above 0")
     weights = match(read_weights(source, name), design, name)
     run = Run.at(run_dir)
     run = create_run(design, run.name, run.dir.parent)

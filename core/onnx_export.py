@@ -24,7 +24,7 @@ from core.data import BUILTIN, load_dataset
 from core.errors import StudioError
 from core.files import write_atomic, write_json
 from core.infer import predict_logits
-from core.onnx_model import INPUT, INPUT_FORMAT, OUTPUT, OnnxModel
+from core.onnx_model import INPUT, INPUT_FORMAT, OUTPUT, OnnxModel, report_path
 from core.predict import Classifier
 from core.runs import Run
 
@@ -164,7 +164,3 @@ def export_onnx(run: Run, out: str | Path, tag: str = "best", int8: bool = False
     write_atomic(out, model)
     write_json(report_path(out), report)
     return report
-
-
-def report_path(model: Path) -> Path:
-    return model.with_name(model.name + ".json")

@@ -22,6 +22,16 @@ INPUT_FORMAT = "uint8 RGB, NCHW (N, 3, 32, 32), values 0-255; scaling and normal
 BATCH = 1000  # images per onnxruntime call when many are classified at once
 
 
+def exported_file(run, precision: str) -> Path:
+    """Where the app keeps a run's exported model (fp32 or int8): runs/NAME/exports/NAME-PRECISION.onnx."""
+    return run.exports / f"{run.name}-{precision}.onnx"
+
+
+def report_path(model: Path) -> Path:
+    """The verification written beside an exported model: OUT.onnx.json."""
+    return model.with_name(model.name + ".json")
+
+
 class OnnxModelError(StudioError):
     pass
 

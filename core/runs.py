@@ -7,6 +7,7 @@
         train.log           what the training process printed
         checkpoints/        last.* and best.* (see core.checkpoint)
         results.json        per-class accuracy and confusion matrix, written at the end
+        exports/            ONNX files for devices, each with its verification (see core.onnx_export)
 
 A run trains in its own process and session, so it outlives the app that launched it. Every
 JSON file is replaced atomically; metrics lines are appended whole, and a reader skips a torn
@@ -89,6 +90,7 @@ class Run:
     log_path = property(lambda self: self.dir / "train.log")
     checkpoints = property(lambda self: self.dir / "checkpoints")
     results_path = property(lambda self: self.dir / "results.json")
+    exports = property(lambda self: self.dir / "exports")
 
     def exists(self) -> bool:
         return self.config_path.exists()

@@ -6,6 +6,8 @@ an active run is read afresh, since its process may have died without writing an
 """
 from __future__ import annotations
 
+import json
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -13,13 +15,16 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core.budget import BUDGET
+from core.budget import BUDGET, count
+from core.config import RunConfig
 from core.errors import StudioError
 from core.files import read_json
+from core.onnx_model import exported_file, report_path
 from core.progress import metric_frames
 from core.runs import ACTIVE, Run, delete, list_runs, runs_root
-from pages._ui import (FOLLOWED, PRIMARY, RUN_CHOICE, confusion_chart, data_label, default_run, epoch_chart,
-                       per_class_chart, plural, select_run, state_badge, through_app_shell)
+from pages._ui import (FOLLOWED, PRIMARY, RUN_CHOICE, confusion_chart, current_design, data_label, default_run,
+                       epoch_chart, has_checkpoint, per_class_chart, plural, select_run, state_badge,
+                       through_app_shell)
 
 through_app_shell()
 
@@ -129,6 +134,111 @@ def cancel_delete() -> None:
     st.session_state.pop(DELETING, None)
 
 
+# ---- export for devices, import from elsewhere ------------------------------------------------------
+
+PRECISIONS = {"fp32": "The network as trained, in one file.",
+              "int8": "About a third of the size and faster on a CPU; calibrated on training images."}
+NORMALIZATION_LABELS = {"cifar10": "CIFAR-10 mean and std (as this studio trains)",
+                        "kuangliu": "kuangliu pytorch-cifar's (std 0.2023, 0.1994, 0.2010)",
+                        "none": "None: plain [0, 1] pixels"}
+
+
+def export_card(run: Run, precision: str, generation: str) -> None:
+    """One precision's export: a button that makes (or remakes) it, then what it measured and its download."""
+    path = exported_file(run, precision)
+    st.markdown(f"**ONNX {precision}**")
+    st.caption(PRECISIONS[precision])
+    max_drop = st.number_input("Refuse if int8 loses more than this many accuracy points", 0.0, 100.0, 1.0, 0.1,
+                               key="export_max_drop") if precision == "int8" else None
+    report = read_json(report_path(path)) if path.exists() else None
+    if st.button(f"Export ONNX {precision}" if report is None else "Export again", key=f"export_{precision}",
+                 icon=":material/memory:", help="Checks it against PyTorch on the whole test split first: "
+                                                "a minute or more on a CPU for 10,000 images"):
+        from core.onnx_export import export_onnx  # loads torch: only when asked to export
+
+        with st.spinner(f"Exporting and checking ONNX {precision}…"):
+            try:
+                report = export_onnx(run, path, int8=precision == "int8", max_drop=max_drop or 0.0)
+            except StudioError as e:
+                st.error(f"Not exported: {e}", icon=":material/block:")
+    if report is None:
+        return
+    size, agreement, accuracy = st.columns(3)
+    size.metric("Size", f"{report['bytes'] / 1e6:.2f} MB",
+                delta=f"{report['bytes'] / report['fp32_bytes'] - 1:.0%} vs fp32" if precision == "int8" else None,
+                delta_color="inverse")
+    agreement.metric("Agrees with PyTorch", f"{report['agreement']:.2%}", help="Share of test images where it "
+                     "picks the class PyTorch picks")
+    accuracy.metric("Accuracy", f"{report['accuracy']:.2%}",
+                    delta=f"{-report['accuracy_drop']:+.2f} points vs fp32" if precision == "int8" else None)
+    st.caption(f"On {report['images']:,} test images of {data_label(report['data'].split(' (')[0])}; "
+               f"largest logit difference from PyTorch {report['max_logit_diff']:.1e}.")
+    if report["generation"] != generation:
+        st.warning("Made from an earlier checkpoint than the run's best now: export again.", icon=":material/history:")
+    st.download_button(f"Download {path.name}", path.read_bytes(), file_name=path.name,
+                       mime="application/octet-stream", icon=":material/download:", key=f"download_{precision}")
+
+
+def export_section(run: Run) -> None:
+    st.markdown("**Export for devices**")
+    st.caption("One ONNX file that runs with onnxruntime alone (`python -m core predict --onnx MODEL.onnx IMAGE`): "
+               "it takes uint8 RGB images as (N, 3, 32, 32) and normalises them itself; its metadata holds the "
+               "class names and the design.")
+    if not has_checkpoint(run):
+        st.caption("It needs a checkpoint first: one is written after the first epoch.")
+        return
+    generation = read_json(run.checkpoints / "best.json")["generation"]
+    for column, precision in zip(st.columns(2), PRECISIONS):
+        with column.container(border=True):
+            export_card(run, precision, generation)
+
+
+def import_box() -> None:
+    with st.expander("Import weights trained elsewhere (.pt)", icon=":material/upload_file:"):
+        st.caption("A PyTorch state_dict, read without running anything the file may hold (a file with code in "
+                   "it is refused). Names in kuangliu pytorch-cifar's layout (conv1, layer1.0.conv1, "
+                   "layer1.0.shortcut.0, linear) are matched to ours; give the design it was trained with.")
+        weights = st.file_uploader("Weights (.pt)", type=["pt", "pth"], key="import_weights")
+        source = st.segmented_control("Design", ("current", "file"), default="current", required=True,
+                                      key="import_design_source",
+                                      format_func={"current": "The design on the Design page",
+                                                   "file": "A design file (JSON)"}.get)
+        if source == "file":
+            design_file = st.file_uploader("Design (JSON): a spec or a run config", type=["json"], key="import_design")
+        else:
+            spec, _ = current_design()
+            design_file = None
+            st.caption(f"The design on the Design page: {len(spec.stages)} stages, {count(spec).params:,} parameters.")
+        normalization = st.selectbox("Input normalisation it was trained with", list(NORMALIZATION_LABELS),
+                                     format_func=NORMALIZATION_LABELS.get, key="import_normalization")
+        name = st.text_input("Run name", value=f"imported-{time.strftime('%Y%m%d-%H%M')}", key="import_name")
+        if st.button("Import", type="primary", icon=":material/upload:", key="import",
+                     disabled=weights is None or (source == "file" and design_file is None)):
+            import_weights_now(weights, design_file, normalization, name)
+
+
+def import_weights_now(weights, design_file, normalization: str, name: str) -> None:
+    from core.importer import NORMALIZATIONS, import_weights  # loads torch: only when asked to import
+
+    try:
+        if design_file is None:
+            spec, preset = current_design()
+            design = RunConfig(spec, preset=preset)
+        else:
+            try:
+                design = RunConfig.from_dict(json.loads(design_file.getvalue()))
+            except ValueError as e:
+                raise StudioError(f"{design_file.name}: not a design ({e})") from None
+        run = import_weights(weights.getvalue(), weights.name, design, runs_root() / name,
+                             *NORMALIZATIONS[normalization])
+    except StudioError as e:
+        st.error(f"Not imported: {e}", icon=":material/block:")
+        return
+    st.session_state[RUN_CHOICE] = run.name
+    st.toast(f"Imported {weights.name} as {run.name}.", icon=":material/check_circle:")
+    st.rerun()
+
+
 @st.dialog("Delete a run", on_dismiss=cancel_delete)
 def confirm_delete(run: Run) -> None:
     st.write(f"Delete **{run.name}** with everything in its folder: checkpoints, metrics, log and results? "
@@ -163,6 +273,7 @@ if not runs:
         if st.button("Design one first", icon=":material/architecture:"):
             st.switch_page("pages/design.py")
     st.caption(f"Runs are kept in {runs_root()}.")
+    import_box()
     st.stop()
 
 rows = [summary(run) for run in runs]
@@ -192,8 +303,9 @@ run = select_run("Run", runs, RUN_CHOICE, default_run(runs))
 row = next(r for r in rows if r["name"] == run.name)
 with st.container(horizontal=True, vertical_alignment="center"):
     state_badge(row["state"])
-    facts = [f"{row['params']:,} parameters", row["preset"] or "custom design", data_label(row["data"]),
-             f"{row['epochs_done']} of {plural(row['epochs'], 'epoch')}"]
+    facts = [f"{row['params']:,} parameters", row["preset"] or "custom design",
+             *([f"imported from {Path(row['imported_from']).name}"] if row["imported_from"] else
+               [data_label(row["data"]), f"{row['epochs_done']} of {plural(row['epochs'], 'epoch')}"])]
     st.caption(" · ".join(facts + ([row["device"]] if row["device"] else [])))
 try:
     result = results(str(run.dir), changed(run.results_path))
@@ -210,6 +322,9 @@ if result:
     classes_column.altair_chart(per_class_chart(pd.DataFrame(
         {"Class": list(result["per_class_accuracy"]), "Accuracy": list(result["per_class_accuracy"].values()),
          "Run": run.name})))
+elif row["imported_from"]:
+    st.info(f"Imported from {Path(row['imported_from']).name}, not trained here: measure it on the Evaluate page.",
+            icon=":material/upload_file:")
 elif row["state"] in ACTIVE:
     st.info("Its confusion matrix and per-class accuracy appear when it finishes; follow it live on the Train page.",
             icon=":material/hourglass_top:")
@@ -223,3 +338,7 @@ with st.container(horizontal=True):
     st.button("Delete…", icon=":material/delete:", on_click=ask_to_delete, args=(run.name,))
 if st.session_state.get(DELETING) == run.name:
     confirm_delete(run)
+export_section(run)
+
+st.subheader("Import", divider="gray")
+import_box()
