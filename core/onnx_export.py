@@ -121,6 +121,8 @@ def export_onnx(run: Run, out: str | Path, tag: str = "best", int8: bool = False
         raise ExportError(f"{out}: name the file OUT.onnx")
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; name a file OUT.onnx")
+    if not -100 <= max_drop <= 100:
+        raise ExportError(f"--max-drop {max_drop}: give accuracy points, -100 to 100")
     if not 1 <= calibration <= 50_000:
         raise ExportError(f"--calibration-images {calibration}: use 1 to 50000")
     start = time.perf_counter()

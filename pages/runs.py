@@ -7,7 +7,6 @@ an active run is read afresh, since its process may have died without writing an
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -171,7 +170,7 @@ def export_card(run: Run, precision: str, generation: str) -> None:
                      "picks the class PyTorch picks")
     accuracy.metric("Accuracy", f"{report['accuracy']:.2%}",
                     delta=f"{-report['accuracy_drop']:+.2f} points vs fp32" if precision == "int8" else None)
-    st.caption(f"On {report['images']:,} test images of {data_label(report['data'].split(' (')[0])}; "
+    st.caption(f"On {report['images']:,} test images of {report['data']}; "
                f"largest logit difference from PyTorch {report['max_logit_diff']:.1e}.")
     if report["generation"] != generation:
         st.warning("Made from an earlier checkpoint than the run's best now: export again.", icon=":material/history:")
@@ -211,7 +210,7 @@ def import_box() -> None:
             st.caption(f"The design on the Design page: {len(spec.stages)} stages, {count(spec).params:,} parameters.")
         normalization = st.selectbox("Input normalisation it was trained with", list(NORMALIZATION_LABELS),
                                      format_func=NORMALIZATION_LABELS.get, key="import_normalization")
-        name = st.text_input("Run name", value=f"imported-{time.strftime('%Y%m%d-%H%M')}", key="import_name")
+        name = st.text_input("Run name", value="imported", key="import_name")
         if st.button("Import", type="primary", icon=":material/upload:", key="import",
                      disabled=weights is None or (source == "file" and design_file is None)):
             import_weights_now(weights, design_file, normalization, name)

@@ -86,8 +86,13 @@ def test_a_file_with_code_is_refused_and_its_payload_never_runs(trained, design,
         torch.save(content, hostile)
     else:
         hostile.write_bytes(pickle.dumps(content, protocol=protocol))
-    done = import_cli(hostile, design, tmp_path / "runs" / "evil")
-    assert done.returncode == 2 and message in done.stderr, done.stderr
+    if protocol is None:  # through the command, as a user would
+        done = import_cli(hostile, design, tmp_path / "runs" / "evil")
+        assert done.returncode == 2 and message in done.stderr and "nothing in it ran" in done.stderr, done.stderr
+    else:
+        with pytest.raises(WeightsError, match=message):
+            import_weights(hostile, hostile.name, RunConfig.from_dict(json.loads(design.read_text())),
+                           tmp_path / "runs" / "evil")
     assert not marker.exists()
     assert not (tmp_path / "runs" / "evil").exists()
 
