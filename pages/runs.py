@@ -234,6 +234,7 @@ def import_weights_now(weights, design_file, normalization: str, name: str) -> N
         st.error(f"Not imported: {e}", icon=":material/block:")
         return
     st.session_state[RUN_CHOICE] = run.name
+    st.session_state.pop(f"{RUN_CHOICE}:widget", None)  # so that select_run shows the new run, not the last one
     st.toast(f"Imported {weights.name} as {run.name}.", icon=":material/check_circle:")
     st.rerun()
 

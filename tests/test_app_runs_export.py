@@ -83,5 +83,9 @@ def test_the_import_box_makes_a_run_and_refuses_a_file_with_code(trained, tmp_pa
     imported = Run(runs_dir / "seed")
     assert imported.status()["state"] == "finished"
     assert any("Imported from seed.pt" in i.value for i in app.info)  # the page now shows the new run
+    app.file_uploader(key="import_weights").set_value(("again.pt", pt.read_bytes(), "application/octet-stream"))
+    app.text_input(key="import_name").input("again").run()
+    app.button(key="import").click().run()
+    assert any("Imported from again.pt" in i.value for i in app.info)  # a second import is shown, not the first
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     assert torch.equal(Classifier.load(imported).probabilities(images), Classifier.load(trained).probabilities(images))
