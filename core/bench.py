@@ -238,6 +238,7 @@ def bench_export(run, tag: str = "best", data: str | None = None, seconds: float
                      "onnx_fp32_speedup": ms["pytorch"] / ms["onnx_fp32"],
                      "onnx_int8_speedup": ms["pytorch"] / ms["onnx_int8"]})
     return {"run": run.name, "checkpoint": tag, "cpu": cpu_name(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "onnxruntime": onnxruntime.__version__,
             "pytorch_precision": "fp32",
             "bytes": {"onnx_fp32": len(fp32), "onnx_int8": len(int8)}, "latency": rows}

@@ -144,8 +144,8 @@ def export_onnx(run: Run, out: str | Path, tag: str = "best", int8: bool = False
                           f"the export is wrong, so nothing was written")
     report = {"model": str(out), "precision": "fp32", "bytes": len(fp32), "run": run.name, "checkpoint": tag,
               "generation": classifier.meta["generation"], "classes": classifier.classes, "input": INPUT_FORMAT,
-              "data": dataset.source, "images": len(labels), "pytorch_accuracy": float((reference.argmax(1) == labels).mean()),
-              **fp32_check}
+              "data": dataset.source, "images": len(labels),
+              "pytorch_accuracy": float((reference.argmax(1) == labels).mean()), **fp32_check}
     model = fp32
     if int8:
         model = quantize_int8(fp32, calibration_images(dataset.train.images, calibration), classifier, run, tag)
