@@ -112,7 +112,8 @@ def test_a_design_that_does_not_fit_names_the_first_tensor_that_differs(trained,
     wider.write_text(json.dumps(spec | {"stages": [spec["stages"][0] | {"channels": 24}, *spec["stages"][1:]]}))
     missing = {k: v for k, v in weights.items() if k != "layer2.0.shortcut.0.weight"}
     extra = weights | {"layer3.0.conv1.weight": torch.zeros(1)}
-    cases = [(weights, wider, "tensor 'layer1.0.conv1.weight' has shape (16, 16, 3, 3), the design needs (24, 16, 3, 3)"),
+    cases = [(weights, wider,
+              "tensor 'layer1.0.conv1.weight' has shape (16, 16, 3, 3), the design needs (24, 16, 3, 3)"),
              (missing, design, "has no tensor 'layer2.0.shortcut.0.weight'"),
              (extra, design, "tensor 'layer3.0.conv1.weight' has no place in the design")]
     for i, (state, spec_file, message) in enumerate(cases):

@@ -71,7 +71,8 @@ def test_any_batch_size_gives_pytorchs_logits(trained, exported, batch):
 def test_int8_is_smaller_and_within_its_accuracy_threshold(exported):
     report = json.loads(Path(f"{exported['int8']}.json").read_text())
     assert report["precision"] == "int8" and report["calibration_images"] == 256
-    assert report["bytes"] == exported["int8"].stat().st_size and report["bytes"] < report["fp32_bytes"] / 1.5  # a tiny net: graph overhead weighs
+    assert report["bytes"] == exported["int8"].stat().st_size
+    assert report["bytes"] < report["fp32_bytes"] / 1.5  # not / 4: in a net this small the graph weighs too
     assert report["accuracy_drop"] == pytest.approx((report["fp32_accuracy"] - report["accuracy"]) * 100)
     assert report["accuracy_drop"] <= report["max_drop"] == 1.0
     assert {p.key: p.value for p in onnx.load(exported["int8"]).metadata_props}["precision"] == "int8"
