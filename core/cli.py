@@ -16,7 +16,7 @@ from core.config import RunConfig
 from core.errors import StudioError
 from core.machine import PROBE_SECONDS, REFERENCE
 from core.presets import PRESETS
-from core.runs import Run, create_run, delete, export, launch, list_runs, stop
+from core.runs import Run, StopFlag, create_run, delete, export, launch, list_runs, stop
 from core.spec import load_json_file
 from core.units import macs_text, margin_text, params_text
 
@@ -88,6 +88,7 @@ def cmd_params(args) -> int:
 
 
 def cmd_train(args) -> int:
+    stop_flag = None if args.detach else StopFlag()  # listening for Stop before the slow imports below
     if args.resume:
         run = Run.at(args.resume).require()
     else:
@@ -108,7 +109,8 @@ def cmd_train(args) -> int:
         return 0
     from core.train import train  # torch-heavy: imported only by the commands that train
 
-    status = train(run, args.device, args.data if args.resume else None, args.epochs if args.resume else None)
+    status = train(run, args.device, args.data if args.resume else None, args.epochs if args.resume else None,
+                   stop_flag)
     emit({"run": str(run.dir)} | status)
     return 1 if status["state"] == "failed" else 0
 

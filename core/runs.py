@@ -33,7 +33,7 @@ from typing import Iterator
 from core.budget import count
 from core.config import RunConfig
 from core.errors import StudioError
-from core.files import append_line, read_json, write_json
+from core.files import read_json, update_json, write_json
 
 REPO_RUNS = Path(__file__).resolve().parent.parent / "runs"
 STATES = ("queued", "running", "finished", "failed", "stopped")
@@ -47,6 +47,22 @@ class RunError(StudioError):
 
 class StopRequested(Exception):
     """A stop was asked for (SIGTERM) and whatever needed saving is saved."""
+
+
+class StopFlag:
+    """Turns SIGTERM/SIGINT into a flag the training loop checks between steps. The training process sets it
+    up first thing, before its slow imports, so that a Stop right after Launch finds it listening."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._set)
+
+    def _set(self, *_):
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
 
 
 # ---- names and paths ------------------------------------------------------------------------
@@ -106,21 +122,17 @@ class Run:
 
     # -- status --
     def status(self) -> dict:
-        """The status, with a run whose process has died turned into `failed` (and saved so)."""
+        """The status, with a run whose process has died turned into `failed` (and saved so), or `stopped`
+        when a stop was asked for: the signal may have come before the process could listen."""
         status = read_json(self.status_path, default={"state": "failed", "error": "status.json is missing"})
-        # no pid yet: created and not launched, or launched and not yet started; nothing has died
-        if status.get("state") in ACTIVE and status.get("pid") is not None and \
-                not process_alive(status.get("pid"), status.get("pid_start")):
-            status = self.update_status(
-                state="failed", ended=time.time(),
-                error=(f"the training process (pid {status.get('pid')}) ended without saying why: it was killed, "
-                       f"crashed, or the machine restarted; resume to continue from the last checkpoint"))
+        if died(status):
+            status = update_json(self.status_path, lambda now: now | ended_by_death(now) if died(now) else now)
         return status
 
     def update_status(self, **fields) -> dict:
-        status = read_json(self.status_path, default={}) | fields
-        write_json(self.status_path, status)
-        return status
+        """Set some fields of status.json. The launcher and the training process both write it: each change
+        is a read-change-write under the file's lock, so that neither undoes the other's."""
+        return update_json(self.status_path, lambda status: status | fields)
 
     # -- metrics --
     def metrics(self) -> list[dict]:
@@ -151,6 +163,21 @@ class Run:
                 "elapsed": epochs[-1]["elapsed"] if epochs else None, "device": status.get("device"),
                 "created": status.get("created"), "error": status.get("error"), "data": cfg_raw.get("data"),
                 "imported_from": status.get("imported_from")}
+
+
+def died(status: dict) -> bool:
+    """Active, with a process that is gone. No pid yet: created and not launched, or launched and not yet
+    started; nothing has died."""
+    return status.get("state") in ACTIVE and status.get("pid") is not None and \
+        not process_alive(status.get("pid"), status.get("pid_start"))
+
+
+def ended_by_death(status: dict) -> dict:
+    if status.get("stop_requested"):
+        return {"state": "stopped", "ended": time.time(), "waiting_for": None}
+    return {"state": "failed", "ended": time.time(), "waiting_for": None,
+            "error": (f"the training process (pid {status.get('pid')}) ended without saying why: it was killed, "
+                      f"crashed, or the machine restarted; resume to continue from the last checkpoint")}
 
 
 def list_runs(runs_dir: Path | None = None) -> list[Run]:
@@ -214,7 +241,7 @@ def launch(run: Run, device: str = "auto", data: str | None = None, epochs: int 
         cmd += ["--data", data]
     if epochs:
         cmd += ["--epochs", str(epochs)]
-    run.update_status(state="queued", pid=None, error=None, waiting_for=None)
+    run.update_status(state="queued", pid=None, error=None, waiting_for=None, stop_requested=False)
     with open(run.log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
@@ -225,15 +252,32 @@ def launch(run: Run, device: str = "auto", data: str | None = None, epochs: int 
 
 
 def stop(run: Run) -> dict:
-    """Ask a run to stop: it finishes its step, saves a checkpoint and says `stopped`."""
-    status = run.require().status()
-    if status.get("state") not in ACTIVE:
-        return status
-    if status.get("pid") is None:  # never started: nothing to signal
-        return run.update_status(state="stopped", ended=time.time(), waiting_for=None)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(status["pid"], signal.SIGTERM)
+    """Ask a run to stop: it finishes its step, saves a checkpoint and says `stopped`.
+
+    The request is written down before the signal is sent: a process that has not started yet reads it
+    when it does (`begin`), and one the signal ends before it listens is read as stopped, not failed.
+    """
+    def request(status: dict) -> dict:
+        if status.get("state") not in ACTIVE:
+            return status
+        if status.get("pid") is None:  # not started: it will find the request and end at once
+            return status | {"stop_requested": True, "state": "stopped", "ended": time.time(), "waiting_for": None}
+        return status | {"stop_requested": True}
+
+    run.require().status()  # a dead process is marked first: its pid is not ours to signal any more
+    status = update_json(run.status_path, request)
+    if status.get("state") in ACTIVE:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(status["pid"], signal.SIGTERM)
     return status
+
+
+def begin(run: Run, device_request: str) -> None:
+    """The training process's first word: its pid; raises StopRequested if a stop came before it."""
+    status = run.update_status(pid=os.getpid(), pid_start=process_start_time(os.getpid()),
+                               device_request=device_request)
+    if status.get("stop_requested"):
+        raise StopRequested
 
 
 def export(run: Run, dest: Run, half: bool = True) -> Run:

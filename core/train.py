@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import os
-import signal
 import sys
 import time
 import traceback
@@ -32,25 +30,10 @@ from core.files import append_line, read_json, write_json
 from core.infer import autocast_for, evaluate
 from core.machine import record_speed
 from core.model import build_model
-from core.runs import Run, RunError, StopRequested, device_lock, process_start_time
+from core.runs import Run, RunError, StopFlag, StopRequested, begin, device_lock
 
 
 EVALS_IN_A_TIME_LIMIT = 25  # a time-limited run evaluates about this often, and at its end
-
-
-class StopFlag:
-    """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
-
-    def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._set)
-
-    def _set(self, *_):
-        self.requested = True
-
-    def __call__(self) -> bool:
-        return self.requested
 
 
 def pick_device(request: str) -> torch.device:
@@ -192,12 +175,14 @@ def log(run: Run, message: str) -> None:
         print(line, file=sys.stderr)
 
 
-def train(run: Run, device_request: str = "auto", data: str | None = None, epochs: int | None = None) -> dict:
+def train(run: Run, device_request: str = "auto", data: str | None = None, epochs: int | None = None,
+          stop: StopFlag | None = None) -> dict:
     """Train (or resume) a run in this process; returns the final status. Never raises for the run's
-    own failures: they end up in status.json as `failed` with the reason."""
-    stop = StopFlag()
-    run.update_status(pid=os.getpid(), pid_start=process_start_time(os.getpid()), device_request=device_request)
+    own failures: they end up in status.json as `failed` with the reason. `stop`: the process's flag,
+    when it set one up before importing this module."""
+    stop = stop or StopFlag()
     try:
+        begin(run, device_request)
         cfg = run.config()
         if epochs and epochs != cfg.train.epochs:  # resuming with more (or fewer) epochs
             cfg = cfg.replace_train(epochs=epochs)

@@ -1,0 +1,134 @@
+"""A run's state with real processes: Stop at every moment of a run ends it `stopped`, and the launcher and
+the training process, writing status.json at the same time, never undo each other's changes."""
+import fcntl
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from core.config import RunConfig, TrainConfig
+from core.data import BUILTIN_ARCHIVE
+from core.runs import Run, StopFlag, StopRequested, begin, create_run, launch, stop
+from core.spec import ArchSpec
+
+TINY = ArchSpec.from_dict({"stages": [{"blocks": 1, "channels": 16}], "pool_size": 32})
+MOMENTS = ["queued", "starting", "loading data", "mid-epoch", "saving"]
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def wait_until(check, what: str, run: Run, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{run.name}: no {what} within {timeout:.0f} s: {run.status()}\n{run.log_tail()}")
+
+
+def lines(run: Run, kind: str) -> list[dict]:
+    return [line for line in run.metrics() if line.get("kind") == kind]
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_stop_at_any_moment_ends_the_run_stopped(moment, runs_dir, tmp_path, monkeypatch):
+    data = "builtin"
+    if moment == "loading data":  # a copy read for the first time: decoding it takes seconds
+        monkeypatch.setenv("RESNET_STUDIO_CACHE", str(tmp_path / "cache"))
+        data = str(shutil.copy(BUILTIN_ARCHIVE, tmp_path / "slice.tar.gz"))
+    train = TrainConfig(epochs=2, batch_size=128, log_every=2)
+    run = create_run(RunConfig(TINY, train, data), f"stop-{moment.replace(' ', '-')}")
+    lock = None
+    if moment == "queued":  # another run holds the CPU
+        (runs_dir / ".locks").mkdir()
+        lock = os.open(runs_dir / ".locks" / "cpu.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        launch(run, "cpu")
+        if moment == "queued":
+            wait_until(lambda: run.status().get("waiting_for"), "wait for the device", run)
+        elif moment == "loading data":
+            wait_until(lambda: run.status().get("state") == "running", "start", run)
+        elif moment == "mid-epoch":
+            wait_until(lambda: lines(run, "step"), "step line", run)
+        elif moment == "saving":  # an epoch line is written just before its checkpoints are saved
+            wait_until(lambda: lines(run, "epoch"), "epoch line", run)
+        stop(run)
+        status = wait_until(lambda: run.status() if run.status().get("state") not in ("queued", "running")
+                            else None, "end", run)
+    finally:
+        if lock is not None:
+            os.close(lock)
+    assert status["state"] == "stopped", f"{status}\n{run.log_tail()}"
+    if moment == "mid-epoch":
+        saved = json.loads((run.checkpoints / "last.json").read_text())
+        assert saved["epoch"] == 0 and saved["step"] > 0  # it saved where it stopped, within the epoch
+    if moment == "saving":
+        assert json.loads((run.checkpoints / "best.json").read_text())["epoch"] == 1
+
+
+def set_fields(run_dir: str, prefix: str, count: int, start) -> None:
+    start.wait()
+    for i in range(count):
+        Run(Path(run_dir)).update_status(**{f"{prefix}{i}": i})
+
+
+def test_launcher_and_training_process_never_lose_each_others_fields(runs_dir):
+    run = create_run(RunConfig(TINY), "race")
+    context = multiprocessing.get_context("fork")
+    start = context.Event()
+    writers = [context.Process(target=set_fields, args=(str(run.dir), prefix, 300, start))
+               for prefix in ("launcher_", "trainer_")]
+    for writer in writers:
+        writer.start()
+    start.set()
+    for writer in writers:
+        writer.join(120)
+        assert writer.exitcode == 0
+    status = run.status()
+    assert [k for k in (f"{p}{i}" for p in ("launcher_", "trainer_") for i in range(300)) if k not in status] == []
+    assert status["state"] == "queued"
+
+
+def begin_then_listen(run_dir: str, ready, go) -> None:
+    """The training process's start: listening first, then its first word; exits 3 when that word finds a
+    stop already asked for, 4 when the signal arrives after, 5 when no stop ever reaches it."""
+    flag = StopFlag()
+    ready.set()
+    go.wait()
+    try:
+        begin(Run(Path(run_dir)), "cpu")
+    except StopRequested:
+        os._exit(3)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if flag():
+            os._exit(4)
+        time.sleep(0.01)
+    os._exit(5)
+
+
+def test_a_stop_racing_the_start_of_the_training_process_always_reaches_it(runs_dir):
+    context = multiprocessing.get_context("fork")
+    outcomes = []
+    for i in range(40):
+        run = create_run(RunConfig(TINY), f"race-{i}")
+        ready, go = context.Event(), context.Event()
+        child = context.Process(target=begin_then_listen, args=(str(run.dir), ready, go))
+        child.start()
+        ready.wait(60)
+        go.set()
+        stop(run)  # as the launcher's Stop: at the same moment as the child's first word
+        child.join(60)
+        outcomes.append(child.exitcode)
+        assert child.exitcode in (3, 4), f"race {i}: the stop was lost ({run.status()})"
+    print("stop found before the first word, signal after:", outcomes.count(3), outcomes.count(4))
