@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import stat
+import struct
 import tarfile
 import tempfile
 import zipfile
@@ -43,14 +44,17 @@ from core.files import cache_dir
 from core.images import ImageError, open_image, to_pixels
 from core.sources import BUILTIN, BUILTIN_ARCHIVE, DEFAULT_DIR, TORCHVISION_DIR, resolve_data
 from core.spec import IMAGE_SIZE, IN_CHANNELS
+from core.units import bytes_text
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 # More than any dataset worth training here holds (CIFAR-10: 60,000 files, 55 MB): beyond, a bomb.
 MAX_MEMBERS = 200_000
-MAX_MEMBER_BYTES = 20 * 2**20
-MAX_TOTAL_BYTES = 2 * 2**30
+MAX_MEMBER_BYTES = 20_000_000
+MAX_TOTAL_BYTES = 2_000_000_000
+MAX_DIRECTORY_BYTES = 32_000_000  # a zip's central directory, which zipfile reads whole into memory
+MAX_RECORD_BYTES = 1024           # per member in that directory: a name, its extras, a comment
 
 CACHE_FORMAT = 1     # part of every cache key: bump it when decoding changes
 DECODE_CHUNK = 1000  # images per task of a decoding worker
@@ -315,7 +319,39 @@ def _tar_files(path: Path, budget: _Budget) -> Iterator[_File]:
                 yield parts, archive.extractfile(member).read()
 
 
+# The end of a zip: its end-of-central-directory record, and before it, in a ZIP64 archive, a ZIP64 one
+# with a locator. zipfile reads the last 64 KiB to find them, as here, then the whole directory.
+EOCD = struct.Struct("<4s4H2LH")        # signature, disks, entries here and in all, directory size and offset
+ZIP64_LOCATOR = struct.Struct("<4sLQL")  # signature, disk, record offset, disks
+ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")  # signature, size, versions, disks, entries here and in all, size, offset
+
+
+def _check_zip_directory(path: Path) -> None:
+    """Refuse a zip whose end record declares more members, or a larger directory, than a dataset could
+    have, from the few bytes at its end, before zipfile reads (and trusts) the directory itself."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - EOCD.size - 0xFFFF))  # the record, and a comment of at most 64 KiB
+        tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < EOCD.size:
+        return  # not a zip: zipfile says so
+    _, _, _, _, entries, size, _, _ = EOCD.unpack_from(tail, at)
+    locator = at - ZIP64_LOCATOR.size
+    if locator >= ZIP64_EOCD.size and tail[locator:locator + 4] == b"PK\x06\x07":
+        record = ZIP64_EOCD.unpack_from(tail, locator - ZIP64_EOCD.size)
+        if record[0] == b"PK\x06\x06":
+            entries, size = record[7], record[8]
+    if entries > MAX_MEMBERS:
+        raise DataError(f"{path}: its directory declares {entries:,} files, more than the {MAX_MEMBERS:,} a "
+                        f"dataset could have; refused unread")
+    if size > min(MAX_DIRECTORY_BYTES, max(entries, 1) * MAX_RECORD_BYTES):
+        raise DataError(f"{path}: its directory declares {bytes_text(size)} for {entries:,} files, more than "
+                        f"they could need: damaged or crafted; refused unread")
+
+
 def _zip_files(path: Path, budget: _Budget) -> Iterator[_File]:
+    _check_zip_directory(path)
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             file_type = stat.S_IFMT(info.external_attr >> 16)  # 0 when made where files have no type bits
@@ -353,12 +389,12 @@ class _Budget:
             raise DataError(f"{self.path}: more than {MAX_MEMBERS:,} files; refused as too many for a dataset "
                             f"(a hostile archive?). Split it or remove what is not needed")
         if self.total_bytes > MAX_TOTAL_BYTES:
-            raise DataError(f"{self.path}: more than {MAX_TOTAL_BYTES / 2**30:.0f} GiB uncompressed (at {member}); "
+            raise DataError(f"{self.path}: more than {bytes_text(MAX_TOTAL_BYTES)} uncompressed (at {member}); "
                             f"refused as too large for a dataset (a hostile archive?). Resize the images first")
 
     def check_file(self, member: str, size: int) -> None:
         if size > MAX_MEMBER_BYTES:
-            raise DataError(f"{self.path}: {member} is {size / 2**20:.0f} MB, over the {MAX_MEMBER_BYTES // 2**20} MB "
+            raise DataError(f"{self.path}: {member} is {bytes_text(size)}, over the {bytes_text(MAX_MEMBER_BYTES)} "
                             f"allowed for one image; resize it or remove it")
 
 

@@ -4,6 +4,7 @@ import io
 import os
 import pickle
 import stat
+import struct
 import subprocess
 import sys
 import tarfile
@@ -329,10 +330,10 @@ def test_hostile_zip_members_are_skipped(tmp_path):
 
 
 def test_archive_limits(tmp_path, monkeypatch):
-    big = write_tar(tmp_path / "big.tar.gz", {**SMALL, "train/cat/huge.png": bytes(21 * 2**20)})
+    big = write_tar(tmp_path / "big.tar.gz", {**SMALL, "train/cat/huge.png": bytes(21_000_000)})
     with pytest.raises(DataError, match=r"train/cat/huge.png is 21 MB, over the 20 MB"):
         load_dataset(str(big))
-    big_zip = write_zip(tmp_path / "big.zip", {**SMALL, "train/cat/huge.png": bytes(21 * 2**20)})
+    big_zip = write_zip(tmp_path / "big.zip", {**SMALL, "train/cat/huge.png": bytes(21_000_000)})
     with pytest.raises(DataError, match=r"huge.png is 21 MB"):
         load_dataset(str(big_zip))
 
@@ -340,12 +341,58 @@ def test_archive_limits(tmp_path, monkeypatch):
     header = tarfile.TarInfo("train/cat/claims-3GB.png")
     header.size = 3 * 2**30
     (tmp_path / "claims.tar").write_bytes(header.tobuf())
-    with pytest.raises(DataError, match=r"more than 2 GiB uncompressed"):
+    with pytest.raises(DataError, match=r"more than 2 GB uncompressed"):
         load_dataset(str(tmp_path / "claims.tar"))
 
     monkeypatch.setattr(data, "MAX_MEMBERS", 10)  # rather than writing 200,001 members
     with pytest.raises(DataError, match=r"more than 10 files; refused"):
         load_dataset(str(write_tar(tmp_path / "many.tar.gz", SMALL)))
+
+
+def with_end(archive: bytes, entries: int, directory_bytes: int, zip64: bool = False) -> bytes:
+    """A zip whose end record (ZIP64's too, with `zip64`) declares `entries` members in a directory of
+    `directory_bytes`, whatever its directory really holds."""
+    end = archive.rindex(b"PK\x05\x06")
+    fields = list(struct.unpack_from("<4s4H2LH", archive, end))  # ..., entries here and in all, size, offset, ...
+    offset = fields[6]
+    if not zip64:
+        fields[3:6] = [entries, entries, directory_bytes]
+        return archive[:end] + struct.pack("<4s4H2LH", *fields)
+    record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries, directory_bytes, offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, end, 1)
+    fields[3:7] = [0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF]  # "see the ZIP64 record"
+    return archive[:end] + record + locator + struct.pack("<4s4H2LH", *fields)
+
+
+@pytest.mark.parametrize("entries, directory_bytes, zip64, complaint", [
+    (5_000_000, 5_000_000 * 46, True, "declares 5,000,000 files, more than the 200,000"),  # millions, as ZIP64 says
+    (len(SMALL), 30_000_000, False, f"declares 30 MB for {len(SMALL)} files"),               # a directory far too big
+    (150_000, 100_000_000, True, "declares 100 MB for 150,000 files"),                     # over the directory limit
+])
+def test_a_zip_declaring_too_much_is_refused_before_zipfile_reads_its_directory(tmp_path, monkeypatch, entries,
+                                                                                directory_bytes, zip64, complaint):
+    archive = with_end(write_zip(tmp_path / "real.zip", SMALL).read_bytes(), entries, directory_bytes, zip64)
+    (tmp_path / "crafted.zip").write_bytes(archive)
+
+    def never(*args, **kwargs):
+        raise AssertionError("zipfile opened the archive")
+
+    monkeypatch.setattr(data.zipfile, "ZipFile", never)
+    with pytest.raises(DataError, match=complaint):
+        load_dataset(str(tmp_path / "crafted.zip"))
+
+
+def test_a_zip_whose_directory_lies_about_a_members_size_is_refused_with_a_message(tmp_path):
+    archive = bytearray(write_zip(tmp_path / "real.zip", SMALL).read_bytes())
+    entry = archive.index(b"PK\x01\x02")  # the first member's directory entry: stored, its sizes at +20, +24
+    struct.pack_into("<2L", archive, entry + 20, 10, 10)  # says 10 bytes; the image is longer
+    (tmp_path / "shrunk.zip").write_bytes(archive)
+    with pytest.raises(DataError, match=r"shrunk.zip: cannot read it \(Bad CRC-32"):
+        load_dataset(str(tmp_path / "shrunk.zip"))
+    struct.pack_into("<2L", archive, entry + 20, 30_000_000, 30_000_000)  # says 30 MB: refused unread
+    (tmp_path / "swollen.zip").write_bytes(archive)
+    with pytest.raises(DataError, match=r"is 30 MB, over the 20 MB allowed"):
+        load_dataset(str(tmp_path / "swollen.zip"))
 
 
 # ---- validation split --------------------------------------------------------------------------
