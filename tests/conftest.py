@@ -3,6 +3,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,14 @@ def offline() -> None:
     except OSError:
         return
     pytest.skip("this machine is online: the test would download 170 MB")
+
+
+def wait_for(predicate, timeout=120.0, what="condition"):
+    """The first true value predicate() returns, asked every 0.2 s for at most `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from core.data import load_dataset
 from core.infer import evaluate
 from core.runs import Run, RunError, launch, stop
 from core.train import lr_at
+from conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"arch": {"stages": [{"blocks": 1, "channels": 16}, {"blocks": 1, "channels": 32}], "pool_size": 16},
@@ -29,16 +29,6 @@ def core_cli(*args, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(proc.stderr)
     return proc
-
-
-def wait_for(predicate, timeout=120.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def new_run(tmp_path, name, **train):

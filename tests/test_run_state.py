@@ -14,6 +14,7 @@ from core.config import RunConfig, TrainConfig
 from core.data import BUILTIN_ARCHIVE
 from core.runs import Run, StopFlag, StopRequested, begin, create_run, launch, stop
 from core.spec import ArchSpec
+from conftest import wait_for
 
 TINY = ArchSpec.from_dict({"stages": [{"blocks": 1, "channels": 16}], "pool_size": 32})
 MOMENTS = ["queued", "starting", "loading data", "mid-epoch", "saving"]
@@ -23,16 +24,6 @@ MOMENTS = ["queued", "starting", "loading data", "mid-epoch", "saving"]
 def runs_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("RESNET_STUDIO_RUNS", str(tmp_path / "runs"))
     return tmp_path / "runs"
-
-
-def wait_until(check, what: str, run: Run, timeout: float = 300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"{run.name}: no {what} within {timeout:.0f} s: {run.status()}\n{run.log_tail()}")
 
 
 def lines(run: Run, kind: str) -> list[dict]:
@@ -55,16 +46,16 @@ def test_stop_at_any_moment_ends_the_run_stopped(moment, runs_dir, tmp_path, mon
     try:
         launch(run, "cpu")
         if moment == "queued":
-            wait_until(lambda: run.status().get("waiting_for"), "wait for the device", run)
+            wait_for(lambda: run.status().get("waiting_for"), 300, "wait for the device")
         elif moment == "loading data":
-            wait_until(lambda: run.status().get("state") == "running", "start", run)
+            wait_for(lambda: run.status().get("state") == "running", 300, "start")
         elif moment == "mid-epoch":
-            wait_until(lambda: lines(run, "step"), "step line", run)
+            wait_for(lambda: lines(run, "step"), 300, "step line")
         elif moment == "saving":  # an epoch line is written just before its checkpoints are saved
-            wait_until(lambda: lines(run, "epoch"), "epoch line", run)
+            wait_for(lambda: lines(run, "epoch"), 300, "epoch line")
         stop(run)
-        status = wait_until(lambda: run.status() if run.status().get("state") not in ("queued", "running")
-                            else None, "end", run)
+        status = wait_for(lambda: run.status() if run.status().get("state") not in ("queued", "running") else None,
+                          300, "end")
     finally:
         if lock is not None:
             os.close(lock)
