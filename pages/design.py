@@ -32,6 +32,9 @@ UPLOAD = "design_upload"
 UPLOAD_ERROR = "design_upload_error"
 LINK_ERROR = "design_link_error"
 FIT_REPORT = "design_fit_report"  # (st element name, markdown), shown once under the Fit button
+EXACT = ":exact"                  # key suffix of a width's exact box, beside its slider
+WIDTH_STEP = 8
+SLIDER_WIDTHS = 512               # one 3×3 block of 512 channels is 4.7M parameters; of 1,024, 18.9M
 
 
 # ---- the design in session state --------------------------------------------------------------
@@ -74,6 +77,8 @@ def map_sizes(stages: list[dict]) -> list[int]:
 def store(path: tuple, key: str) -> None:
     draft = st.session_state[DRAFT]
     reduce(getitem, path[:-1], draft)[path[-1]] = st.session_state[key]
+    other = key.removesuffix(EXACT) if key.endswith(EXACT) else key + EXACT
+    st.session_state.pop(other, None)  # a width's slider and exact box: the other re-reads the draft
     keep_pool_within_map()
 
 
@@ -135,9 +140,9 @@ def load_uploaded_design() -> None:
 
 # ---- controls ---------------------------------------------------------------------------------
 
-def control(widget, label: str, path: tuple, **kwargs):
+def control(widget, label: str, path: tuple, key_suffix: str = "", **kwargs):
     """`widget` showing the draft's value at `path`; moving it writes the value back."""
-    key = CONTROL + ".".join(map(str, path))
+    key = CONTROL + ".".join(map(str, path)) + key_suffix
     if key not in st.session_state:
         st.session_state[key] = reduce(getitem, path, st.session_state[DRAFT])
     return widget(label, key=key, on_change=store, args=(path, key), **kwargs)
@@ -145,6 +150,24 @@ def control(widget, label: str, path: tuple, **kwargs):
 
 def whole_number(label: str, path: tuple, bounds: tuple[int, int], **kwargs):
     return control(st.number_input, label, path, min_value=bounds[0], max_value=bounds[1], step=1, **kwargs)
+
+
+def width_options(current: int) -> list[int]:
+    """The widths a slider offers: multiples of 8 (what hardware computes best) up to the widest that fits
+    the budget in one block, and the current width; the exact box takes any other."""
+    return sorted(set(range(WIDTH_STEP, SLIDER_WIDTHS + 1, WIDTH_STEP)) | {current})
+
+
+def width(label: str, path: tuple, **kwargs) -> None:
+    """A width as a slider over width_options, with a small box beside it for an exact number."""
+    current = reduce(getitem, path, st.session_state[DRAFT])
+    slider, exact = st.columns([4, 1], vertical_alignment="bottom", gap="small")
+    with slider:
+        control(st.select_slider, label, path, options=width_options(current), **kwargs)
+    with exact:
+        control(st.number_input, f"Exact {label.lower()}", path, key_suffix=EXACT, min_value=CHANNELS_RANGE[0],
+                max_value=CHANNELS_RANGE[1], step=1, label_visibility="collapsed",
+                help=f"Any width from {CHANNELS_RANGE[0]} to {CHANNELS_RANGE[1]}")
 
 
 def one_of(label: str, path: tuple, options, **kwargs):
@@ -287,9 +310,18 @@ st.session_state.setdefault(CONTROL + "stage_count", len(draft["stages"]))
 count_column.segmented_control("Stages", range(STAGES_RANGE[0], STAGES_RANGE[1] + 1), key=CONTROL + "stage_count",
                                required=True, on_change=set_stage_count, args=(CONTROL + "stage_count",))
 with stem_column:
-    whole_number("Stem channels", ("stem", "channels"), CHANNELS_RANGE, help="Width of the first convolution")
+    width("Stem channels", ("stem", "channels"), help="Width of the first convolution")
 with stem_kernel_column:
     one_of("Stem kernel", ("stem", "kernel_size"), KERNEL_SIZES, help="Side of its square kernel: 3 means 3×3")
+
+# the budget again where the hands are: colour and what is left, changing with every move of a slider
+gauge, fit_here = st.columns([5, 1], vertical_alignment="center")
+gauge.progress(min(cost.params / BUDGET, 1.0),
+               text=f":{'red' if over > 0 else 'green'}[**{params_text(cost.params)} parameters** · "
+                    f"{margin_text(over)} · {cost.params / BUDGET:.1%} of {params_text(BUDGET)}]")
+if over > 0:
+    fit_here.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design, disabled=bool(draft_error),
+                    key="design_fit_near_controls", width="stretch")
 
 in_channels = draft["stem"]["channels"]
 stages = len(draft["stages"])
@@ -297,8 +329,8 @@ cards = card_columns(stages, stages if stages <= 4 else 3)  # narrower cards wou
 for i, (card, stage, size) in enumerate(zip(cards, draft["stages"], sizes)):
     with card.container(border=True, height="stretch"):
         st.markdown(f"**Stage {i}** :gray[· {square(size)} out]")
-        whole_number("Blocks", ("stages", i, "blocks"), BLOCKS_RANGE)
-        whole_number("Channels", ("stages", i, "channels"), CHANNELS_RANGE)
+        control(st.slider, "Blocks", ("stages", i, "blocks"), min_value=BLOCKS_RANGE[0], max_value=BLOCKS_RANGE[1])
+        width("Channels", ("stages", i, "channels"))
         one_of("Kernel", ("stages", i, "kernel_size"), KERNEL_SIZES,
                help="Side of the square kernel of every convolution in the stage: 3 means 3×3")
         one_of("Stride", ("stages", i, "stride"), STRIDES, help="2 halves the feature map in the stage's first block")

@@ -4,15 +4,18 @@ Every expected number comes from core.budget, so the page is held to the same ar
 """
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.element_tree import SelectSlider, Slider
 
 from core.link import from_query, to_query
 from core.budget import BUDGET, count, fit_to_budget
 from core.presets import PRESETS, preset_spec
-from core.spec import ArchSpec, SpecError
+from core.spec import BLOCKS_RANGE, ArchSpec, SpecError
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 DEFAULT = "resnet26-seed"
@@ -116,6 +119,48 @@ def test_a_modified_preset_can_be_reverted():
     assert not any(b.label.startswith("Modified") for b in app.button)
 
 
+def test_blocks_and_widths_are_sliders_over_multiples_of_8_and_the_presets_own_widths():
+    app = open_app()
+    for stage in range(4):
+        blocks = stage_control(app, stage, "blocks")
+        assert isinstance(blocks, Slider) and (blocks.min, blocks.max) == BLOCKS_RANGE
+        assert isinstance(stage_control(app, stage, "channels"), SelectSlider)
+    stem = app.get_by_key("design:stem.channels")
+    assert isinstance(stem, SelectSlider) and stem.value == preset_spec(DEFAULT).stem.channels
+    widths = [int(w) for w in stage_control(app, 1, "channels").options]
+    assert widths == sorted({*range(8, 513, 8), 100})  # 100: the preset's width, not a multiple of 8
+    assert app.get_by_key("design:stages.1.channels:exact").value == 100
+
+
+def test_moving_sliders_shows_the_count_core_params_gives(tmp_path):
+    app = open_app()
+    stage_control(app, 3, "blocks").set_value(5).run()
+    stage_control(app, 1, "channels").set_value(256).run()
+    app.get_by_key("design:stages.2.channels:exact").set_value(150).run()  # a width off the slider's steps
+    assert_clean(app)
+    assert stage_control(app, 2, "channels").value == 150  # the slider follows its exact box
+    (tmp_path / "design.json").write_text(json.dumps(app.session_state["design"]))
+    cli = subprocess.run([sys.executable, "-m", "core", "params", "--config", str(tmp_path / "design.json")],
+                         cwd=APP.parent, capture_output=True, text=True, check=True)
+    report = json.loads(cli.stdout)
+    assert shown_params(app) == report["params"] != count(preset_spec(DEFAULT)).params
+    assert metric(app, "MACs per image").value == report["summary"].split(", ")[1].removesuffix(" MACs per image")
+    assert app.session_state["design"]["stages"][3]["blocks"] == 5
+
+
+def test_over_or_under_budget_shows_in_colour_beside_the_sliders():
+    app = open_app()
+    gauge = app.get("progress")[0].proto
+    assert gauge.text.startswith(":green[") and "21,190 to spare" in gauge.text
+    stage_control(app, 3, "channels").set_value(512).run()
+    over = count(with_stage(preset_spec(DEFAULT), 3, channels=512)).params - BUDGET
+    gauge = app.get("progress")[0].proto
+    assert gauge.text.startswith(":red[") and f"{over:,} over budget" in gauge.text and gauge.value == 100
+    app.get_by_key("design_fit_near_controls").click().run()  # one click back under
+    assert_clean(app)
+    assert shown_params(app) <= BUDGET and app.get("progress")[0].proto.text.startswith(":green[")
+
+
 def test_train_hands_the_design_to_the_train_page():
     app = open_app()
     stage_control(app, 0, "channels").set_value(96).run()
@@ -127,7 +172,7 @@ def test_train_hands_the_design_to_the_train_page():
 
 def test_the_design_survives_a_page_switch():
     app = open_app()
-    stage_control(app, 2, "channels").set_value(150).run()
+    app.get_by_key("design:stages.2.channels:exact").set_value(150).run()
     app.switch_page("pages/runs.py").run()
     app.switch_page("pages/design.py").run()
     assert_clean(app)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from core.spec import ArchSpec
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
@@ -102,7 +104,7 @@ def wait_until_settled(page) -> None:
 
     page.locator('[data-testid="stApp"][data-test-connection-state="CONNECTED"]').wait_for()
     page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
-    expect(page.locator('[data-testid^="stSkeleton"]')).to_have_count(0)
+    expect(page.locator('[data-testid^="stSkeleton"]')).to_have_count(0, timeout=60_000)  # a busy machine draws slowly
 
 
 def open_app_page(page, path: str) -> None:
@@ -139,18 +141,44 @@ def test_page_renders_without_exception(page, name):
     screenshot(page, name)
 
 
-def test_typing_a_channel_width_changes_the_parameter_count(page):
+def test_typing_an_exact_channel_width_changes_the_parameter_count(page):
     from playwright.sync_api import expect
 
     open_app_page(page, PAGES["design"])
     total = metric_value(page, "Parameters")
     before = total.inner_text()
-    channels = page.locator(".st-key-design-stages-3-channels input")
-    channels.fill("256")
+    channels = page.locator(".st-key-design-stages-3-channels-exact input")
+    channels.fill("252")
     channels.press("Enter")
-    expect(total).not_to_have_text(before)
+    expect(total).not_to_have_text(before, timeout=60_000)
     assert int(total.inner_text().replace(",", "")) > int(before.replace(",", ""))
     wait_until_settled(page)
+    assert_no_exception(page)
+
+
+def test_dragging_a_blocks_slider_changes_the_parameter_count(page):
+    from playwright.sync_api import expect
+
+    from core.budget import count
+    from core.presets import preset_spec
+
+    open_app_page(page, PAGES["design"])
+    total = metric_value(page, "Parameters")
+    before = total.inner_text()
+    value = page.locator(".st-key-design-stages-3-blocks input[type=range]")  # hidden; its thumb holds it
+    box = value.locator("xpath=../..").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 40, box["y"] + box["height"] / 2, steps=8)  # to the right
+    page.mouse.up()
+    expect(total).not_to_have_text(before, timeout=60_000)
+    wait_until_settled(page)
+    blocks = int(value.input_value())
+    design = preset_spec("resnet26-seed").to_dict()
+    design["stages"][3]["blocks"] = blocks
+    assert blocks > 3 and total.inner_text() == f"{count(ArchSpec.from_dict(design)).params:,}"
+    gauge = page.get_by_test_id("stProgress").first
+    expect(gauge).to_contain_text("over budget", timeout=60_000)  # 4 blocks of 200 channels in stage 3: past 5M, in red
     assert_no_exception(page)
 
 
