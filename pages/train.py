@@ -130,7 +130,7 @@ def when_text(when: float) -> str:
 
 def speed_source(source: str, when: float) -> str:
     if source.startswith("run "):
-        return f"the speed run {source[4:]} trained at ({when_text(when)})"
+        return f"the speed of run {source[4:]} ({when_text(when)})"
     return f"a short timing of the {source.removeprefix('timed on ')} preset on this machine ({when_text(when)})"
 
 
