@@ -7,6 +7,7 @@ st.navigation([
     st.Page("pages/design.py", title="Design", icon=":material/architecture:", default=True),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:"),
+    st.Page("pages/search.py", title="Search", icon=":material/travel_explore:"),
     st.Page("pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
     st.Page("pages/classify.py", title="Classify", icon=":material/image_search:"),
 ], position="top").run()

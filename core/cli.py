@@ -230,6 +230,32 @@ def cmd_delete(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from core import search  # Optuna: imported only by the command that searches
+
+    if args.status or args.stop:
+        emit(search.status(args.status, args.storage) if args.status else search.request_stop(args.stop, args.storage))
+        return 0
+    name = args.study or (f"{Path(args.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}" if args.space else None)
+    if name is None:
+        print("error: give --space SPACE.json to start a study, or --study NAME to continue one", file=sys.stderr)
+        return 2
+    if args.space:
+        url = search.start(search.Space.from_dict(load_json_file(args.space)), name, args.storage, args.trials or 0)
+    else:
+        url = search.storage_url(search.check_study_name(name), args.storage)
+    trials = args.trials or search.status(name, url)["trials_target"]
+    if not trials:
+        print("error: give --trials N: how many trials the study should have", file=sys.stderr)
+        return 2
+    if args.detach:
+        pid = search.detach(name, url, trials, args.device)
+        emit({"study": name, "pid": pid, "log": str(search.search_dir() / f"{name}.log")})
+        return 0
+    emit(search.Worker(name, url, trials, args.device).run())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="ResNet Studio, headless.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -334,6 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="and the std")
     p.add_argument("--allow-over-budget", action="store_true", help="import a design over its parameter budget")
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("search", help="search designs within the budget with Optuna (each trial is a run)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--space", metavar="SPACE.json", help="the search space (see docs/SEARCH.md); starts the study")
+    g.add_argument("--status", metavar="NAME", help="the study's trials, best trial and Pareto front as JSON")
+    g.add_argument("--stop", metavar="NAME", help="stop the study's workers and trials (resume by searching again)")
+    p.add_argument("--study", metavar="NAME", help="the study to start or continue (default: SPACE-<time>)")
+    p.add_argument("--trials", type=int, help="how many trials the study should have (rejected designs not counted)")
+    p.add_argument("--storage", metavar="URL", help="an Optuna storage URL, e.g. postgresql+psycopg://USER@HOST/DB "
+                                                    "(default: a SQLite file under runs/.search/)")
+    p.add_argument("--device", help="device for this machine's trials (default: the space's, auto = every GPU)")
+    p.add_argument("--detach", action="store_true", help="search in a background process and return at once")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("delete", help="delete a finished, failed or stopped run")
     p.add_argument("run", metavar="runs/NAME")

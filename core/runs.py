@@ -2,7 +2,8 @@
 
     runs/<name>/
         config.json         the RunConfig, with the parameter count
-        status.json         state (queued/running/finished/failed/stopped), pid, device, times, error
+        status.json         state (queued/running/finished/failed/stopped/pruned), pid, device, times, error;
+                            a search's trial also has `search` (its study and trial, see core.search)
         metrics.jsonl       one JSON line per epoch ("kind": "epoch") and every N steps ("kind": "step")
         train.log           what the training process printed
         checkpoints/        last.* and best.* (see core.checkpoint)
@@ -36,7 +37,7 @@ from core.errors import StudioError
 from core.files import read_json, update_json, write_json
 
 REPO_RUNS = Path(__file__).resolve().parent.parent / "runs"
-STATES = ("queued", "running", "finished", "failed", "stopped")
+STATES = ("queued", "running", "finished", "failed", "stopped", "pruned")  # pruned: a search stopped a weak trial
 ACTIVE = ("queued", "running")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -63,6 +64,14 @@ class StopFlag:
 
     def __call__(self) -> bool:
         return self.requested
+
+
+class PruneRequested(Exception):
+    """A search's pruner ended this trial after `epoch` (its checkpoints are saved)."""
+
+    def __init__(self, epoch: int):
+        super().__init__(f"pruned after epoch {epoch}")
+        self.epoch = epoch
 
 
 # ---- names and paths ------------------------------------------------------------------------
@@ -162,7 +171,8 @@ class Run:
                 "epochs_done": len(epochs), "epochs": cfg_raw.get("train", {}).get("epochs"),
                 "elapsed": epochs[-1]["elapsed"] if epochs else None, "device": status.get("device"),
                 "created": status.get("created"), "error": status.get("error"), "data": cfg_raw.get("data"),
-                "imported_from": status.get("imported_from")}
+                "imported_from": status.get("imported_from"),
+                "search": (status.get("search") or {}).get("study")}
 
 
 def died(status: dict) -> bool:

@@ -15,6 +15,7 @@ import math
 import sys
 import time
 import traceback
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from core.files import append_line, read_json, write_json
 from core.infer import autocast_for, evaluate
 from core.machine import record_speed
 from core.model import build_model
-from core.runs import Run, RunError, StopFlag, StopRequested, begin, device_lock
+from core.runs import PruneRequested, Run, RunError, StopFlag, StopRequested, begin, device_lock
 
 
 EVALS_IN_A_TIME_LIMIT = 25  # a time-limited run evaluates about this often, and at its end
@@ -181,8 +182,13 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
     own failures: they end up in status.json as `failed` with the reason. `stop`: the process's flag,
     when it set one up before importing this module."""
     stop = stop or StopFlag()
+    trial = None
     try:
         begin(run, device_request)
+        if run.status().get("search"):  # a search's trial: reports each epoch and its end to the study
+            from core.search import SearchTrial
+
+            trial = SearchTrial.of(run)
         cfg = run.config()
         if epochs and epochs != cfg.train.epochs:  # resuming with more (or fewer) epochs
             cfg = cfg.replace_train(epochs=epochs)
@@ -194,22 +200,31 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
             run.update_status(state="running", device=str(device), started=time.time(), waiting_for=None,
                               error=None, device_name=device_name(device))
             log(run, f"training on {device} with torch {torch.__version__}")
-            fit(run, cfg, device, stop)
-        return run.update_status(state="finished", ended=time.time())
+            fit(run, cfg, device, stop, trial.report if trial else None)
+        status = run.update_status(state="finished", ended=time.time())
     except StopRequested:
         log(run, "stopped on request; resume to continue")
-        return run.update_status(state="stopped", ended=time.time(), waiting_for=None)
+        status = run.update_status(state="stopped", ended=time.time(), waiting_for=None)
+    except PruneRequested as e:
+        log(run, f"pruned by the search after epoch {e.epoch}: its validation accuracy was not promising")
+        status = run.update_status(state="pruned", ended=time.time(), pruned_at=e.epoch, waiting_for=None)
     except StudioError as e:
         log(run, f"failed: {e}")
-        return run.update_status(state="failed", ended=time.time(), error=str(e), waiting_for=None)
+        status = run.update_status(state="failed", ended=time.time(), error=str(e), waiting_for=None)
     except Exception as e:  # a bug or the machine: keep the traceback in the log, the gist in the status
         log(run, traceback.format_exc())
         reason = "out of memory: use a smaller batch size" if isinstance(e, torch.OutOfMemoryError) else \
             f"{type(e).__name__}: {e}"
-        return run.update_status(state="failed", ended=time.time(), error=reason, waiting_for=None)
+        status = run.update_status(state="failed", ended=time.time(), error=reason, waiting_for=None)
+    if trial is not None:
+        trial.end(status)
+    return status
 
 
-def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag) -> None:
+def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag,
+        on_epoch: Callable[[int, float], None] | None = None) -> None:
+    """Train `run`; `on_epoch(epoch, eval_acc)` is called after each epoch's checkpoint (a search's trial
+    reports there, and may raise PruneRequested)."""
     t = cfg.train
     torch.manual_seed(t.seed)
 
@@ -333,6 +348,8 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag) -> None:
             save("best", done_epoch, done_step, result.accuracy, elapsed)
         save("last", done_epoch, done_step, result.accuracy, elapsed)
         run.update_status(epoch=epochs_done, best_acc=best_acc)
+        if on_epoch is not None:
+            on_epoch(done_epoch, result.accuracy)
         if out_of_time:
             break
 

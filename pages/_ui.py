@@ -213,7 +213,7 @@ def current_design() -> tuple[ArchSpec, str | None]:
 FOLLOWED = "train_followed"  # the run the Train page follows; the Runs page may pick it
 STATE_BADGES = {"queued": ("gray", ":material/hourglass_top:"), "running": ("blue", ":material/sprint:"),
                 "finished": ("green", ":material/check_circle:"), "failed": ("red", ":material/error:"),
-                "stopped": ("orange", ":material/pause_circle:")}
+                "stopped": ("orange", ":material/pause_circle:"), "pruned": ("violet", ":material/content_cut:")}
 
 
 def state_badge(state: str | None) -> None:

@@ -1,0 +1,249 @@
+"""Search (core/search.py): real studies of real trials, each a training process on the built-in slice.
+
+Tiny nets and one or two epochs keep them short. The storage is the default SQLite file, and for the
+two-worker test also a real PostgreSQL server that the `postgres_url` fixture starts itself
+(Debian's `postgresql` package; `make test` installs it where apt-get can run).
+"""
+import json
+import os
+import re
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from core import search
+from core.files import read_json
+from core.presets import preset_spec
+from core.runs import Run, list_runs
+from core.spec import SpecError
+
+ROOT = Path(__file__).resolve().parent.parent
+BUDGET = 20_000  # width 8 or 16: 1,506 or 5,306 parameters; width 64: 76,490, over
+TINY = {"budget": BUDGET, "epochs": 1, "startup_trials": 1, "device": "cpu",
+        "ranges": {"stages": 1, "blocks": 1, "width": {"choices": [8, 16, 64]}, "growth": 1.0, "kernel_size": 3,
+                   "se_ratio": 0, "dropout": 0.0, "lr": {"low": 1e-6, "high": 0.4, "log": True},
+                   "weight_decay": 5e-4, "batch_size": 128, "augment": {"choices": [[]]}, "label_smoothing": 0.0,
+                   "ema_decay": 0.0}}
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch) -> Path:
+    """A runs folder of the test's own, for this process and the ones it starts."""
+    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def core(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def worker(*args: str, log: Path) -> subprocess.Popen:
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, "-m", "core", "search", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=f)
+
+
+def wait_for(what, timeout: float = 240, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = what()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"waited {timeout:.0f} s for {what.__doc__ or what}")
+
+
+def trained_runs() -> list[Run]:
+    return [run for run in list_runs() if run.summary()["search"]]
+
+
+# ---- the space ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    ({"ranges": {"width": {"low": 2, "high": 64}}}, "space.ranges.width.low: 2 is out of range"),
+    ({"ranges": {"lr": {"low": 0.1, "high": 50}}}, "space.ranges.lr.high: 50 is out of range"),
+    ({"ranges": {"lr": {"low": 0.4, "high": 0.1}}}, "space.ranges.lr: low (0.4) is above high (0.1)"),
+    ({"ranges": {"kernel_size": {"low": 3, "high": 5}}}, "space.ranges.kernel_size: kernel_size takes"),
+    ({"ranges": {"augment": {"choices": [["crop", "blur"]]}}}, "space.ranges.augment.choices[0]: 'blur'"),
+    ({"ranges": {"depth": 3}}, "space.ranges: unknown key 'depth'"),
+    ({"objectives": ["params"]}, "space.objectives: expected a list starting with \"accuracy\""),
+    ({"objectives": ["accuracy", "macs"]}, "space.pruner: Optuna's pruners need a single objective"),
+    ({"val_fraction": 0}, "space.val_fraction: 0 is out of range"),
+    ({"budget": 1000}, "space.budget: even the smallest design of this space has 1,506 parameters"),
+    ({"recipe": "resnet99"}, "space.recipe: unknown preset 'resnet99'"),
+])
+def test_a_bad_space_is_refused_with_the_field_named(change, message):
+    with pytest.raises(SpecError, match="^" + re.escape(message)):
+        search.Space.from_dict(TINY | change)
+
+
+def test_the_default_space_spans_the_presets_and_holds_resnet20():
+    space = search.Space.from_dict({})
+    assert space.ranges["stages"] == {"low": 3, "high": 4, "log": False}  # the presets have 3 or 4 stages
+    assert space.ranges["batch_size"] == {"choices": [64, 128, 256]}
+    resnet20 = space.design({"stages": 3, "blocks": 3, "width": 16, "growth": 2.0, "kernel_size": 3, "se_ratio": 0,
+                             "dropout": 0.0})
+    assert resnet20 == preset_spec("resnet20")
+
+
+def test_the_cli_refuses_a_bad_space_without_a_traceback(tmp_path, runs_dir):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(TINY | {"ranges": {"width": {"low": 8}}}))
+    result = core("search", "--space", str(bad), "--trials", "1", "--study", "bad")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: space.ranges.width: missing 'high'; a range is {\"low\": A, \"high\": B}"
+    assert not (runs_dir / ".search" / "bad.db").exists()
+
+
+# ---- a study end to end ---------------------------------------------------------------------------------
+
+def test_a_tiny_study_rejects_over_budget_designs_prunes_a_weak_trial_and_reports(runs_dir):
+    """Three trials queued in order: one over the budget, one that learns, one that cannot (lr 1e-6).
+    The first is never trained; the third is pruned after its first epoch (the median pruner compares
+    it with the second); the status names the best trial and the accuracy/parameters front."""
+    url = search.start(search.Space.from_dict(TINY), "e2e", None, 2)
+    study = optuna.load_study(study_name="e2e", storage=url)
+    study.enqueue_trial({"width": 64, "lr": 0.2})
+    study.enqueue_trial({"width": 16, "lr": 0.2})
+    study.enqueue_trial({"width": 8, "lr": 1e-6})
+
+    result = core("search", "--study", "e2e", "--trials", "2")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+
+    rejected, good, weak = status["trials"]
+    assert rejected["state"] == "rejected" and rejected["run"] is None
+    assert rejected["params"] == 76_490 and "76,490 parameters (budget 20,000)" in rejected["rejected"]
+    assert study.trials[0].constraints == {"params_over_budget": 76_490 - BUDGET}  # what the sampler sees
+    assert [run.name for run in trained_runs()] and sorted(r.name for r in trained_runs()) == ["e2e-001", "e2e-002"]
+    for run in trained_runs():
+        assert read_json(run.config_path)["params"] <= BUDGET
+        assert run.config().train.val_fraction == 0.1 and run.metrics()[-1]["eval_split"] == "val"
+
+    assert good["state"] == "finished" and good["params"] == 5_306
+    assert good["accuracy"] == Run.named("e2e-001").summary()["best_acc"] > weak["accuracy"]
+    assert weak["state"] == "pruned" and weak["pruned_at"] == 1
+    weak_run = Run.named("e2e-002").status()
+    assert weak_run["state"] == "pruned" and weak_run["pruned_at"] == 1
+    assert status["best"]["number"] == 1 and status["counted"] == 2
+    assert [row["number"] for row in status["pareto_front"]] == [1]
+    assert status["states"] == {"rejected": 1, "finished": 1, "pruned": 1}
+
+    again = core("search", "--status", "e2e")  # from another process, reading the storage noted for the study
+    assert again.returncode == 0 and json.loads(again.stdout)["trials"] == status["trials"]
+    listed = {row["name"]: row for row in json.loads(core("runs").stdout)}
+    assert listed["e2e-002"]["state"] == "pruned" and listed["e2e-001"]["search"] == "e2e"
+
+
+# ---- faults ----------------------------------------------------------------------------------------------
+
+def test_a_killed_trial_and_a_killed_search_resume_without_running_anything_twice(runs_dir, tmp_path):
+    """kill -9 the trial's process after its first epoch: the worker resumes the same run from that epoch.
+    Then kill -9 the worker: started again, it waits for the trial still training instead of starting
+    it over, and the study ends with one complete trial and nothing left running."""
+    search.start(search.Space.from_dict(TINY | {"epochs": 2, "ranges": TINY["ranges"] | {"width": 8}}),
+                 "faults", None, 1)
+    first = worker("--study", "faults", "--trials", "1", log=tmp_path / "worker1.log")
+    run = Run.named("faults-000")
+
+    def first_epoch_done():
+        """the trial's first epoch, checkpoint saved"""
+        return run.exists() and run.status().get("epoch") == 1
+    wait_for(first_epoch_done)
+    os.kill(run.status()["pid"], signal.SIGKILL)
+
+    def resumed():
+        """the worker relaunching the trial"""
+        return run.status().get("relaunches") == 1 and run.status().get("state") == "running"
+    wait_for(resumed)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    trial_pid = run.status()["pid"]
+
+    second = worker("--study", "faults", "--trials", "1", log=tmp_path / "worker2.log")
+    assert second.wait(timeout=300) == 0, (tmp_path / "worker2.log").read_text()
+    assert run.status()["state"] == "finished" and run.status()["pid"] == trial_pid  # not relaunched again
+    assert [m["epoch"] for m in run.metrics() if m["kind"] == "epoch"] == [1, 2]
+    log = run.log_path.read_text()
+    assert log.count("training on cpu") == 2 and "resumed at epoch 1 step 0" in log
+    study = optuna.load_study(study_name="faults", storage=search.storage_url("faults"))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
+    assert "had no process" not in (tmp_path / "worker2.log").read_text()
+
+
+# ---- several workers, SQLite and PostgreSQL ---------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A PostgreSQL server of the test's own: initdb in a temporary folder, on 127.0.0.1, as the `postgres`
+    user when this runs as root (PostgreSQL refuses root); stopped and removed afterwards."""
+    initdbs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    as_root = os.getuid() == 0
+    try:
+        owner = pwd.getpwnam("postgres") if as_root else pwd.getpwuid(os.getuid())
+    except KeyError:
+        owner = None
+    if not initdbs or owner is None:
+        reason = "PostgreSQL is not installed (Debian's postgresql package; `make test` installs it)"
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    bin_dir = initdbs[-1].parent
+    folder = Path(tempfile.mkdtemp(prefix="studio-pg-"))
+    os.chown(folder, owner.pw_uid, owner.pw_gid)
+    as_owner = ["runuser", "-u", "postgres", "--"] if as_root else []
+    port = free_port()
+
+    def pg(*cmd):
+        subprocess.run(as_owner + list(cmd), check=True, capture_output=True, timeout=120)
+    pg(str(bin_dir / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "postgres")
+    pg(str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "server.log"), "-w",
+       "-o", f"-p {port} -h 127.0.0.1 -k {folder}", "start")
+    try:
+        pg(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "studio")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/studio"
+    finally:
+        pg(str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
+def test_two_workers_on_one_study_never_run_the_same_trial(storage, runs_dir, tmp_path, request):
+    """Two worker processes, as on two machines, take trials from one study: each trial is trained once, by
+    one of them, and the study (accuracy against parameters) ends with its Pareto front."""
+    url = request.getfixturevalue("postgres_url") if storage == "postgresql" else None
+    space = TINY | {"objectives": ["accuracy", "params"], "pruner": "none",
+                    "ranges": TINY["ranges"] | {"width": {"choices": [8, 16]}, "lr": 0.2}}
+    url = search.start(search.Space.from_dict(space), "pair", url, 2)
+    logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
+    workers = [worker("--study", "pair", "--trials", "2", "--storage", url, log=log) for log in logs]
+    for w, log in zip(workers, logs):
+        assert w.wait(timeout=400) == 0, log.read_text()
+
+    launches = [[line for line in log.read_text().splitlines() if " on cpu, " in line] for log in logs]
+    assert [len(lines) for lines in launches] == [1, 1], launches  # one trial each, at the same time
+    study = optuna.load_study(study_name="pair", storage=url)
+    runs = {run.name: run.status()["search"] for run in trained_runs()}
+    assert sorted(tag["trial"] for tag in runs.values()) == [t.number for t in study.trials] == [0, 1]
+    for run in trained_runs():
+        assert run.status()["state"] == "finished" and run.log_path.read_text().count("training on cpu") == 1
+    status = search.status("pair", url)
+    assert status["counted"] == 2 and {r["state"] for r in status["trials"]} == {"finished"}
+    front = {r["number"] for r in status["pareto_front"]}
+    assert front and front == {t.number for t in study.best_trials}
