@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 8501
 
-.PHONY: run test setup browser clean
+.PHONY: run test setup browser postgres clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -19,10 +19,17 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "note: chromium not installed; the browser test will be skipped"; }
 
+# Debian's PostgreSQL for the search test against a real server (the test starts its own); skipped quietly
+# where apt-get cannot run.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
+	  echo "note: postgresql not installed; the PostgreSQL search test will be skipped"; }
+
 run: setup
 	$(PY) -m streamlit run app.py --server.address localhost --server.port $(PORT)
 
-test: setup browser
+test: setup browser postgres
 	$(PY) -m pytest
 
 clean:

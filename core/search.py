@@ -530,8 +530,8 @@ class Worker:
                 if run is None or run in self.in_flight.values():
                     continue
                 status = run.status()
-                if status.get("pid") is None or status.get("state") in ACTIVE:
-                    continue
+                if status.get("pid") is None or process_alive(status["pid"], status.get("pid_start")):
+                    continue  # not launched yet, or alive (perhaps between its last status and telling Optuna)
                 relaunches = status.get("relaunches", 0) + 1
                 if relaunches > MAX_RELAUNCHES:
                     self.study.tell(trial.number, state=TrialState.FAIL)

@@ -54,9 +54,8 @@ def int_range(column, label: str, name: str, lo: int, hi: int) -> dict | int:
 
 
 def float_range(column, label: str, name: str, lo: float, hi: float, step: float) -> dict | float:
-    default = DEFAULTS[name]
-    low, high = column.slider(label, lo, hi, (float(default["low"]), float(default["high"])), step=step,
-                              key=CONTROL + name, **PERSIST)
+    on_step = [round(round(DEFAULTS[name][end] / step) * step, 2) for end in ("low", "high")]
+    low, high = column.slider(label, lo, hi, tuple(on_step), step=step, key=CONTROL + name, **PERSIST)
     return span(low, high)
 
 
@@ -240,6 +239,9 @@ def show_study(name: str, live: bool) -> None:
     st.dataframe(trials_table(study["trials"]), hide_index=True, column_config=TRIAL_COLUMNS, key="search_trials")
     chart_column, importance_column = st.columns([3, 2])
     with chart_column:
+        if not any(r["accuracy"] is not None or r["state"] == "rejected" for r in study["trials"]):
+            st.caption("The chart of accuracy against parameters appears when the first trial ends an epoch.")
+            return
         cost = st.segmented_control("Against", ["params", "macs"], default="params", required=True,
                                     format_func={"params": "Parameters", "macs": "MACs"}.get,
                                     key="search_cost", **PERSIST)

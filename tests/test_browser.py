@@ -22,7 +22,7 @@ from core.spec import ArchSpec
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
-PAGES = {"design": "", "train": "train", "runs": "runs", "evaluate": "evaluate", "classify": "classify"}  # name: url path ("" = default)
+PAGES = {"design": "", "train": "train", "runs": "runs", "search": "search", "evaluate": "evaluate", "classify": "classify"}  # name: url path ("" = default)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 EXCEPTION = '[data-testid="stException"]'
