@@ -389,6 +389,8 @@ class SearchTrial:
     def end(self, status: dict) -> None:
         """The run's end, told to the study. A stopped run stays RUNNING: resuming the study resumes it."""
         state = status.get("state")
+        if self.storage.get_trial(self.trial_id).state != TrialState.RUNNING:
+            return  # told already (this is a relaunch of an ended trial): Optuna keeps the first answer
         if state == "finished":
             cfg = self.run.config()
             cost = count(cfg.arch)
@@ -532,6 +534,8 @@ class Worker:
                 status = run.status()
                 if status.get("pid") is None or process_alive(status["pid"], status.get("pid_start")):
                     continue  # not launched yet, or alive (perhaps between its last status and telling Optuna)
+                if self.storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+                    continue  # it told Optuna and ended after `trials` was read
                 relaunches = status.get("relaunches", 0) + 1
                 if relaunches > MAX_RELAUNCHES:
                     self.study.tell(trial.number, state=TrialState.FAIL)
@@ -573,8 +577,12 @@ def detach(name: str, url: str, trials: int, device: str | None) -> int:
 
 
 def note_worker(name: str, pid: int) -> None:
-    record = read_json(record_path(name), default={})
-    write_json(record_path(name), record | {"pid": pid, "pid_start": process_start_time(pid), "started": time.time()})
+    update_record(name, pid=pid, pid_start=process_start_time(pid), started=time.time())
+
+
+def update_record(name: str, **fields) -> None:
+    search_dir().mkdir(parents=True, exist_ok=True)
+    write_json(record_path(name), read_json(record_path(name), default={}) | fields)
 
 
 def request_stop(name: str, url: str | None = None) -> dict:
@@ -671,8 +679,7 @@ def start(space: Space, name: str, url: str | None, trials: int) -> str:
     """Create (or reopen) the study and note it on this machine; returns its storage URL."""
     url = storage_url(check_study_name(name), url)
     create_study(name, space, url)
-    record = read_json(record_path(name), default={})
-    write_json(record_path(name), record | {"storage": url, "trials": trials})
+    update_record(name, storage=url, trials=trials)
     return url
 
 

@@ -236,8 +236,9 @@ def test_two_workers_on_one_study_never_run_the_same_trial(storage, runs_dir, tm
     for w, log in zip(workers, logs):
         assert w.wait(timeout=400) == 0, log.read_text()
 
-    launches = [[line for line in log.read_text().splitlines() if " on cpu, " in line] for log in logs]
+    launches = [re.findall(r"trial \d+: pair-\d+ on cpu", log.read_text()) for log in logs]
     assert [len(lines) for lines in launches] == [1, 1], launches  # one trial each, at the same time
+    assert not any("had no process" in log.read_text() for log in logs)  # nothing relaunched
     study = optuna.load_study(study_name="pair", storage=url)
     runs = {run.name: run.status()["search"] for run in trained_runs()}
     assert sorted(tag["trial"] for tag in runs.values()) == [t.number for t in study.trials] == [0, 1]
