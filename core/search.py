@@ -360,17 +360,17 @@ class SearchTrial:
 
     def __init__(self, run: Run, tag: dict):
         self.run, self.trial_id = run, tag["trial_id"]
-        self.storage = storage = open_storage(tag["storage"])
-        self.study, self.space = load_study(tag["study"], storage)
+        self.storage = open_storage(tag["storage"])
+        self.study, self.space = load_study(tag["study"], self.storage)
         self.trial = optuna.Trial(self.study, self.trial_id)
-        trial_id = self.trial_id
         # heartbeats from a thread, so an epoch of any length never looks like a dead trial
-        def beat():
-            while True:
-                with contextlib.suppress(Exception):  # a database hiccup: the next beat tries again
-                    storage.record_heartbeat(trial_id)
-                time.sleep(HEARTBEAT_S)
-        threading.Thread(target=beat, daemon=True).start()
+        threading.Thread(target=self.beat, daemon=True).start()
+
+    def beat(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a database hiccup: the next beat tries again
+                self.storage.record_heartbeat(self.trial_id)
+            time.sleep(HEARTBEAT_S)
 
     @classmethod
     def of(cls, run: Run) -> "SearchTrial | None":

@@ -328,6 +328,9 @@ elif row["imported_from"]:
 elif row["state"] in ACTIVE:
     st.info("Its confusion matrix and per-class accuracy appear when it finishes; follow it live on the Train page.",
             icon=":material/hourglass_top:")
+elif row["state"] == "pruned":
+    st.info(f"Search {row['search']} pruned it after epoch {row['epochs_done']}: its validation accuracy trailed the "
+            f"other trials'. Its checkpoints are kept; the Search page has the study.", icon=":material/content_cut:")
 else:
     st.info(f"It {row['state']} before its last epoch, so it has no final results. Resume it on the Train page.",
             icon=":material/info:")

@@ -103,7 +103,7 @@ def test_train_it_in_full_launches_the_best_design_on_all_of_train(runs_dir):
     assert json.loads(worker.stdout)["best"]["run"] == "one-000", worker.stderr
     app = open_search()
     app.number_input(key="search_full_epochs").set_value(2)
-    next(b for b in app.button if b.label == "Train it in full").click().run()
+    next(b for b in app.button if b.label == "Train it in full").click().run(timeout=300)  # opens Train: torch
     full = [run for run in runs_dir.iterdir() if run.name.startswith("one-000-full")]
     assert len(full) == 1
     run = Run(full[0])
