@@ -657,11 +657,14 @@ def pareto_front(rows: list[dict], cost: str = "params") -> list[dict]:
 
 
 def importances(study: optuna.Study, complete: list) -> dict[str, float] | None:
-    """Which settings mattered most for accuracy (Optuna's fANOVA), once a few trials have finished."""
+    """Which settings mattered most for accuracy (Optuna's default evaluator, PED-ANOVA), once a few trials
+    have finished. PED-ANOVA explains low values of its target, so the target is accuracy negated."""
     if len(complete) < 3:
         return None
     try:
-        found = optuna.importance.get_param_importances(study, target=lambda t: t.values[0])
+        with warnings.catch_warnings():  # its notes on few trials per region: the page says how many there are
+            warnings.simplefilter("ignore")
+            found = optuna.importance.get_param_importances(study, target=lambda t: -t.values[0])
     except (RuntimeError, ValueError):  # e.g. every finished trial had the same settings
         return None
     return {k: float(v) for k, v in found.items() if not math.isnan(v)}

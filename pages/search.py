@@ -133,7 +133,8 @@ def study_controls() -> tuple[dict, str, int]:
                                     help="One trial at a time on each device")
     data = middle.text_input("Data", "builtin", key=CONTROL + "data", **PERSIST,
                              help="'builtin' (the slice in the repo) or a CIFAR-10 folder or archive")
-    name = right.text_input("Study name", f"search-{time.strftime('%m%d-%H%M')}", key=CONTROL + "name", **PERSIST)
+    st.session_state.setdefault(CONTROL + "name", f"search-{time.strftime('%m%d-%H%M')}")  # set once: a default
+    name = right.text_input("Study name", key=CONTROL + "name", **PERSIST)                  # that moved would reset it
     fixed = {"objectives": objectives.split(","), "budget": int(budget),
              "max_macs": int(max_macs * 1e6) if max_macs else None, "epochs": int(epochs),
              "pruner": "none" if several else pruner, "device": device, "data": data.strip() or "builtin"}
@@ -253,7 +254,8 @@ def show_study(name: str, live: bool) -> None:
         st.markdown("**Which settings mattered most**")
         if study["importances"]:
             st.altair_chart(importance_chart(study["importances"]), key="search_importances")
-            st.caption("Optuna's fANOVA importance for validation accuracy, over the finished trials.")
+            st.caption(f"Optuna's parameter importances (PED-ANOVA) for validation accuracy, over "
+                       f"{plural(done, 'finished trial')}: a guide, not a verdict, with this few.")
         else:
             st.caption("Shown once three trials have finished.")
     if best:

@@ -11,7 +11,7 @@ import pytest
 
 from core import search
 from test_browser import (ROOT, assert_no_exception, browser, free_port, open_app_page, screenshot,  # noqa: F401
-                          wait_until_healthy)
+                          wait_until_healthy, wait_until_settled)
 
 CHART = '[data-testid="stVegaLiteChart"]'
 SLOW = 30_000  # ms: this machine may be training something else meanwhile
@@ -41,21 +41,24 @@ def search_app(tmp_path, monkeypatch):
 def slide_to_lowest(page, key: str) -> None:
     """Both thumbs of a range slider to its lowest value (the upper thumb stops at the lower one)."""
     for thumb in (0, 1):
-        handle = page.locator(f".st-key-{key} [role=slider]").nth(thumb)
+        handle = page.locator(f".st-key-{key} input[type=range]").nth(thumb)
         handle.focus()
         handle.press("Home")
-    page.locator(f".st-key-{key}").click(position={"x": 1, "y": 1})  # blur: the value is sent
+        wait_until_settled(page)
 
 
 def type_into(page, key: str, value: str) -> None:
     box = page.locator(f".st-key-{key} input")
     box.fill(value)
     box.press("Enter")
+    wait_until_settled(page)
+    assert box.input_value() == value
 
 
 def test_a_study_defined_and_launched_in_the_browser_shows_its_trial_live(browser, search_app):
     from playwright.sync_api import expect
 
+    expect.set_options(timeout=SLOW)  # the page's first load imports Optuna: slow on a busy machine
     context = browser.new_context(base_url=search_app, viewport={"width": 1440, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(SLOW)
@@ -66,7 +69,9 @@ def test_a_study_defined_and_launched_in_the_browser_shows_its_trial_live(browse
         type_into(page, "search-epochs", "1")
         type_into(page, "search-trials", "1")
         type_into(page, "search-name", "browser")
+        screenshot(page, "search-defined")
         page.get_by_role("button", name="Launch the study").click()
+        expect(page.get_by_role("combobox", name="Study")).to_have_value("browser", timeout=SLOW)
 
         expect(page.get_by_test_id("stDataFrame")).to_be_visible(timeout=2 * SLOW)  # the trial, queued or running
         finished = page.get_by_test_id("stMetric").filter(has_text="Finished").get_by_test_id("stMetricValue")

@@ -147,38 +147,60 @@ def test_a_tiny_study_rejects_over_budget_designs_prunes_a_weak_trial_and_report
 
 # ---- faults ----------------------------------------------------------------------------------------------
 
-def test_a_killed_trial_and_a_killed_search_resume_without_running_anything_twice(runs_dir, tmp_path):
-    """kill -9 the trial's process after its first epoch: the worker resumes the same run from that epoch.
-    Then kill -9 the worker: started again, it waits for the trial still training instead of starting
-    it over, and the study ends with one complete trial and nothing left running."""
+def test_a_killed_trial_a_stopped_study_and_a_killed_search_all_resume_without_running_anything_twice(
+        runs_dir, tmp_path):
+    """One trial of two epochs, through every fault. kill -9 its process after the first epoch: the worker
+    resumes the same run from there. `--stop` the study: the worker ends and the trial saves and stops.
+    Search again: the trial resumes. kill -9 that worker: started once more, it waits for the trial still
+    training instead of starting it over, and the study ends with one complete trial and nothing running."""
     search.start(search.Space.from_dict(TINY | {"epochs": 2, "ranges": TINY["ranges"] | {"width": 8}}),
                  "faults", None, 1)
-    first = worker("--study", "faults", "--trials", "1", log=tmp_path / "worker1.log")
     run = Run.named("faults-000")
 
-    def first_epoch_done():
+    def running_again(old_pid: int):
+        def check():
+            status = run.status()
+            return status.get("pid") != old_pid and status.get("state") == "running"
+        check.__doc__ = f"the trial running again, in a process other than {old_pid}"
+        return check
+
+    first = worker("--study", "faults", "--trials", "1", log=tmp_path / "worker1.log")
+
+    def first_epoch_saved():
         """the trial's first epoch, checkpoint saved"""
         return run.exists() and run.status().get("epoch") == 1
-    wait_for(first_epoch_done)
-    os.kill(run.status()["pid"], signal.SIGKILL)
+    wait_for(first_epoch_saved)
+    killed = run.status()["pid"]
+    os.kill(killed, signal.SIGKILL)
+    wait_for(running_again(killed))
+    assert run.status()["relaunches"] == 1
 
-    def resumed():
-        """the worker relaunching the trial"""
-        return run.status().get("relaunches") == 1 and run.status().get("state") == "running"
-    wait_for(resumed)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    trial_pid = run.status()["pid"]
+    stopped = core("search", "--stop", "faults")
+    assert stopped.returncode == 0 and json.loads(stopped.stdout)["stop_requested"] is True
+    assert first.wait(timeout=60) == 0
+    wait_for(lambda: run.status()["state"] == "stopped", timeout=120)
+    status = json.loads(core("search", "--status", "faults").stdout)
+    assert [t["state"] for t in status["trials"]] == ["stopped"] and not status["worker_alive"]
 
     second = worker("--study", "faults", "--trials", "1", log=tmp_path / "worker2.log")
-    assert second.wait(timeout=300) == 0, (tmp_path / "worker2.log").read_text()
+    wait_for(running_again(run.status()["pid"]))
+    second.send_signal(signal.SIGKILL)
+    second.wait()
+    trial_pid = run.status()["pid"]
+
+    third = worker("--study", "faults", "--trials", "1", log=tmp_path / "worker3.log")
+    assert third.wait(timeout=300) == 0, (tmp_path / "worker3.log").read_text()
     assert run.status()["state"] == "finished" and run.status()["pid"] == trial_pid  # not relaunched again
+    assert "had no process" not in (tmp_path / "worker3.log").read_text()
     assert [m["epoch"] for m in run.metrics() if m["kind"] == "epoch"] == [1, 2]
     log = run.log_path.read_text()
-    assert log.count("training on cpu") == 2 and "resumed at epoch 1 step 0" in log
+    assert log.count("training on cpu") == 3 and "resumed at epoch 1 step 0" in log
+    # one trial, complete; if the stop outlasted the heartbeat's grace, Optuna failed it and queued it again,
+    # and its retry resumed the same run
     study = optuna.load_study(study_name="faults", storage=search.storage_url("faults"))
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
-    assert "had no process" not in (tmp_path / "worker2.log").read_text()
+    states = [t.state for t in study.trials]
+    assert states[-1] == optuna.trial.TrialState.COMPLETE and set(states[:-1]) <= {optuna.trial.TrialState.FAIL}
+    assert search.status("faults")["counted"] == 1 and {t.user_attrs["run"] for t in study.trials} == {run.name}
 
 
 # ---- several workers, SQLite and PostgreSQL ---------------------------------------------------------------
