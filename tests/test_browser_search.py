@@ -81,7 +81,7 @@ def test_a_study_defined_and_launched_in_the_browser_shows_its_trial_live(browse
         expect(page.locator(CHART).first).to_be_visible(timeout=SLOW)  # accuracy against parameters
         expect(page.get_by_role("button", name="Open in Design")).to_be_visible()
         assert_no_exception(page)
-        screenshot(page, "search")
+        screenshot(page, "search-finished")
         study = search.status("browser")
         assert study["space"]["ranges"]["stages"] == 1 and study["space"]["ranges"]["width"] == 4
         assert study["states"] == {"finished": 1}
