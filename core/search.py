@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import math
 import os
 import re
@@ -46,7 +45,7 @@ from optuna.trial import TrialState
 from core.budget import BUDGET, count
 from core.config import RunConfig, TrainConfig
 from core.errors import StudioError
-from core.files import read_json, write_json
+from core.files import locked, read_json, update_json
 from core.presets import PRESETS, get_preset
 from core.runs import (ACTIVE, PruneRequested, Run, create_run, launch, process_alive, process_start_time, runs_root,
                        stop as stop_run)
@@ -526,7 +525,7 @@ class Worker:
     def relaunch_dead(self, trials: list, device: str) -> bool:
         """Relaunch, here, one trial that Optuna has RUNNING but whose run here has no process (killed, or
         stopped). Under a lock, so two workers of this machine never relaunch the same run."""
-        with _locked(search_dir() / f"{self.name}.lock"):
+        with locked(record_path(self.name)):
             for trial in trials:
                 run = trial_run(trial) if trial.state == TrialState.RUNNING else None
                 if run is None or run in self.in_flight.values():
@@ -551,17 +550,6 @@ class Worker:
         return False
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def detach(name: str, url: str, trials: int, device: str | None) -> int:
     """Run a worker in its own process and session, logging to runs/.search/NAME.log; returns its pid."""
     cmd = [sys.executable, "-m", "core", "search", "--study", name, "--storage", url, "--trials", str(trials)]
@@ -582,7 +570,7 @@ def note_worker(name: str, pid: int) -> None:
 
 def update_record(name: str, **fields) -> None:
     search_dir().mkdir(parents=True, exist_ok=True)
-    write_json(record_path(name), read_json(record_path(name), default={}) | fields)
+    update_json(record_path(name), lambda record: record | fields)
 
 
 def request_stop(name: str, url: str | None = None) -> dict:
