@@ -22,7 +22,8 @@ import pytest
 
 from core import search
 from core.files import read_json
-from core.presets import preset_spec
+from core.config import TrainConfig
+from core.presets import PRESETS, preset_spec
 from core.runs import Run, list_runs
 from core.spec import SpecError
 
@@ -90,7 +91,8 @@ def test_a_bad_space_is_refused_with_the_field_named(change, message):
 def test_the_default_space_spans_the_presets_and_holds_resnet20():
     space = search.Space.from_dict({})
     assert space.ranges["stages"] == {"low": 3, "high": 4, "log": False}  # the presets have 3 or 4 stages
-    assert space.ranges["batch_size"] == {"choices": [64, 128, 256]}
+    assert space.ranges["batch_size"] == {"choices": sorted({TrainConfig.from_dict(p["train"]).batch_size
+                                                            for p in PRESETS.values()})}
     resnet20 = space.design({"stages": 3, "blocks": 3, "width": 16, "growth": 2.0, "kernel_size": 3, "se_ratio": 0,
                              "dropout": 0.0})
     assert resnet20 == preset_spec("resnet20")
