@@ -14,12 +14,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 
+from conftest import wait_for
 from core import search
 from core.files import read_json
 from core.config import TrainConfig
@@ -52,16 +52,6 @@ def worker(*args: str, log: Path) -> subprocess.Popen:
     with open(log, "w") as f:
         return subprocess.Popen([sys.executable, "-m", "core", "search", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=f)
-
-
-def wait_for(what, timeout: float = 240, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = what()
-        if found:
-            return found
-        time.sleep(every)
-    raise AssertionError(f"waited {timeout:.0f} s for {what.__doc__ or what}")
 
 
 def trained_runs() -> list[Run]:
@@ -163,7 +153,6 @@ def test_a_killed_trial_a_stopped_study_and_a_killed_search_all_resume_without_r
         def check():
             status = run.status()
             return status.get("pid") != old_pid and status.get("state") == "running"
-        check.__doc__ = f"the trial running again, in a process other than {old_pid}"
         return check
 
     first = worker("--study", "faults", "--trials", "1", log=tmp_path / "worker1.log")
@@ -171,21 +160,21 @@ def test_a_killed_trial_a_stopped_study_and_a_killed_search_all_resume_without_r
     def first_epoch_saved():
         """the trial's first epoch, checkpoint saved"""
         return run.exists() and run.status().get("epoch") == 1
-    wait_for(first_epoch_saved)
+    wait_for(first_epoch_saved, 240, first_epoch_saved.__doc__)
     killed = run.status()["pid"]
     os.kill(killed, signal.SIGKILL)
-    wait_for(running_again(killed))
+    wait_for(running_again(killed), 240, "the trial relaunched")
     assert run.status()["relaunches"] == 1
 
     stopped = core("search", "--stop", "faults")
     assert stopped.returncode == 0 and json.loads(stopped.stdout)["stop_requested"] is True
     assert first.wait(timeout=60) == 0
-    wait_for(lambda: run.status()["state"] == "stopped", timeout=120)
+    wait_for(lambda: run.status()["state"] == "stopped", 120, "the trial stopped")
     status = json.loads(core("search", "--status", "faults").stdout)
     assert [t["state"] for t in status["trials"]] == ["stopped"] and not status["worker_alive"]
 
     second = worker("--study", "faults", "--trials", "1", log=tmp_path / "worker2.log")
-    wait_for(running_again(run.status()["pid"]))
+    wait_for(running_again(run.status()["pid"]), 240, "the trial resumed")
     second.send_signal(signal.SIGKILL)
     second.wait()
     trial_pid = run.status()["pid"]
