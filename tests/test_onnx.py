@@ -56,6 +56,7 @@ def test_fp32_export_is_one_verified_file_with_classes_and_design_inside(trained
     assert json.loads(meta["design"]) == classifier.meta["spec"]
     assert "uint8" in meta["input"] and meta["precision"] == "fp32"
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert str(ROOT).encode() not in path.read_bytes()  # no paths of this machine inside
 
 
 @pytest.mark.parametrize("batch", [1, 7])
