@@ -252,6 +252,8 @@ def cmd_search(args) -> int:
         pid = search.detach(name, url, trials, args.device)
         emit({"study": name, "pid": pid, "log": str(search.search_dir() / f"{name}.log")})
         return 0
+    if not args.detached:
+        search.continue_study(name, url)
     emit(search.Worker(name, url, trials, args.device).run())
     return 0
 
@@ -372,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "(default: a SQLite file under runs/.search/)")
     p.add_argument("--device", help="device for this machine's trials (default: the space's, auto = every GPU)")
     p.add_argument("--detach", action="store_true", help="search in a background process and return at once")
+    p.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)  # the worker that --detach starts
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("delete", help="delete a finished, failed or stopped run")

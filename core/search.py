@@ -445,7 +445,6 @@ class Worker:
         print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)  # stdout is for the JSON
 
     def run(self) -> dict:
-        self.study.set_user_attr("stop", False)
         self.study.set_user_attr("trials", self.trials)
         note_worker(self.name, os.getpid())
         stop = {"asked": False}
@@ -550,9 +549,18 @@ class Worker:
         return False
 
 
+def continue_study(name: str, url: str) -> None:
+    """Searching again continues a stopped study. Cleared by whoever asks for a worker, not by the worker
+    itself, so that a stop that comes while a detached worker is starting still stops it."""
+    study, _ = load_study(name, open_storage(url))
+    study.set_user_attr("stop", False)
+
+
 def detach(name: str, url: str, trials: int, device: str | None) -> int:
     """Run a worker in its own process and session, logging to runs/.search/NAME.log; returns its pid."""
-    cmd = [sys.executable, "-m", "core", "search", "--study", name, "--storage", url, "--trials", str(trials)]
+    continue_study(name, url)
+    cmd = [sys.executable, "-m", "core", "search", "--study", name, "--storage", url, "--trials", str(trials),
+           "--detached"]
     if device:
         cmd += ["--device", device]
     search_dir().mkdir(parents=True, exist_ok=True)

@@ -139,6 +139,19 @@ def test_a_tiny_study_rejects_over_budget_designs_prunes_a_weak_trial_and_report
 
 # ---- faults ----------------------------------------------------------------------------------------------
 
+def test_a_stop_asked_before_the_detached_worker_starts_still_stops_it(runs_dir):
+    """The worker that --detach starts does not clear the study's stop flag (its launcher did, before it):
+    a stop between the launch and the worker's start is kept, and nothing trains. A search started
+    again by hand clears it and continues."""
+    url = search.start(search.Space.from_dict(TINY), "late", None, 1)
+    search.request_stop("late")
+    result = core("search", "--study", "late", "--trials", "1", "--detached")  # what detach() runs
+    assert result.returncode == 0, result.stderr
+    assert "stop requested" in result.stderr and trained_runs() == []
+    search.continue_study("late", url)
+    assert search.status("late")["stop_requested"] is False
+
+
 def test_a_killed_trial_a_stopped_study_and_a_killed_search_all_resume_without_running_anything_twice(
         runs_dir, tmp_path):
     """One trial of two epochs, through every fault. kill -9 its process after the first epoch: the worker
