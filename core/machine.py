@@ -100,6 +100,14 @@ def record_speed(device: str, name: str, images_per_s: float, macs: int, source:
     update_machine(lambda machine: machine | {"speeds": machine.get("speeds", {}) | {device: figure}})
 
 
+def record_run_speed(device: str, name: str, images_per_s: float, macs: int, run_name: str) -> None:
+    """A run's speed replaces its device's figure, unless its design is smaller than the probe's reference:
+    a tiny network uses a device too poorly to speak for others (a test net's speed made a seed-sized
+    design's epoch look many times longer than it is)."""
+    if macs >= count(preset_spec(REFERENCE)).macs:
+        record_speed(device, name, images_per_s, macs, f"run {run_name}")
+
+
 def update_machine(change) -> None:
     """Read, change and write machine.json under its lock: probes and runs write it at the same time."""
     cache_dir().mkdir(parents=True, exist_ok=True)

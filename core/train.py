@@ -29,7 +29,7 @@ from core.data import load_dataset, split_validation
 from core.errors import StudioError
 from core.files import append_line, read_json, write_json
 from core.infer import autocast_for, evaluate
-from core.machine import record_speed
+from core.machine import record_run_speed
 from core.model import build_model
 from core.runs import PruneRequested, Run, RunError, StopFlag, StopRequested, begin, device_lock
 
@@ -338,8 +338,7 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag,
                 "lr": lr, "images_per_s": seen / train_time, "elapsed": elapsed, "trained": trained}
         run_append_metrics(run, line)
         with contextlib.suppress(OSError):  # a speed for estimates; no reason to fail a run
-            record_speed(str(device), device_name(device), line["images_per_s"], count(cfg.arch).macs,
-                         f"run {run.name}")
+            record_run_speed(str(device), device_name(device), line["images_per_s"], count(cfg.arch).macs, run.name)
         of = f" ({trained:.0f} of {t.time_limit:g} s)" if t.time_limit else f"/{t.epochs}"
         log(run, f"epoch {epochs_done:.4g}{of}: train loss {line['train_loss']:.3f} acc {line['train_acc']:.3f}, "
                  f"{eval_name} loss {result.loss:.3f} acc {result.accuracy:.4f}, {line['images_per_s']:.0f} img/s")

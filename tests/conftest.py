@@ -1,5 +1,6 @@
 """Shared fixtures: a run really trained by the engine, in a runs folder of the test's own."""
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -12,6 +13,15 @@ from core.runs import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_ARCH = {"stages": [{"blocks": 1, "channels": 16}, {"blocks": 1, "channels": 32}], "pool_size": 16}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory) -> Path:
+    """Decoded data and measured speeds go to a folder of the session's own, never the user's cache:
+    the speed of a test's tiny net must not become what this machine's Train page estimates from."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["RESNET_STUDIO_CACHE"] = str(path)  # this process and every process the tests start
+    return path
 
 
 @pytest.fixture(scope="session")

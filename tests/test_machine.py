@@ -10,7 +10,7 @@ import pytest
 
 from core.budget import count
 from core.machine import (EVAL_COST, epoch_seconds, estimate, known_devices, probe, probe_lock_path,
-                          probe_running, read_machine, record_speed, update_machine)
+                          probe_running, read_machine, record_run_speed, record_speed, update_machine)
 from core.presets import preset_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +43,15 @@ def test_a_speed_of_another_gpu_under_the_same_name_is_not_used(cache):
     update_machine(lambda machine: machine | {"devices": {"cuda:0": "NVIDIA H100", "cpu": "CPU"}})
     record_speed("cuda:0", "NVIDIA A100", 5000.0, 10**8, "timed on resnet20")
     assert estimate(preset_spec("resnet20"), "cuda:0", "builtin") is None
+
+
+def test_a_run_smaller_than_the_reference_does_not_replace_the_speed(cache):
+    reference = count(preset_spec("resnet20")).macs
+    record_speed("cpu", "CPU", 200.0, reference, "timed on resnet20")
+    record_run_speed("cpu", "CPU", 3000.0, reference // 50, "tiny")
+    assert read_machine()["speeds"]["cpu"]["source"] == "timed on resnet20"
+    record_run_speed("cpu", "CPU", 150.0, reference, "same-size")
+    assert read_machine()["speeds"]["cpu"]["source"] == "run same-size"
 
 
 def test_a_damaged_machine_file_reads_as_unknown(cache):
