@@ -188,6 +188,8 @@ def bench(cfg: RunConfig, device_request: str = "auto", seconds: float = 20.0) -
 # ---- inference latency of an exported model ----------------------------------------------------------
 
 LATENCY_BATCHES = (1, 256)
+TURN_SECONDS = 0.5  # each takes turns of this long: call by call, the idle thread pools of one (onnxruntime
+                    # and OpenMP both spin a while after a call) slowed the next call of another
 
 
 def cpu_name() -> str:
@@ -203,7 +205,7 @@ def cpu_name() -> str:
 def bench_export(run, tag: str = "best", data: str | None = None, seconds: float = 10.0) -> dict:
     """Median CPU latency per call at batch 1 and 256 of PyTorch eager in fp32 (predict's code path held to
     fp32; predict itself takes bf16 where torch reports the CPU does it natively), ONNX fp32 and ONNX int8
-    (as `export --format onnx [--int8]` writes them). The three take turns call by call, so load from other
+    (as `export --format onnx [--int8]` writes them). The three take turns of TURN_SECONDS, so load from other
     processes falls on all of them alike; each batch size gets `seconds` of turns."""
     import onnxruntime
 
@@ -228,9 +230,13 @@ def bench_export(run, tag: str = "best", data: str | None = None, seconds: float
         start = time.perf_counter()
         while time.perf_counter() - start < seconds or len(times["pytorch"]) < 5:
             for name, call in models.items():
-                tick = time.perf_counter()
-                call(images)
-                times[name].append(time.perf_counter() - tick)
+                turn = time.perf_counter()
+                while True:
+                    tick = time.perf_counter()
+                    call(images)
+                    times[name].append(time.perf_counter() - tick)
+                    if tick - turn >= TURN_SECONDS:
+                        break
         ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
         rows.append({"batch": batch, "calls": len(times["pytorch"]),
                      **{f"{name}_ms": v for name, v in ms.items()},
