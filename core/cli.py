@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from core.budget import BUDGET, count, fit_to_budget
 from core.config import RunConfig
+from core.devices import plan
 from core.errors import StudioError
 from core.machine import PROBE_SECONDS, REFERENCE
 from core.presets import PRESETS
-from core.runs import Run, StopFlag, create_run, delete, export, launch, list_runs, stop
+from core.runs import Run, StopFlag, create_run, delete, export, launch, list_runs, queue, stop
 from core.spec import load_json_file
 from core.units import macs_text, margin_text, params_text
 
@@ -103,16 +105,27 @@ def cmd_train(args) -> int:
         name = args.run_dir or f"{cfg.preset or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
         run = Run.at(name)
         run = create_run(cfg, run.name, run.dir.parent)
-    if args.detach:
-        pid = launch(run, args.device, args.data if args.resume else None, args.epochs if args.resume else None)
-        emit({"run": str(run.dir), "pid": pid, "state": "queued"})
+    if args.create_only:
+        emit({"run": str(run.dir), "state": "queued"})
         return 0
-    from core.train import train  # torch-heavy: imported only by the commands that train
+    data, epochs = (args.data, args.epochs) if args.resume else (None, None)
+    request, processes = plan(args.device, args.gpus, args.nproc_per_node, nnodes=args.nnodes,
+                              node_rank=args.node_rank, rdzv=args.rdzv, max_restarts=args.max_restarts)
+    if args.detach:
+        pid = launch(run, args.device, data, epochs, args.gpus, processes.cli_args() if processes.distributed else [])
+        emit({"run": str(run.dir), "pid": pid, "state": "queued", "world_size": processes.world_size})
+        return 0
+    if processes.distributed:
+        from core.distributed import run_processes
 
-    status = train(run, args.device, args.data if args.resume else None, args.epochs if args.resume else None,
-                   stop_flag)
-    emit({"run": str(run.dir)} | status)
-    return 1 if status["state"] == "failed" else 0
+        status = run_processes(run, processes, request, data, epochs)
+    else:
+        from core.train import train  # torch-heavy: imported only by the commands that train
+
+        status = train(run, args.device, data, epochs, args.gpus, stop_flag)
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # under torchrun, the launcher says how the run ended
+        emit({"run": str(run.dir)} | status)
+    return 1 if status.get("state") == "failed" else 0
 
 
 def cmd_data(args) -> int:
@@ -174,6 +187,11 @@ def cmd_evaluate(args) -> int:
 
 def cmd_runs(args) -> int:
     emit([run.summary() for run in list_runs()])
+    return 0
+
+
+def cmd_queue(args) -> int:
+    emit(queue())
     return 0
 
 
@@ -285,6 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="override the batch size")
     p.add_argument("--allow-over-budget", action="store_true", help="train a design over its parameter budget")
     p.add_argument("--detach", action="store_true", help="train in a background process and return at once")
+    p.add_argument("--create-only", action="store_true",
+                   help="write the run folder and stop there; start it with --resume (e.g. under srun torchrun)")
+    g = p.add_argument_group("devices and processes (docs/DISTRIBUTED.md)")
+    g.add_argument("--gpus", metavar="N|IDS", help="a GPU count (2) or IDs (0,2; one ID: 2,); one process per GPU")
+    g.add_argument("--nproc-per-node", type=int, metavar="N", help="processes on this machine (torchrun; "
+                                                                      "default: one per GPU, or 1)")
+    g.add_argument("--nnodes", type=int, default=1, metavar="M", help="machines taking part (default 1)")
+    g.add_argument("--node-rank", type=int, default=0, metavar="R", help="this machine's number, 0..M-1; "
+                                                                         "machine 0 keeps the run's status")
+    g.add_argument("--rdzv", metavar="HOST:PORT", help="with --nnodes: torchrun's c10d rendezvous on machine 0")
+    g.add_argument("--max-restarts", type=int, default=0, help="restarts after a process fails (default 0)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("data", help="check a CIFAR-10 copy (decode and cache it), or download it")
@@ -323,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="list the runs with their state and best accuracy")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("queue", help="this machine's devices, the run holding each, and the runs waiting")
+    p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("stop", help="stop a running or queued run (it saves a checkpoint first)")
     p.add_argument("run", metavar="runs/NAME")

@@ -24,7 +24,7 @@ PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast where the hardware 
 class TrainConfig:
     epochs: int = 30
     time_limit: float = 0.0        # seconds of training (evaluation apart) instead of `epochs`; 0 = off
-    batch_size: int = 128
+    batch_size: int = 128          # the global batch: W processes take batch_size / W each (docs/DISTRIBUTED.md)
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9          # SGD and RMSprop
@@ -48,6 +48,7 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False          # torch.compile the model (CUDA)
     log_every: int = 20            # write a metrics line every N steps, so charts move within an epoch
+    sync_batchnorm: bool = False   # several GPUs: BatchNorm statistics over the global batch, not per process
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -91,6 +92,7 @@ class TrainConfig:
             precision=check_choice("train.precision", d["precision"], PRECISIONS),
             compile=check_bool("train.compile", d["compile"]),
             log_every=check_int("train.log_every", d["log_every"], 1, 100_000),
+            sync_batchnorm=check_bool("train.sync_batchnorm", d["sync_batchnorm"]),
         )
 
 

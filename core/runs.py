@@ -17,19 +17,18 @@ last line. Whoever reads a status notices a run whose process is gone and marks 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from core.budget import count
 from core.config import RunConfig
@@ -170,6 +169,7 @@ class Run:
                 "preset": cfg_raw.get("preset"), "best_acc": best,
                 "epochs_done": len(epochs), "epochs": cfg_raw.get("train", {}).get("epochs"),
                 "elapsed": epochs[-1]["elapsed"] if epochs else None, "device": status.get("device"),
+                "world_size": status.get("world_size") or 1,
                 "created": status.get("created"), "error": status.get("error"), "data": cfg_raw.get("data"),
                 "imported_from": status.get("imported_from"),
                 "search": (status.get("search") or {}).get("study")}
@@ -179,7 +179,8 @@ def died(status: dict) -> bool:
     """Active, with a process that is gone. No pid yet: created and not launched, or launched and not yet
     started; nothing has died."""
     return status.get("state") in ACTIVE and status.get("pid") is not None and \
-        not process_alive(status.get("pid"), status.get("pid_start"))
+        status.get("host", socket.gethostname()) == socket.gethostname() and \
+        not process_alive(status.get("pid"), status.get("pid_start"))  # judged on the machine of the process
 
 
 def ended_by_death(status: dict) -> dict:
@@ -241,8 +242,11 @@ def create_run(cfg: RunConfig, name: str, runs_dir: Path | None = None) -> Run:
     return run
 
 
-def launch(run: Run, device: str = "auto", data: str | None = None, epochs: int | None = None) -> int:
-    """Start (or resume) training of `run` in a detached process; returns its pid."""
+def launch(run: Run, device: str = "auto", data: str | None = None, epochs: int | None = None,
+           gpus: str | None = None, processes: list[str] = ()) -> int:
+    """Start (or resume) training of `run` in a detached process; returns its pid. `processes` are
+    `train`'s options for several processes (core.devices.Launch.cli_args): then that process runs
+    torchrun, whose processes train."""
     status = run.require().status()
     if status.get("state") in ACTIVE and status.get("pid"):
         raise RunError(f"{run.name} is already {status['state']} (pid {status['pid']}); stop it first")
@@ -251,6 +255,7 @@ def launch(run: Run, device: str = "auto", data: str | None = None, epochs: int 
         cmd += ["--data", data]
     if epochs:
         cmd += ["--epochs", str(epochs)]
+    cmd += (["--gpus", gpus] if gpus else []) + list(processes)
     run.update_status(state="queued", pid=None, error=None, waiting_for=None, stop_requested=False)
     with open(run.log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -274,7 +279,10 @@ def stop(run: Run) -> dict:
             return status | {"stop_requested": True, "state": "stopped", "ended": time.time(), "waiting_for": None}
         return status | {"stop_requested": True}
 
-    run.require().status()  # a dead process is marked first: its pid is not ours to signal any more
+    where = run.require().status().get("host")  # a dead process is marked first: its pid is not ours any more
+    if where not in (None, socket.gethostname()):
+        raise RunError(f"{run.name} runs on {where}: stop it there (python -m core stop), or end the cluster "
+                       f"job with a SIGTERM (scancel --signal=TERM --full)")
     status = update_json(run.status_path, request)
     if status.get("state") in ACTIVE:
         with contextlib.suppress(ProcessLookupError):
@@ -314,43 +322,17 @@ def export(run: Run, dest: Run, half: bool = True) -> Run:
     return dest
 
 
+def queue(runs_dir: Path | None = None) -> dict:
+    """This machine's devices with the run that holds each, and the runs of a runs folder that wait."""
+    from core.devices import queue_state
+
+    waiting = [{"run": run.name, "waiting_for": status.get("waiting_for")} for run in list_runs(runs_dir)
+               if (status := run.status()).get("state") == "queued" and status.get("waiting_for")]
+    return {"devices": queue_state(), "waiting": waiting}
+
+
 def delete(run: Run) -> None:
     status = run.require().status()
     if status.get("state") in ACTIVE:
         raise RunError(f"{run.name} is {status['state']}; stop it before deleting it")
     shutil.rmtree(run.dir)
-
-
-# ---- one training per device ------------------------------------------------------------------
-
-@contextlib.contextmanager
-def device_lock(run: Run, device: str, should_stop) -> Iterator[None]:
-    """Hold the device's lock while training; wait as `queued` while another run holds it.
-
-    An OS file lock (flock) is released by the kernel when its process dies, so a killed run
-    never blocks the queue.
-    """
-    locks = run.dir.parent / ".locks"
-    locks.mkdir(exist_ok=True)
-    path = locks / (re.sub(r"[^a-z0-9]", "_", device) + ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        announced = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if should_stop():
-                    raise StopRequested
-                if not announced:
-                    holder = path.read_text().strip() or "another run"
-                    run.update_status(state="queued", waiting_for=f"{device} is busy with {holder}")
-                    print(f"queued: {device} is busy with {holder}", flush=True)
-                    announced = True
-                time.sleep(0.5)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, run.name.encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock

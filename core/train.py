@@ -5,13 +5,17 @@ channels_last, in bf16 autocast where the hardware has it (CUDA, AMX CPUs), with
 step on CUDA. SIGTERM (Stop) lets
 the current step finish, saves `last`, and ends the run as `stopped`; resuming continues at the
 saved epoch and step, with the same data order. With `time_limit` the run trains for that many seconds
-instead of its epochs, and the schedule drawn over its epochs is stretched over that time.
+instead of its epochs, and the schedule drawn over its epochs is stretched over that time. Under torchrun
+the same loop runs in every process, with DistributedDataParallel; core/distributed.py says what that
+means for batch, order and stop.
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
 import math
+import os
+import socket
 import sys
 import time
 import traceback
@@ -19,6 +23,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from core.augment import Augment, Normalizer
@@ -26,12 +31,14 @@ from core.budget import count
 from core.checkpoint import flatten_state, load_train_state, save_checkpoint, unflatten_state
 from core.config import RunConfig, TrainConfig
 from core.data import load_dataset, split_validation
+from core.devices import DeviceRequest, StopWaiting, hold, visible_gpus
+from core.distributed import World, check, is_lost_peer, record_error
 from core.errors import StudioError
 from core.files import append_line, read_json, write_json
 from core.infer import autocast_for, evaluate
 from core.machine import record_run_speed
 from core.model import build_model
-from core.runs import PruneRequested, Run, RunError, StopFlag, StopRequested, begin, device_lock
+from core.runs import ACTIVE, PruneRequested, Run, RunError, StopFlag, StopRequested, begin, process_start_time
 
 
 EVALS_IN_A_TIME_LIMIT = 25  # a time-limited run evaluates about this often, and at its end
@@ -136,15 +143,22 @@ def lr_at(t: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> 
 class Trainer:
     """Model, optimizer, EMA and augmentation for one config, and one training step."""
 
-    def __init__(self, cfg: RunConfig, device: torch.device):
+    def __init__(self, cfg: RunConfig, device: torch.device, world: World | None = None):
         t = self.t = cfg.train
-        self.model = build_model(cfg.arch).to(device, memory_format=torch.channels_last)  # faster on GPU and CPU
+        world = world or World()
+        self.model = build_model(cfg.arch)
+        if t.sync_batchnorm and world.size > 1:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model = self.model.to(device, memory_format=torch.channels_last)  # faster on GPU and CPU
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # shapes are static: let cuDNN time its algorithms once
         self.optimizer = build_optimizer(self.model, t, device)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) \
             if t.ema_decay > 0 else None
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        # DDP averages the gradients over the processes during backward
+        forward = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None) \
+            if world.size > 1 else self.model
+        self.forward = torch.compile(forward) if t.compile else forward
         self.augment = Augment(t.augment, t.crop_padding, t.cutout_size, t.normalize, device)
         self.autocast = autocast_for(device, t.precision)
 
@@ -168,8 +182,11 @@ class Trainer:
 
 # ---- the run ------------------------------------------------------------------------------------------
 
-def log(run: Run, message: str) -> None:
+def log(run: Run, world: World, message: str) -> None:
+    """A line in train.log: rank 0 keeps the log of the run."""
     line = f"{time.strftime('%H:%M:%S')} {message}"
+    if not world.is_main:
+        return
     with open(run.log_path, "a") as f:
         f.write(line + "\n")
     if sys.stderr.isatty():
@@ -177,51 +194,85 @@ def log(run: Run, message: str) -> None:
 
 
 def train(run: Run, device_request: str = "auto", data: str | None = None, epochs: int | None = None,
-          stop: StopFlag | None = None) -> dict:
-    """Train (or resume) a run in this process; returns the final status. Never raises for the run's
-    own failures: they end up in status.json as `failed` with the reason. `stop`: the process's flag,
-    when it set one up before importing this module."""
+          gpus: str | None = None, stop: StopFlag | None = None) -> dict:
+    """Train (or resume) a run in this process, or in this one of the processes torchrun started;
+    returns the final status. Never raises for the run's own failures: they end up in status.json
+    as `failed` with the reason. Only rank 0 writes the run folder. `stop`: the process's flag, when
+    it set one up before importing this module."""
     stop = stop or StopFlag()
+    world = World.from_env()
+    record = run.update_status if world.is_main else (lambda **fields: fields)
     trial = None
+
+    def on_wait(message: str) -> None:
+        record(state="queued", waiting_for=message)
+        print(f"queued: {message}", flush=True)
+
     try:
-        begin(run, device_request)
-        if run.status().get("search"):  # a search's trial: reports each epoch and its end to the study
+        if world.size == 1:
+            begin(run, device_request)  # its pid, and a Stop that came before it
+        else:  # a Stop signals torchrun's agent, which passes it on to every process
+            record(pid=os.getppid(), pid_start=process_start_time(os.getppid()), device_request=device_request)
+        record(host=socket.gethostname(), world_size=world.size)
+        if world.size == 1 and run.status().get("search"):  # a search's trial: reports each epoch and its end
             from core.search import SearchTrial
 
             trial = SearchTrial.of(run)
         cfg = run.config()
         if epochs and epochs != cfg.train.epochs:  # resuming with more (or fewer) epochs
             cfg = cfg.replace_train(epochs=epochs)
-            write_json(run.config_path, {**cfg.to_dict(), "params": read_json(run.config_path)["params"]})
+            if world.is_main:
+                write_json(run.config_path, {**cfg.to_dict(), "params": read_json(run.config_path)["params"]})
         if data:
             cfg = RunConfig(cfg.arch, cfg.train, data, cfg.preset, cfg.budget, cfg.allow_over_budget)
-        device = pick_device(device_request)
-        with device_lock(run, str(device), stop):
-            run.update_status(state="running", device=str(device), started=time.time(), waiting_for=None,
-                              error=None, device_name=device_name(device))
-            log(run, f"training on {device} with torch {torch.__version__}")
-            fit(run, cfg, device, stop, trial.report if trial else None)
-        status = run.update_status(state="finished", ended=time.time())
-    except StopRequested:
-        log(run, "stopped on request; resume to continue")
-        status = run.update_status(state="stopped", ended=time.time(), waiting_for=None)
+        if world.size > 1:  # torchrun started us: our launcher (or the cluster's scheduler) holds the devices
+            kind = pick_device(device_request).type
+            device = torch.device("cuda", world.local_rank) if kind == "cuda" else torch.device("cpu")
+            devices = contextlib.nullcontext()
+        else:
+            devices = hold(DeviceRequest.parse(device_request, gpus), str(run.dir), stop, on_wait)
+        with devices as held:
+            if world.size == 1:
+                device = pick_device("cpu" if held == ["cpu"] else f"cuda:{visible_gpus().index(held[0])}")
+            world.join(device)
+            record(state="running", device=str(device), started=time.time(), waiting_for=None, error=None,
+                   device_name=device_name(device))
+            log(run, world, f"training on {device} with torch {torch.__version__}"
+                            + (f", {world.size} processes" if world.size > 1 else ""))
+            fit(run, cfg, device, stop, world, trial.report if trial else None)
+        status = record(state="finished", ended=time.time())
+    except (StopRequested, StopWaiting):
+        log(run, world, "stopped on request; resume to continue")
+        status = record(state="stopped", ended=time.time(), waiting_for=None)
     except PruneRequested as e:
-        log(run, f"pruned by the search after epoch {e.epoch}: its validation accuracy was not promising")
-        status = run.update_status(state="pruned", ended=time.time(), pruned_at=e.epoch, waiting_for=None)
+        log(run, world, f"pruned by the search after epoch {e.epoch}: its validation accuracy was not promising")
+        status = record(state="pruned", ended=time.time(), pruned_at=e.epoch, waiting_for=None)
     except StudioError as e:
-        log(run, f"failed: {e}")
-        status = run.update_status(state="failed", ended=time.time(), error=str(e), waiting_for=None)
+        log(run, world, f"failed: {e}")
+        if world.size > 1:
+            record_error(e)
+        status = record(state="failed", ended=time.time(), error=str(e), waiting_for=None)
     except Exception as e:  # a bug or the machine: keep the traceback in the log, the gist in the status
-        log(run, traceback.format_exc())
+        log(run, world, traceback.format_exc())
         reason = "out of memory: use a smaller batch size" if isinstance(e, torch.OutOfMemoryError) else \
             f"{type(e).__name__}: {e}"
-        status = run.update_status(state="failed", ended=time.time(), error=reason, waiting_for=None)
+        if world.size > 1:
+            if not world.is_main:  # torchrun's output, which the launcher keeps in train.log
+                print(f"rank {world.rank}: {traceback.format_exc()}", file=sys.stderr, flush=True)
+            record_error(e)
+            if is_lost_peer(e):  # the launcher names the process that failed first; say no more than this
+                reason = f"rank {world.rank} lost contact with another process of the run ({type(e).__name__})"
+                if run.status().get("state") not in ACTIVE:  # a root cause is already written
+                    return {"state": "failed", "error": reason}
+        status = record(state="failed", ended=time.time(), error=reason, waiting_for=None)
+    finally:
+        world.leave()
     if trial is not None:
         trial.end(status)
     return status
 
 
-def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag,
+def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: World,
         on_epoch: Callable[[int, float], None] | None = None) -> None:
     """Train `run`; `on_epoch(epoch, eval_acc)` is called after each epoch's checkpoint (a search's trial
     reports there, and may raise PruneRequested)."""
@@ -234,14 +285,17 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag,
     if t.val_fraction > 0:
         train_split, eval_split = split_validation(dataset.train, t.val_fraction, t.seed)
         eval_name = "val"
-    images, labels = train_split.images.to(device), train_split.labels.to(device)
+    images, labels = train_split.images, train_split.labels  # each epoch, this process's shard goes to the device
     n = len(labels)
-    batch_size = min(t.batch_size, n)
+    batch_size = min(t.batch_size, n)  # the global batch, over all processes
+    check(cfg.replace_train(batch_size=batch_size), device.type, world.size)
+    local_batch = batch_size // world.size
     steps_per_epoch = n // batch_size  # whole batches only: static shapes, and no tiny last step
     total_steps = t.epochs * steps_per_epoch
-    log(run, f"data: {dataset.source}; {n:,} training images, {len(eval_split):,} {eval_name} images")
+    log(run, world, f"data: {dataset.source}; {n:,} training images, {len(eval_split):,} {eval_name} images"
+                    + (f"; {local_batch} of each batch of {batch_size} per process" if world.size > 1 else ""))
 
-    trainer = Trainer(cfg, device)
+    trainer = Trainer(cfg, device, world)
     model, optimizer, ema, augment = trainer.model, trainer.optimizer, trainer.ema, trainer.augment
 
     # resume where `last` left off
@@ -254,7 +308,7 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag,
             ema.load_state_dict(unflatten_state("ema", tensors, plain))
         start_epoch, start_step = meta["epoch"], meta["step"]
         best_acc, elapsed_before, trained = meta.get("best_acc", -1.0), meta["elapsed"], meta.get("trained", 0.0)
-        log(run, f"resumed at epoch {start_epoch} step {start_step}")
+        log(run, world, f"resumed at epoch {start_epoch} step {start_step}")
 
     def checkpoint_meta(epoch: int, step: int, acc: float | None, elapsed: float) -> dict:
         return {"spec": cfg.arch.to_dict(), "classes": list(dataset.classes), **augment.normalizer.stats,
@@ -263,6 +317,8 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag,
                 "saved": time.time()}
 
     def save(tag: str, epoch: int, step: int, acc: float | None, elapsed: float) -> None:
+        if not world.is_main:
+            return
         state, plain = {}, {}
         for prefix, sd in [("model", model.state_dict()), ("optimizer", optimizer.state_dict())] + \
                 ([("ema", ema.state_dict())] if ema is not None else []):
@@ -283,12 +339,21 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag,
             return lr_at(t, min(1.0, trained_now / t.time_limit) * total_steps, total_steps, steps_per_epoch)
         return lr_at(t, global_step, total_steps, steps_per_epoch)
 
+    def so_far() -> tuple[float, float, int]:
+        """This epoch's train loss, accuracy and images until now, over all processes."""
+        loss, right, images_seen = world.sum(torch.stack([loss_sum, correct.float(),
+                                                          torch.tensor(float(seen), device=device)])).tolist()
+        return loss / max(images_seen, 1), right / max(images_seen, 1), int(images_seen)
+
     session_start = time.perf_counter()
     out_of_time, next_eval = False, 0.0
     for epoch in itertools.count(start_epoch) if t.time_limit else range(start_epoch, t.epochs):
         model.train()
-        # the epoch's order depends only on (seed, epoch), so a resumed epoch replays it
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch)).to(device)
+        # the epoch's order depends only on (seed, epoch), so a resumed epoch replays it, with any world size;
+        # this process holds its slice of each global batch, in step order, on its device
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
+        mine = order[:steps_per_epoch * batch_size].view(steps_per_epoch, world.size, local_batch)[:, world.rank]
+        shard_images, shard_labels = images[mine.reshape(-1)].to(device), labels[mine.reshape(-1)].to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen, epoch_start = 0, time.perf_counter()
@@ -296,22 +361,24 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag,
         step, lr = first - 1, lr_now(epoch * steps_per_epoch + first, trained)  # for an epoch with no step left
         for step in range(first, steps_per_epoch):
             global_step = epoch * steps_per_epoch + step
-            torch.manual_seed(t.seed * 1_000_003 + global_step)  # augmentation and dropout, replayable
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            y = labels[idx]
+            # augmentation and dropout, replayable: each process draws its own
+            torch.manual_seed((t.seed * 1_000_003 + global_step) * world.size + world.rank)
+            x = shard_images[step * local_batch:(step + 1) * local_batch]
+            y = shard_labels[step * local_batch:(step + 1) * local_batch]
             trained_now = trained + time.perf_counter() - epoch_start  # host clock: no sync
             lr = lr_now(global_step, trained_now)
-            loss, logits = trainer.step(images[idx], y, lr)
+            loss, logits = trainer.step(x, y, lr)
             loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
             if (global_step + 1) % t.log_every == 0:  # the only host sync inside an epoch
-                rate = seen / (time.perf_counter() - epoch_start)
-                run_append_metrics(run, {"kind": "step", "epoch": epoch + (step + 1) / steps_per_epoch,
-                                         "step": global_step + 1, "train_loss": loss_sum.item() / seen,
-                                         "lr": lr, "images_per_s": rate,
-                                         "elapsed": elapsed_before + time.perf_counter() - session_start})
-            if stop():
+                train_loss, _, seen_all = so_far()
+                if world.is_main:
+                    run_append_metrics(run, {"kind": "step", "epoch": epoch + (step + 1) / steps_per_epoch,
+                                             "step": global_step + 1, "train_loss": train_loss, "lr": lr,
+                                             "images_per_s": seen_all / (time.perf_counter() - epoch_start),
+                                             "elapsed": elapsed_before + time.perf_counter() - session_start})
+            if world.any(stop()):  # all processes stop after the same step
                 trained += time.perf_counter() - epoch_start
                 save("last", epoch, step + 1, None, elapsed_before + time.perf_counter() - session_start)
                 raise StopRequested
@@ -321,6 +388,7 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag,
 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        train_loss, train_acc, seen_all = so_far()
         train_time = time.perf_counter() - epoch_start
         trained += train_time
         done_epoch, done_step = (epoch + 1, 0) if step + 1 == steps_per_epoch else (epoch, step + 1)
@@ -329,30 +397,37 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag,
             if trained < next_eval and not out_of_time:
                 continue
             next_eval = trained + t.time_limit / EVALS_IN_A_TIME_LIMIT
-        result = evaluate_now()
+        result = evaluate_now()  # every process evaluates: no process waits for another
         elapsed = elapsed_before + time.perf_counter() - session_start
         line = {"kind": "epoch", "epoch": epochs_done,
                 "step": done_epoch * steps_per_epoch + done_step,
-                "train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
+                "train_loss": train_loss, "train_acc": train_acc,
                 "eval_split": eval_name, "eval_loss": result.loss, "eval_acc": result.accuracy,
-                "lr": lr, "images_per_s": seen / train_time, "elapsed": elapsed, "trained": trained}
-        run_append_metrics(run, line)
-        with contextlib.suppress(OSError):  # a speed for estimates; no reason to fail a run
-            record_run_speed(str(device), device_name(device), line["images_per_s"], count(cfg.arch).macs, run.name)
+                "lr": lr, "images_per_s": seen_all / train_time, "elapsed": elapsed, "trained": trained}
+        if world.is_main:
+            run_append_metrics(run, line)
+        if world.size == 1:  # a speed of one device, for estimates; no reason to fail a run
+            with contextlib.suppress(OSError):
+                record_run_speed(str(device), device_name(device), line["images_per_s"], count(cfg.arch).macs,
+                                 run.name)
         of = f" ({trained:.0f} of {t.time_limit:g} s)" if t.time_limit else f"/{t.epochs}"
-        log(run, f"epoch {epochs_done:.4g}{of}: train loss {line['train_loss']:.3f} acc {line['train_acc']:.3f}, "
-                 f"{eval_name} loss {result.loss:.3f} acc {result.accuracy:.4f}, {line['images_per_s']:.0f} img/s")
+        log(run, world, f"epoch {epochs_done:.4g}{of}: train loss {train_loss:.3f} acc {train_acc:.3f}, "
+                        f"{eval_name} loss {result.loss:.3f} acc {result.accuracy:.4f}, "
+                        f"{line['images_per_s']:.0f} img/s")
         if result.accuracy > best_acc:
             best_acc = result.accuracy
             save("best", done_epoch, done_step, result.accuracy, elapsed)
         save("last", done_epoch, done_step, result.accuracy, elapsed)
-        run.update_status(epoch=epochs_done, best_acc=best_acc)
+        if world.is_main:
+            run.update_status(epoch=epochs_done, best_acc=best_acc)
         if on_epoch is not None:
             on_epoch(done_epoch, result.accuracy)
         if out_of_time:
             break
 
     final = evaluate_now()
+    if not world.is_main:
+        return
     write_json(run.results_path, {
         "eval_split": eval_name, "accuracy": final.accuracy, "loss": final.loss, "classes": list(dataset.classes),
         "per_class_accuracy": dict(zip(dataset.classes, final.per_class_accuracy)),

@@ -24,6 +24,15 @@ def own_cache(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def own_device_locks(tmp_path_factory, monkeypatch) -> Path:
+    """A lock folder of the test's own: the device queue is machine-wide, and other test sessions
+    on this machine (or other tests' runs) must not make this test's runs wait."""
+    folder = tmp_path_factory.mktemp("locks")
+    monkeypatch.setenv("RESNET_STUDIO_LOCKS", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory) -> Path:
     """A runs folder holding `small`: a small net trained for two epochs on the built-in slice by

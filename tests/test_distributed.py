@@ -1,0 +1,264 @@
+"""One run as several processes (torchrun, gloo on the CPU), and the machine's device queue.
+
+Everything runs as real processes on a tiny net and the built-in slice. GPUs are faked through
+CUDA_VISIBLE_DEVICES for the queue's bookkeeping, which needs no CUDA.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core.devices import DeviceRequest, plan, queue_state
+from core.errors import StudioError
+from core.model import build_model
+from core.runs import Run, launch, process_alive, queue, stop
+from core.spec import ArchSpec
+from test_engine import core_cli, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_ARCH = {"stages": [{"blocks": 1, "channels": 8}, {"blocks": 1, "channels": 16}], "pool_size": 16,
+             "batch_norm": False}  # no BatchNorm: its statistics are per process, so 2x250 != 1x500 with it
+TINY = {"arch": TINY_ARCH, "data": "builtin",
+        "train": {"epochs": 1, "batch_size": 500, "log_every": 2, "lr": 0.05, "augment": [], "seed": 3}}
+
+
+@pytest.fixture(autouse=True)
+def cpu_only(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+def config_file(tmp_path, name, **train) -> Path:
+    cfg = json.loads(json.dumps(TINY))
+    cfg["train"].update(train)
+    path = tmp_path / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def create(tmp_path, name, **train) -> Run:
+    run_dir = tmp_path / "runs" / name
+    core_cli("train", "--config", str(config_file(tmp_path, name, **train)), "--run-dir", str(run_dir),
+             "--create-only")
+    return Run(run_dir)
+
+
+def ended(run: Run) -> dict | None:
+    status = run.status()
+    return status if status["state"] not in ("queued", "running") else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_pid(launcher_pid: int, rank: int) -> int | None:
+    """The training process of a global rank among the launcher's children (torchrun sets RANK)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        if ppid == launcher_pid and f"RANK={rank}".encode() in environ:
+            return int(proc.name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def one_and_two(tmp_path_factory):
+    """The same tiny run trained by one process and by two (gloo), each with a global batch of 500."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    runs = {}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RESNET_STUDIO_LOCKS", str(tmp_path_factory.mktemp("locks")))
+        for name, nproc in (("one", "1"), ("two", "2")):
+            run_dir = tmp / "runs" / name
+            out = core_cli("train", "--config", str(config_file(tmp, name)), "--run-dir", str(run_dir), "--device",
+                           "cpu", "--nproc-per-node", nproc)
+            runs[name] = (Run(run_dir), json.loads(out.stdout))
+    return runs
+
+
+def test_a_two_process_run_finishes_with_one_set_of_files(one_and_two):
+    run, printed = one_and_two["two"]
+    assert printed["state"] == "finished" and printed["world_size"] == 2, printed
+    status = run.status()
+    assert status["state"] == "finished" and status["world_size"] == 2 and status["epoch"] == 1
+    epochs = [m for m in run.metrics() if m["kind"] == "epoch"]
+    steps = [m["step"] for m in run.metrics() if m["kind"] == "step"]
+    assert len(epochs) == 1 and steps == [2, 4, 6, 8, 10]  # rank 0 alone writes: no line twice
+    log = run.log_path.read_text()
+    assert log.count("epoch 1/1") == 1 and "2 processes" in log and "250 of each batch of 500 per process" in log
+    files = sorted(str(p.relative_to(run.dir)) for p in run.dir.rglob("*") if p.is_file())
+    assert files == ["checkpoints/best.json", "checkpoints/best.safetensors", "checkpoints/best.state.safetensors",
+                     "checkpoints/last.json", "checkpoints/last.safetensors", "checkpoints/last.state.safetensors",
+                     "config.json", "metrics.jsonl", "results.json", "status.json", "train.log"]
+    assert sum(map(sum, json.loads(run.results_path.read_text())["confusion"])) == 1000
+
+
+def test_two_processes_average_gradients_like_one_process_with_the_same_global_batch(one_and_two):
+    one, two = (load_file(one_and_two[k][0].checkpoints / "last.safetensors") for k in ("one", "two"))
+    torch.manual_seed(TINY["train"]["seed"])
+    start = build_model(ArchSpec.from_dict(TINY_ARCH)).state_dict()
+    assert set(one) == set(two) == set(start)
+    for name in one:  # equal up to float rounding: far closer to each other than to where they started
+        moved = (one[name] - start[name]).norm()
+        assert moved > 1e-3 and (one[name] - two[name]).norm() < 0.01 * moved, name
+    # the metrics, summed over the processes, agree too
+    loss = [[m["train_loss"] for m in one_and_two[k][0].metrics() if m["kind"] == "epoch"] for k in ("one", "two")]
+    assert loss[0] == pytest.approx(loss[1], rel=1e-4)
+
+
+def test_two_machines_on_localhost_train_one_run_through_a_c10d_rendezvous(tmp_path):
+    run = create(tmp_path, "nodes")
+    rdzv = f"127.0.0.1:{free_port()}"
+    nodes = [subprocess.Popen([sys.executable, "-m", "core", "train", "--resume", str(run.dir), "--device", "cpu",
+                               "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1", "--rdzv", rdzv],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              # two machines: each has its own device queue
+                              env=os.environ | {"RESNET_STUDIO_LOCKS": str(tmp_path / f"locks{rank}")})
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    status = run.status()
+    assert status["state"] == "finished" and status["world_size"] == 2 and status["nnodes"] == 2
+    assert "2 processes" in run.log_path.read_text()
+    assert len([m for m in run.metrics() if m["kind"] == "epoch"]) == 1
+
+
+def test_a_killed_rank_fails_the_run_within_seconds_naming_it_and_resume_finishes(tmp_path):
+    run = create(tmp_path, "killed", epochs=20)  # long enough to kill a rank in it
+    launcher = launch(run, "cpu", processes=["--nproc-per-node=2"])
+    wait_for(lambda: any(m["kind"] == "step" for m in run.metrics()), what="the first steps")
+    os.kill(wait_for(lambda: worker_pid(launcher, 1), timeout=10, what="rank 1"), signal.SIGKILL)
+    killed = time.time()
+    # rank 0 may first say it lost its partner; the launcher then names the rank that died
+    status = wait_for(lambda: "rank 1" in (run.status().get("error") or "") and run.status(), timeout=60,
+                      what="the run to fail naming rank 1")
+    assert status["state"] == "failed" and "killed by SIGKILL" in status["error"], status
+    print(f"failed {time.time() - killed:.1f} s after the kill")
+    wait_for(lambda: not process_alive(launcher), timeout=30, what="the launcher to exit")
+
+    launch(run, "cpu", epochs=1)  # resume with another world size: one process
+    status = wait_for(lambda: ended(run), what="the resumed run")
+    assert status["state"] == "finished" and status["world_size"] == 1, status
+
+
+def test_stop_reaches_every_process_saves_once_and_resume_continues_at_the_saved_step(tmp_path):
+    run = create(tmp_path, "stopped", epochs=2)  # 10 steps an epoch
+    launch(run, "cpu", processes=["--nproc-per-node=2"])
+    wait_for(lambda: any(m["kind"] == "step" for m in run.metrics()), what="the first steps")
+    stop(run)
+    status = wait_for(lambda: ended(run), timeout=60, what="the run to stop")
+    assert status["state"] == "stopped", status
+    saved = json.loads((run.checkpoints / "last.json").read_text())
+    assert saved["step"] > 0  # mid-epoch
+    assert run.log_path.read_text().count("stopped on request") == 1  # one save, by rank 0
+
+    launch(run, "cpu", processes=["--nproc-per-node=2"])
+    status = wait_for(lambda: ended(run), what="the resumed run")
+    assert status["state"] == "finished", status
+    assert f"resumed at epoch {saved['epoch']} step {saved['step']}" in run.log_path.read_text()
+    steps = [m["step"] for m in run.metrics() if m["kind"] == "step"]
+    assert steps == sorted(set(steps)) and steps[-1] == 20  # no step logged twice, none lost
+
+
+# ---- the queue ---------------------------------------------------------------------------------
+
+HOLDER = """
+import sys, time
+from core.devices import DeviceRequest, hold
+request = DeviceRequest.parse("auto", sys.argv[2])
+with hold(request, sys.argv[1], lambda: False, lambda message: print("waiting:", message, flush=True)) as ids:
+    print("holding:", ",".join(ids), flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def holder(name: str, gpus: str) -> subprocess.Popen:
+    """A process that waits for its GPUs in the queue, then holds them until its stdin closes."""
+    return subprocess.Popen([sys.executable, "-c", HOLDER, name, gpus], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_the_queue_gives_each_gpu_to_one_run_and_starts_a_run_when_all_its_gpus_are_free(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    a = holder("run-a", "0,1")
+    assert a.stdout.readline() == "holding: 0,1\n"
+    b = holder("run-b", "1,2")  # overlaps a on GPU 1: waits, holding nothing
+    assert b.stdout.readline().startswith("waiting: gpu1 is busy with run-a")
+    c = holder("run-c", "2,")  # disjoint from a: starts at once, next to it
+    assert c.stdout.readline() == "holding: 2\n"
+    assert {r["device"]: r["held_by"] for r in queue_state()} == {"cpu": None, "gpu0": "run-a", "gpu1": "run-a",
+                                                                   "gpu2": "run-c"}
+    a.stdin.close()
+    a.wait(timeout=30)
+    assert b.poll() is None  # GPU 1 is free now, GPU 2 is not: b still waits
+    c.stdin.close()
+    c.wait(timeout=30)
+    assert b.stdout.readline() == "holding: 1,2\n"
+    d = holder("run-d", "2")  # any two GPUs: only GPU 0 is free
+    assert d.stdout.readline().startswith("waiting:")
+    b.stdin.close()
+    assert d.stdout.readline() == "holding: 0,1\n"  # the lowest free ones
+    d.stdin.close()
+    for p in (b, d):
+        p.wait(timeout=30)
+
+
+def test_gpu_requests_are_checked_against_the_visible_gpus(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    request, processes = plan("auto", "0,1")
+    assert request == DeviceRequest("cuda", 2, ("0", "1")) and processes.nproc_per_node == 2  # one per GPU
+    assert plan("auto", "2")[0] == DeviceRequest("cuda", 2)  # a count: any two
+    assert plan("cuda:1")[0] == DeviceRequest("cuda", 1, ("1",))
+    assert plan("auto", None, 2)[0] == DeviceRequest("cuda", 2)
+    request, processes = plan("cpu", None, 2)
+    assert request == DeviceRequest("cpu") and processes.world_size == 2
+    for device, gpus, nproc, message in [("auto", "3", None, "2 GPU(s) visible"), ("auto", "0,5", None, "no GPU 5"),
+                                         ("cpu", "1", None, "GPUs are CUDA devices"),
+                                         ("auto", "0,1", 3, "each process takes one GPU")]:
+        with pytest.raises(StudioError, match=re.escape(message)):
+            plan(device, gpus, nproc)
+    with pytest.raises(StudioError, match="--rdzv HOST:PORT"):
+        plan("cpu", None, 1, nnodes=2)
+
+
+def test_cpu_runs_from_two_runs_folders_wait_for_each_other(tmp_path):
+    first = create(tmp_path / "a", "first", epochs=50)  # until stopped
+    second = create(tmp_path / "b", "second")
+    launch(first, "cpu")
+    wait_for(lambda: first.status()["state"] == "running", what="first running")
+    launch(second, "cpu")
+    status = wait_for(lambda: second.status().get("waiting_for") and second.status(), what="second queued")
+    assert status["state"] == "queued" and str(first.dir) in status["waiting_for"]
+    seen = queue(second.dir.parent)  # what `python -m core queue` and the Train page show
+    assert {"device": "cpu", "held_by": str(first.dir)} in seen["devices"]
+    assert seen["waiting"] == [{"run": "second", "waiting_for": status["waiting_for"]}]
+    stop(first)
+    assert wait_for(lambda: ended(second), what="second to end")["state"] == "finished"
+    assert first.status()["state"] == "stopped" and first.status()["ended"] <= second.status()["started"]
+
+
+def test_a_config_that_cannot_train_on_these_processes_fails_before_starting_them(tmp_path):
+    run = create(tmp_path, "syncbn", sync_batchnorm=True)
+    out = core_cli("train", "--resume", str(run.dir), "--device", "cpu", "--nproc-per-node", "2", check=False)
+    assert out.returncode == 1 and "SyncBatchNorm runs on GPUs only" in run.status()["error"]
+    run = create(tmp_path, "odd")
+    out = core_cli("train", "--resume", str(run.dir), "--device", "cpu", "--nproc-per-node", "3", check=False)
+    assert out.returncode == 1 and "batch_size 500 is the global batch" in run.status()["error"]
+    assert not run.log_path.exists()  # no process trained
