@@ -42,19 +42,34 @@ def lock_dir() -> Path:
     return Path(base) / f"resnet-studio-locks-{os.getuid()}"
 
 
+def listed_gpus() -> list[str] | None:
+    """The GPU IDs CUDA_VISIBLE_DEVICES lists, in CUDA's order; None when it is not set."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return None
+    ids = []
+    for gpu in (g.strip() for g in listed.split(",")):
+        if not gpu or gpu.startswith("-"):  # CUDA stops at the first invalid entry; -1 hides all
+            break
+        ids.append(gpu)
+    return ids
+
+
 def visible_gpus() -> list[str]:
     """The GPU IDs this process may use, in CUDA's order (cuda:0 is the first)."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    listed = listed_gpus()
     if listed is not None:
-        ids = []
-        for gpu in (g.strip() for g in listed.split(",")):
-            if not gpu or gpu.startswith("-"):  # CUDA stops at the first invalid entry; -1 hides all
-                break
-            ids.append(gpu)
-        return ids
+        return listed
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_id(device: str) -> str:
+    """The queue's ID of torch's `cuda:N`, without asking torch."""
+    index = int(device.split(":")[1])
+    listed = listed_gpus()
+    return str(index) if listed is None else listed[index]
 
 
 @dataclass(frozen=True)
@@ -165,9 +180,10 @@ def hold(request: DeviceRequest, holder: str, should_stop, on_wait) -> Iterator[
 
 
 def queue_state() -> list[dict]:
-    """Every device this machine's queue knows: {"device", "held_by"} (None when free)."""
+    """The devices this machine's queue knows (the CPU, and every GPU a run has asked for), each as
+    {"device", "held_by"}: the run holding it, or None. Asks nothing of torch."""
     folder = lock_dir()
-    names = {f"gpu{g}" for g in visible_gpus()} | {"cpu"}
+    names = {"cpu"}
     if folder.is_dir():
         names |= {p.stem for p in folder.glob("*.lock")}
     rows = []
@@ -228,14 +244,17 @@ class Launch:
         return args + ["-m", "core", *worker]
 
 
-def launch_options(device: str, gpus: list[str], cpu_processes: int = 1) -> dict:
-    """`core.runs.launch` keywords for devices chosen as the Train page offers them: GPUs by ID, one
-    process each, or the CPU as `cpu_processes` processes."""
+def launch_options(device: str, gpus: list[str] = (), cpu_processes: int = 1) -> dict:
+    """`core.runs.launch` keywords for devices chosen as the Train page offers them: "cuda" with torch's
+    names of the GPUs (cuda:0, ...), one process each; "cpu" as `cpu_processes` processes; or "auto"."""
     if device == "cpu":
         return {"device": "cpu", "processes": [f"--nproc-per-node={cpu_processes}"] if cpu_processes > 1 else []}
+    if device != "cuda":
+        return {"device": device}
     if not gpus:
         raise DeviceError("no GPU picked: pick one or more, or train on the CPU")
-    return {"device": "cuda", "gpus": ",".join(gpus) + ","}  # the comma: IDs, even for one (not a count)
+    # IDs, and a trailing comma so that one ID is not read as a count
+    return {"device": "cuda", "gpus": ",".join(gpu_id(g) for g in gpus) + ","}
 
 
 def plan(device: str = "auto", gpus: str | None = None, nproc_per_node: int | None = None,

@@ -36,8 +36,9 @@ SETTINGS = {
         Setting("time_limit", "Time limit (s)", "Train for this many seconds instead of the epochs, evaluation "
                                                 "apart, with the schedule stretched over them; 0 trains the epochs",
                 step=60.0),
-        Setting("batch_size", "Batch size", "Images per optimizer step. A larger batch trains faster per image on a "
-                                            "GPU, until its memory runs out", step=32),
+        Setting("batch_size", "Batch size", "Images per optimizer step, over all processes (each of N GPUs takes "
+                                            "1/N). A larger batch trains faster per image on a GPU, until its "
+                                            "memory runs out", step=32),
         Setting("lr", "Learning rate", "The schedule's peak learning rate", step=0.01),
         Setting("schedule", "Schedule", "How the learning rate moves: cosine decays it to 0; onecycle rises from "
                                         "lr/25 over a quarter of the steps, then decays; step multiplies it by the "
@@ -91,6 +92,8 @@ SETTINGS = {
                                 "run", step=1),
         Setting("log_every", "Log every (steps)", "Steps between two points of the loss curve within an epoch",
                 step=5),
+        Setting("sync_batchnorm", "Sync BatchNorm", "On several GPUs: BatchNorm statistics over the whole batch "
+                                                    "instead of each GPU's share (SyncBatchNorm; GPUs only)"),
     ],
 }
 LABELS = {s.field: s.label for group in SETTINGS.values() for s in group}

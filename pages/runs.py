@@ -71,6 +71,8 @@ RUN_COLUMNS = {
     "Best accuracy": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1,
                                                      help="Best accuracy on the evaluation split at an epoch's end"),
     "Training time": st.column_config.NumberColumn(format="%.1f min", help="Time spent training and evaluating"),
+    "Processes": st.column_config.NumberColumn(help="The run's world size: how many processes trained it "
+                                                    "(torchrun, one per GPU)"),
     "Created": st.column_config.DatetimeColumn(format="D MMM, HH:mm"),
 }
 
@@ -84,6 +86,7 @@ def runs_table(rows: list[dict]) -> pd.DataFrame:
         "Epochs": [f"{r['epochs_done']} of {r['epochs']}" for r in rows],
         "Training time": [r["elapsed"] / 60 if r["elapsed"] is not None else None for r in rows],
         "Device": [r["device"] for r in rows],
+        "Processes": [r["world_size"] for r in rows],
         "Data": [data_label(r["data"]) for r in rows],
         "Preset": [r["preset"] or "custom" for r in rows],
         "Created": [datetime.fromtimestamp(r["created"]) if r["created"] else None for r in rows],
@@ -306,7 +309,8 @@ with st.container(horizontal=True, vertical_alignment="center"):
     facts = [f"{row['params']:,} parameters", row["preset"] or "custom design",
              *([f"imported from {Path(row['imported_from']).name}"] if row["imported_from"] else
                [data_label(row["data"]), f"{row['epochs_done']} of {plural(row['epochs'], 'epoch')}"])]
-    st.caption(" · ".join(facts + ([row["device"]] if row["device"] else [])))
+    where = [f"{row['device']} × {row['world_size']} processes" if row["world_size"] > 1 else row["device"]]
+    st.caption(" · ".join(facts + (where if row["device"] else [])))
 try:
     result = results(str(run.dir), changed(run.results_path))
 except StudioError as e:

@@ -7,6 +7,7 @@ preset, and every check on them is TrainConfig's.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -15,12 +16,13 @@ import streamlit as st
 
 from core.budget import BUDGET, count
 from core.config import RunConfig, TrainConfig
+from core.devices import launch_options
 from core.errors import StudioError
 from core.files import cache_dir
 from core.machine import device_label, estimate, known_devices, probe_running, start_probe
 from core.presets import PRESETS
 from core.progress import metric_frames, progress
-from core.runs import ACTIVE, Run, RunError, check_name, create_run, launch, list_runs, stop
+from core.runs import ACTIVE, Run, RunError, check_name, create_run, launch, list_runs, queue, stop
 from core.settings import LABELS, SETTINGS, Setting, recipe, settings_error
 from core.sources import BUILTIN, CHOICES, CIFAR10_DOWNLOAD_BYTES, DEFAULT_DIR, chosen_data, image_counts, resolve_data
 from core.units import bytes_text, duration_text, macs_text, margin_text, params_text, rate_text
@@ -34,7 +36,9 @@ SETTINGS_FROM = "train_settings_from"  # the preset whose recipe the settings we
 DATA_CHOICE = "train_data"           # one of DATA_SOURCES
 DATA_PATH = "train_data_path"
 DOWNLOAD_DIR = "train_download_dir"
-DEVICE = "train_device"
+DEVICE = "train_device"              # "cuda", "cpu", or "auto" until the probe has looked
+GPUS = "train_gpus"                  # with cuda: torch's names of the GPUs (cuda:0, ...), one process each
+PROCESSES = "train_processes"        # with cpu: how many processes (torchrun)
 RUN_NAME = "train_run_name"
 LAUNCH_ERROR = "train_launch_error"
 WITHIN = "train, within epochs"      # the loss curve from the step lines
@@ -119,7 +123,21 @@ def look_at_machine(cache: str) -> None:
 
 
 def device_name(device: str) -> str:
-    return AUTO_LABEL if device == "auto" else device_label(device, known_devices())
+    return {"auto": AUTO_LABEL, "cuda": "GPUs"}.get(device) or device_label(device, known_devices())
+
+
+def devices_chosen() -> dict:
+    """The Device widgets' choice, as `launch` keywords."""
+    return launch_options(st.session_state[DEVICE], st.session_state.get(GPUS, []),
+                          st.session_state.get(PROCESSES, 1))
+
+
+def devices_text() -> str:
+    device = st.session_state[DEVICE]
+    if device == "cuda":
+        return ", ".join(map(device_name, st.session_state.get(GPUS, []))) or "no GPU"
+    processes = st.session_state.get(PROCESSES, 1) if device == "cpu" else 1
+    return device_name(device) + (f" as {processes} processes" if processes > 1 else "")
 
 
 def when_text(when: float) -> str:
@@ -184,17 +202,18 @@ def launch_run() -> None:
     typed just before it arrives with the click, after the page last drew)."""
     spec, preset = current_design()
     data, data_problem = data_choice()
-    name, device = st.session_state[RUN_NAME].strip(), st.session_state[DEVICE]
+    name = st.session_state[RUN_NAME].strip()
     try:
         if data_problem:
             raise RunError(data_problem)
-        launch(create_run(RunConfig(spec, TrainConfig.from_dict(setting_values()), data, preset), name), device)
+        devices = devices_chosen()
+        launch(create_run(RunConfig(spec, TrainConfig.from_dict(setting_values()), data, preset), name), **devices)
     except StudioError as e:
         st.session_state[LAUNCH_ERROR] = str(e)
         return
     st.session_state[FOLLOWED] = name
     st.session_state.pop(RUN_NAME, None)  # the next run gets a fresh name
-    st.toast(f"Launched {name} on {device_name(device)}.", icon=":material/rocket_launch:")
+    st.toast(f"Launched {name} on {devices_text()}.", icon=":material/rocket_launch:")
 
 
 def clone_run(run: Run) -> None:
@@ -317,9 +336,9 @@ def show_run(run: Run, live: bool) -> None:
         finished = state == "finished"
         if actions.button("Train longer" if finished else "Resume", type="primary", icon=":material/play_arrow:",
                           disabled=finished and more <= done,
-                          help=f"Continue from the last checkpoint on {device_name(st.session_state[DEVICE])}"):
+                          help=f"Continue from the last checkpoint on {devices_text()}"):
             try:
-                launch(run, st.session_state[DEVICE], epochs=int(more))
+                launch(run, epochs=int(more), **devices_chosen())
             except StudioError as e:
                 st.error(str(e), icon=":material/error:")
             else:
@@ -416,14 +435,32 @@ else:
 st.subheader("Device", divider="gray")
 look_at_machine(str(cache_dir()))
 devices = list(known_devices() or ["auto"])  # "auto" (the training process picks) until the probe has looked
-if st.session_state.get(DEVICE) not in devices:
-    st.session_state[DEVICE] = devices[0]
-device = st.segmented_control("Train on device", devices, format_func=device_name, required=True, key=DEVICE,
+gpus = [d for d in devices if d.startswith("cuda:")]
+kinds = (["cuda"] if gpus else []) + [d for d in devices if d not in gpus]
+if st.session_state.get(DEVICE) not in kinds:
+    st.session_state[DEVICE] = kinds[0]
+device = st.segmented_control("Train on device", kinds, format_func=device_name, required=True, key=DEVICE,
                               **PERSIST)
+if device == "cuda":
+    st.session_state.setdefault(GPUS, gpus[:1])
+    st.multiselect("GPUs", gpus, format_func=device_name, key=GPUS, **PERSIST,
+                   help="One process per GPU (torchrun and DistributedDataParallel); the batch size is the global "
+                        "batch, split over them. The run waits until all of them are free")
+elif device == "cpu":
+    st.number_input("Processes", min_value=1, max_value=os.cpu_count(), step=1, key=PROCESSES, **PERSIST,
+                    help="Train as this many processes (torchrun, gloo), one thread each; the batch size is the "
+                         "global batch, split over them")
+held = queue()
+busy = [f"{row['device'].upper()} is busy with {Path(row['held_by']).name}" for row in held["devices"]
+        if row["held_by"]]
+st.caption("Queue: " + ("; ".join(busy) if busy else "every device is free") +
+           "".join(f"; {row['run']} waits" for row in held["waiting"]) +
+           ". A run starts when all its devices are free.")
+timed = (st.session_state[GPUS] or gpus)[0] if device == "cuda" else device  # the estimate is for one device
 values = setting_values()
 epochs = values["epochs"] if settings_error(values) is None else TrainConfig().epochs
-waiting = probing(spec, device, data)
-st.fragment(show_estimate, run_every=1 if waiting else None)(spec, device, data, epochs, waiting)
+waiting = probing(spec, timed, data)
+st.fragment(show_estimate, run_every=1 if waiting else None)(spec, timed, data, epochs, waiting)
 
 # -- settings --
 st.subheader("Training settings", divider="gray")
@@ -455,11 +492,12 @@ try:
     name_problem = f"A run named {run_name} exists; pick another name." if Run.named(run_name).dir.exists() else None
 except StudioError as e:
     name_problem = str(e)
+no_gpu = "Pick a GPU, or train on the CPU." if device == "cuda" and not st.session_state[GPUS] else None
 blocked = (f"The design is {over:,} parameters over budget." if over > 0 else None) or invalid or data_problem \
-    or name_problem
+    or name_problem or no_gpu
 launch_column.button("Launch", type="primary", icon=":material/rocket_launch:", width="stretch",
                      disabled=bool(blocked), on_click=launch_run,
-                     help=blocked or f"Start training {run_name} on {device_name(device)} in the background")
+                     help=blocked or f"Start training {run_name} on {devices_text()} in the background")
 if blocked:
     st.caption(f"Can't launch: {blocked}")
 if LAUNCH_ERROR in st.session_state:

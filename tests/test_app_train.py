@@ -21,6 +21,8 @@ from core.machine import estimate, probe_running, read_machine, record_speed, up
 from core.presets import preset_spec
 from core.runs import Run, process_start_time, stop
 from core.spec import ArchSpec
+from test_distributed import holder
+from test_engine import wait_for
 from core.units import duration_text
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -319,6 +321,54 @@ def test_launching_trains_in_a_background_process_which_stops_resumes_and_trains
         wait_for_state(run, ("finished", "failed", "stopped"))
 
 
+def test_the_cpu_trains_as_two_processes_and_the_queue_says_which_run_holds_it(runs_dir, cpu_timed):
+    app = open_page("train", TINY)
+    assert app.get_by_key("train_device").options == ["CPU"] and not app.multiselect  # no GPU: no GPU picker
+    app.get_by_key("train:epochs").set_value(3).run()
+    app.get_by_key("train_data").set_value("builtin").run()
+    app.get_by_key("train_processes").set_value(2).run()
+    app.get_by_key("train_run_name").input("pair").run()
+    assert "Queue: every device is free" in texts(app.caption)
+    button(app, "Launch").click().run()
+    assert_clean(app)
+    run = Run(runs_dir / "pair")
+    try:
+        status = wait_for_state(run, ("running", "finished", "failed"))
+        assert status["state"] == "running" and status["world_size"] == 2, run.log_tail()
+        app.run()
+        assert "Queue: CPU is busy with pair" in texts(app.caption)
+    finally:
+        stop(run)
+        wait_for_state(run, ("finished", "failed", "stopped"))
+    assert run.status()["state"] == "stopped", run.log_tail()
+
+
+def test_a_run_on_two_gpus_waits_until_both_are_free(runs_dir, cache, monkeypatch):
+    """GPUs faked for the queue's bookkeeping: the run never gets to need CUDA."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    update_machine(lambda machine: machine | {"devices": {"cuda:0": "H100", "cuda:1": "H100", "cpu": "CPU"}})
+    other = holder("other-run", "1,")
+    try:
+        assert other.stdout.readline() == "holding: 1\n"
+        app = open_page("train", TINY)
+        app.get_by_key("train_device").set_value("cuda").run()
+        assert app.get_by_key("train_gpus").value == ["cuda:0"]
+        app.get_by_key("train_gpus").set_value(["cuda:0", "cuda:1"]).run()
+        app.get_by_key("train_run_name").input("pair").run()
+        button(app, "Launch").click().run()
+        assert_clean(app)
+        run = Run(runs_dir / "pair")
+        status = wait_for(lambda: run.status().get("waiting_for") and run.status(), what="pair to wait")
+        assert status["waiting_for"] == "gpu1 is busy with other-run" and status["world_size"] == 2
+        app.run()
+        assert "Queue: GPU1 is busy with other-run; pair waits." in texts(app.caption)
+        stop(run)
+        assert wait_for_state(run, ("stopped", "failed", "finished"))["state"] == "stopped", run.log_tail()
+    finally:
+        other.stdin.close()
+        other.wait(timeout=30)
+
+
 # ---- the runs page ---------------------------------------------------------------------------------------
 
 def test_the_runs_page_lists_a_run_with_its_accuracy_and_confusion_matrix(trained_runs, monkeypatch):
@@ -330,7 +380,7 @@ def test_the_runs_page_lists_a_run_with_its_accuracy_and_confusion_matrix(traine
     table = app.dataframe[0].value.set_index("Run")
     assert table.loc["small", "State"] == "finished" and table.loc["small", "Parameters"] == summary["params"]
     assert table.loc["small", "Best accuracy"] == pytest.approx(summary["best_acc"])
-    assert table.loc["small", "Epochs"] == "2 of 2"
+    assert table.loc["small", "Epochs"] == "2 of 2" and table.loc["small", "Processes"] == 1
     assert app.get_by_key("runs_compare").value == ["small"]
     specs = json.dumps(chart_specs(app))
     assert '"Predicted"' in specs and '"Accuracy per class"' not in specs  # the confusion matrix is drawn
