@@ -12,6 +12,7 @@ import pytest
 
 from core.config import RunConfig, TrainConfig
 from core.data import BUILTIN_ARCHIVE
+from core.devices import lock_dir
 from core.runs import Run, StopFlag, StopRequested, begin, create_run, launch, stop
 from core.spec import ArchSpec
 from conftest import wait_for
@@ -39,9 +40,9 @@ def test_stop_at_any_moment_ends_the_run_stopped(moment, runs_dir, tmp_path, mon
     train = TrainConfig(epochs=2, batch_size=128, log_every=2)
     run = create_run(RunConfig(TINY, train, data), f"stop-{moment.replace(' ', '-')}")
     lock = None
-    if moment == "queued":  # another run holds the CPU
-        (runs_dir / ".locks").mkdir()
-        lock = os.open(runs_dir / ".locks" / "cpu.lock", os.O_RDWR | os.O_CREAT)
+    if moment == "queued":  # another run holds the CPU (the conftest gives this test a lock folder of its own)
+        lock_dir().mkdir(parents=True, exist_ok=True)
+        lock = os.open(lock_dir() / "cpu.lock", os.O_RDWR | os.O_CREAT)
         fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         launch(run, "cpu")
