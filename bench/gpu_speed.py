@@ -18,7 +18,7 @@ from core.bench import (bench_engine, bench_seed_style, compute_dtype, engine_se
                         share_of_peak, train_flops_per_image)
 from core.budget import count
 from core.data import load_dataset
-from core.train import pick_device
+from core.infer import pick_device
 
 CROP_FLIP = ["crop", "flip"]  # what the seed-style loop does: the like-for-like comparison
 # (name, preset, training changes, what it is compared with, predicted gain over that row)

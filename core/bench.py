@@ -27,9 +27,9 @@ from core.augment import MEAN, STD
 from core.budget import count
 from core.config import RunConfig
 from core.data import Split, load_dataset
-from core.infer import bf16_is_fast
+from core.infer import bf16_is_fast, pick_device
 from core.model import build_model
-from core.train import Trainer, pick_device
+from core.train import Trainer
 
 WARMUP_STEPS = 3
 PEAK_SIDE = {"cuda": 8192, "cpu": 2048}  # square matrices big enough to fill each kind of device

@@ -8,6 +8,26 @@ import torch
 import torch.nn.functional as F
 
 from core.augment import Normalizer
+from core.errors import StudioError
+
+
+def pick_device(request: str) -> torch.device:
+    if request == "auto":
+        request = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(request)
+    except RuntimeError:
+        raise StudioError(f"device {request!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StudioError(f"device {request}: no CUDA GPU is visible to torch here; use --device cpu or auto")
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise StudioError(f"device {request}: only {torch.cuda.device_count()} GPU(s) here (cuda:0 ...)")
+        device = torch.device("cuda", index)
+    elif device.type != "cpu":
+        raise StudioError(f"device {request!r}: use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def bf16_is_fast(device: torch.device) -> bool:

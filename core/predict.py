@@ -16,7 +16,7 @@ from core.checkpoint import load_model
 from core.data import BUILTIN, DataError, Split, load_class_folders, load_dataset
 from core.errors import StudioError
 from core.images import to_input
-from core.infer import evaluate, predict_logits
+from core.infer import evaluate, pick_device, predict_logits
 from core.model import ResNet
 from core.prediction import Prediction, read_files
 from core.runs import Run
@@ -38,8 +38,9 @@ class Classifier:
     @classmethod
     def load(cls, run: Run, tag: str = "best", device: str = "cpu") -> "Classifier":
         run.require()
+        device = pick_device(device)
         model, meta = load_model(run.checkpoints, tag, device)
-        return cls(model, meta, Normalizer(meta["mean"], meta["std"], device), torch.device(device))
+        return cls(model, meta, Normalizer(meta["mean"], meta["std"], device), device)
 
     def probabilities(self, inputs: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
         """Class probabilities (N, classes) for uint8 inputs (N, 3, 32, 32), computed exactly as

@@ -35,32 +35,13 @@ from core.devices import DeviceRequest, StopWaiting, hold, visible_gpus
 from core.distributed import World, check, is_lost_peer, record_error
 from core.errors import StudioError
 from core.files import append_line, read_json, write_json
-from core.infer import autocast_for, evaluate
+from core.infer import autocast_for, evaluate, pick_device
 from core.machine import record_run_speed
 from core.model import build_model
 from core.runs import ACTIVE, PruneRequested, Run, RunError, StopFlag, StopRequested, begin, process_start_time
 
 
 EVALS_IN_A_TIME_LIMIT = 25  # a time-limited run evaluates about this often, and at its end
-
-
-def pick_device(request: str) -> torch.device:
-    if request == "auto":
-        request = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(request)
-    except RuntimeError:
-        raise StudioError(f"device {request!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise StudioError(f"device {request}: no CUDA GPU is visible to torch here; use --device cpu or auto")
-        index = torch.cuda.current_device() if device.index is None else device.index
-        if index >= torch.cuda.device_count():
-            raise StudioError(f"device {request}: only {torch.cuda.device_count()} GPU(s) here (cuda:0 ...)")
-        device = torch.device("cuda", index)
-    elif device.type != "cpu":
-        raise StudioError(f"device {request!r}: use auto, cpu, cuda or cuda:N")
-    return device
 
 
 def device_name(device: torch.device) -> str:

@@ -41,6 +41,16 @@ def test_predict_cli_gives_json_per_file_and_a_clear_error_for_a_bad_one(trained
     assert not rows[1]["ok"] and "notes.png" in rows[1]["error"]
 
 
+@pytest.mark.parametrize("device, message", [("tpu", "device 'tpu': use auto, cpu, cuda or cuda:N"),
+                                            ("cuda", "device cuda: no CUDA GPU is visible to torch here")])
+def test_predict_on_a_device_this_machine_lacks_says_so(trained, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    out = subprocess.run([sys.executable, "-m", "core", "predict", "--run", str(trained.dir), "--device", device,
+                          "any.png"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith(f"error: {message}") and "Traceback" not in out.stderr
+
+
 def test_classify_matches_the_models_own_forward_pass(trained):
     test = load_dataset("builtin").test
     classifier = Classifier.load(trained, "best")
