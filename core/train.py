@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from core.augment import Augment, Normalizer
+from core.augment import Augment
 from core.budget import count
 from core.checkpoint import flatten_state, load_train_state, save_checkpoint, unflatten_state
 from core.config import RunConfig, TrainConfig
