@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from core.config import RunConfig  # noqa: E402
+from core.design.config import RunConfig  # noqa: E402
+from core.engine.loop import train  # noqa: E402
 from core.files import write_json  # noqa: E402
-from core.runs import create_run  # noqa: E402
-from core.train import train  # noqa: E402
+from core.runs.run import create_run  # noqa: E402
 
 JPEG_COPY = "the JPEG copy of CIFAR-10 (quality 75, 4:2:0)"
 DRY_ARCH = {"stages": [{"blocks": 1, "channels": 16}, {"blocks": 1, "channels": 32}], "pool_size": 16}
@@ -77,7 +77,7 @@ class Report:
 
 
 def timed_training(cfg: RunConfig, name: str, device: str, runs_dir: Path | None = None) -> dict:
-    """Train `cfg` in this process through the engine (core.train.train, as a run launched from the app does,
+    """Train `cfg` in this process through the engine (core.engine.loop.train, as a run launched from the app does,
     minus the detaching), in a throwaway runs folder; return what the tables need."""
     runs_dir = runs_dir or Path(tempfile.mkdtemp(prefix="bench-runs-"))
     run = create_run(cfg, name, runs_dir)

@@ -1,4 +1,4 @@
-"""How long core.budget.count takes per call, for each preset: the Design page calls it on every move.
+"""How long core.design.budget.count takes per call, for each preset: the Design page calls it on every move.
 
     .venv/bin/python bench/count_speed.py
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.budget import count  # noqa: E402
-from core.presets import PRESETS, preset_spec  # noqa: E402
-from core.spec import ArchSpec  # noqa: E402
+from core.design.budget import count  # noqa: E402
+from core.design.presets import PRESETS, preset_spec  # noqa: E402
+from core.design.spec import ArchSpec  # noqa: E402
 
 CALLS = 2000
 LARGEST = ArchSpec.from_dict({"stages": [{"blocks": 16, "channels": 1024, "stride": 1}] * 6, "se_ratio": 16})

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from common import JPEG_COPY, Report, parser, preset_config, timed_training
 
-from core.budget import count
-from core.runs import Run, export
+from core.deploy.fp16 import export
+from core.design.budget import count
+from core.runs.run import Run
 
 
 def main() -> None:

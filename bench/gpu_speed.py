@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from common import JPEG_COPY, Report, parser, preset_config
 
-from core.bench import (bench_engine, bench_seed_style, compute_dtype, engine_settings, matmul_peak,
-                        share_of_peak, train_flops_per_image)
-from core.budget import count
-from core.data import load_dataset
-from core.infer import pick_device
+from core.measure.bench import (bench_engine, bench_seed_style, compute_dtype, engine_settings, matmul_peak,
+                                share_of_peak, train_flops_per_image)
+from core.data.datasets import load_dataset
+from core.design.budget import count
+from core.nn.infer import pick_device
 
 CROP_FLIP = ["crop", "flip"]  # what the seed-style loop does: the like-for-like comparison
 # (name, preset, training changes, what it is compared with, predicted gain over that row)

@@ -12,14 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-from core.budget import BUDGET, count, fit_to_budget
-from core.config import RunConfig
-from core.devices import plan
+from core.deploy.fp16 import export
+from core.design.budget import BUDGET, count, fit_to_budget
+from core.design.config import RunConfig
+from core.design.presets import PRESETS
+from core.design.spec import load_json_file
 from core.errors import StudioError
-from core.machine import PROBE_SECONDS, REFERENCE
-from core.presets import PRESETS
-from core.runs import Run, StopFlag, create_run, delete, export, launch, list_runs, queue, stop
-from core.spec import load_json_file
+from core.measure.probe import PROBE_SECONDS
+from core.runs.queue import plan
+from core.runs.queue import queue
+from core.runs.run import Run, StopFlag, create_run, delete, launch, list_runs, stop
+from core.runs.speeds import REFERENCE
 from core.units import macs_text, margin_text, params_text
 
 
@@ -116,11 +119,11 @@ def cmd_train(args) -> int:
         emit({"run": str(run.dir), "pid": pid, "state": "queued", "world_size": processes.world_size})
         return 0
     if processes.distributed:
-        from core.distributed import run_processes
+        from core.engine.distributed import run_processes
 
         status = run_processes(run, processes, request, data, epochs)
     else:
-        from core.train import train  # torch-heavy: imported only by the commands that train
+        from core.engine.loop import train  # torch-heavy: imported only by the commands that train
 
         status = train(run, args.device, data, epochs, args.gpus, stop_flag)
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # under torchrun, the launcher says how the run ended
@@ -129,7 +132,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from core.data import load_dataset, resolve_data
+    from core.data.datasets import load_dataset
+    from core.data.sources import resolve_data
 
     start = time.perf_counter()
     dataset = load_dataset(resolve_data(args.data), download=args.download)
@@ -140,7 +144,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from core.bench import bench
+    from core.measure.bench import bench
 
     cfg = config_from_args(args)
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("compile", args.compile or None)) if v}
@@ -153,7 +157,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_machine(args) -> int:
-    from core.machine import probe
+    from core.measure.probe import probe
 
     emit(probe(again=args.again, arch_preset=args.preset, seconds=args.seconds))
     return 0
@@ -162,11 +166,11 @@ def cmd_machine(args) -> int:
 def cmd_predict(args) -> int:
     files = [(f, Path(f)) for f in args.images]
     if args.onnx:  # the device path: onnxruntime, numpy and Pillow, never torch
-        from core.onnx_model import OnnxModel, classify
+        from core.deploy.onnx_model import OnnxModel, classify
 
         predictions = classify(OnnxModel.load(args.onnx), files, tta_flip=args.tta_flip)
     else:
-        from core.predict import Classifier, classify
+        from core.deploy.predict import Classifier, classify
 
         classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
         predictions = classify(classifier, files, tta_flip=args.tta_flip)
@@ -175,8 +179,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from core.data import resolve_data
-    from core.predict import Classifier, evaluate_run
+    from core.data.sources import resolve_data
+    from core.deploy.predict import Classifier, evaluate_run
 
     start = time.perf_counter()
     classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
@@ -202,7 +206,7 @@ def cmd_stop(args) -> int:
 
 def cmd_export(args) -> int:
     if args.format == "onnx":
-        from core.onnx_export import export_onnx
+        from core.deploy.onnx_export import export_onnx
 
         emit(export_onnx(Run.at(args.run), args.dest, args.checkpoint, args.int8, args.data, args.max_drop,
                          args.calibration_images))
@@ -217,14 +221,14 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench_export(args) -> int:
-    from core.bench import bench_export
+    from core.measure.latency import bench_export
 
     emit(bench_export(Run.at(args.run).require(), args.checkpoint, args.data, args.seconds))
     return 0
 
 
 def cmd_import(args) -> int:
-    from core.importer import NORMALIZATIONS, import_weights
+    from core.deploy.importer import NORMALIZATIONS, import_weights
 
     design = RunConfig.from_dict(load_json_file(args.design))
     if args.allow_over_budget:
@@ -249,30 +253,33 @@ def cmd_delete(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from core import search  # Optuna: imported only by the command that searches
+    from core.search.report import study_status  # Optuna: imported only by the command that searches
+    from core.search.space import Space
+    from core.search.study import check_study_name, continue_study, search_dir, start_study, storage_url
+    from core.search.worker import Worker, detach, request_stop
 
     if args.status or args.stop:
-        emit(search.status(args.status, args.storage) if args.status else search.request_stop(args.stop, args.storage))
+        emit(study_status(args.status, args.storage) if args.status else request_stop(args.stop, args.storage))
         return 0
     name = args.study or (f"{Path(args.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}" if args.space else None)
     if name is None:
         print("error: give --space SPACE.json to start a study, or --study NAME to continue one", file=sys.stderr)
         return 2
     if args.space:
-        url = search.start(search.Space.from_dict(load_json_file(args.space)), name, args.storage, args.trials or 0)
+        url = start_study(Space.from_dict(load_json_file(args.space)), name, args.storage, args.trials or 0)
     else:
-        url = search.storage_url(search.check_study_name(name), args.storage)
-    trials = args.trials or search.status(name, url)["trials_target"]
+        url = storage_url(check_study_name(name), args.storage)
+    trials = args.trials or study_status(name, url)["trials_target"]
     if not trials:
         print("error: give --trials N: how many trials the study should have", file=sys.stderr)
         return 2
     if args.detach:
-        pid = search.detach(name, url, trials, args.device)
-        emit({"study": name, "pid": pid, "log": str(search.search_dir() / f"{name}.log")})
+        pid = detach(name, url, trials, args.device)
+        emit({"study": name, "pid": pid, "log": str(search_dir() / f"{name}.log")})
         return 0
     if not args.detached:
-        search.continue_study(name, url)
-    emit(search.Worker(name, url, trials, args.device).run())
+        continue_study(name, url)
+    emit(Worker(name, url, trials, args.device).run())
     return 0
 
 

@@ -10,7 +10,7 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from core.errors import StudioError
 
@@ -80,6 +80,9 @@ def update_json(path: Path, change: Callable[[dict], dict]) -> dict:
         obj = change(read_json(path, default={}))
         write_json(path, obj)
         return obj
+
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent  # the checkout: runs/ lives here, processes start here
 
 
 def cache_dir() -> Path:

@@ -9,15 +9,15 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
+from core.design.presets import PRESETS, preset_spec
+from core.design.spec import ArchSpec
 from core.errors import StudioError
-from core.presets import PRESETS, preset_spec
-from core.runs import ACTIVE, Run, list_runs
-from core.spec import ArchSpec
+from core.runs.run import ACTIVE, Run, list_runs
 
-# core.checkpoint and core.predict load torch, which takes seconds: they are imported where a page
+# core.nn.checkpoint and core.deploy.predict load torch, which takes seconds: they are imported where a page
 # uses a network, so the Design page, which never does, opens without that wait.
 if TYPE_CHECKING:
-    from core.predict import Classifier
+    from core.deploy.predict import Classifier
 
 
 def through_app_shell() -> None:
@@ -72,7 +72,7 @@ def select_run(label: str, runs: list[Run], remember: str, default: Run, **kwarg
 
 
 def select_checkpoint(key: str, default: str = "best", **kwargs) -> str:
-    from core.checkpoint import TAGS
+    from core.nn.checkpoint import TAGS
 
     return st.segmented_control("Checkpoint", TAGS, default=default, required=True, key=key,
                                 format_func=str.capitalize, **kwargs)
@@ -81,7 +81,7 @@ def select_checkpoint(key: str, default: str = "best", **kwargs) -> str:
 @st.cache_resource(show_spinner="Loading the checkpoint…", max_entries=8)
 def load_classifier(run_dir: str, tag: str, saved: float) -> Classifier:
     """One loaded model per checkpoint save: `saved` (its file's mtime) changes when training writes a new one."""
-    from core.predict import Classifier
+    from core.deploy.predict import Classifier
 
     return Classifier.load(Run(Path(run_dir)), tag)
 

@@ -2,7 +2,7 @@
 
 Pick a run and one of its checkpoints, then drop images. Every image that decodes gets the 32x32
 input the network sees, a Grad-CAM overlay and the probability of all ten classes; a file that
-doesn't gets its own error and the rest go on. The work is in core.predict; results are cached
+doesn't gets its own error and the rest go on. The work is in core.deploy.predict; results are cached
 per checkpoint save and files, so moving any control does not decode the images again.
 """
 from __future__ import annotations
@@ -11,11 +11,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core.data import IMAGE_SUFFIXES
-from core.predict import Classifier, Prediction, classify, sample_files
-from core.visual import cam_overlay, enlarge
-from pages._ui import (PRIMARY, RUN_CHOICE, checkpoint_id, default_run, runs_or_stop, open_classifier, select_checkpoint,
-                       select_run, through_app_shell)
+from core.data.images import IMAGE_SUFFIXES
+from core.deploy.predict import Classifier, Prediction, classify, sample_files
+from core.nn.visual import cam_overlay, enlarge
+from pages._ui import (PRIMARY, RUN_CHOICE, checkpoint_id, default_run, open_classifier, runs_or_stop,
+                       select_checkpoint, select_run, through_app_shell)
 
 through_app_shell()
 

@@ -2,7 +2,7 @@
 
 The design lives in session state as plain spec dicts, so it survives page switches (Streamlit
 forgets the state of widgets a page does not render). Every control is a view of the draft and
-writes back to it; every number comes from core.budget.count, arithmetic on the spec, never
+writes back to it; every number comes from core.design.budget.count, arithmetic on the spec, never
 from building the model.
 """
 from __future__ import annotations
@@ -16,12 +16,12 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core.budget import BUDGET, Cost, count, fit_to_budget
-from core.config import RunConfig
-from core.presets import PRESETS, preset_spec
-from core.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES, SE_RATIO_RANGE,
-                       SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, ArchSpec, SpecError, conv_out)
-from core.link import KEYS as LINK_KEYS, from_query, to_query
+from core.design.budget import BUDGET, Cost, count, fit_to_budget
+from core.design.config import RunConfig
+from core.design.presets import PRESETS, preset_spec
+from core.design.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES, SE_RATIO_RANGE,
+                              SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, ArchSpec, SpecError, conv_out)
+from core.design.link import KEYS as LINK_KEYS, from_query, to_query
 from core.units import macs_text, margin_text, params_text
 from pages._ui import (DEFAULT_PRESET, DESIGN, DESIGN_CONTROL as CONTROL, DRAFT, PRESET, forget_controls,
                        load_design, matching_preset, through_app_shell)

@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.data import BUILTIN, resolve_data
+from core.data.sources import BUILTIN, resolve_data
+from core.deploy.predict import Classifier, Report, evaluate_archive, evaluate_run
 from core.errors import StudioError
-from core.predict import Classifier, Report, evaluate_archive, evaluate_run
-from core.runs import Run
-from core.visual import enlarge
+from core.nn.visual import enlarge
+from core.runs.run import Run
 from pages._ui import (RUN_CHOICE, checkpoint_id, confusion_chart, default_run, has_checkpoint, runs_or_stop,
                        open_classifier, per_class_chart, select_checkpoint, select_run, through_app_shell)
 

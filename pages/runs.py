@@ -14,13 +14,13 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core.budget import BUDGET, count
-from core.config import RunConfig
+from core.deploy.onnx_model import exported_file, report_path
+from core.design.budget import BUDGET, count
+from core.design.config import RunConfig
 from core.errors import StudioError
 from core.files import read_json
-from core.onnx_model import exported_file, report_path
-from core.progress import metric_frames
-from core.runs import ACTIVE, Run, delete, list_runs, runs_root
+from core.runs.progress import metric_frames
+from core.runs.run import ACTIVE, Run, delete, list_runs, runs_root
 from pages._ui import (FOLLOWED, PRIMARY, RUN_CHOICE, confusion_chart, current_design, data_label, default_run,
                        epoch_chart, has_checkpoint, per_class_chart, plural, select_run, state_badge,
                        through_app_shell)
@@ -156,7 +156,7 @@ def export_card(run: Run, precision: str, generation: str) -> None:
     if st.button(f"Export ONNX {precision}" if report is None else "Export again", key=f"export_{precision}",
                  icon=":material/memory:", help="Checks it against PyTorch on the whole test split first: "
                                                 "a minute or more on a CPU for 10,000 images"):
-        from core.onnx_export import export_onnx  # loads torch: only when asked to export
+        from core.deploy.onnx_export import export_onnx  # loads torch: only when asked to export
 
         with st.spinner(f"Exporting and checking ONNX {precision}…"):
             try:
@@ -220,7 +220,7 @@ def import_box() -> None:
 
 
 def import_weights_now(weights, design_file, normalization: str, name: str) -> None:
-    from core.importer import NORMALIZATIONS, import_weights  # loads torch: only when asked to import
+    from core.deploy.importer import NORMALIZATIONS, import_weights  # loads torch: only when asked to import
 
     try:
         if design_file is None:

@@ -13,12 +13,15 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import search
-from core.budget import BUDGET
+from core.design.budget import BUDGET
+from core.design.presets import get_preset
+from core.design.spec import BLOCKS_RANGE, KERNEL_SIZES, STAGES_RANGE
 from core.errors import StudioError
-from core.presets import get_preset
-from core.runs import Run, create_run, launch
-from core.spec import BLOCKS_RANGE, KERNEL_SIZES, STAGES_RANGE
+from core.runs.run import Run, create_run, launch
+from core.search.report import pareto_front, study_status
+from core.search.space import PRUNERS, Space, default_ranges
+from core.search.study import list_studies, start_study, storage_url
+from core.search.worker import detach, request_stop
 from pages._ui import FOLLOWED, PRIMARY, load_design, plural, through_app_shell
 
 through_app_shell()
@@ -28,7 +31,7 @@ LAUNCH_ERROR = "search_launch_error"
 CONTROL = "search:"               # key prefix of the space's controls
 REFRESH_S = 2                     # how often a live study is re-read
 PERSIST = {"persist_state": "session"}
-DEFAULTS = search.default_ranges()
+DEFAULTS = default_ranges()
 LOG_STEPS = {"lr": [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 1.0],
              "weight_decay": [1e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]}
 AUGMENT_SETS = list(dict.fromkeys(["+".join(a) for a in DEFAULTS["augment"]["choices"]] +
@@ -123,7 +126,7 @@ def study_controls() -> tuple[dict, str, int]:
     trials = left.number_input("Trials", 1, 1_000, 20, key=CONTROL + "trials", **PERSIST)
     epochs = middle.number_input("Epochs per trial", 1, 200, 3, key=CONTROL + "epochs", **PERSIST)
     several = objectives != "accuracy"
-    pruner = right.segmented_control("Pruner", search.PRUNERS, default="median", required=True,
+    pruner = right.segmented_control("Pruner", PRUNERS, default="median", required=True,
                                      key=CONTROL + "pruner", disabled=several, **PERSIST,
                                      help="Stops trials whose validation accuracy trails the others' at the same "
                                           "epoch. Optuna prunes studies of one objective only.")
@@ -141,10 +144,10 @@ def study_controls() -> tuple[dict, str, int]:
     return fixed, name.strip(), int(trials)
 
 
-def start_study(space: search.Space, name: str, trials: int) -> None:
+def launch_study(space: Space, name: str, trials: int) -> None:
     try:
-        url = search.start(space, name, None, trials)
-        search.detach(name, url, trials, None)
+        url = start_study(space, name, None, trials)
+        detach(name, url, trials, None)
     except StudioError as e:
         st.session_state[LAUNCH_ERROR] = str(e)
         return
@@ -194,7 +197,7 @@ def trade_off_chart(rows: list[dict], cost: str, limit: int | None) -> alt.Chart
         tooltip=["Trial", "State", alt.Tooltip(f"{title}:Q", format=","),
                  alt.Tooltip("Val accuracy:Q", format=".2%")])
     layers = [dots]
-    edge = pd.DataFrame([{title: r[cost], "Val accuracy": r["accuracy"]} for r in search.pareto_front(rows, cost)])
+    edge = pd.DataFrame([{title: r[cost], "Val accuracy": r["accuracy"]} for r in pareto_front(rows, cost)])
     if not edge.empty:
         layers.append(alt.Chart(edge).mark_line(interpolate="step-after", color=PRIMARY, strokeDash=[2, 2])
                       .encode(x=x, y=y))
@@ -219,7 +222,7 @@ def is_live(study: dict) -> bool:
 
 def show_study(name: str, live: bool) -> None:
     try:
-        study = search.status(name)
+        study = study_status(name)
     except StudioError as e:
         st.error(f"Study {name} can't be read: {e}", icon=":material/error:")
         return
@@ -300,21 +303,21 @@ st.write("Let Optuna search designs and recipes within the budget. Every trial i
          "validation split carved from train; weak trials are pruned early, and designs over the budget are "
          "never trained.")
 
-with st.expander("New study", expanded=not search.list_studies(), icon=":material/add_circle:"):
+with st.expander("New study", expanded=not list_studies(), icon=":material/add_circle:"):
     fixed, name, trials = study_controls()
     space, problem = None, None
     try:
-        space = search.Space.from_dict(fixed | {"ranges": space_controls()})
+        space = Space.from_dict(fixed | {"ranges": space_controls()})
     except StudioError as e:
         problem = str(e)
     if problem:
         st.error(problem, icon=":material/block:")
     st.button("Launch the study", type="primary", icon=":material/rocket_launch:", disabled=space is None,
-              on_click=start_study, args=(space, name, trials))
+              on_click=launch_study, args=(space, name, trials))
     if st.session_state.get(LAUNCH_ERROR):
         st.error(st.session_state.pop(LAUNCH_ERROR), icon=":material/error:")
 
-studies = search.list_studies()
+studies = list_studies()
 if not studies:
     st.info("No studies yet: define one above and launch it.", icon=":material/info:")
     st.stop()
@@ -322,7 +325,7 @@ if st.session_state.get(STUDY) not in studies:
     st.session_state[STUDY] = studies[0]
 chosen = st.selectbox("Study", studies, key=STUDY)
 try:
-    overview = search.status(chosen)
+    overview = study_status(chosen)
 except StudioError as e:
     st.error(f"Study {chosen} can't be read: {e}", icon=":material/error:")
     st.stop()
@@ -330,10 +333,10 @@ live = is_live(overview)
 stop_column, resume_column, _ = st.columns([1, 1, 3])
 if stop_column.button("Stop the study", icon=":material/stop_circle:", disabled=not live, width="stretch",
                       help="Trials in flight save a checkpoint and stop; continuing resumes them"):
-    search.request_stop(chosen)
+    request_stop(chosen)
     st.rerun()
 unfinished = overview["counted"] < (overview["trials_target"] or 0) or "stopped" in overview["states"]
 if resume_column.button("Continue", icon=":material/play_arrow:", disabled=live or not unfinished, width="stretch"):
-    search.detach(chosen, search.storage_url(chosen), overview["trials_target"], None)
+    detach(chosen, storage_url(chosen), overview["trials_target"], None)
     st.rerun()
 st.fragment(show_study, run_every=REFRESH_S if live else None)(chosen, live)

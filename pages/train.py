@@ -1,6 +1,6 @@
 """Train: the design from the Design page, with training settings, data and a device; launch it and follow it live.
 
-A run trains in a process of its own (core.runs.launch), so it outlives this page and the app: the page
+A run trains in a process of its own (core.runs.run.launch), so it outlives this page and the app: the page
 only reads the run's folder, in a fragment that re-runs every two seconds while the run is active. The
 settings are widgets that keep their values for the session; they start from the recipe of the design's
 preset, and every check on them is TrainConfig's.
@@ -14,17 +14,19 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.budget import BUDGET, count
-from core.config import RunConfig, TrainConfig
-from core.devices import launch_options
+from core.design.budget import BUDGET, count
+from core.design.config import RunConfig, TrainConfig
+from core.design.presets import PRESETS
+from core.design.settings import LABELS, SETTINGS, Setting, recipe, settings_error
 from core.errors import StudioError
 from core.files import cache_dir
-from core.machine import device_label, estimate, known_devices, probe_running, start_probe
-from core.presets import PRESETS
-from core.progress import metric_frames, progress
-from core.runs import ACTIVE, Run, RunError, check_name, create_run, launch, list_runs, queue, stop
-from core.settings import LABELS, SETTINGS, Setting, recipe, settings_error
-from core.sources import BUILTIN, CHOICES, CIFAR10_DOWNLOAD_BYTES, DEFAULT_DIR, chosen_data, image_counts, resolve_data
+from core.runs.progress import metric_frames, progress
+from core.runs.queue import launch_options
+from core.runs.queue import queue
+from core.runs.run import ACTIVE, Run, RunError, check_name, create_run, launch, list_runs, stop
+from core.runs.speeds import device_label, estimate, known_devices, probe_running, start_probe
+from core.data.sources import (BUILTIN, CHOICES, CIFAR10_DOWNLOAD_BYTES, DEFAULT_DIR, chosen_data, image_counts,
+                               resolve_data)
 from core.units import bytes_text, duration_text, macs_text, margin_text, params_text, rate_text
 from pages._ui import (FOLLOWED, PRIMARY, RUN_COLOURS, current_design, data_label, epoch_chart, load_design,
                        matching_preset, plural, state_badge, through_app_shell)
@@ -48,7 +50,7 @@ DATA_SOURCES = dict(zip(CHOICES, ("Built-in slice", "A copy on this machine", "D
 AUTO_LABEL = "Best available"         # the device while the first probe is still looking
 
 
-# ---- the settings: one widget per TrainConfig field, in core.settings' groups --------------------
+# ---- the settings: one widget per TrainConfig field, in core.design.settings' groups --------------------
 
 def load_settings(train: TrainConfig, source: str | None) -> None:
     for name, value in train.to_dict().items():
@@ -82,7 +84,7 @@ def setting_widget(setting: Setting, values: dict) -> None:
 @st.cache_data(show_spinner="Reading the data (decoded once, then cached for every run)…", max_entries=16)
 def data_summary(data: str, modified: float) -> dict:
     """What a dataset holds; `modified` (the path's mtime) makes a changed copy read again."""
-    from core.data import load_dataset  # torch: only when data is read
+    from core.data.datasets import load_dataset  # torch: only when data is read
 
     dataset = load_dataset(data)
     return {"source": dataset.source, "train": len(dataset.train), "test": len(dataset.test)}
@@ -104,7 +106,7 @@ def data_choice() -> tuple[str | None, str | None]:
 
 
 def download_data(folder: str) -> None:
-    from core.data import load_dataset
+    from core.data.datasets import load_dataset
 
     try:
         with st.spinner(f"Downloading CIFAR-10 into {folder} ({bytes_text(CIFAR10_DOWNLOAD_BYTES)})…"):
@@ -229,7 +231,7 @@ def clone_run(run: Run) -> None:
 
 
 def resume_point(run: Run) -> str:
-    from core.checkpoint import read_meta  # torch: only for a run that failed
+    from core.nn.checkpoint import read_meta  # torch: only for a run that failed
 
     try:
         saved = read_meta(run.checkpoints, "last")

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from core.data import load_dataset  # noqa: E402
+from core.data.datasets import load_dataset  # noqa: E402
 from core.files import write_atomic  # noqa: E402
 
 

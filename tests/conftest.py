@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.runs import Run
+from core.runs.run import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_ARCH = {"stages": [{"blocks": 1, "channels": 16}, {"blocks": 1, "channels": 32}], "pool_size": 16}

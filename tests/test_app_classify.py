@@ -1,7 +1,7 @@
 """The Classify and Evaluate pages, run headless through Streamlit's AppTest with real uploads, against a
 runs folder holding a run the engine really trained.
 
-Every expected prediction and accuracy comes from core.predict on the same bytes and checkpoint, so the
+Every expected prediction and accuracy comes from core.deploy.predict on the same bytes and checkpoint, so the
 pages are held to what the CLI would say.
 """
 import io
@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.data import load_dataset
-from core.predict import Classifier, classify, evaluate_run, sample_files
-from core.runs import Run
+from core.data.datasets import load_dataset
+from core.deploy.predict import Classifier, classify, evaluate_run, sample_files
+from core.runs.run import Run
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 

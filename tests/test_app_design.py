@@ -1,6 +1,6 @@
 """The Design page, run headless through Streamlit's AppTest: real widgets, real displayed values.
 
-Every expected number comes from core.budget, so the page is held to the same arithmetic as the CLI.
+Every expected number comes from core.design.budget, so the page is held to the same arithmetic as the CLI.
 """
 import json
 import re
@@ -12,10 +12,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import SelectSlider, Slider
 
-from core.link import from_query, to_query
-from core.budget import BUDGET, count, fit_to_budget
-from core.presets import PRESETS, preset_spec
-from core.spec import BLOCKS_RANGE, ArchSpec, SpecError
+from core.design.budget import BUDGET, count, fit_to_budget
+from core.design.link import from_query, to_query
+from core.design.presets import PRESETS, preset_spec
+from core.design.spec import BLOCKS_RANGE, ArchSpec, SpecError
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 DEFAULT = "resnet26-seed"

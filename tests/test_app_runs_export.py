@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from streamlit.testing.v1 import AppTest
 
-from core.checkpoint import load_checkpoint
-from core.importer import OURS, _apply
-from core.onnx_model import OnnxModel, exported_file, report_path
-from core.predict import Classifier
-from core.runs import Run
+from core.deploy.importer import OURS, _apply
+from core.deploy.onnx_model import OnnxModel, exported_file, report_path
+from core.deploy.predict import Classifier
+from core.nn.checkpoint import load_checkpoint
+from core.runs.run import Run
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import search
-from core.runs import Run, stop
+from core.runs.run import Run, stop
+from core.search.report import study_status
+from core.search.space import Space
+from core.search.study import list_studies, start_study, worker_alive
+from core.search.worker import request_stop
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 
@@ -20,11 +23,11 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     """A runs folder of the test's own; a study still searching at the end is stopped."""
     monkeypatch.setenv("RESNET_STUDIO_RUNS", str(tmp_path / "runs"))
     yield tmp_path / "runs"
-    for name in search.list_studies():
-        if search.worker_alive(name):
-            search.request_stop(name)
+    for name in list_studies():
+        if worker_alive(name):
+            request_stop(name)
             deadline = time.monotonic() + 60
-            while search.worker_alive(name) and time.monotonic() < deadline:
+            while worker_alive(name) and time.monotonic() < deadline:
                 time.sleep(0.5)
 
 
@@ -70,12 +73,12 @@ def test_a_study_launched_from_the_page_fills_the_table_and_opens_its_best_desig
     assert_clean(app)
     next(b for b in app.button if b.label == "Launch the study").click().run()
     assert_clean(app)
-    assert search.list_studies() == ["page"]
+    assert list_studies() == ["page"]
 
     deadline = time.monotonic() + 300
-    while search.status("page")["worker_alive"] and time.monotonic() < deadline:
+    while study_status("page")["worker_alive"] and time.monotonic() < deadline:
         time.sleep(1)
-    study = search.status("page")
+    study = study_status("page")
     assert study["counted"] == 1 and not study["worker_alive"], study
     app.run()
     assert_clean(app)
@@ -93,11 +96,11 @@ def test_a_study_launched_from_the_page_fills_the_table_and_opens_its_best_desig
 
 def test_train_it_in_full_launches_the_best_design_on_all_of_train(runs_dir):
     """The best trial's design and recipe, for the epochs asked, with no validation split (it scores on test)."""
-    space = search.Space.from_dict({"epochs": 1, "device": "cpu", "ranges": {
+    space = Space.from_dict({"epochs": 1, "device": "cpu", "ranges": {
         "stages": 1, "blocks": 1, "width": 4, "growth": 1.0, "kernel_size": 3, "se_ratio": 0, "dropout": 0.0,
         "lr": 0.2, "weight_decay": 5e-4, "batch_size": 128, "augment": [], "label_smoothing": 0.0,
         "ema_decay": 0.0}})
-    search.start(space, "one", None, 1)
+    start_study(space, "one", None, 1)
     worker = subprocess.run([sys.executable, "-m", "core", "search", "--study", "one", "--trials", "1"],
                             cwd=APP.parent, capture_output=True, text=True, timeout=300)
     assert json.loads(worker.stdout)["best"]["run"] == "one-000", worker.stderr

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.budget import BUDGET, count
-from core.config import RunConfig, TrainConfig
-from core.data import BUILTIN_ARCHIVE
-from core.machine import estimate, probe_running, read_machine, record_speed, update_machine
-from core.presets import preset_spec
-from core.runs import Run, process_start_time, stop
-from core.spec import ArchSpec
+from core.data.sources import BUILTIN_ARCHIVE
+from core.design.budget import BUDGET, count
+from core.design.config import RunConfig, TrainConfig
+from core.design.presets import preset_spec
+from core.design.spec import ArchSpec
+from core.runs.run import Run, process_start_time, stop
+from core.runs.speeds import estimate, probe_running, read_machine, record_speed, update_machine
 from test_distributed import holder
 from test_engine import wait_for
 from core.units import duration_text
@@ -139,12 +139,12 @@ def test_without_gpu_or_dataset_the_train_page_says_what_to_do(runs_dir, cpu_tim
 
 def test_the_page_draws_at_once_and_the_estimate_fills_in_from_a_probe_in_the_background(runs_dir, cache,
                                                                                          monkeypatch):
-    import core.machine
-    import core.train
+    import core.engine.trainer
+    import core.measure.probe
 
     steps = []  # a training step or a timing in the script run would land here
-    monkeypatch.setattr(core.train.Trainer, "step", lambda *args: steps.append("step"))
-    monkeypatch.setattr(core.machine, "measure", lambda *args: steps.append("measure"))
+    monkeypatch.setattr(core.engine.trainer.Trainer, "step", lambda *args: steps.append("step"))
+    monkeypatch.setattr(core.measure.probe, "measure", lambda *args: steps.append("measure"))
     app = open_page("train")  # the default design, a seed-sized network
     assert_clean(app)
     assert not button(app, "Launch").disabled and app.get_by_key("train:epochs").value == TrainConfig().epochs

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from core.spec import ArchSpec
+from core.design.spec import ArchSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -159,8 +159,8 @@ def test_typing_an_exact_channel_width_changes_the_parameter_count(page):
 def test_dragging_a_blocks_slider_changes_the_parameter_count(page):
     from playwright.sync_api import expect
 
-    from core.budget import count
-    from core.presets import preset_spec
+    from core.design.budget import count
+    from core.design.presets import preset_spec
 
     open_app_page(page, PAGES["design"])
     total = metric_value(page, "Parameters")
@@ -183,8 +183,8 @@ def test_dragging_a_blocks_slider_changes_the_parameter_count(page):
 
 
 def test_a_link_opens_its_design(page):
-    from core.link import from_query
-    from core.budget import count
+    from core.design.budget import count
+    from core.design.link import from_query
 
     query = {"stem": ["32"], "stage": ["2x32s1", "2x64s2"], "pool": ["8"]}
     open_app_page(page, "?" + urlencode(query, doseq=True))
@@ -209,7 +209,7 @@ def test_an_uploaded_image_gets_a_prediction(page):
     from PIL import Image
     from playwright.sync_api import expect
 
-    from core.data import CLASSES, load_dataset
+    from core.data.datasets import CLASSES, load_dataset
 
     picture = Image.fromarray(load_dataset("builtin").test.images[0].permute(1, 2, 0).numpy()).resize((160, 160))
     png = io.BytesIO()

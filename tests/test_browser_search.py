@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from core import search
+from core.search.report import study_status
+from core.search.study import list_studies, worker_alive
+from core.search.worker import request_stop
 from test_browser import (ROOT, assert_no_exception, browser, free_port, open_app_page, screenshot,  # noqa: F401
                           wait_until_healthy, wait_until_settled)
 
@@ -31,9 +33,9 @@ def search_app(tmp_path, monkeypatch):
         wait_until_healthy(url, server)
         yield url
     finally:
-        for name in search.list_studies():  # a study still searching (a failed test) is stopped
-            if search.worker_alive(name):
-                search.request_stop(name)
+        for name in list_studies():  # a study still searching (a failed test) is stopped
+            if worker_alive(name):
+                request_stop(name)
         server.terminate()
         server.wait(timeout=10)
 
@@ -82,7 +84,7 @@ def test_a_study_defined_and_launched_in_the_browser_shows_its_trial_live(browse
         expect(page.get_by_role("button", name="Open in Design")).to_be_visible()
         assert_no_exception(page)
         screenshot(page, "search-finished")
-        study = search.status("browser")
+        study = study_status("browser")
         assert study["space"]["ranges"]["stages"] == 1 and study["space"]["ranges"]["width"] == 4
         assert study["states"] == {"finished": 1}
     finally:

@@ -9,9 +9,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from core.link import to_query
-from core.runs import Run, delete, stop
-from core.spec import ArchSpec
+from core.design.link import to_query
+from core.design.spec import ArchSpec
+from core.runs.run import Run, delete, stop
 from test_browser import app_url, assert_no_exception, browser, open_app_page, page, screenshot  # noqa: F401 (fixtures)
 
 TINY = ArchSpec.from_dict({"stages": [{"blocks": 1, "channels": 16}], "pool_size": 32})  # trains an epoch in seconds

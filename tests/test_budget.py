@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from core.budget import count, fit_to_budget
-from core.model import build_model
-from core.presets import PRESETS, preset_spec
-from core.spec import ArchSpec, SpecError, conv_out
+from core.design.budget import count, fit_to_budget
+from core.design.presets import PRESETS, preset_spec
+from core.design.spec import ArchSpec, SpecError, conv_out
+from core.nn.model import build_model
 
 
 def built_params(spec: ArchSpec) -> int:
@@ -34,7 +34,7 @@ def random_spec(rng: random.Random) -> ArchSpec:
     """A random valid spec over the whole allowed range, SE, BN-off and odd kernels included."""
     n = rng.randint(1, 6)
     size, stages = 32, []
-    for i in range(n):
+    for _ in range(n):
         stride = rng.choice([1, 2]) if size > 1 else 1
         size = conv_out(size, stride)
         stages.append({"blocks": rng.choice([1, 1, 2, 3, 16]), "channels": rng.choice([4, 5, 17, 64, 100, 1024]),

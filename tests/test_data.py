@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-import core.data as data
-from core.data import (BUILTIN, BUILTIN_ARCHIVE, CLASSES, DataError, Split, load_class_folders, load_dataset,
-                       resolve_data, split_validation)
+import core.data.archives as archives
+from core.data.datasets import CLASSES, Split, load_class_folders, load_dataset, split_validation
+from core.data.sources import BUILTIN, BUILTIN_ARCHIVE, DataError, resolve_data
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_COPY = Path("/work/shared/cifar10/cifar10-jpg.tar.gz")
@@ -232,7 +232,7 @@ def write_torchvision_layout(root: Path, per_batch: int = 3, classes=CLASSES) ->
         written["test" if name == "test_batch" else "train"].append((pixels, labels))
     meta = {"num_cases_per_batch": per_batch, "label_names": list(classes), "num_vis": 3072}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
-    return {split: (np.concatenate([p for p, _ in parts]), sum((l for _, l in parts), []))
+    return {split: (np.concatenate([p for p, _ in parts]), sum((labels for _, labels in parts), []))
             for split, parts in written.items()}
 
 
@@ -344,7 +344,7 @@ def test_archive_limits(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"more than 2 GB uncompressed"):
         load_dataset(str(tmp_path / "claims.tar"))
 
-    monkeypatch.setattr(data, "MAX_MEMBERS", 10)  # rather than writing 200,001 members
+    monkeypatch.setattr(archives, "MAX_MEMBERS", 10)  # rather than writing 200,001 members
     with pytest.raises(DataError, match=r"more than 10 files; refused"):
         load_dataset(str(write_tar(tmp_path / "many.tar.gz", SMALL)))
 
@@ -377,7 +377,7 @@ def test_a_zip_declaring_too_much_is_refused_before_zipfile_reads_its_directory(
     def never(*args, **kwargs):
         raise AssertionError("zipfile opened the archive")
 
-    monkeypatch.setattr(data.zipfile, "ZipFile", never)
+    monkeypatch.setattr(archives.zipfile, "ZipFile", never)
     with pytest.raises(DataError, match=complaint):
         load_dataset(str(tmp_path / "crafted.zip"))
 

@@ -17,11 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.devices import DeviceRequest, plan, queue_state
+from core.design.spec import ArchSpec
 from core.errors import StudioError
-from core.model import build_model
-from core.runs import Run, launch, process_alive, queue, stop
-from core.spec import ArchSpec
+from core.nn.model import build_model
+from core.runs.queue import DeviceRequest, plan, queue_state
+from core.runs.queue import queue
+from core.runs.run import Run, launch, process_alive, stop
 from test_engine import core_cli, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +183,7 @@ def test_stop_reaches_every_process_saves_once_and_resume_continues_at_the_saved
 
 HOLDER = """
 import sys, time
-from core.devices import DeviceRequest, hold
+from core.runs.queue import DeviceRequest, hold
 request = DeviceRequest.parse("auto", sys.argv[2])
 with hold(request, sys.argv[1], lambda: False, lambda message: print("waiting:", message, flush=True)) as ids:
     print("holding:", ",".join(ids), flush=True)

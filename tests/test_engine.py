@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.augment import Normalizer, cutout, random_crop, random_flip
-from core.checkpoint import CheckpointError, load_checkpoint, load_model
-from core.config import TrainConfig
-from core.data import load_dataset
-from core.infer import evaluate
-from core.runs import Run, RunError, launch, stop
-from core.train import lr_at
+from core.data.augment import Normalizer, cutout, random_crop, random_flip
+from core.data.datasets import load_dataset
+from core.design.config import TrainConfig
+from core.engine.optim import lr_at
+from core.nn.checkpoint import CheckpointError, load_checkpoint, load_model
+from core.nn.infer import evaluate
+from core.runs.run import Run, RunError, launch, stop
 from conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,8 +189,8 @@ def test_data_command_checks_a_copy_and_explains_a_missing_one(tmp_path):
 
 
 def test_a_created_but_unlaunched_run_is_queued_not_dead_and_stops_cleanly(tmp_path):
-    from core.config import RunConfig
-    from core.runs import create_run
+    from core.design.config import RunConfig
+    from core.runs.run import create_run
 
     run = create_run(RunConfig.from_dict(SMALL), "waiting", tmp_path / "runs")
     assert run.status()["state"] == "queued"  # no pid yet is not a dead process

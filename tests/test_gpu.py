@@ -10,14 +10,14 @@ import json
 import pytest
 import torch
 
-from core.augment import Normalizer
-from core.checkpoint import load_checkpoint, load_model
-from core.config import RunConfig
-from core.data import load_dataset
-from core.infer import evaluate
-from core.predict import Classifier, classify, sample_files
-from core.runs import Run, launch, stop
-from core.train import Trainer
+from core.data.augment import Normalizer
+from core.data.datasets import load_dataset
+from core.deploy.predict import Classifier, classify, sample_files
+from core.design.config import RunConfig
+from core.engine.trainer import Trainer
+from core.nn.checkpoint import load_checkpoint, load_model
+from core.nn.infer import evaluate
+from core.runs.run import Run, launch, stop
 from test_engine import SMALL, core_cli, wait_for
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")]

@@ -1,7 +1,7 @@
 """What a GPU session is given, checked on any machine: our data in airbench's format."""
 import torch
 
-from core.data import CLASSES, load_dataset
+from core.data.datasets import CLASSES, load_dataset
 from scripts.prepare_gpu_data import write_airbench_data
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.images import MAX_PIXELS, ImageError, open_image, to_input
+from core.data.images import MAX_PIXELS, ImageError, open_image, to_input
 
 
 def encode(img: Image.Image, fmt: str, **options) -> bytes:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint
-from core.data import load_dataset
-from core.config import RunConfig
-from core.importer import OURS, WeightsError, _apply, import_weights
-from core.predict import Classifier, evaluate_run
-from core.runs import Run
+from core.data.datasets import load_dataset
+from core.deploy.importer import OURS, WeightsError, _apply, import_weights
+from core.deploy.predict import Classifier, evaluate_run
+from core.design.config import RunConfig
+from core.nn.checkpoint import load_checkpoint
+from core.runs.run import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 

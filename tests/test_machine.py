@@ -1,4 +1,4 @@
-"""core.machine: devices and speeds kept on disk, a probe in a real process, and estimates scaled by MACs."""
+"""core.runs.speeds: devices and speeds kept on disk, a probe in a real process, and estimates scaled by MACs."""
 import fcntl
 import json
 import os
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from core.budget import count
-from core.machine import (EVAL_COST, epoch_seconds, estimate, known_devices, probe, probe_lock_path,
-                          probe_running, read_machine, record_run_speed, record_speed, update_machine)
-from core.presets import preset_spec
+from core.design.budget import count
+from core.measure.probe import probe
+from core.runs.speeds import (EVAL_COST, epoch_seconds, estimate, known_devices, probe_lock_path, probe_running,
+                              read_machine, record_run_speed, record_speed, update_machine)
+from core.design.presets import preset_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from core.data import CLASSES, load_dataset
+from core.data.datasets import CLASSES, load_dataset
+from core.deploy.onnx_export import ExportError, export_onnx
+from core.deploy.onnx_model import OnnxModel
+from core.deploy.predict import Classifier
 from core.errors import StudioError
-from core.infer import predict_logits
-from core.onnx_export import ExportError, export_onnx
-from core.onnx_model import OnnxModel
-from core.predict import Classifier
-from core.runs import Run
+from core.nn.infer import predict_logits
+from core.runs.run import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +113,7 @@ def test_predict_onnx_runs_without_torch_and_gives_predict_runs_json(trained, ex
     assert [(r["file"], r["ok"], sorted(r)) for r in onnx_rows] == [(r["file"], r["ok"], sorted(r)) for r in run_rows]
     assert "not an image" in onnx_rows[-1]["error"] and onnx_rows[-1] == run_rows[-1]
     # the same probabilities as PyTorch in fp32 (predict --run may use bf16 on this CPU: close, not equal)
-    from core.images import open_image, to_input
+    from core.data.images import open_image, to_input
 
     classifier = Classifier.load(trained)
     inputs = torch.stack([to_input(open_image(f)) for f in files[:-1]])
@@ -153,7 +153,7 @@ def test_wrong_inputs_give_clear_errors(trained, tmp_path):
 
 
 def test_bench_export_times_pytorch_and_both_onnx_models_side_by_side(trained):
-    from core.bench import bench_export
+    from core.measure.latency import bench_export
 
     result = bench_export(trained, data="builtin", seconds=0.2)
     assert result["cpu"] and result["bytes"]["onnx_int8"] < result["bytes"]["onnx_fp32"]

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.data import load_dataset
-from core.predict import Classifier, classify, evaluate_run
-from core.runs import Run
+from core.data.datasets import load_dataset
+from core.deploy.predict import Classifier, classify, evaluate_run
+from core.runs.run import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,8 +113,8 @@ def test_exported_run_predicts_the_same_at_half_the_size(trained, tmp_path):
 
 
 def test_an_uploaded_archive_is_evaluated_as_the_same_file_on_disk_and_errors_name_the_upload(trained, tmp_path):
-    from core.data import DataError
-    from core.predict import UPLOAD_DIR, evaluate_archive
+    from core.data.sources import DataError
+    from core.deploy.predict import UPLOAD_DIR, evaluate_archive
 
     test = load_dataset("builtin").test
     classes = classifier_classes()
@@ -140,8 +140,8 @@ def test_an_uploaded_archive_is_evaluated_as_the_same_file_on_disk_and_errors_na
 
 
 def test_sample_files_are_one_lossless_test_image_per_class_named_after_it():
-    from core.predict import sample_files
-    from core.images import open_image, to_input
+    from core.data.images import open_image, to_input
+    from core.deploy.predict import sample_files
 
     dataset = load_dataset("builtin")
     files = sample_files()

@@ -1,7 +1,7 @@
-"""core.progress: a run's path through its metrics lines and where it stands."""
+"""core.runs.progress: a run's path through its metrics lines and where it stands."""
 import pytest
 
-from core.progress import history, metric_frames, progress
+from core.runs.progress import history, metric_frames, progress
 
 
 def step(epoch: float, step: int, elapsed: float, loss: float = 1.0, speed: float = 100.0) -> dict:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from core.config import RunConfig, TrainConfig
-from core.data import BUILTIN_ARCHIVE
-from core.devices import lock_dir
-from core.runs import Run, StopFlag, StopRequested, begin, create_run, launch, stop
-from core.spec import ArchSpec
+from core.data.sources import BUILTIN_ARCHIVE
+from core.design.config import RunConfig, TrainConfig
+from core.design.spec import ArchSpec
+from core.runs.queue import lock_dir
+from core.runs.run import Run, StopFlag, StopRequested, begin, create_run, launch, stop
 from conftest import wait_for
 
 TINY = ArchSpec.from_dict({"stages": [{"blocks": 1, "channels": 16}], "pool_size": 32})

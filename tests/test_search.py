@@ -1,4 +1,4 @@
-"""Search (core/search.py): real studies of real trials, each a training process on the built-in slice.
+"""Search (core/search/): real studies of real trials, each a training process on the built-in slice.
 
 Tiny nets and one or two epochs keep them short. The storage is the default SQLite file, and for the
 two-worker test also a real PostgreSQL server that the `postgres_url` fixture starts itself
@@ -20,12 +20,15 @@ import optuna
 import pytest
 
 from conftest import wait_for
-from core import search
+from core.design.config import TrainConfig
+from core.design.presets import PRESETS, preset_spec
+from core.design.spec import SpecError
 from core.files import read_json
-from core.config import TrainConfig
-from core.presets import PRESETS, preset_spec
-from core.runs import Run, list_runs
-from core.spec import SpecError
+from core.runs.run import Run, list_runs
+from core.search.report import study_status
+from core.search.space import Space
+from core.search.study import continue_study, start_study, storage_url
+from core.search.worker import request_stop
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET = 20_000  # width 8 or 16: 1,506 or 5,306 parameters; width 64: 76,490, over
@@ -75,11 +78,11 @@ def trained_runs() -> list[Run]:
 ])
 def test_a_bad_space_is_refused_with_the_field_named(change, message):
     with pytest.raises(SpecError, match="^" + re.escape(message)):
-        search.Space.from_dict(TINY | change)
+        Space.from_dict(TINY | change)
 
 
 def test_the_default_space_spans_the_presets_and_holds_resnet20():
-    space = search.Space.from_dict({})
+    space = Space.from_dict({})
     assert space.ranges["stages"] == {"low": 3, "high": 4, "log": False}  # the presets have 3 or 4 stages
     assert space.ranges["batch_size"] == {"choices": sorted({TrainConfig.from_dict(p["train"]).batch_size
                                                             for p in PRESETS.values()})}
@@ -103,7 +106,7 @@ def test_a_tiny_study_rejects_over_budget_designs_prunes_a_weak_trial_and_report
     """Three trials queued in order: one over the budget, one that learns, one that cannot (lr 1e-6).
     The first is never trained; the third is pruned after its first epoch (the median pruner compares
     it with the second); the status names the best trial and the accuracy/parameters front."""
-    url = search.start(search.Space.from_dict(TINY), "e2e", None, 2)
+    url = start_study(Space.from_dict(TINY), "e2e", None, 2)
     study = optuna.load_study(study_name="e2e", storage=url)
     study.enqueue_trial({"width": 64, "lr": 0.2})
     study.enqueue_trial({"width": 16, "lr": 0.2})
@@ -143,13 +146,13 @@ def test_a_stop_asked_before_the_detached_worker_starts_still_stops_it(runs_dir)
     """The worker that --detach starts does not clear the study's stop flag (its launcher did, before it):
     a stop between the launch and the worker's start is kept, and nothing trains. A search started
     again by hand clears it and continues."""
-    url = search.start(search.Space.from_dict(TINY), "late", None, 1)
-    search.request_stop("late")
+    url = start_study(Space.from_dict(TINY), "late", None, 1)
+    request_stop("late")
     result = core("search", "--study", "late", "--trials", "1", "--detached")  # what detach() runs
     assert result.returncode == 0, result.stderr
     assert "stop requested" in result.stderr and trained_runs() == []
-    search.continue_study("late", url)
-    assert search.status("late")["stop_requested"] is False
+    continue_study("late", url)
+    assert study_status("late")["stop_requested"] is False
 
 
 def test_a_killed_trial_a_stopped_study_and_a_killed_search_all_resume_without_running_anything_twice(
@@ -158,7 +161,7 @@ def test_a_killed_trial_a_stopped_study_and_a_killed_search_all_resume_without_r
     resumes the same run from there. `--stop` the study: the worker ends and the trial saves and stops.
     Search again: the trial resumes. kill -9 that worker: started once more, it waits for the trial still
     training instead of starting it over, and the study ends with one complete trial and nothing running."""
-    search.start(search.Space.from_dict(TINY | {"epochs": 2, "ranges": TINY["ranges"] | {"width": 8}}),
+    start_study(Space.from_dict(TINY | {"epochs": 2, "ranges": TINY["ranges"] | {"width": 8}}),
                  "faults", None, 1)
     run = Run.named("faults-000")
 
@@ -201,10 +204,10 @@ def test_a_killed_trial_a_stopped_study_and_a_killed_search_all_resume_without_r
     assert log.count("training on cpu") == 3 and "resumed at epoch 1 step 0" in log
     # one trial, complete; if the stop outlasted the heartbeat's grace, Optuna failed it and queued it again,
     # and its retry resumed the same run
-    study = optuna.load_study(study_name="faults", storage=search.storage_url("faults"))
+    study = optuna.load_study(study_name="faults", storage=storage_url("faults"))
     states = [t.state for t in study.trials]
     assert states[-1] == optuna.trial.TrialState.COMPLETE and set(states[:-1]) <= {optuna.trial.TrialState.FAIL}
-    assert search.status("faults")["counted"] == 1 and {t.user_attrs["run"] for t in study.trials} == {run.name}
+    assert study_status("faults")["counted"] == 1 and {t.user_attrs["run"] for t in study.trials} == {run.name}
 
 
 # ---- several workers, SQLite and PostgreSQL ---------------------------------------------------------------
@@ -256,7 +259,7 @@ def test_two_workers_on_one_study_never_run_the_same_trial(storage, runs_dir, tm
     url = request.getfixturevalue("postgres_url") if storage == "postgresql" else None
     space = TINY | {"objectives": ["accuracy", "params"], "pruner": "none",
                     "ranges": TINY["ranges"] | {"width": {"choices": [8, 16]}, "lr": 0.2}}
-    url = search.start(search.Space.from_dict(space), "pair", url, 2)
+    url = start_study(Space.from_dict(space), "pair", url, 2)
     logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
     workers = [worker("--study", "pair", "--trials", "2", "--storage", url, log=log) for log in logs]
     for w, log in zip(workers, logs):
@@ -270,7 +273,7 @@ def test_two_workers_on_one_study_never_run_the_same_trial(storage, runs_dir, tm
     assert sorted(tag["trial"] for tag in runs.values()) == [t.number for t in study.trials] == [0, 1]
     for run in trained_runs():
         assert run.status()["state"] == "finished" and run.log_path.read_text().count("training on cpu") == 1
-    status = search.status("pair", url)
+    status = study_status("pair", url)
     assert status["counted"] == 2 and {r["state"] for r in status["trials"]} == {"finished"}
     front = {r["number"] for r in status["pareto_front"]}
     assert front and front == {t.number for t in study.best_trials}

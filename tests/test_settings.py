@@ -1,8 +1,8 @@
-"""core.settings: every training setting has a label, a help text and a group, and says when it does not apply."""
+"""core.design.settings: every training setting has a label, a help text and a group, and says when it does not apply."""
 from dataclasses import fields
 
-from core.config import RunConfig, TrainConfig
-from core.settings import LABELS, SETTINGS, recipe, settings_error
+from core.design.config import RunConfig, TrainConfig
+from core.design.settings import LABELS, SETTINGS, recipe, settings_error
 
 
 def test_every_train_config_field_has_one_setting_with_help():

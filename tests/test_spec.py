@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from core.spec import ArchSpec, SpecError
+from core.design.spec import ArchSpec, SpecError
 
 ISSUE_EXAMPLE = {
     "stem": {"channels": 64, "kernel_size": 3},

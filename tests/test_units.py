@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.budget import BUDGET, count
-from core.presets import preset_spec
+from core.design.budget import BUDGET, count
+from core.design.presets import preset_spec
 from core.units import bytes_text, duration_text, macs_text, margin_text, params_text, rate_text
 
 ROOT = Path(__file__).resolve().parents[1]

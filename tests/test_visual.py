@@ -3,7 +3,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.visual import cam_overlay, enlarge, heat_colours, thumbnail
+from core.nn.visual import cam_overlay, enlarge, heat_colours, thumbnail
 
 
 def test_a_thumbnail_fits_its_square_keeping_the_aspect_and_never_grows():

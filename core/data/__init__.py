@@ -1,0 +1,1 @@
+"""Data: where it comes from, reading folders and archives safely, decoding and caching, augmentation."""

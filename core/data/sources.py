@@ -1,0 +1,56 @@
+"""Where training data comes from, without reading it (and without torch, so a page can ask at once).
+
+core.data.datasets reads what these name.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from core.errors import StudioError
+
+BUILTIN = "builtin"
+BUILTIN_ARCHIVE = Path(__file__).parent / "assets" / "cifar10-slice.tar.gz"
+BUILTIN_IMAGES = (5_000, 1_000)      # (train, test) in the built-in slice
+CIFAR10_IMAGES = (50_000, 10_000)    # (train, test) in a full copy
+CIFAR10_DOWNLOAD_BYTES = 170_498_071  # torchvision's cifar-10-python.tar.gz
+DEFAULT_DIR = Path("data")  # relative to the working directory, like a --data argument
+TORCHVISION_DIR = "cifar-10-batches-py"
+CHOICES = (BUILTIN, "path", "download")  # the Train page's ways to pick data
+
+LAYOUTS = ("a folder holding cifar-10-batches-py/ (torchvision's CIFAR-10), or class folders train/<class>/ and "
+           "test/<class>/ as a folder, .tar.gz, .tgz, .tar or .zip")
+HOW_TO_GET_DATA = ("Set --data or CIFAR10_DATA to such a folder or archive (the JPEG copy of CIFAR-10 is at "
+                   "../shared/cifar10/cifar10-jpg.tar.gz), or use --data builtin for the slice in the repo")
+
+
+class DataError(StudioError, ValueError):
+    """Data that is missing, malformed or refused; the message says where it looked and what to do."""
+
+
+def resolve_data(data: str | None) -> str:
+    """The data to use, as "builtin" or an absolute path: `data` if given, else $CIFAR10_DATA, else ./data if
+    it exists, else the built-in slice."""
+    choice = data or os.environ.get("CIFAR10_DATA") or (str(DEFAULT_DIR) if DEFAULT_DIR.exists() else BUILTIN)
+    return BUILTIN if choice == BUILTIN else str(Path(choice).expanduser().resolve())
+
+
+def chosen_data(choice: str, path: str, download_dir: str) -> tuple[str | None, str | None]:
+    """(the data a run would train on, as load_dataset takes it, or None; what is wrong when None), for the
+    built-in slice, a copy at `path`, or a download into `download_dir`."""
+    if choice == BUILTIN:
+        return BUILTIN, None
+    if choice == "path":
+        if not path.strip():
+            return None, "Give the path of a CIFAR-10 copy, or pick the built-in slice."
+        found = resolve_data(path.strip())
+        return (found, None) if Path(found).exists() else (None, f"{found}: no such file or folder.")
+    folder = resolve_data(download_dir)
+    if (Path(folder) / TORCHVISION_DIR).is_dir():
+        return folder, None
+    return None, "Download CIFAR-10 first, or pick another source."
+
+
+def image_counts(data: str | None) -> tuple[int, int]:
+    """(train, test) images a run on `data` goes through per epoch: the slice's, else a full copy's."""
+    return BUILTIN_IMAGES if data == BUILTIN else CIFAR10_IMAGES

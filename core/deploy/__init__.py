@@ -1,0 +1,1 @@
+"""Using and shipping trained runs: classify and evaluate, fp16 and ONNX exports, importing weights."""

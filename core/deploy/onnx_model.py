@@ -1,0 +1,96 @@
+"""An exported model (`python -m core export RUN --format onnx`) at work without the studio: onnxruntime,
+numpy and Pillow, no torch, which is all a device needs.
+
+The model takes uint8 RGB images, NCHW (N, 3, 32, 32), values 0-255, any batch size; it scales and
+normalises them itself and returns logits (N, classes). Its metadata holds the class names and the design.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.data.images import to_pixels
+from core.deploy.prediction import Prediction, read_files
+from core.errors import StudioError
+
+INPUT = "images"
+OUTPUT = "logits"
+INPUT_FORMAT = "uint8 RGB, NCHW (N, 3, 32, 32), values 0-255; scaling and normalisation are inside the model"
+BATCH = 1000  # images per onnxruntime call when many are classified at once
+
+
+def exported_file(run, precision: str) -> Path:
+    """Where the app keeps a run's exported model (fp32 or int8): runs/NAME/exports/NAME-PRECISION.onnx."""
+    return run.exports / f"{run.name}-{precision}.onnx"
+
+
+def report_path(model: Path) -> Path:
+    """The verification written beside an exported model: OUT.onnx.json."""
+    return model.with_name(model.name + ".json")
+
+
+class OnnxModelError(StudioError):
+    pass
+
+
+@dataclass
+class OnnxModel:
+    session: object        # onnxruntime.InferenceSession
+    meta: dict[str, str]   # the model's metadata_props: classes and design as JSON, input, run, ...
+
+    @property
+    def classes(self) -> list[str]:
+        return json.loads(self.meta["classes"])
+
+    @classmethod
+    def load(cls, source: str | Path | bytes, name: str = "") -> OnnxModel:
+        """An exported model from its file or bytes; `name` is how errors call it."""
+        import onnxruntime as ort
+
+        name = name or str(source if not isinstance(source, bytes) else "the model")
+        if not isinstance(source, bytes):
+            if not Path(source).is_file():
+                raise OnnxModelError(f"{name}: no such file")
+            source = str(source)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: onnxruntime's notes would go to the user's terminal
+        try:
+            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for every way a file is bad
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise OnnxModelError(f"{name}: not a model onnxruntime can load ({first}); export one with "
+                                 f"`python -m core export RUN --format onnx OUT.onnx`") from None
+        meta = session.get_modelmeta().custom_metadata_map
+        inputs = session.get_inputs()
+        if "classes" not in meta or [i.name for i in inputs] != [INPUT]:
+            raise OnnxModelError(f"{name}: an ONNX model, but not one exported by ResNet Studio (it needs one "
+                                 f"input '{INPUT}' and class names in its metadata)")
+        return cls(session, dict(meta))
+
+    def logits(self, images: np.ndarray, tta_flip: bool = False) -> np.ndarray:
+        """float32 logits (N, classes) for uint8 images (N, 3, 32, 32), in batches of BATCH."""
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        out = [self.session.run([OUTPUT], {INPUT: images[i:i + BATCH]})[0] for i in range(0, len(images), BATCH)]
+        logits = np.concatenate(out) if out else np.empty((0, len(self.classes)), np.float32)
+        if tta_flip:  # as core.nn.infer does it: the mean of the image's and its mirror's logits
+            logits = (logits + self.logits(images[..., ::-1])) / 2
+        return logits
+
+    def probabilities(self, images: np.ndarray, tta_flip: bool = False) -> np.ndarray:
+        logits = self.logits(images, tta_flip).astype(np.float64)
+        exp = np.exp(logits - logits.max(1, keepdims=True))
+        return exp / exp.sum(1, keepdims=True)
+
+
+def classify(model: OnnxModel, files: list[tuple[str, bytes | Path]], tta_flip: bool = False) -> list[Prediction]:
+    """As core.deploy.predict.classify, with an exported model."""
+    results = read_files(files, lambda image: {"input": to_pixels(image)})
+    good = [pred for pred in results if pred.ok]
+    if good:
+        probabilities = model.probabilities(np.stack([pred.input for pred in good]), tta_flip)
+        for pred, row in zip(good, probabilities):
+            pred.probabilities = dict(zip(model.classes, row.tolist()))
+    return results

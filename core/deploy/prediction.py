@@ -1,0 +1,45 @@
+"""One image file's prediction and its JSON, the same for a run's checkpoint (core.deploy.predict) and an exported
+ONNX model (core.deploy.onnx_model). No torch here: a device classifies with numpy, Pillow and onnxruntime alone."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from collections.abc import Callable
+
+from PIL import Image
+
+from core.data.images import open_image
+from core.errors import StudioError
+
+
+@dataclass
+class Prediction:
+    file: str
+    ok: bool
+    error: str | None = None
+    input: Any = None                          # uint8 (3, 32, 32): what the model sees (tensor or array)
+    probabilities: dict[str, float] = field(default_factory=dict)
+    cam: Any = None                            # torch (32, 32) in [0, 1]
+    thumbnail: Any = None                      # uint8 (H, W, 3) array: the whole image, small, for people
+
+    def top(self, k: int = 3) -> list[dict]:
+        ranked = sorted(self.probabilities.items(), key=lambda kv: kv[1], reverse=True)[:k]
+        return [{"class": c, "probability": p} for c, p in ranked]
+
+    def to_json(self, k: int = 3) -> dict:
+        if not self.ok:
+            return {"file": self.file, "ok": False, "error": self.error}
+        return {"file": self.file, "ok": True, "top": self.top(k), "probabilities": self.probabilities}
+
+
+def read_files(files: list[tuple[str, bytes | Path]], prepare: Callable[[Image.Image], dict]) -> list[Prediction]:
+    """A Prediction per file, in order, its probabilities still empty: a file that decodes gets the fields
+    `prepare` makes from its image (its `input` at least); a bad file gets its own error and the rest go on."""
+    results = []
+    for name, source in files:
+        try:
+            results.append(Prediction(name, True, **prepare(open_image(source, name))))
+        except StudioError as e:
+            results.append(Prediction(name, False, error=str(e)))
+    return results

@@ -1,0 +1,2 @@
+"""The design: the architecture spec, its budget and costs, presets, the run config and the training settings.
+No torch: every page reads these at once."""

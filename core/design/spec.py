@@ -1,0 +1,199 @@
+"""The architecture spec: a CIFAR ResNet described as plain, validated, JSON round-trippable data.
+
+One spec -> one network. `core.nn.model` builds it, `core.design.budget` counts it without building it.
+Every input passes through `ArchSpec.from_dict`, which either returns a valid spec or raises one
+`SpecError` naming the field and what is allowed there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import StudioError
+
+IMAGE_SIZE = 32  # CIFAR-10 images are 32x32; every resolution below follows from this
+IN_CHANNELS = 3
+
+STAGES_RANGE = (1, 6)
+BLOCKS_RANGE = (1, 16)
+CHANNELS_RANGE = (4, 1024)
+KERNEL_SIZES = (1, 3, 5, 7)
+SHORTCUT_KERNEL_SIZES = (1, 3)
+STRIDES = (1, 2)
+SE_RATIO_RANGE = (0, 1024)  # 0 = no squeeze-and-excitation
+DROPOUT_RANGE = (0.0, 0.9)
+CLASSES_RANGE = (2, 1000)
+
+
+class SpecError(StudioError, ValueError):
+    """A spec or config that cannot be used; the message names the field and the allowed values."""
+
+
+# ---- small validators shared by every config schema in core/ ---------------------------------
+
+def check_keys(where: str, data: Any, allowed: tuple[str, ...]) -> dict:
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected an object with keys {', '.join(allowed)}, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise SpecError(f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(allowed)}")
+    return data
+
+
+def check_int(where: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise SpecError(f"{where}: expected a whole number from {lo} to {hi}, got {value!r}")
+    if not lo <= value <= hi:
+        raise SpecError(f"{where}: {value} is out of range; allowed: {lo} to {hi}")
+    return int(value)
+
+
+def check_float(where: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise SpecError(f"{where}: expected a number from {lo} to {hi}, got {value!r}")
+    if not lo <= value <= hi:
+        raise SpecError(f"{where}: {value} is out of range; allowed: {lo} to {hi}")
+    return float(value)
+
+
+def check_choice(where: str, value: Any, choices: tuple) -> Any:
+    if isinstance(value, bool) and not any(isinstance(c, bool) for c in choices):
+        raise SpecError(f"{where}: {value!r} is not allowed; allowed values: {', '.join(map(str, choices))}")
+    if value not in choices:
+        raise SpecError(f"{where}: {value!r} is not allowed; allowed values: {', '.join(map(str, choices))}")
+    return value
+
+
+def check_bool(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+def conv_out(size: int, stride: int) -> int:
+    """Output size of a conv with an odd kernel, padding kernel//2 and this stride."""
+    return (size - 1) // stride + 1
+
+
+# ---- the spec ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StemSpec:
+    channels: int = 64
+    kernel_size: int = 3
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    blocks: int = 2
+    channels: int = 64
+    kernel_size: int = 3
+    shortcut_kernel_size: int = 1
+    stride: int = 1
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    stem: StemSpec
+    stages: tuple[StageSpec, ...]
+    batch_norm: bool = True
+    se_ratio: int = 0
+    dropout: float = 0.0
+    pool_size: int = 4
+    num_classes: int = 10
+
+    # -- conversion --
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["stages"] = list(d["stages"])
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def replace(self, **changes) -> ArchSpec:
+        """A new validated spec with some top-level fields changed."""
+        return ArchSpec.from_dict({**self.to_dict(), **changes})
+
+    @property
+    def feature_sizes(self) -> list[int]:
+        """Side of each stage's output feature map, in pixels."""
+        size = conv_out(IMAGE_SIZE, 1)  # the stem keeps 32x32
+        sizes = []
+        for stage in self.stages:
+            size = conv_out(size, stage.stride)
+            sizes.append(size)
+        return sizes
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ArchSpec:
+        fields = ("stem", "stages", "batch_norm", "se_ratio", "dropout", "pool_size", "num_classes")
+        check_keys("spec", data, fields)
+        if "stages" not in data:
+            raise SpecError("stages: missing; give a list of 1 to 6 stages, e.g. "
+                            '[{"blocks": 2, "channels": 64}]')
+        raw_stages = data["stages"]
+        if not isinstance(raw_stages, list) or not STAGES_RANGE[0] <= len(raw_stages) <= STAGES_RANGE[1]:
+            n = len(raw_stages) if isinstance(raw_stages, list) else type(raw_stages).__name__
+            raise SpecError(f"stages: expected a list of {STAGES_RANGE[0]} to {STAGES_RANGE[1]} stages, got {n}")
+        stages = tuple(_stage_from_dict(i, s) for i, s in enumerate(raw_stages))
+
+        stem_raw = check_keys("stem", data.get("stem", {}), ("channels", "kernel_size"))
+        stem = StemSpec(
+            channels=check_int("stem.channels", stem_raw.get("channels", stages[0].channels), *CHANNELS_RANGE),
+            kernel_size=check_choice("stem.kernel_size", stem_raw.get("kernel_size", 3), KERNEL_SIZES),
+        )
+        spec = cls(
+            stem=stem,
+            stages=stages,
+            batch_norm=check_bool("batch_norm", data.get("batch_norm", True)),
+            se_ratio=check_int("se_ratio", data.get("se_ratio", 0), *SE_RATIO_RANGE),
+            dropout=check_float("dropout", data.get("dropout", 0.0), *DROPOUT_RANGE),
+            pool_size=check_int("pool_size", data.get("pool_size", 4), 1, IMAGE_SIZE),
+            num_classes=check_int("num_classes", data.get("num_classes", 10), *CLASSES_RANGE),
+        )
+        spec._check_geometry()
+        return spec
+
+    def _check_geometry(self) -> None:
+        size = IMAGE_SIZE
+        for i, stage in enumerate(self.stages):
+            if size < 2 and stage.stride == 2:
+                raise SpecError(f"stages[{i}].stride: the feature map is already {size}x{size} here, so stride 2 "
+                                f"would shrink it below 1 pixel; use stride 1 or fewer stride-2 stages")
+            size = conv_out(size, stage.stride)
+        if self.pool_size > size:
+            raise SpecError(f"pool_size: {self.pool_size} is larger than the last feature map ({size}x{size}); "
+                            f"allowed: 1 to {size}")
+
+
+def _stage_from_dict(i: int, data: Any) -> StageSpec:
+    where = f"stages[{i}]"
+    check_keys(where, data, tuple(f.name for f in dataclasses.fields(StageSpec)))
+    return StageSpec(
+        blocks=check_int(f"{where}.blocks", data.get("blocks", 2), *BLOCKS_RANGE),
+        channels=check_int(f"{where}.channels", data.get("channels", 64), *CHANNELS_RANGE),
+        kernel_size=check_choice(f"{where}.kernel_size", data.get("kernel_size", 3), KERNEL_SIZES),
+        shortcut_kernel_size=check_choice(f"{where}.shortcut_kernel_size",
+                                          data.get("shortcut_kernel_size", 1), SHORTCUT_KERNEL_SIZES),
+        # the usual CIFAR ResNet halves the map at every stage but the first
+        stride=check_choice(f"{where}.stride", data.get("stride", 1 if i == 0 else 2), STRIDES),
+    )
+
+
+def load_json_file(path: str | Path) -> Any:
+    """Read a JSON file, turning every way it can fail into one SpecError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot read it as text ({e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None

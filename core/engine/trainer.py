@@ -1,0 +1,54 @@
+"""One training step: model, optimizer, EMA and augmentation for one config, on one device."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from core.data.augment import Augment
+from core.design.config import RunConfig
+from core.engine.distributed import World
+from core.engine.optim import build_optimizer
+from core.nn.infer import autocast_for
+from core.nn.model import build_model
+
+
+class Trainer:
+    """Model, optimizer, EMA and augmentation for one config, and one training step."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device, world: World | None = None):
+        t = self.t = cfg.train
+        world = world or World()
+        self.model = build_model(cfg.arch)
+        if t.sync_batchnorm and world.size > 1:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model = self.model.to(device, memory_format=torch.channels_last)  # faster on GPU and CPU
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # shapes are static: let cuDNN time its algorithms once
+        self.optimizer = build_optimizer(self.model, t, device)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) \
+            if t.ema_decay > 0 else None
+        # DDP averages the gradients over the processes during backward
+        forward = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None) \
+            if world.size > 1 else self.model
+        self.forward = torch.compile(forward) if t.compile else forward
+        self.augment = Augment(t.augment, t.crop_padding, t.cutout_size, t.normalize, device)
+        self.autocast = autocast_for(device, t.precision)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a uint8 batch; returns (loss, logits), still on the device."""
+        x = self.augment(images).contiguous(memory_format=torch.channels_last)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.autocast:
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.t.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return loss.detach(), logits.detach()

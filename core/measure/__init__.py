@@ -1,0 +1,1 @@
+"""Measuring: training throughput against the seeds' loop, inference latency, this machine's speed."""

@@ -1,0 +1,73 @@
+"""The probe: find this machine's training devices and time a few training steps of a reference design on
+each (`python -m core machine`); core.runs.speeds keeps what it finds."""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import time
+
+from core.design.budget import count
+from core.design.config import RunConfig
+from core.design.presets import preset_spec
+from core.files import cache_dir
+from core.runs.speeds import REFERENCE, probe_lock_path, read_machine, record_speed, update_machine
+
+
+PROBE_BATCH = {"cpu": 32, "cuda": 256}
+
+
+PROBE_SECONDS = 2.0                # timed, after the warm-up steps
+
+
+def find_devices() -> dict[str, str]:
+    import torch
+
+    gpus = {f"cuda:{i}": torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}
+    return gpus | {"cpu": "CPU"}
+
+
+def measure(device: str, arch_preset: str = REFERENCE, seconds: float = PROBE_SECONDS) -> float:
+    """Training images/s of a preset's design on `device`, over a few steps on random images, with the
+    preset's recipe: what a run of it would do, data loading aside."""
+    import torch
+
+    from core.engine.trainer import Trainer
+    from core.measure.bench import time_steps
+
+    cfg = RunConfig.from_preset(arch_preset)
+    where = torch.device(device)
+    batch_size = PROBE_BATCH[where.type]
+    trainer = Trainer(RunConfig(cfg.arch, dataclasses.replace(cfg.train, batch_size=batch_size, compile=False)),
+                      where)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=generator).to(where)
+    labels = torch.randint(0, cfg.arch.num_classes, (batch_size,), generator=generator).to(where)
+
+    def step() -> int:
+        trainer.step(images, labels, cfg.train.lr)
+        return batch_size
+
+    return time_steps(step, where, seconds)["images_per_s"]
+
+
+def probe(again: bool = False, arch_preset: str = REFERENCE, seconds: float = PROBE_SECONDS) -> dict:
+    """Find the devices and time each one without a speed (every one, `again`); returns what is known.
+    A probe already running elsewhere makes this one return at once."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    lock = os.open(probe_lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return read_machine()
+        devices = find_devices()
+        update_machine(lambda machine: machine | {"devices": devices, "found": time.time()})
+        speeds = read_machine().get("speeds", {})
+        macs = count(preset_spec(arch_preset)).macs
+        for device, name in devices.items():
+            if again or speeds.get(device, {}).get("name") != name:
+                record_speed(device, name, measure(device, arch_preset, seconds), macs, f"timed on {arch_preset}")
+        return read_machine()
+    finally:
+        os.close(lock)

@@ -1,0 +1,95 @@
+"""Build an `nn.Module` from an ArchSpec, in the manner of torchvision's resnet.py."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.design.spec import IN_CHANNELS, ArchSpec, StageSpec
+
+
+def conv(in_ch: int, out_ch: int, kernel_size: int, stride: int, bias: bool) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias)
+
+
+def norm(channels: int, batch_norm: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+
+
+class SqueezeExcite(nn.Module):
+    """Channel attention: global pool, C -> C//r -> C, sigmoid gate."""
+
+    def __init__(self, channels: int, ratio: int):
+        super().__init__()
+        hidden = max(1, channels // ratio)
+        self.reduce = nn.Conv2d(channels, hidden, 1)
+        self.expand = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        s = torch.sigmoid(self.expand(torch.relu(self.reduce(s))))
+        return x * s
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, kernel_size: int, shortcut_kernel_size: int,
+                 batch_norm: bool, se_ratio: int, dropout: float):
+        super().__init__()
+        bias = not batch_norm  # a conv followed by BN needs no bias
+        self.conv1 = conv(in_ch, out_ch, kernel_size, stride, bias)
+        self.bn1 = norm(out_ch, batch_norm)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = conv(out_ch, out_ch, kernel_size, 1, bias)
+        self.bn2 = norm(out_ch, batch_norm)
+        self.se = SqueezeExcite(out_ch, se_ratio) if se_ratio > 0 else nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(conv(in_ch, out_ch, shortcut_kernel_size, stride, bias),
+                                          norm(out_ch, batch_norm))
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.dropout(out)
+        out = self.se(self.bn2(self.conv2(out)))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        self.spec = spec
+        bn = spec.batch_norm
+        self.stem = nn.Sequential(conv(IN_CHANNELS, spec.stem.channels, spec.stem.kernel_size, 1, bias=not bn),
+                                  norm(spec.stem.channels, bn), nn.ReLU(inplace=True))
+        in_ch = spec.stem.channels
+        stages = []
+        for stage in spec.stages:
+            stages.append(self._make_stage(in_ch, stage))
+            in_ch = stage.channels
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AvgPool2d(spec.pool_size)
+        pooled = spec.feature_sizes[-1] // spec.pool_size
+        self.fc = nn.Linear(in_ch * pooled * pooled, spec.num_classes)
+
+    def _make_stage(self, in_ch: int, stage: StageSpec) -> nn.Sequential:
+        s = self.spec
+        blocks = []
+        for i in range(stage.blocks):
+            blocks.append(BasicBlock(in_ch if i == 0 else stage.channels, stage.channels,
+                                     stage.stride if i == 0 else 1, stage.kernel_size,
+                                     stage.shortcut_kernel_size, s.batch_norm, s.se_ratio, s.dropout))
+        return nn.Sequential(*blocks)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map (what Grad-CAM looks at)."""
+        return self.stages(self.stem(x))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(features), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))
+
+
+def build_model(spec: ArchSpec) -> ResNet:
+    return ResNet(spec)

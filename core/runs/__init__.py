@@ -1,0 +1,2 @@
+"""Runs on disk: the run folder and its life cycle, the device queue, speeds kept for estimates, progress.
+No torch: the pages read runs at once."""

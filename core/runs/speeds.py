@@ -1,0 +1,132 @@
+"""This machine's training devices and how fast each trains, kept on disk so that a page can estimate at once.
+
+A probe (`python -m core machine`, which the Train page starts in the background) asks torch for the
+devices and times a few training steps of a reference design on each device that has no figure yet.
+A run reports its own images/s at the end of every epoch, and that figure replaces its device's.
+A speed is kept as MACs per second (images/s × the design's MACs per image), so that one figure
+estimates any design: images/s ≈ MACs per second ÷ the design's MACs per image. Rough, since small
+networks use a device less well than large ones; each estimate says where its figure came from.
+
+    <cache>/machine.json   {"devices": {"cuda:0": "NVIDIA H100", "cpu": "CPU"}, "found": time,
+                            "speeds": {"cpu": {"macs_per_s", "images_per_s", "name", "source", "when"}}}
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.data.sources import image_counts
+from core.design.budget import count
+from core.design.presets import preset_spec
+from core.files import PROJECT_DIR, FileError, cache_dir, locked, read_json, write_json
+
+
+REFERENCE = "resnet20"             # the design a probe times: small, so a probe takes seconds even on a CPU
+
+
+EVAL_COST = 1 / 3  # an evaluated image costs a forward pass: about a third of a training step's work
+
+
+def machine_path() -> Path:
+    return cache_dir() / "machine.json"
+
+
+def probe_lock_path() -> Path:
+    return cache_dir() / ".machine.probe.lock"
+
+
+def read_machine() -> dict:
+    """What is known of this machine; {} before the first probe (or when the file is damaged)."""
+    try:
+        return read_json(machine_path(), default={})
+    except FileError:
+        return {}
+
+
+def known_devices() -> dict[str, str] | None:
+    """Torch device names (cuda:0, ..., cpu) with what they are, as the last probe found them; None before."""
+    return read_machine().get("devices")
+
+
+def device_label(device: str, devices: dict[str, str] | None) -> str:
+    name = (devices or {}).get(device, "")
+    return f"GPU {device.split(':')[1]} · {name}" if device.startswith("cuda:") else "CPU"
+
+
+def record_speed(device: str, name: str, images_per_s: float, macs: int, source: str) -> None:
+    """Keep `device`'s speed, measured at `images_per_s` on a design of `macs` MACs per image."""
+    figure = {"macs_per_s": images_per_s * macs, "images_per_s": images_per_s, "macs": macs, "name": name,
+              "source": source, "when": time.time()}
+    update_machine(lambda machine: machine | {"speeds": machine.get("speeds", {}) | {device: figure}})
+
+
+def record_run_speed(device: str, name: str, images_per_s: float, macs: int, run_name: str) -> None:
+    """A run's speed replaces its device's figure, unless its design is smaller than the probe's reference:
+    a tiny network uses a device too poorly to speak for others (a test net's speed made a seed-sized
+    design's epoch look many times longer than it is)."""
+    if macs >= count(preset_spec(REFERENCE)).macs:
+        record_speed(device, name, images_per_s, macs, f"run {run_name}")
+
+
+def update_machine(change) -> None:
+    """Read, change and write machine.json under its lock: probes and runs write it at the same time."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with locked(machine_path()):
+        write_json(machine_path(), change(read_machine()))
+
+
+# ---- asking (no torch) ----------------------------------------------------------------------------
+
+
+def probe_running() -> bool:
+    try:
+        fd = os.open(probe_lock_path(), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def start_probe(again: bool = False) -> None:
+    """Run a probe in a process of its own, its output in <cache>/machine.log; at once."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / "machine.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "core", "machine", *(["--again"] if again else [])],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=PROJECT_DIR)
+    threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it ends: no zombie
+
+
+@dataclass(frozen=True)
+class Estimate:
+    images_per_s: float
+    epoch_s: float       # training through the train images and evaluating the test images once
+    source: str          # where the speed came from, in words: "timed on resnet20" or "run NAME"
+    when: float          # when it was measured
+
+
+def epoch_seconds(images_per_s: float, train_images: int, eval_images: int) -> float:
+    """An epoch's training and evaluation time at a training speed."""
+    return (train_images + EVAL_COST * eval_images) / images_per_s
+
+
+def estimate(arch, device: str, data: str | None) -> Estimate | None:
+    """How long an epoch of `arch` on `data` takes on `device`, from the speed kept for it; None without one."""
+    machine = read_machine()
+    figure = machine.get("speeds", {}).get(device)
+    if figure is None or figure.get("name") != machine.get("devices", {}).get(device):
+        return None
+    images_per_s = figure["macs_per_s"] / count(arch).macs
+    return Estimate(images_per_s, epoch_seconds(images_per_s, *image_counts(data)), figure["source"],
+                    figure["when"])

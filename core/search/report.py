@@ -1,0 +1,78 @@
+"""A study as JSON: its trials, the best one, the Pareto front and which settings mattered most."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import optuna
+from optuna.trial import TrialState
+
+from core.search.study import (counted, display_url, load_study, open_storage, stop_requested, storage_url, trial_run,
+                               worker_alive)
+
+
+def trial_row(trial: optuna.trial.FrozenTrial, retried: dict[int, int]) -> dict:
+    run = trial_run(trial)
+    run_status = run.status() if run is not None else {}
+    state = {TrialState.WAITING: "waiting", TrialState.RUNNING: run_status.get("state", "running"),
+             TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}[trial.state]
+    if trial.user_attrs.get("rejected"):
+        state = "rejected"
+    elif trial.number in retried:
+        state = "retried"
+    steps = trial.intermediate_values
+    accuracy = trial.values[0] if trial.state == TrialState.COMPLETE else \
+        (steps[max(steps)] if steps else run_status.get("best_acc"))
+    settings = {k: ("+".join(v) if isinstance(v, list) else v) for k, v in trial.params.items()}
+    return {"number": trial.number, "state": state, "run": trial.user_attrs.get("run"),
+            "params": trial.user_attrs.get("params"), "macs": trial.user_attrs.get("macs"),
+            "accuracy": accuracy, "epochs_done": max(steps) if steps else run_status.get("epoch"),
+            "pruned_at": max(steps) if state == "pruned" and steps else None,
+            "rejected": trial.user_attrs.get("rejected"), "error": trial.user_attrs.get("error"),
+            "retry_of": trial.system_attrs.get("failed_trial"), "retried_as": retried.get(trial.number),
+            "settings": settings}
+
+
+def study_status(name: str, url: str | None = None) -> dict:
+    """The study as JSON: its trials, the best one, and the Pareto front (several objectives)."""
+    study, space = load_study(name, open_storage(storage_url(name, url)))
+    optuna.storages.fail_stale_trials(study)  # whoever looks notices a trial whose heartbeat stopped
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs["failed_trial"]: t.number for t in trials if "failed_trial" in t.system_attrs}
+    rows = [trial_row(t, retried) for t in trials]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best_trials = [rows[t.number] for t in study.best_trials] if complete else []  # feasible ones only
+    best = max(best_trials, key=lambda r: r["accuracy"]) if best_trials else None
+    states = [r["state"] for r in rows]
+    return {"study": name, "storage": display_url(storage_url(name, url)), "space": space.to_dict(),
+            "objectives": list(space.objectives), "trials_target": study.user_attrs.get("trials"),
+            "counted": counted(trials), "worker_alive": worker_alive(name),
+            "stop_requested": stop_requested(study),
+            "states": {s: states.count(s) for s in dict.fromkeys(states)},
+            "best": best, "pareto_front": best_trials if len(space.objectives) > 1 else pareto_front(rows),
+            "importances": importances(study, complete), "trials": rows}
+
+
+def pareto_front(rows: list[dict], cost: str = "params") -> list[dict]:
+    """The finished trials that no other beats on both accuracy (higher) and `cost` (lower), cheapest first:
+    the edge of the trade-off, in a study of one objective (with several, Optuna's best_trials is the front)."""
+    edge, best = [], -1.0
+    for row in sorted((r for r in rows if r["state"] == "finished"), key=lambda r: (r[cost], -r["accuracy"])):
+        if row["accuracy"] > best:
+            edge.append(row)
+            best = row["accuracy"]
+    return edge
+
+
+def importances(study: optuna.Study, complete: list) -> dict[str, float] | None:
+    """Which settings mattered most for accuracy (Optuna's default evaluator, PED-ANOVA), once a few trials
+    have finished. PED-ANOVA explains low values of its target, so the target is accuracy negated."""
+    if len(complete) < 3:
+        return None
+    try:
+        with warnings.catch_warnings():  # its notes on few trials per region: the page says how many there are
+            warnings.simplefilter("ignore")
+            found = optuna.importance.get_param_importances(study, target=lambda t: -t.values[0])
+    except (RuntimeError, ValueError):  # e.g. every finished trial had the same settings
+        return None
+    return {k: float(v) for k, v in found.items() if not math.isnan(v)}

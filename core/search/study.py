@@ -1,0 +1,168 @@
+"""The study: where it is stored (SQLite here, or a PostgreSQL that several machines share), its name, this
+machine's note of it, and the few facts workers and trials read from it."""
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from core.errors import StudioError
+from core.files import read_json, update_json
+from core.runs.run import Run, process_alive, process_start_time, runs_root
+from core.search.space import Space
+
+# -- how workers and trials talk to the study: one visible place --
+
+
+# -- how workers and trials talk to the study: one visible place --
+HEARTBEAT_S = 5       # a live trial records a heartbeat this often
+
+
+GRACE_S = 30          # ... and is taken for dead (failed, then queued again) after this long without one
+
+
+MAX_RELAUNCHES = 3    # a trial whose process keeps dying is failed after this many relaunches
+
+
+STUDY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,55}$")  # + "-NNN" stays a valid run name
+
+
+# the heartbeat that finds dead trials is "experimental" in Optuna, and meant for Study.optimize; we use it on
+# purpose with ask-and-tell, beating from each trial's own process
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+class SearchError(StudioError):
+    pass
+
+
+def search_dir() -> Path:
+    return runs_root() / ".search"
+
+
+def check_study_name(name: str) -> str:
+    if not isinstance(name, str) or not STUDY_PATTERN.match(name):
+        raise SearchError(f"study name {name!r}: use 1-56 letters, digits, '.', '_' or '-', starting with a letter "
+                          f"or digit (its trials' runs are named NAME-000, NAME-001, ...)")
+    return name
+
+
+def record_path(name: str) -> Path:
+    """This machine's note of a study: its storage, and the worker working on it here."""
+    return search_dir() / f"{check_study_name(name)}.json"
+
+
+def storage_url(name: str, url: str | None = None) -> str:
+    """The study's storage: the one given, else the one this machine noted for it, else a SQLite file."""
+    return url or read_json(record_path(name), default={}).get("storage") or \
+        f"sqlite:///{search_dir() / (name + '.db')}"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=MAX_RELAUNCHES, inherit_intermediate_values=True))
+    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as e:
+        raise SearchError(f"storage {display_url(url)}: cannot open it ({e}); give a URL like "
+                          f"postgresql+psycopg://USER@HOST/DB (password from PGPASSWORD or ~/.pgpass)") from None
+
+
+def display_url(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def pruner_for(space: Space) -> optuna.pruners.BasePruner:
+    if space.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=space.startup_trials, n_warmup_steps=0)
+    if space.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
+
+
+def load_study(name: str, storage: optuna.storages.RDBStorage) -> tuple[optuna.Study, Space]:
+    """An existing study and its space (kept in the study, so every worker and trial reads the same)."""
+    try:
+        study = optuna.load_study(study_name=check_study_name(name), storage=storage)
+    except KeyError:
+        raise SearchError(f"no study named {name!r} in {display_url(storage.url)}; start it with "
+                          f"`python -m core search --space SPACE.json --study {name} --trials N`") from None
+    space = Space.from_dict(study.user_attrs["space"])
+    study.pruner = pruner_for(space)
+    return study, space
+
+
+def create_study(name: str, space: Space, url: str | None = None) -> optuna.Study:
+    """A new study holding `space`, or the existing one if it holds the same space."""
+    storage = open_storage(storage_url(check_study_name(name), url))
+    study = optuna.create_study(study_name=name, storage=storage, directions=space.directions, load_if_exists=True)
+    stored = study.user_attrs.get("space")
+    if stored is None:
+        study.set_user_attr("space", space.to_dict())
+    elif stored != space.to_dict():
+        raise SearchError(f"study {name!r} already exists with another space; pick another --study name, or leave "
+                          f"out --space to continue it with its own")
+    return study
+
+
+def trial_run(trial: optuna.trial.FrozenTrial) -> Run | None:
+    name = trial.user_attrs.get("run")
+    run = Run.named(name) if name else None
+    return run if run is not None and run.exists() else None
+
+
+def counted(trials: list) -> int:
+    """Trials toward --trials: all but over-budget rejections and failures a retry has replaced."""
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    return sum(1 for t in trials if not t.user_attrs.get("rejected") and
+               not (t.state == TrialState.FAIL and t.number in retried))
+
+
+def stop_requested(study: optuna.Study) -> bool:
+    return bool(study.user_attrs.get("stop"))
+
+
+def continue_study(name: str, url: str) -> None:
+    """Searching again continues a stopped study. Cleared by whoever asks for a worker, not by the worker
+    itself, so that a stop that comes while a detached worker is starting still stops it."""
+    study, _ = load_study(name, open_storage(url))
+    study.set_user_attr("stop", False)
+
+
+def note_worker(name: str, pid: int) -> None:
+    update_record(name, pid=pid, pid_start=process_start_time(pid), started=time.time())
+
+
+def update_record(name: str, **fields) -> None:
+    search_dir().mkdir(parents=True, exist_ok=True)
+    update_json(record_path(name), lambda record: record | fields)
+
+
+def worker_alive(name: str) -> bool:
+    record = read_json(record_path(name), default={})
+    return process_alive(record.get("pid"), record.get("pid_start"))
+
+
+def list_studies() -> list[str]:
+    """The studies this machine has worked on or looked at, newest first."""
+    if not search_dir().is_dir():
+        return []
+    records = sorted(search_dir().glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return [p.stem for p in records if STUDY_PATTERN.match(p.stem)]
+
+
+def start_study(space: Space, name: str, url: str | None, trials: int) -> str:
+    """Create (or reopen) the study and note it on this machine; returns its storage URL."""
+    url = storage_url(check_study_name(name), url)
+    create_study(name, space, url)
+    update_record(name, storage=url, trials=trials)
+    return url

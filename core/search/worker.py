@@ -1,0 +1,179 @@
+"""The worker (`python -m core search`): one machine's share of a study. It asks Optuna for trials, rejects
+those over the budget unseen, launches the rest as runs (one per device), and relaunches runs that died."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+from core.design.budget import count
+from core.files import PROJECT_DIR, locked
+from core.runs.run import ACTIVE, Run, create_run, launch, process_alive, stop as stop_run
+from core.search.report import study_status
+from core.search.study import (MAX_RELAUNCHES, SearchError, continue_study, counted, display_url, load_study,
+                               note_worker, open_storage, record_path, search_dir, stop_requested, storage_url,
+                               trial_run)
+
+POLL_S = 1.0          # how often a worker looks at its trials
+MAX_REJECTED = 1000   # a worker gives up after this many over-budget samples in a row
+
+
+def devices(request: str) -> list[str]:
+    """One trial at a time per device: every visible GPU for auto, else the CPU."""
+    if request != "auto":
+        return [request]
+    import torch
+
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+
+
+class Worker:
+    """One machine's share of a study: asks for trials, launches them, relaunches the ones that died."""
+
+    def __init__(self, name: str, url: str | None, trials: int, device: str | None = None):
+        self.url = storage_url(name, url)
+        self.storage = open_storage(self.url)
+        self.study, self.space = load_study(name, self.storage)
+        self.name, self.trials = name, trials
+        self.devices = devices(device or self.space.device)
+        self.in_flight: dict[str, Run] = {}  # device -> the run of a trial training there
+
+    def log(self, message: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)  # stdout is for the JSON
+
+    def run(self) -> dict:
+        self.study.set_user_attr("trials", self.trials)
+        note_worker(self.name, os.getpid())
+        stop = {"asked": False}
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
+        rejected_in_a_row = 0
+        self.log(f"study {self.name}: {self.trials} trials on {', '.join(self.devices)}, storage "
+                 f"{display_url(self.url)}")
+        while True:
+            optuna.storages.fail_stale_trials(self.study)
+            self.in_flight = {d: r for d, r in self.in_flight.items() if r.status().get("state") in ACTIVE}
+            trials = self.study.get_trials(deepcopy=False)
+            if stop["asked"] or stop_requested(self.study):
+                for run in self.in_flight.values():
+                    stop_run(run)
+                self.log("stop requested: trials in flight stop at their next step and resume with the study")
+                break
+            free = [d for d in self.devices if d not in self.in_flight]
+            if free and self.relaunch_dead(trials, free[0]):
+                continue
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            if free and (counted(trials) < self.trials or waiting):
+                run = self.start_trial(free[0])
+                if run is None:
+                    rejected_in_a_row += 1
+                    if rejected_in_a_row >= MAX_REJECTED:
+                        raise SearchError(f"{MAX_REJECTED} designs in a row were over the budget; narrow the "
+                                          f"space's ranges (width, blocks, stages) or raise its budget")
+                    continue
+                rejected_in_a_row = 0
+                self.in_flight[free[0]] = run
+                continue
+            if not self.in_flight and not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+                break
+            time.sleep(POLL_S)
+        return study_status(self.name, self.url)
+
+    def start_trial(self, device: str) -> Run | None:
+        """Ask for a trial; reject it if over budget, else launch its run. None when rejected."""
+        # seeded by the trial count: one worker's study is reproducible, and every ask draws afresh
+        seed = self.space.seed + len(self.study.get_trials(deepcopy=False))
+        self.study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        trial = self.study.ask()
+        self.storage.record_heartbeat(trial._trial_id)  # from now until the run beats itself
+        values = self.space.sample(trial)
+        cfg = self.space.config(values)
+        cost = count(cfg.arch)
+        trial.set_user_attr("params", cost.params)
+        trial.set_user_attr("macs", cost.macs)
+        trial.set_constraint("params_over_budget", cost.params - self.space.budget)
+        if self.space.max_macs is not None:
+            trial.set_constraint("macs_over_ceiling", cost.macs - self.space.max_macs)
+        if any(v > 0 for v in trial.constraints.values()):
+            reason = (f"{cost.params:,} parameters (budget {self.space.budget:,})" if cost.params > self.space.budget
+                      else f"{cost.macs:,} MACs (ceiling {self.space.max_macs:,})")
+            trial.set_user_attr("rejected", reason)
+            self.study.tell(trial, state=TrialState.PRUNED)  # never trained; the sampler sees it infeasible
+            self.log(f"trial {trial.number}: rejected, {reason}")
+            return None
+        run = self.resumable_run(trial) or create_run(cfg, f"{self.name}-{trial.number:03d}")
+        trial.set_user_attr("run", run.name)
+        run.update_status(search=self.tag(trial._trial_id, trial.number))
+        launch(run, device)
+        self.log(f"trial {trial.number}: {run.name} on {device}, {cost.params:,} parameters")
+        return run
+
+    def tag(self, trial_id: int, number: int) -> dict:
+        return {"study": self.name, "storage": self.url, "trial_id": trial_id, "trial": number}
+
+    def resumable_run(self, trial: optuna.Trial) -> Run | None:
+        """A retried trial (Optuna queued it again after its heartbeat stopped) resumes its run if it is here."""
+        original = self.storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
+        if original is None:
+            return None
+        run = trial_run(self.study.trials[original])
+        return run if run is not None and run.status().get("state") not in ACTIVE else None
+
+    def relaunch_dead(self, trials: list, device: str) -> bool:
+        """Relaunch, here, one trial that Optuna has RUNNING but whose run here has no process (killed, or
+        stopped). Under a lock, so two workers of this machine never relaunch the same run."""
+        with locked(record_path(self.name)):
+            for trial in trials:
+                run = trial_run(trial) if trial.state == TrialState.RUNNING else None
+                if run is None or run in self.in_flight.values():
+                    continue
+                status = run.status()
+                if status.get("pid") is None or process_alive(status["pid"], status.get("pid_start")):
+                    continue  # not launched yet, or alive (perhaps between its last status and telling Optuna)
+                if self.storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+                    continue  # it told Optuna and ended after `trials` was read
+                relaunches = status.get("relaunches", 0) + 1
+                if relaunches > MAX_RELAUNCHES:
+                    self.study.tell(trial.number, state=TrialState.FAIL)
+                    self.log(f"trial {trial.number}: its process died {MAX_RELAUNCHES} times; failed")
+                    continue
+                run.update_status(relaunches=relaunches)
+                self.storage.record_heartbeat(trial._trial_id)
+                launch(run, device)
+                self.in_flight[device] = run
+                self.log(f"trial {trial.number}: {run.name} had no process ({status.get('state')}); resumed on "
+                         f"{device}")
+                return True
+        return False
+
+
+def detach(name: str, url: str, trials: int, device: str | None) -> int:
+    """Run a worker in its own process and session, logging to runs/.search/NAME.log; returns its pid."""
+    continue_study(name, url)
+    cmd = [sys.executable, "-m", "core", "search", "--study", name, "--storage", url, "--trials", str(trials),
+           "--detached"]
+    if device:
+        cmd += ["--device", device]
+    search_dir().mkdir(parents=True, exist_ok=True)
+    with open(search_dir() / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=PROJECT_DIR)
+    note_worker(name, proc.pid)  # at once, so the study shows as live before the worker has started
+    threading.Thread(target=proc.wait, daemon=True).start()
+    return proc.pid
+
+
+def request_stop(name: str, url: str | None = None) -> dict:
+    """Every worker of the study stops (they read the flag from the storage) and so do its runs here."""
+    study, _ = load_study(name, open_storage(storage_url(name, url)))
+    study.set_user_attr("stop", True)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        run = trial_run(trial)
+        if run is not None:
+            stop_run(run)
+    return study_status(name, url)
