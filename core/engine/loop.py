@@ -19,19 +19,21 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from core.data.datasets import load_dataset, split_validation
+from core.data.datasets import Dataset, Split, load_dataset, split_validation
 from core.design.budget import count
-from core.design.config import RunConfig
+from core.design.config import RunConfig, TrainConfig
 from core.engine.distributed import World, check, is_lost_peer, record_error
 from core.engine.optim import lr_at
 from core.engine.trainer import Trainer
 from core.errors import StudioError
 from core.files import append_line, read_json, write_json
-from core.nn.checkpoint import flatten_state, load_train_state, save_checkpoint, unflatten_state
-from core.nn.infer import evaluate, pick_device
+from core.nn.checkpoint import load_train_state, save_checkpoint
+from core.nn.infer import Evaluation, evaluate, pick_device
 from core.runs.queue import DeviceRequest, StopWaiting, hold, visible_gpus
 from core.runs.run import ACTIVE, PruneRequested, Run, RunError, StopFlag, StopRequested, begin, process_start_time
 from core.runs.speeds import record_run_speed
@@ -45,8 +47,17 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
-# ---- the run ----------------------------------------------------------------------------------------
+class RunHooks(Protocol):
+    """Who listens to a run's loop besides its folder: a search's trial (core.search.trial)."""
 
+    def on_epoch(self, epoch: int, accuracy: float) -> None:
+        """After each epoch's checkpoint; may raise PruneRequested."""
+
+    def on_end(self, status: dict) -> None:
+        """The run's final status, once it is written."""
+
+
+# ---- the run ----------------------------------------------------------------------------------------
 
 def log(run: Run, world: World, message: str) -> None:
     """A line in train.log: rank 0 keeps the log of the run."""
@@ -60,15 +71,17 @@ def log(run: Run, world: World, message: str) -> None:
 
 
 def train(run: Run, device_request: str = "auto", data: str | None = None, epochs: int | None = None,
-          gpus: str | None = None, stop: StopFlag | None = None) -> dict:
+          gpus: str | None = None, stop: StopFlag | None = None,
+          open_hooks: Callable[[], RunHooks] | None = None) -> dict:
     """Train (or resume) a run in this process, or in this one of the processes torchrun started;
     returns the final status. Never raises for the run's own failures: they end up in status.json
     as `failed` with the reason. Only rank 0 writes the run folder. `stop`: the process's flag, when
-    it set one up before importing this module."""
+    it set one up before importing this module. `open_hooks`: who listens to this run (a search's
+    trial); opened here, so that failing to open them fails the run like any other cause."""
     stop = stop or StopFlag()
     world = World.from_env()
     record = run.update_status if world.is_main else (lambda **fields: fields)
-    trial = None
+    hooks = None
 
     def on_wait(message: str) -> None:
         record(state="queued", waiting_for=message)
@@ -80,10 +93,8 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
         else:  # a Stop signals torchrun's agent, which passes it on to every process
             record(pid=os.getppid(), pid_start=process_start_time(os.getppid()), device_request=device_request)
         record(host=socket.gethostname(), world_size=world.size)
-        if world.size == 1 and run.status().get("search"):  # a search's trial: reports each epoch and its end
-            from core.search.trial import SearchTrial
-
-            trial = SearchTrial.of(run)
+        if open_hooks is not None and world.size == 1:
+            hooks = open_hooks()
         cfg = run.config()
         if epochs and epochs != cfg.train.epochs:  # resuming with more (or fewer) epochs
             cfg = cfg.replace_train(epochs=epochs)
@@ -105,7 +116,7 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
                    device_name=device_name(device))
             log(run, world, f"training on {device} with torch {torch.__version__}"
                             + (f", {world.size} processes" if world.size > 1 else ""))
-            fit(run, cfg, device, stop, world, trial.report if trial else None)
+            fit(run, cfg, device, stop, world, hooks)
         status = record(state="finished", ended=time.time())
     except (StopRequested, StopWaiting):
         log(run, world, "stopped on request; resume to continue")
@@ -133,175 +144,214 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
         status = record(state="failed", ended=time.time(), error=reason, waiting_for=None)
     finally:
         world.leave()
-    if trial is not None:
-        trial.end(status)
+    if hooks is not None:
+        hooks.on_end(status)
     return status
 
 
+# ---- the loop -----------------------------------------------------------------------------------------
+
+@dataclass
+class Position:
+    """Where a run stands, as every checkpoint records it; resuming starts here."""
+    epoch: int = 0           # whole epochs done
+    step: int = 0            # steps done into `epoch`
+    best_acc: float = -1.0
+    elapsed: float = 0.0     # wall time of every session until the last save
+    trained: float = 0.0     # time spent in training steps alone: what a time_limit counts
+
+    def epochs_done(self, steps_per_epoch: int) -> float:
+        return self.epoch + self.step / steps_per_epoch
+
+
+@dataclass
+class Batches:
+    """The training split cut into whole global batches (static shapes, no tiny last step), and this
+    process's share of each."""
+    split: Split
+    batch_size: int          # global, over all processes
+    world: World
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.split) // self.batch_size
+
+    @property
+    def local_batch(self) -> int:
+        return self.batch_size // self.world.size
+
+    def epoch(self, epoch: int, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's images and labels for an epoch, in step order, on the device. The order depends
+        only on (seed, epoch), so a resumed epoch replays it, with any world size."""
+        order = torch.randperm(len(self.split), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        mine = order[:self.steps_per_epoch * self.batch_size].view(
+            self.steps_per_epoch, self.world.size, self.local_batch)[:, self.world.rank].reshape(-1)
+        return self.split.images[mine].to(device), self.split.labels[mine].to(device)
+
+
+class EpochTally:
+    """An epoch's training loss, right answers and images so far, summed on the device: no host sync."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.images = 0
+        self.device = device
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss += loss * len(labels)
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.images += len(labels)
+
+    def totals(self, world: World) -> tuple[float, float, int]:
+        """(mean loss, accuracy, images) over every process: a host sync."""
+        loss, right, images = world.sum(torch.stack([
+            self.loss, self.correct.float(), torch.tensor(float(self.images), device=self.device)])).tolist()
+        return loss / max(images, 1), right / max(images, 1), int(images)
+
+
+def learning_rate(t: TrainConfig, global_step: int, trained: float, total_steps: int, steps_per_epoch: int) -> float:
+    """The schedule's lr at a step; with a time limit, at the share of the time used instead."""
+    if t.time_limit:
+        return lr_at(t, min(1.0, trained / t.time_limit) * total_steps, total_steps, steps_per_epoch)
+    return lr_at(t, global_step, total_steps, steps_per_epoch)
+
+
+def evaluation_split(dataset: Dataset, t: TrainConfig) -> tuple[Split, Split, str]:
+    """(what to train on, what to evaluate on, its name): the test split, or a validation split carved from
+    train when the config asks for one (a search's trials are never scored on test)."""
+    if t.val_fraction > 0:
+        return *split_validation(dataset.train, t.val_fraction, t.seed), "val"
+    return dataset.train, dataset.test, "test"
+
+
+def save(run: Run, world: World, trainer: Trainer, tag: str, meta: dict) -> None:
+    """Checkpoint `tag`: the weights to use, plus everything needed to resume. Rank 0 writes."""
+    if world.is_main:
+        tensors, plain = trainer.state()
+        save_checkpoint(run.checkpoints, tag, trainer.eval_model.state_dict(), meta, train_state=tensors,
+                        train_meta=plain)
+
+
 def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: World,
-        on_epoch: Callable[[int, float], None] | None = None) -> None:
-    """Train `run`; `on_epoch(epoch, eval_acc)` is called after each epoch's checkpoint (a search's trial
-    reports there, and may raise PruneRequested)."""
+        hooks: RunHooks | None = None) -> None:
+    """Train `run` from where its `last` checkpoint left off to the end of its epochs or time limit."""
     t = cfg.train
     torch.manual_seed(t.seed)
 
-    # data, on the device, as uint8
+    # data: the training split on the host, cut into batches; each epoch, this process's shard goes to the device
     dataset = load_dataset(cfg.data)
-    train_split, eval_split, eval_name = dataset.train, dataset.test, "test"
-    if t.val_fraction > 0:
-        train_split, eval_split = split_validation(dataset.train, t.val_fraction, t.seed)
-        eval_name = "val"
-    images, labels = train_split.images, train_split.labels  # each epoch, this process's shard goes to the device
-    n = len(labels)
-    batch_size = min(t.batch_size, n)  # the global batch, over all processes
-    check(cfg.replace_train(batch_size=batch_size), device.type, world.size)
-    local_batch = batch_size // world.size
-    steps_per_epoch = n // batch_size  # whole batches only: static shapes, and no tiny last step
+    train_split, eval_split, eval_name = evaluation_split(dataset, t)
+    batches = Batches(train_split, min(t.batch_size, len(train_split)), world)
+    check(cfg.replace_train(batch_size=batches.batch_size), device.type, world.size)
+    steps_per_epoch, local = batches.steps_per_epoch, batches.local_batch
     total_steps = t.epochs * steps_per_epoch
-    log(run, world, f"data: {dataset.source}; {n:,} training images, {len(eval_split):,} {eval_name} images"
-                    + (f"; {local_batch} of each batch of {batch_size} per process" if world.size > 1 else ""))
+    log(run, world, f"data: {dataset.source}; {len(train_split):,} training images, {len(eval_split):,} "
+                    f"{eval_name} images" + (f"; {local} of each batch of {batches.batch_size} per process"
+                                             if world.size > 1 else ""))
 
     trainer = Trainer(cfg, device, world)
-    model, optimizer, ema, augment = trainer.model, trainer.optimizer, trainer.ema, trainer.augment
-
-    # resume where `last` left off
-    start_epoch, start_step, best_acc, elapsed_before, trained = 0, 0, -1.0, 0.0, 0.0
-    if (run.checkpoints / "last.json").exists():
+    at = Position()
+    if (run.checkpoints / "last.json").exists():  # resume where `last` left off
         tensors, plain, meta = load_train_state(run.checkpoints, "last")
-        model.load_state_dict(unflatten_state("model", tensors, plain))
-        optimizer.load_state_dict(unflatten_state("optimizer", tensors, plain))
-        if ema is not None:
-            ema.load_state_dict(unflatten_state("ema", tensors, plain))
-        start_epoch, start_step = meta["epoch"], meta["step"]
-        best_acc, elapsed_before, trained = meta.get("best_acc", -1.0), meta["elapsed"], meta.get("trained", 0.0)
-        log(run, world, f"resumed at epoch {start_epoch} step {start_step}")
+        trainer.load_state(tensors, plain)
+        at = Position(meta["epoch"], meta["step"], meta.get("best_acc", -1.0), meta["elapsed"],
+                      meta.get("trained", 0.0))
+        log(run, world, f"resumed at epoch {at.epoch} step {at.step}")
+    run_meta = {"spec": cfg.arch.to_dict(), "classes": list(dataset.classes), **trainer.augment.normalizer.stats,
+                "eval_split": eval_name, "tta_flip": t.tta_flip, "data": dataset.source}
 
-    def checkpoint_meta(epoch: int, step: int, acc: float | None, elapsed: float) -> dict:
-        return {"spec": cfg.arch.to_dict(), "classes": list(dataset.classes), **augment.normalizer.stats,
-                "epoch": epoch, "step": step, "eval_acc": acc, "eval_split": eval_name, "best_acc": best_acc,
-                "elapsed": elapsed, "trained": trained, "tta_flip": t.tta_flip, "data": dataset.source,
-                "saved": time.time()}
+    def evaluate_now() -> Evaluation:
+        return evaluate(trainer.eval_model, eval_split.images, eval_split.labels, trainer.augment.normalizer,
+                        device, len(dataset.classes), t.tta_flip, t.precision)
 
-    def save(tag: str, epoch: int, step: int, acc: float | None, elapsed: float) -> None:
-        if not world.is_main:
-            return
-        state, plain = {}, {}
-        for prefix, sd in [("model", model.state_dict()), ("optimizer", optimizer.state_dict())] + \
-                ([("ema", ema.state_dict())] if ema is not None else []):
-            ts, ps = flatten_state(prefix, sd)
-            state |= ts
-            plain |= ps
-        eval_model = ema.module if ema is not None else model
-        save_checkpoint(run.checkpoints, tag, eval_model.state_dict(), checkpoint_meta(epoch, step, acc, elapsed),
-                        train_state=state, train_meta=plain)
+    def checkpoint(tag: str, acc: float | None) -> None:
+        save(run, world, trainer, tag, run_meta | {"epoch": at.epoch, "step": at.step, "eval_acc": acc,
+                                                    "best_acc": at.best_acc, "elapsed": at.elapsed,
+                                                    "trained": at.trained, "saved": time.time()})
 
-    def evaluate_now():
-        return evaluate(ema.module if ema is not None else model, eval_split.images, eval_split.labels,
-                        augment.normalizer, device, len(dataset.classes), t.tta_flip, t.precision)
-
-    def lr_now(global_step: int, trained_now: float) -> float:
-        """The schedule's lr at a step; with a time limit, at the share of the time used instead."""
-        if t.time_limit:
-            return lr_at(t, min(1.0, trained_now / t.time_limit) * total_steps, total_steps, steps_per_epoch)
-        return lr_at(t, global_step, total_steps, steps_per_epoch)
-
-    def so_far() -> tuple[float, float, int]:
-        """This epoch's train loss, accuracy and images until now, over all processes."""
-        loss, right, images_seen = world.sum(torch.stack([loss_sum, correct.float(),
-                                                          torch.tensor(float(seen), device=device)])).tolist()
-        return loss / max(images_seen, 1), right / max(images_seen, 1), int(images_seen)
-
-    session_start = time.perf_counter()
-    out_of_time, next_eval = False, 0.0
-    for epoch in itertools.count(start_epoch) if t.time_limit else range(start_epoch, t.epochs):
-        model.train()
-        # the epoch's order depends only on (seed, epoch), so a resumed epoch replays it, with any world size;
-        # this process holds its slice of each global batch, in step order, on its device
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
-        mine = order[:steps_per_epoch * batch_size].view(steps_per_epoch, world.size, local_batch)[:, world.rank]
-        shard_images, shard_labels = images[mine.reshape(-1)].to(device), labels[mine.reshape(-1)].to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen, epoch_start = 0, time.perf_counter()
-        first = start_step if epoch == start_epoch else 0
-        step, lr = first - 1, lr_now(epoch * steps_per_epoch + first, trained)  # for an epoch with no step left
+    session_start, elapsed_before, next_eval = time.perf_counter(), at.elapsed, 0.0
+    for epoch in itertools.count(at.epoch) if t.time_limit else range(at.epoch, t.epochs):
+        trainer.model.train()
+        images, labels = batches.epoch(epoch, t.seed, device)
+        tally, epoch_start = EpochTally(device), time.perf_counter()
+        first = at.step if epoch == at.epoch else 0
+        out_of_time, step = False, first - 1
+        lr = learning_rate(t, epoch * steps_per_epoch + first, at.trained, total_steps, steps_per_epoch)
         for step in range(first, steps_per_epoch):
             global_step = epoch * steps_per_epoch + step
             # augmentation and dropout, replayable: each process draws its own
             torch.manual_seed((t.seed * 1_000_003 + global_step) * world.size + world.rank)
-            x = shard_images[step * local_batch:(step + 1) * local_batch]
-            y = shard_labels[step * local_batch:(step + 1) * local_batch]
-            trained_now = trained + time.perf_counter() - epoch_start  # host clock: no sync
-            lr = lr_now(global_step, trained_now)
+            x, y = images[step * local:(step + 1) * local], labels[step * local:(step + 1) * local]
+            trained_now = at.trained + time.perf_counter() - epoch_start  # host clock: no sync
+            lr = learning_rate(t, global_step, trained_now, total_steps, steps_per_epoch)
             loss, logits = trainer.step(x, y, lr)
-            loss_sum += loss * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
+            tally.add(loss, logits, y)
             if (global_step + 1) % t.log_every == 0:  # the only host sync inside an epoch
-                train_loss, _, seen_all = so_far()
+                train_loss, _, images_seen = tally.totals(world)
                 if world.is_main:
-                    run_append_metrics(run, {"kind": "step", "epoch": epoch + (step + 1) / steps_per_epoch,
-                                             "step": global_step + 1, "train_loss": train_loss, "lr": lr,
-                                             "images_per_s": seen_all / (time.perf_counter() - epoch_start),
-                                             "elapsed": elapsed_before + time.perf_counter() - session_start})
+                    append_metrics(run, {"kind": "step", "epoch": epoch + (step + 1) / steps_per_epoch,
+                                         "step": global_step + 1, "train_loss": train_loss, "lr": lr,
+                                         "images_per_s": images_seen / (time.perf_counter() - epoch_start),
+                                         "elapsed": elapsed_before + time.perf_counter() - session_start})
             if world.any(stop()):  # all processes stop after the same step
-                trained += time.perf_counter() - epoch_start
-                save("last", epoch, step + 1, None, elapsed_before + time.perf_counter() - session_start)
+                at.epoch, at.step = epoch, step + 1
+                at.trained += time.perf_counter() - epoch_start
+                at.elapsed = elapsed_before + time.perf_counter() - session_start
+                checkpoint("last", None)
                 raise StopRequested
             if t.time_limit and trained_now >= t.time_limit:
                 out_of_time = True
                 break
 
+        # the epoch's end (or the time limit's): its figures, an evaluation, checkpoints
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        train_loss, train_acc, seen_all = so_far()
+        train_loss, train_acc, images_seen = tally.totals(world)
         train_time = time.perf_counter() - epoch_start
-        trained += train_time
-        done_epoch, done_step = (epoch + 1, 0) if step + 1 == steps_per_epoch else (epoch, step + 1)
-        epochs_done = done_epoch + done_step / steps_per_epoch if done_step else done_epoch
+        at.trained += train_time
+        at.epoch, at.step = (epoch + 1, 0) if step + 1 == steps_per_epoch else (epoch, step + 1)
         if t.time_limit:  # epochs can take a second on a GPU: evaluate and save a few times, not after each
-            if trained < next_eval and not out_of_time:
+            if at.trained < next_eval and not out_of_time:
                 continue
-            next_eval = trained + t.time_limit / EVALS_IN_A_TIME_LIMIT
+            next_eval = at.trained + t.time_limit / EVALS_IN_A_TIME_LIMIT
         result = evaluate_now()  # every process evaluates: no process waits for another
-        elapsed = elapsed_before + time.perf_counter() - session_start
-        line = {"kind": "epoch", "epoch": epochs_done,
-                "step": done_epoch * steps_per_epoch + done_step,
-                "train_loss": train_loss, "train_acc": train_acc,
+        at.elapsed = elapsed_before + time.perf_counter() - session_start
+        line = {"kind": "epoch", "epoch": at.epochs_done(steps_per_epoch),
+                "step": at.epoch * steps_per_epoch + at.step, "train_loss": train_loss, "train_acc": train_acc,
                 "eval_split": eval_name, "eval_loss": result.loss, "eval_acc": result.accuracy,
-                "lr": lr, "images_per_s": seen_all / train_time, "elapsed": elapsed, "trained": trained}
+                "lr": lr, "images_per_s": images_seen / train_time, "elapsed": at.elapsed, "trained": at.trained}
         if world.is_main:
-            run_append_metrics(run, line)
+            append_metrics(run, line)
         if world.size == 1:  # a speed of one device, for estimates; no reason to fail a run
             with contextlib.suppress(OSError):
                 record_run_speed(str(device), device_name(device), line["images_per_s"], count(cfg.arch).macs,
                                  run.name)
-        of = f" ({trained:.0f} of {t.time_limit:g} s)" if t.time_limit else f"/{t.epochs}"
-        log(run, world, f"epoch {epochs_done:.4g}{of}: train loss {train_loss:.3f} acc {train_acc:.3f}, "
+        of = f" ({at.trained:.0f} of {t.time_limit:g} s)" if t.time_limit else f"/{t.epochs}"
+        log(run, world, f"epoch {line['epoch']:.4g}{of}: train loss {train_loss:.3f} acc {train_acc:.3f}, "
                         f"{eval_name} loss {result.loss:.3f} acc {result.accuracy:.4f}, "
                         f"{line['images_per_s']:.0f} img/s")
-        if result.accuracy > best_acc:
-            best_acc = result.accuracy
-            save("best", done_epoch, done_step, result.accuracy, elapsed)
-        save("last", done_epoch, done_step, result.accuracy, elapsed)
+        if result.accuracy > at.best_acc:
+            at.best_acc = result.accuracy
+            checkpoint("best", result.accuracy)
+        checkpoint("last", result.accuracy)
         if world.is_main:
-            run.update_status(epoch=epochs_done, best_acc=best_acc)
-        if on_epoch is not None:
-            on_epoch(done_epoch, result.accuracy)
+            run.update_status(epoch=line["epoch"], best_acc=at.best_acc)
+        if hooks is not None:
+            hooks.on_epoch(at.epoch, result.accuracy)
         if out_of_time:
             break
 
     final = evaluate_now()
-    if not world.is_main:
-        return
-    write_json(run.results_path, {
-        "eval_split": eval_name, "accuracy": final.accuracy, "loss": final.loss, "classes": list(dataset.classes),
-        "per_class_accuracy": dict(zip(dataset.classes, final.per_class_accuracy)),
-        "confusion": final.confusion.tolist(), "best_acc": best_acc, "data": dataset.source,
-        "checkpoint": "last"})
+    if world.is_main:
+        write_json(run.results_path, {
+            "eval_split": eval_name, "accuracy": final.accuracy, "loss": final.loss, "classes": list(dataset.classes),
+            "per_class_accuracy": dict(zip(dataset.classes, final.per_class_accuracy)),
+            "confusion": final.confusion.tolist(), "best_acc": at.best_acc, "data": dataset.source,
+            "checkpoint": "last"})
 
 
-def run_append_metrics(run: Run, line: dict) -> None:
+def append_metrics(run: Run, line: dict) -> None:
     try:
         append_line(run.metrics_path, line)
     except OSError as e:

@@ -10,6 +10,7 @@ from core.data.augment import Augment
 from core.design.config import RunConfig
 from core.engine.distributed import World
 from core.engine.optim import build_optimizer
+from core.nn.checkpoint import flatten_state, unflatten_state
 from core.nn.infer import autocast_for
 from core.nn.model import build_model
 
@@ -52,3 +53,25 @@ class Trainer:
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         return loss.detach(), logits.detach()
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The network that is evaluated and saved as the run's weights: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything needed to resume: model, optimizer and EMA, as flat tensors and plain values."""
+        tensors, plain = {}, {}
+        parts = [("model", self.model), ("optimizer", self.optimizer)]
+        parts += [("ema", self.ema)] if self.ema is not None else []
+        for prefix, part in parts:
+            ts, ps = flatten_state(prefix, part.state_dict())
+            tensors |= ts
+            plain |= ps
+        return tensors, plain
+
+    def load_state(self, tensors: dict[str, torch.Tensor], plain: dict) -> None:
+        self.model.load_state_dict(unflatten_state("model", tensors, plain))
+        self.optimizer.load_state_dict(unflatten_state("optimizer", tensors, plain))
+        if self.ema is not None:
+            self.ema.load_state_dict(unflatten_state("ema", tensors, plain))

@@ -15,7 +15,8 @@ from core.search.study import HEARTBEAT_S, load_study, open_storage
 
 
 class SearchTrial:
-    """The Optuna trial a run is, seen from the run's training process (core/engine/loop.py)."""
+    """The Optuna trial a run is, seen from the run's training process: the hooks the loop calls
+    (core.engine.loop.RunHooks)."""
 
     def __init__(self, run: Run, tag: dict):
         self.run, self.trial_id = run, tag["trial_id"]
@@ -32,11 +33,10 @@ class SearchTrial:
             time.sleep(HEARTBEAT_S)
 
     @classmethod
-    def of(cls, run: Run) -> SearchTrial | None:
-        tag = run.status().get("search")
-        return cls(run, tag) if tag else None
+    def of(cls, run: Run) -> SearchTrial:
+        return cls(run, run.status()["search"])
 
-    def report(self, epoch: int, accuracy: float) -> None:
+    def on_epoch(self, epoch: int, accuracy: float) -> None:
         """After each epoch: the validation accuracy to the study; raises PruneRequested when the pruner says so."""
         if len(self.space.objectives) > 1:  # Optuna prunes single-objective studies only
             return
@@ -45,7 +45,7 @@ class SearchTrial:
         if self.trial.should_prune():
             raise PruneRequested(epoch)
 
-    def end(self, status: dict) -> None:
+    def on_end(self, status: dict) -> None:
         """The run's end, told to the study. A stopped run stays RUNNING: resuming the study resumes it."""
         state = status.get("state")
         if self.storage.get_trial(self.trial_id).state != TrialState.RUNNING:

@@ -1,0 +1,126 @@
+"""`python -m core` commands for trained runs: predict, evaluate, export (fp16, ONNX), time the exports, and
+import weights trained elsewhere."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from core.cli.common import add_checkpoint, emit
+from core.deploy.fp16 import export
+from core.design.config import RunConfig
+from core.design.spec import load_json_file
+from core.runs.run import Run
+
+
+def cmd_predict(args) -> int:
+    files = [(f, Path(f)) for f in args.images]
+    if args.onnx:  # the device path: onnxruntime, numpy and Pillow, never torch
+        from core.deploy.onnx_model import OnnxModel, classify
+
+        predictions = classify(OnnxModel.load(args.onnx), files, tta_flip=args.tta_flip)
+    else:
+        from core.deploy.predict import Classifier, classify
+
+        classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
+        predictions = classify(classifier, files, tta_flip=args.tta_flip)
+    emit([p.to_json(args.top) for p in predictions])
+    return 0 if all(p.ok for p in predictions) else 1
+
+
+def cmd_evaluate(args) -> int:
+    from core.data.sources import resolve_data
+    from core.deploy.predict import Classifier, evaluate_run
+
+    start = time.perf_counter()
+    classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
+    report = evaluate_run(classifier, resolve_data(args.data), args.mistakes, args.tta_flip)
+    emit(report.to_json() | {"checkpoint": args.checkpoint, "seconds": time.perf_counter() - start})
+    return 0
+
+
+def cmd_export(args) -> int:
+    if args.format == "onnx":
+        from core.deploy.onnx_export import export_onnx
+
+        emit(export_onnx(Run.at(args.run), args.dest, args.checkpoint, args.int8, args.data, args.max_drop,
+                         args.calibration_images))
+        return 0
+    if args.int8:
+        print("error: --int8 is for --format onnx; the safetensors export is fp16 (or --fp32)", file=sys.stderr)
+        return 2
+    dest = export(Run.at(args.run), Run.at(args.dest), half=not args.fp32)
+    emit({"exported": str(dest.dir), "files": sorted(str(p.relative_to(dest.dir)) for p in dest.dir.rglob("*")
+                                                     if p.is_file())})
+    return 0
+
+
+def cmd_bench_export(args) -> int:
+    from core.measure.latency import bench_export
+
+    emit(bench_export(Run.at(args.run).require(), args.checkpoint, args.data, args.seconds))
+    return 0
+
+
+def cmd_import(args) -> int:
+    from core.deploy.importer import NORMALIZATIONS, import_weights
+
+    design = RunConfig.from_dict(load_json_file(args.design))
+    if args.allow_over_budget:
+        design = RunConfig.from_dict(design.to_dict() | {"allow_over_budget": True})
+    mean, std = NORMALIZATIONS[args.normalization]
+    mean, std = tuple(args.mean or mean), tuple(args.std or std)
+    run = import_weights(Path(args.weights), args.weights, design, args.run_dir, mean, std)
+    emit({"imported": str(run.dir), "from": args.weights, "params": run.summary()["params"],
+          "mean": list(mean), "std": list(std)})
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("predict", help="classify image files with a run's checkpoint or an exported ONNX model "
+                                       "(JSON per file)")
+    add_checkpoint(p, onnx=True)
+    p.add_argument("--top", type=int, default=3, help="how many classes to list per image")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix and worst mistakes")
+    add_checkpoint(p)
+    p.add_argument("--data", help="a CIFAR-10 copy (its test split) or a folder/.zip/.tar.gz of class folders")
+    p.add_argument("--mistakes", type=int, default=20, help="how many of the most confident mistakes to list")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="a finished run to ship: record + best checkpoint in fp16 (safetensors), "
+                                      "or one verified ONNX file for devices (--format onnx)")
+    p.add_argument("run", metavar="runs/NAME")
+    p.add_argument("dest", metavar="runs/NEW|OUT.onnx")
+    p.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors")
+    p.add_argument("--fp32", action="store_true", help="safetensors: keep fp32 weights")
+    p.add_argument("--int8", action="store_true", help="onnx: int8 by static quantization, calibrated on training "
+                                                       "images")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="onnx: which checkpoint")
+    p.add_argument("--data", help="onnx: CIFAR-10 copy to verify on (its test split) and calibrate int8 with (its "
+                                  "training split); default the run's own data if it is here, else the built-in slice")
+    p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
+                   help="onnx --int8: refuse if int8 loses more accuracy points than this against fp32 (default 1)")
+    p.add_argument("--calibration-images", type=int, default=1024, help="onnx --int8: how many training images")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench-export", help="CPU latency at batch 1 and 256: PyTorch, ONNX fp32, ONNX int8")
+    p.add_argument("run", metavar="runs/NAME")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--data", help="images to time and calibrate int8 with (default as for export)")
+    p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per batch size (after warm-up)")
+    p.set_defaults(func=cmd_bench_export)
+
+    p = sub.add_parser("import", help="a PyTorch state_dict (.pt) trained elsewhere, as a run of a given design")
+    p.add_argument("weights", metavar="WEIGHTS.pt")
+    p.add_argument("--design", required=True, metavar="SPEC.json", help="the network's design: a spec or run config")
+    p.add_argument("--run-dir", required=True, metavar="runs/NAME", help="the new run")
+    p.add_argument("--normalization", choices=("cifar10", "kuangliu", "none"), default="cifar10",
+                   help="the input normalisation the weights were trained with: CIFAR-10's mean and std (default), "
+                        "kuangliu pytorch-cifar's (std 0.2023, 0.1994, 0.2010), or none (plain [0, 1] pixels)")
+    p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="or give the mean on [0, 1] pixels")
+    p.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="and the std")
+    p.add_argument("--allow-over-budget", action="store_true", help="import a design over its parameter budget")
+    p.set_defaults(func=cmd_import)

@@ -1,0 +1,186 @@
+"""`python -m core` commands for training and runs: train, resume, stop, list, queue, delete; check data, bench
+the engine, probe the machine."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from core.cli.common import add_source, config_from_args, emit
+from core.design.config import RunConfig
+from core.design.presets import PRESETS
+from core.measure.probe import PROBE_SECONDS
+from core.runs.queue import plan, queue
+from core.runs.run import Run, StopFlag, create_run, delete, launch, list_runs, stop
+from core.runs.speeds import REFERENCE
+
+
+def cmd_train(args) -> int:
+    stop_flag = None if args.detach else StopFlag()  # listening for Stop before the slow imports below
+    if args.resume:
+        run = Run.at(args.resume).require()
+    else:
+        cfg = config_from_args(args)
+        overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v}
+        if overrides:
+            cfg = cfg.replace_train(**overrides)
+        if args.allow_over_budget:
+            cfg = RunConfig.from_dict(cfg.to_dict() | {"allow_over_budget": True})
+        if args.data:
+            cfg = RunConfig.from_dict(cfg.to_dict() | {"data": args.data})
+        name = args.run_dir or f"{cfg.preset or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = Run.at(name)
+        run = create_run(cfg, run.name, run.dir.parent)
+    if args.create_only:
+        emit({"run": str(run.dir), "state": "queued"})
+        return 0
+    data, epochs = (args.data, args.epochs) if args.resume else (None, None)
+    request, processes = plan(args.device, args.gpus, args.nproc_per_node, nnodes=args.nnodes,
+                              node_rank=args.node_rank, rdzv=args.rdzv, max_restarts=args.max_restarts)
+    if args.detach:
+        pid = launch(run, args.device, data, epochs, args.gpus, processes.cli_args() if processes.distributed else [])
+        emit({"run": str(run.dir), "pid": pid, "state": "queued", "world_size": processes.world_size})
+        return 0
+    if processes.distributed:
+        from core.engine.distributed import run_processes
+
+        status = run_processes(run, processes, request, data, epochs)
+    else:
+        from core.engine.loop import train  # torch-heavy: imported only by the commands that train
+
+        status = train(run, args.device, data, epochs, args.gpus, stop_flag, search_trial_hooks(run))
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # under torchrun, the launcher says how the run ended
+        emit({"run": str(run.dir)} | status)
+    return 1 if status.get("state") == "failed" else 0
+
+
+def search_trial_hooks(run: Run):
+    """A search's trial reports to its study after each epoch and at its end: the hooks that do so, opened
+    by the loop (None for a run that is no trial)."""
+    if not run.status().get("search"):
+        return None
+    from core.search.trial import SearchTrial  # Optuna: only for a trial
+
+    return lambda: SearchTrial.of(run)
+
+
+def cmd_data(args) -> int:
+    from core.data.datasets import load_dataset
+    from core.data.sources import resolve_data
+
+    start = time.perf_counter()
+    dataset = load_dataset(resolve_data(args.data), download=args.download)
+    emit({"source": dataset.source, "classes": list(dataset.classes), "train": len(dataset.train),
+          "test": len(dataset.test), "train_per_class": dataset.train.labels.bincount().tolist(),
+          "test_per_class": dataset.test.labels.bincount().tolist(), "seconds": time.perf_counter() - start})
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from core.measure.bench import bench
+
+    cfg = config_from_args(args)
+    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("compile", args.compile or None)) if v}
+    if overrides:
+        cfg = cfg.replace_train(**overrides)
+    if args.data:
+        cfg = RunConfig.from_dict(cfg.to_dict() | {"data": args.data})
+    emit(bench(cfg, args.device, args.seconds))
+    return 0
+
+
+def cmd_machine(args) -> int:
+    from core.measure.probe import probe
+
+    emit(probe(again=args.again, arch_preset=args.preset, seconds=args.seconds))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    emit([run.summary() for run in list_runs()])
+    return 0
+
+
+def cmd_queue(args) -> int:
+    emit(queue())
+    return 0
+
+
+def cmd_stop(args) -> int:
+    emit(stop(Run.at(args.run)))
+    return 0
+
+
+def cmd_delete(args) -> int:
+    run = Run.at(args.run)
+    if not args.yes:
+        print(f"error: deleting {run.dir} removes its checkpoints and metrics; pass --yes to confirm",
+              file=sys.stderr)
+        return 2
+    delete(run)
+    emit({"deleted": str(run.dir)})
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="train a design (or resume a run) and write its run folder")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--preset", help="a preset name")
+    g.add_argument("--config", metavar="RUN.json", help="a run config (arch + train) or a bare spec")
+    g.add_argument("--resume", metavar="runs/NAME", help="continue a run from its last checkpoint")
+    p.add_argument("--run-dir", metavar="runs/NAME", help="where the run goes (default runs/<preset>-<time>)")
+    p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda or cuda:N")
+    p.add_argument("--data", help="CIFAR-10 folder or archive, or 'builtin' (default: $CIFAR10_DATA, ./data, "
+                                  "else the built-in slice)")
+    p.add_argument("--epochs", type=int, help="override the number of epochs (with --resume: the new total)")
+    p.add_argument("--batch-size", type=int, help="override the batch size")
+    p.add_argument("--allow-over-budget", action="store_true", help="train a design over its parameter budget")
+    p.add_argument("--detach", action="store_true", help="train in a background process and return at once")
+    p.add_argument("--create-only", action="store_true",
+                   help="write the run folder and stop there; start it with --resume (e.g. under srun torchrun)")
+    g = p.add_argument_group("devices and processes (docs/DISTRIBUTED.md)")
+    g.add_argument("--gpus", metavar="N|IDS", help="a GPU count (2) or IDs (0,2; one ID: 2,); one process per GPU")
+    g.add_argument("--nproc-per-node", type=int, metavar="N", help="processes on this machine (torchrun; "
+                                                                      "default: one per GPU, or 1)")
+    g.add_argument("--nnodes", type=int, default=1, metavar="M", help="machines taking part (default 1)")
+    g.add_argument("--node-rank", type=int, default=0, metavar="R", help="this machine's number, 0..M-1; "
+                                                                         "machine 0 keeps the run's status")
+    g.add_argument("--rdzv", metavar="HOST:PORT", help="with --nnodes: torchrun's c10d rendezvous on machine 0")
+    g.add_argument("--max-restarts", type=int, default=0, help="restarts after a process fails (default 0)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("data", help="check a CIFAR-10 copy (decode and cache it), or download it")
+    p.add_argument("--data", help="folder or archive (default: $CIFAR10_DATA, ./data, else the built-in slice)")
+    p.add_argument("--download", action="store_true",
+                   help="download torchvision's CIFAR-10 into --data (needs internet)")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("bench", help="training images/s of this engine vs a seed-style DataLoader loop")
+    add_source(p)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seconds", type=float, default=20.0, help="timed seconds for each loop (after warm-up)")
+    p.add_argument("--data", help="dataset (default as for train)")
+    p.add_argument("--batch-size", type=int, help="override the engine's batch size")
+    p.add_argument("--compile", action="store_true", help="torch.compile the engine's model")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("machine", help="find the training devices and time each one (kept for estimates)")
+    p.add_argument("--again", action="store_true", help="time every device, also those timed before")
+    p.add_argument("--preset", default=REFERENCE, choices=list(PRESETS), help="the design to time")
+    p.add_argument("--seconds", type=float, default=PROBE_SECONDS, help="timed seconds per device, after a warm-up")
+    p.set_defaults(func=cmd_machine)
+
+    p = sub.add_parser("runs", help="list the runs with their state and best accuracy")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("queue", help="this machine's devices, the run holding each, and the runs waiting")
+    p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("stop", help="stop a running or queued run (it saves a checkpoint first)")
+    p.add_argument("run", metavar="runs/NAME")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("delete", help="delete a finished, failed or stopped run")
+    p.add_argument("run", metavar="runs/NAME")
+    p.add_argument("--yes", action="store_true", help="confirm")
+    p.set_defaults(func=cmd_delete)
