@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 8501
 
-.PHONY: run test setup browser postgres clean
+.PHONY: run test lint setup browser postgres clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,7 +30,12 @@ postgres:
 run: setup
 	$(PY) -m streamlit run app.py --server.address localhost --server.port $(PORT)
 
-test: setup browser postgres
+# ruff, and the plan of core/ (pyproject.toml's import contracts): seconds, and they name the line
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+
+test: lint browser postgres
 	$(PY) -m pytest
 
 clean:

@@ -21,8 +21,7 @@ from core.design.settings import LABELS, SETTINGS, Setting, recipe, settings_err
 from core.errors import StudioError
 from core.files import cache_dir
 from core.runs.progress import metric_frames, progress
-from core.runs.queue import launch_options
-from core.runs.queue import queue
+from core.runs.queue import launch_options, queue
 from core.runs.run import ACTIVE, Run, RunError, check_name, create_run, launch, list_runs, stop
 from core.runs.speeds import device_label, estimate, known_devices, probe_running, start_probe
 from core.data.sources import (BUILTIN, CHOICES, CIFAR10_DOWNLOAD_BYTES, DEFAULT_DIR, chosen_data, image_counts,

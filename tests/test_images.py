@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.data.images import MAX_PIXELS, ImageError, open_image, to_input
+from core.data.images import MAX_PIXELS, ImageError, open_image, to_pixels
 
 
 def encode(img: Image.Image, fmt: str, **options) -> bytes:
@@ -141,7 +141,7 @@ def test_bad_files_name_the_file(tmp_path):
 
 def test_to_input_passes_32x32_through_bit_exact():
     pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    x = to_input(Image.fromarray(pixels))
+    x = torch.from_numpy(to_pixels(Image.fromarray(pixels)))
     assert x.dtype == torch.uint8 and x.shape == (3, 32, 32) and x.is_contiguous()
     assert torch.equal(x, torch.from_numpy(pixels).permute(2, 0, 1))
 
@@ -149,16 +149,16 @@ def test_to_input_passes_32x32_through_bit_exact():
 def test_to_input_center_crops_then_resizes():
     img = Image.new("RGB", (128, 64), (255, 0, 0))   # wide: red sides around a blue centre square
     img.paste((0, 0, 255), (32, 0, 96, 64))
-    x = to_input(img)
+    x = torch.from_numpy(to_pixels(img))
     assert x.shape == (3, 32, 32)
     assert (x[2] == 255).all() and (x[0] == 0).all()  # only the centre square is left
 
 
 def test_to_input_antialiases():
     checkerboard = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)  # 1-pixel black and white
-    x = to_input(Image.fromarray(checkerboard).convert("RGB")).float()
+    x = torch.from_numpy(to_pixels(Image.fromarray(checkerboard).convert("RGB"))).float()
     assert (x - 127.5).abs().max() < 20  # averaged to grey; plain subsampling would give black or white
 
 
 def test_to_input_accepts_other_modes():
-    assert to_input(Image.new("LA", (50, 40), (0, 0))).eq(255).all()  # transparent: white
+    assert torch.from_numpy(to_pixels(Image.new("LA", (50, 40), (0, 0)))).eq(255).all()  # transparent: white

@@ -140,7 +140,7 @@ def test_an_uploaded_archive_is_evaluated_as_the_same_file_on_disk_and_errors_na
 
 
 def test_sample_files_are_one_lossless_test_image_per_class_named_after_it():
-    from core.data.images import open_image, to_input
+    from core.data.images import open_image, to_pixels
     from core.deploy.predict import sample_files
 
     dataset = load_dataset("builtin")
@@ -148,7 +148,7 @@ def test_sample_files_are_one_lossless_test_image_per_class_named_after_it():
     assert [name.split("-")[0] for name, _ in files] == list(dataset.classes)
     for name, data in files:
         index = int(name.split("-")[1].removesuffix(".png"))
-        assert torch.equal(to_input(open_image(data, name)), dataset.test.images[index])
+        assert torch.equal(torch.from_numpy(to_pixels(open_image(data, name))), dataset.test.images[index])
         assert dataset.classes[int(dataset.test.labels[index])] == name.split("-")[0]
 
 

@@ -3,9 +3,9 @@
 `open_image` accepts whatever a user might upload (any Pillow format, any colour mode or bit depth,
 EXIF-rotated photos) and returns plain RGB, or raises one `ImageError` naming the file. Sizes are
 checked from the header before any pixel is decoded, so a decompression bomb costs nothing.
-`to_pixels` turns an image into what the network sees: the central square at 32x32, uint8; `to_input`
-gives the same as a torch tensor. Apart from `to_input` this module needs only Pillow and numpy, so an
-exported model classifies images on a device without torch (core.deploy.onnx_model).
+`to_pixels` turns an image into what the network sees: the central square at 32x32, uint8 CHW. This
+module needs only Pillow and numpy, so an exported model classifies images on a device without torch
+(core.deploy.onnx_model).
 """
 from __future__ import annotations
 
@@ -110,9 +110,3 @@ def to_pixels(img: Image.Image) -> np.ndarray:
     small = square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)  # antialiased when shrinking
     return np.ascontiguousarray(np.asarray(small).transpose(2, 0, 1))
 
-
-def to_input(img: Image.Image):
-    """`to_pixels` as a torch tensor."""
-    import torch  # here, not above: the ONNX path uses this module where torch is not installed
-
-    return torch.from_numpy(to_pixels(img))

@@ -13,7 +13,7 @@ from PIL import Image
 
 from core.data.augment import Normalizer
 from core.data.datasets import Split, load_class_folders, load_dataset
-from core.data.images import to_input
+from core.data.images import to_pixels
 from core.data.sources import BUILTIN, DataError
 from core.deploy.prediction import Prediction, read_files
 from core.errors import StudioError
@@ -66,7 +66,8 @@ class Classifier:
 def classify(classifier: Classifier, files: list[tuple[str, bytes | Path]], tta_flip: bool = False,
              grad_cam: bool = False) -> list[Prediction]:
     """Classify every file that decodes; a bad file gets its own error and the rest go on."""
-    results = read_files(files, lambda image: {"input": to_input(image), "thumbnail": thumbnail(image)})
+    results = read_files(files, lambda image: {"input": torch.from_numpy(to_pixels(image)),
+                                               "thumbnail": thumbnail(image)})
     good = [pred for pred in results if pred.ok]
     if good:
         inputs = torch.stack([p.input for p in good])

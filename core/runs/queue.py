@@ -274,8 +274,6 @@ def plan(device: str = "auto", gpus: str | None = None, nproc_per_node: int | No
 
 def queue(runs_dir: Path | None = None) -> dict:
     """This machine's devices with the run that holds each, and the runs of a runs folder that wait."""
-    from core.runs.queue import queue_state
-
     waiting = [{"run": run.name, "waiting_for": status.get("waiting_for")} for run in list_runs(runs_dir)
                if (status := run.status()).get("state") == "queued" and status.get("waiting_for")]
     return {"devices": queue_state(), "waiting": waiting}
