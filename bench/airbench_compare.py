@@ -1,8 +1,8 @@
 """Table "Speed run" (issue 11, step 4): airbench94 (airbench==0.1.8, carried as a wheel) against our
 `best` on our JPEG copy: the accuracy airbench94 reaches, our accuracy in its time, our time to its accuracy.
 
-    python bench/airbench_compare.py $OUT [--seeds 5] [--ladder 15,30,60] [--compile] [--set ema_decay=0]
-    python bench/airbench_compare.py /tmp/speedrun --dry-run
+    python -m bench.airbench_compare $OUT [--seeds 5] [--ladder 15,30,60] [--compile] [--set ema_decay=0]
+    python -m bench.airbench_compare /tmp/speedrun --dry-run
 
 1. airbench94 as published (its net, recipe and TTA), after its own warm-up, for --seeds runs (torch seeds
    0..n-1). Accuracy and time are what it prints on its last row: time = its training steps, whitening
@@ -27,7 +27,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import JPEG_COPY, Report, parser, preset_config, timed_training
+from bench.common import JPEG_COPY, Report, parser, preset_config, timed_training
 
 import torch
 

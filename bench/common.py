@@ -16,14 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from core.design.config import RunConfig  # noqa: E402
-from core.engine.loop import train  # noqa: E402
-from core.files import write_json  # noqa: E402
-from core.runs.run import create_run  # noqa: E402
+from core.design.config import RunConfig
+from core.engine.loop import train
+from core.files import write_json
+from core.runs.run import create_run
 
 JPEG_COPY = "the JPEG copy of CIFAR-10 (quality 75, 4:2:0)"
 DRY_ARCH = {"stages": [{"blocks": 1, "channels": 16}, {"blocks": 1, "channels": 32}], "pool_size": 16}

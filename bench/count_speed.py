@@ -1,6 +1,6 @@
 """How long core.design.budget.count takes per call, for each preset: the Design page calls it on every move.
 
-    .venv/bin/python bench/count_speed.py
+    .venv/bin/python -m bench.count_speed
 
 Prints the median and 95th percentile over 2,000 calls per preset (and for the largest design the
 spec allows), in microseconds.
@@ -8,15 +8,12 @@ spec allows), in microseconds.
 import json
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.design.budget import count  # noqa: E402
-from core.design.presets import PRESETS, preset_spec  # noqa: E402
-from core.design.spec import ArchSpec  # noqa: E402
+from core.design.budget import count
+from core.design.presets import PRESETS, preset_spec
+from core.design.spec import ArchSpec
 
 CALLS = 2000
 LARGEST = ArchSpec.from_dict({"stages": [{"blocks": 16, "channels": 1024, "stride": 1}] * 6, "se_ratio": 16})

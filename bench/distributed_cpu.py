@@ -1,6 +1,6 @@
 """Training images/s of one run as 1 process and as 2 processes (torchrun, gloo) on this CPU.
 
-    .venv/bin/python bench/distributed_cpu.py [--preset resnet20] [--batch-size 128] [--repeats 3]
+    .venv/bin/python -m bench.distributed_cpu [--preset resnet20] [--batch-size 128] [--repeats 3]
 
 Both train the same preset with the same global batch for one epoch of the built-in slice (5,000 JPEG-copy
 images), alternately, `--repeats` times each, in runs under a temporary folder. Prints the median

@@ -1,8 +1,8 @@
 """Table "Accuracy at equal time" (issue 11, step 3): seed 000's recipe (resnet26-seed) against `best`, each
 trained for the same N minutes on the same GPU and data; test accuracy side by side.
 
-    python bench/gpu_accuracy.py $OUT --minutes 8 [--recipes resnet26-seed,best] [--compile] [--export best]
-    python bench/gpu_accuracy.py /tmp/accuracy --dry-run
+    python -m bench.gpu_accuracy $OUT --minutes 8 [--recipes resnet26-seed,best] [--compile] [--export best]
+    python -m bench.gpu_accuracy /tmp/accuracy --dry-run
 
 What is fair: one clock for both. Each recipe trains for N minutes of training time (the engine's
 `time_limit`: the steps, their augmentation and, with --compile, compiling count; evaluations and
@@ -17,7 +17,7 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-from common import JPEG_COPY, Report, parser, preset_config, timed_training
+from bench.common import JPEG_COPY, Report, parser, preset_config, timed_training
 
 from core.deploy.fp16 import export
 from core.design.budget import count

@@ -1,8 +1,8 @@
 """Table "Speed" (issue 11, step 2): training images/s of the engine on a GPU, against the seed-style loop
 and against the card's measured bf16 peak, for resnet26-seed and best, with what each engine setting gives.
 
-    python bench/gpu_speed.py $OUT [--seconds 15] [--data PATH]     # on the GPU machine
-    python bench/gpu_speed.py /tmp/speed --dry-run                   # on a CPU: proves it runs
+    python -m bench.gpu_speed $OUT [--seconds 15] [--data PATH]     # on the GPU machine
+    python -m bench.gpu_speed /tmp/speed --dry-run                   # on a CPU: proves it runs
 
 One process: the peak (a large bf16 matrix product), then the seed-style loop once (torchvision
 transforms on PIL images through a DataLoader, fp32, batch 128: as seed 000 trained), then each engine
@@ -12,7 +12,7 @@ resnet26-seed --device cuda [--compile]` gives the first (third) row alone with 
 """
 from __future__ import annotations
 
-from common import JPEG_COPY, Report, parser, preset_config
+from bench.common import JPEG_COPY, Report, parser, preset_config
 
 from core.measure.bench import (bench_engine, bench_seed_style, compute_dtype, engine_settings, matmul_peak,
                                 share_of_peak, train_flops_per_image)

@@ -5,7 +5,7 @@ bytes unchanged into a new archive of the same train/<class>/, test/<class>/ lay
 depends only on the source: members are sorted, owners blanked and the gzip header carries no
 time, so running it twice gives the same bytes.
 
-    .venv/bin/python scripts/make_builtin_slice.py ../shared/cifar10/cifar10-jpg.tar.gz \\
+    .venv/bin/python -m scripts.make_builtin_slice ../shared/cifar10/cifar10-jpg.tar.gz \\
         core/assets/cifar10-slice.tar.gz --train 500 --test 100
 """
 from __future__ import annotations

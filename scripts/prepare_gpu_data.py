@@ -1,6 +1,6 @@
 """Write a CIFAR-10 copy in airbench's format: DEST/cifar10/train.pt and DEST/cifar10/test.pt.
 
-    python scripts/prepare_gpu_data.py [--data PATH] [--dest DIR]
+    python -m scripts.prepare_gpu_data [--data PATH] [--dest DIR]
 
 Each file is a torch.save'd dict {'images': uint8 N x 32 x 32 x 3, 'labels': int64 N, 'classes': [names]},
 which is what airbench 0.1.8's CifarLoader writes after downloading torchvision's CIFAR-10 and reads back
@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from core.data.datasets import load_dataset  # noqa: E402
-from core.files import write_atomic  # noqa: E402
+from core.data.datasets import load_dataset
+from core.files import write_atomic
 
 
 def write_airbench_data(data: str | None, dest: Path) -> Path:

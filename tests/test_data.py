@@ -144,7 +144,7 @@ def test_unwritable_cache_is_skipped(tmp_path, monkeypatch):
 @pytest.mark.skipif(not SHARED_COPY.exists(), reason=f"{SHARED_COPY} is not on this machine")
 def test_builtin_slice_is_remade_byte_for_byte(tmp_path):
     out = tmp_path / "slice.tar.gz"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_builtin_slice.py"), str(SHARED_COPY), str(out)],
+    subprocess.run([sys.executable, "-m", "scripts.make_builtin_slice", str(SHARED_COPY), str(out)], cwd=REPO,
                    check=True, capture_output=True)
     assert out.read_bytes() == BUILTIN_ARCHIVE.read_bytes()
 

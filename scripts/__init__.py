@@ -1,0 +1,1 @@
+"""Scripts that prepare data and device sessions; run each as `python -m scripts.NAME`."""
