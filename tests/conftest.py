@@ -1,10 +1,13 @@
-"""Shared fixtures: a run really trained by the engine, in a runs folder of the test's own."""
+"""What the tests share: a run really trained by the engine, caches and device locks of the tests' own, the
+`python -m core` command, waiting, free ports, a device holder, and the app in a real browser."""
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,8 @@ from core.runs.run import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_ARCH = {"stages": [{"blocks": 1, "channels": 16}, {"blocks": 1, "channels": 32}], "pool_size": 16}
+SMALL = {"arch": SMALL_ARCH, "train": {"epochs": 1, "batch_size": 128, "log_every": 10, "lr": 0.05},
+         "data": "builtin"}  # a run config that trains an epoch of the built-in slice in seconds
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -70,3 +75,147 @@ def wait_for(predicate, timeout=120.0, what="condition"):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def core_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m core ARGS` in a real process; with `check`, its stderr is the failure's message."""
+    proc = subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr)
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+HOLDER = """
+import sys, time
+from core.runs.queue import DeviceRequest, hold
+request = DeviceRequest.parse("auto", sys.argv[2])
+with hold(request, sys.argv[1], lambda: False, lambda message: print("waiting:", message, flush=True)) as ids:
+    print("holding:", ",".join(ids), flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+def holder(name: str, gpus: str) -> subprocess.Popen:
+    """A process that waits for its GPUs in the queue, then holds them until its stdin closes."""
+    return subprocess.Popen([sys.executable, "-c", HOLDER, name, gpus], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+# ---- the app in a real browser: `streamlit run app.py` and Debian's Chromium through Playwright ----------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = ROOT / "test-output" / "screenshots"
+EXCEPTION = '[data-testid="stException"]'
+CHART = '[data-testid="stVegaLiteChart"]'
+
+
+def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {server.returncode}:\n{server.stdout.read()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.25)
+    raise TimeoutError(f"streamlit did not answer {url}/_stcore/health within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def serve_app(runs_dir: Path):
+    """The app served from this checkout on a free port, with `runs_dir` as its runs folder; yields its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=os.environ | {"RESNET_STUDIO_RUNS": str(runs_dir)})
+    try:
+        wait_until_healthy(url, server)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing; `make browser` installs it"
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(trained_runs):
+    """The app, its runs folder holding the trained `small` run."""
+    with serve_app(trained_runs) as url:
+        yield url
+
+
+@pytest.fixture
+def page(browser, app_url):
+    context = browser.new_context(base_url=app_url, viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def wait_until_settled(page) -> None:
+    """Until the script has run and every element has drawn (widgets load their code lazily)."""
+    from playwright.sync_api import expect
+
+    page.locator('[data-testid="stApp"][data-test-connection-state="CONNECTED"]').wait_for()
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
+    expect(page.locator('[data-testid^="stSkeleton"]')).to_have_count(0, timeout=60_000)  # a busy machine draws slowly
+
+
+def open_app_page(page, path: str) -> None:
+    page.goto(f"/{path}")
+    wait_until_settled(page)
+    page.locator("h1").first.wait_for()
+
+
+def assert_no_exception(page) -> None:
+    shown = page.locator(EXCEPTION)
+    assert shown.count() == 0, f"the page shows an exception:\n{shown.first.inner_text()}"
+
+
+def screenshot(page, name: str) -> None:
+    """The whole page in test-output/screenshots/NAME.png: Streamlit scrolls an inner element, so grow the
+    viewport to its height first."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    viewport = page.viewport_size
+    height = page.evaluate("Math.max(...Array.from(document.querySelectorAll('*'), e => e.scrollHeight))")
+    page.set_viewport_size({"width": viewport["width"], "height": max(height, viewport["height"])})
+    wait_until_settled(page)
+    page.screenshot(path=SCREENSHOTS / f"{name}.png")
+    page.set_viewport_size(viewport)

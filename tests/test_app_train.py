@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from conftest import holder, wait_for
 from core.data.sources import BUILTIN_ARCHIVE
 from core.design.budget import BUDGET, count
 from core.design.config import RunConfig, TrainConfig
@@ -21,8 +22,6 @@ from core.design.presets import preset_spec
 from core.design.spec import ArchSpec
 from core.runs.run import Run, process_start_time, stop
 from core.runs.speeds import estimate, probe_running, read_machine, record_speed, update_machine
-from test_distributed import holder
-from test_engine import wait_for
 from core.units import duration_text
 
 APP = Path(__file__).resolve().parents[1] / "app.py"

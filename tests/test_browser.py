@@ -5,133 +5,21 @@ Each page's screenshot lands in test-output/screenshots/<page>.png (Classify and
 again once they show results, over their first shot). To cover a new page, add it to PAGES; to
 exercise one, write a test that takes `page` and calls `open_app_page`.
 """
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from urllib.parse import urlencode
-from pathlib import Path
 
 import pytest
 
+from conftest import assert_no_exception, open_app_page, screenshot, wait_until_settled
 from core.design.spec import ArchSpec
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = ROOT / "test-output" / "screenshots"
-PAGES = {"design": "", "train": "train", "runs": "runs", "search": "search", "evaluate": "evaluate", "classify": "classify"}  # name: url path ("" = default)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-EXCEPTION = '[data-testid="stException"]'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {server.returncode}:\n{server.stdout.read()}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.25)
-    raise TimeoutError(f"streamlit did not answer {url}/_stcore/health within {timeout:.0f} s")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing; `make browser` installs it"
-        if os.environ.get("REQUIRE_BROWSER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture(scope="module")
-def app_url(trained_runs):
-    """The app served from this checkout, its runs folder holding the trained `small` run."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=os.environ | {"RESNET_STUDIO_RUNS": str(trained_runs)})
-    try:
-        wait_until_healthy(url, server)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-@pytest.fixture
-def page(browser, app_url):
-    context = browser.new_context(base_url=app_url, viewport={"width": 1440, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    try:
-        yield page
-    finally:
-        context.close()
-
-
-def wait_until_settled(page) -> None:
-    """Until the script has run and every element has drawn (widgets load their code lazily)."""
-    from playwright.sync_api import expect
-
-    page.locator('[data-testid="stApp"][data-test-connection-state="CONNECTED"]').wait_for()
-    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
-    expect(page.locator('[data-testid^="stSkeleton"]')).to_have_count(0, timeout=60_000)  # a busy machine draws slowly
-
-
-def open_app_page(page, path: str) -> None:
-    page.goto(f"/{path}")
-    wait_until_settled(page)
-    page.locator("h1").first.wait_for()
-
-
-def assert_no_exception(page) -> None:
-    shown = page.locator(EXCEPTION)
-    assert shown.count() == 0, f"the page shows an exception:\n{shown.first.inner_text()}"
+PAGES = {"design": "", "train": "train", "runs": "runs", "search": "search", "evaluate": "evaluate",
+         "classify": "classify"}  # name: url path ("" = default)
 
 
 def metric_value(page, label: str):
     label = page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
     return page.get_by_test_id("stMetric").filter(has=label).get_by_test_id("stMetricValue")
-
-
-def screenshot(page, name: str) -> None:
-    """The whole page: Streamlit scrolls an inner element, so grow the viewport to its height first."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    viewport = page.viewport_size
-    height = page.evaluate("Math.max(...Array.from(document.querySelectorAll('*'), e => e.scrollHeight))")
-    page.set_viewport_size({"width": viewport["width"], "height": max(height, viewport["height"])})
-    wait_until_settled(page)
-    page.screenshot(path=SCREENSHOTS / f"{name}.png")
-    page.set_viewport_size(viewport)
 
 
 @pytest.mark.parametrize("name", PAGES)

@@ -3,19 +3,13 @@ table and the chart move as its trial trains and finishes.
 
 The app is served with a runs folder of this test's own, so the study and its runs vanish with it.
 """
-import os
-import subprocess
-import sys
 
 import pytest
 
 from core.search.report import study_status
 from core.search.study import list_studies, worker_alive
 from core.search.worker import request_stop
-from test_browser import (ROOT, assert_no_exception, browser, free_port, open_app_page, screenshot,  # noqa: F401
-                          wait_until_healthy, wait_until_settled)
-
-CHART = '[data-testid="stVegaLiteChart"]'
+from conftest import CHART, assert_no_exception, open_app_page, screenshot, serve_app, wait_until_settled
 SLOW = 30_000  # ms: this machine may be training something else meanwhile
 
 
@@ -23,21 +17,13 @@ SLOW = 30_000  # ms: this machine may be training something else meanwhile
 def search_app(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     monkeypatch.setenv("RESNET_STUDIO_RUNS", str(runs))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
-    try:
-        wait_until_healthy(url, server)
-        yield url
-    finally:
-        for name in list_studies():  # a study still searching (a failed test) is stopped
-            if worker_alive(name):
-                request_stop(name)
-        server.terminate()
-        server.wait(timeout=10)
+    with serve_app(runs) as url:
+        try:
+            yield url
+        finally:
+            for name in list_studies():  # a study still searching (a failed test) is stopped
+                if worker_alive(name):
+                    request_stop(name)
 
 
 def slide_to_lowest(page, key: str) -> None:

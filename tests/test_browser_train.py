@@ -9,13 +9,12 @@ from urllib.parse import urlencode
 
 import pytest
 
+from conftest import CHART, assert_no_exception, open_app_page, screenshot
 from core.design.link import to_query
 from core.design.spec import ArchSpec
 from core.runs.run import Run, delete, stop
-from test_browser import app_url, assert_no_exception, browser, open_app_page, page, screenshot  # noqa: F401 (fixtures)
 
 TINY = ArchSpec.from_dict({"stages": [{"blocks": 1, "channels": 16}], "pool_size": 32})  # trains an epoch in seconds
-CHART = '[data-testid="stVegaLiteChart"]'
 SLOW = 30_000  # ms: this machine may be training something else meanwhile
 
 
@@ -45,7 +44,8 @@ def test_a_design_launched_from_the_browser_trains_live_to_its_end(page, trained
     launch.click()
     try:
         # the first point within the epoch: the bar moves and the loss is drawn
-        expect(page.get_by_test_id("stProgress")).to_contain_text(re.compile(r"Epoch (0\.[1-9]|[12]\.\d) of 3"), timeout=120_000)
+        expect(page.get_by_test_id("stProgress")).to_contain_text(re.compile(r"Epoch (0\.[1-9]|[12]\.\d) of 3"),
+                                                                  timeout=120_000)
         expect(page.locator(CHART).first).to_be_visible(timeout=SLOW)
         screenshot(page, "train-running")
         assert_no_exception(page)

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,10 +19,9 @@ from safetensors.torch import load_file
 from core.design.spec import ArchSpec
 from core.errors import StudioError
 from core.nn.model import build_model
-from core.runs.queue import DeviceRequest, plan, queue_state
-from core.runs.queue import queue
+from core.runs.queue import DeviceRequest, plan, queue, queue_state
 from core.runs.run import Run, launch, process_alive, stop
-from test_engine import core_cli, wait_for
+from conftest import core_cli, free_port, holder, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_ARCH = {"stages": [{"blocks": 1, "channels": 8}, {"blocks": 1, "channels": 16}], "pool_size": 16,
@@ -56,12 +54,6 @@ def create(tmp_path, name, **train) -> Run:
 def ended(run: Run) -> dict | None:
     status = run.status()
     return status if status["state"] not in ("queued", "running") else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker_pid(launcher_pid: int, rank: int) -> int | None:
@@ -180,22 +172,6 @@ def test_stop_reaches_every_process_saves_once_and_resume_continues_at_the_saved
 
 
 # ---- the queue ---------------------------------------------------------------------------------
-
-HOLDER = """
-import sys, time
-from core.runs.queue import DeviceRequest, hold
-request = DeviceRequest.parse("auto", sys.argv[2])
-with hold(request, sys.argv[1], lambda: False, lambda message: print("waiting:", message, flush=True)) as ids:
-    print("holding:", ",".join(ids), flush=True)
-    sys.stdin.read()  # until the test closes our stdin
-"""
-
-
-def holder(name: str, gpus: str) -> subprocess.Popen:
-    """A process that waits for its GPUs in the queue, then holds them until its stdin closes."""
-    return subprocess.Popen([sys.executable, "-c", HOLDER, name, gpus], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-
 
 def test_the_queue_gives_each_gpu_to_one_run_and_starts_a_run_when_all_its_gpus_are_free(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")

@@ -2,8 +2,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,19 +14,9 @@ from core.engine.optim import lr_at
 from core.nn.checkpoint import CheckpointError, load_checkpoint, load_model
 from core.nn.infer import evaluate
 from core.runs.run import Run, RunError, launch, stop
-from conftest import wait_for
+from conftest import SMALL, core_cli, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = {"arch": {"stages": [{"blocks": 1, "channels": 16}, {"blocks": 1, "channels": 32}], "pool_size": 16},
-         "train": {"epochs": 1, "batch_size": 128, "log_every": 10, "lr": 0.05}, "data": "builtin"}
-
-
-def core_cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(proc.stderr)
-    return proc
 
 
 def new_run(tmp_path, name, **train):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import core_cli
 from core.data.datasets import CLASSES, load_dataset
 from core.deploy.onnx_export import ExportError, export_onnx
 from core.deploy.onnx_model import OnnxModel
@@ -23,18 +24,14 @@ from core.runs.run import Run
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-
-
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory) -> dict[str, Path]:
     """The trained run exported by the CLI as fp32 and as int8 (calibrated on 256 training images)."""
     folder = tmp_path_factory.mktemp("onnx")
     fp32, int8 = folder / "small.onnx", folder / "small-int8.onnx"
     for out, extra in ((fp32, ()), (int8, ("--int8", "--calibration-images", "256"))):
-        done = cli("export", str(trained.dir), str(out), "--format", "onnx", "--data", "builtin", *extra)
+        done = core_cli("export", str(trained.dir), str(out), "--format", "onnx", "--data", "builtin", *extra,
+                        check=False)
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout) == json.loads(Path(f"{out}.json").read_text())  # reported and stored alike
     return {"fp32": fp32, "int8": int8}
@@ -109,14 +106,14 @@ def test_predict_onnx_runs_without_torch_and_gives_predict_runs_json(trained, ex
     out, modules = device.stdout.rsplit("\n[", 1)
     assert json.loads("[" + modules) == ["torch"]  # only the blocking entry: nothing of torch was loaded
     onnx_rows = json.loads(out)
-    run_rows = json.loads(cli("predict", "--run", str(trained.dir), *files).stdout)
+    run_rows = json.loads(core_cli("predict", "--run", str(trained.dir), *files, check=False).stdout)
     assert [(r["file"], r["ok"], sorted(r)) for r in onnx_rows] == [(r["file"], r["ok"], sorted(r)) for r in run_rows]
     assert "not an image" in onnx_rows[-1]["error"] and onnx_rows[-1] == run_rows[-1]
     # the same probabilities as PyTorch in fp32 (predict --run may use bf16 on this CPU: close, not equal)
-    from core.data.images import open_image, to_input
+    from core.data.images import open_image, to_pixels
 
     classifier = Classifier.load(trained)
-    inputs = torch.stack([to_input(open_image(f)) for f in files[:-1]])
+    inputs = torch.stack([torch.from_numpy(to_pixels(open_image(f))) for f in files[:-1]])
     expected = predict_logits(classifier.model, inputs, classifier.normalizer, classifier.device,
                               precision="fp32").softmax(1)
     for row, want, run_row in zip(onnx_rows, expected, run_rows):
@@ -142,7 +139,7 @@ def test_wrong_inputs_give_clear_errors(trained, tmp_path):
         (("predict", "--onnx", str(tmp_path / "missing.onnx"), "x.png"), "no such file"),
     ]
     for args, message in cases:
-        done = cli(*args)
+        done = core_cli(*args, check=False)
         assert done.returncode == 2 and done.stderr.startswith("error: ") and message in done.stderr, (args, done)
         assert "Traceback" not in done.stderr
     with pytest.raises(ExportError, match="name the file OUT.onnx"):

@@ -10,7 +10,6 @@ import re
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import wait_for
+from conftest import free_port, wait_for
 from core.design.config import TrainConfig
 from core.design.presets import PRESETS, preset_spec
 from core.design.spec import SpecError
@@ -211,12 +210,6 @@ def test_a_killed_trial_a_stopped_study_and_a_killed_search_all_resume_without_r
 
 
 # ---- several workers, SQLite and PostgreSQL ---------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def postgres_url():

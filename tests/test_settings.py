@@ -1,4 +1,5 @@
-"""core.design.settings: every training setting has a label, a help text and a group, and says when it does not apply."""
+"""core.design.settings: every training setting has a label, a help text and a group, and says when it does not
+apply."""
 from dataclasses import fields
 
 from core.design.config import RunConfig, TrainConfig
