@@ -14,8 +14,9 @@ import streamlit as st
 from core.data.images import IMAGE_SUFFIXES
 from core.deploy.predict import Classifier, Prediction, classify, sample_files
 from core.nn.visual import cam_overlay, enlarge
-from pages._ui import (PRIMARY, RUN_CHOICE, checkpoint_id, default_run, open_classifier, runs_or_stop,
-                       select_checkpoint, select_run, through_app_shell)
+from core.report.charts import PRIMARY
+from pages._ui import (RUN_CHOICE, checkpoint_id, default_run, open_classifier, runs_or_stop, select_checkpoint,
+                       select_run, through_app_shell)
 
 through_app_shell()
 

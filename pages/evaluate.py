@@ -17,9 +17,10 @@ from core.data.sources import BUILTIN, resolve_data
 from core.deploy.predict import Classifier, Report, evaluate_archive, evaluate_run
 from core.errors import StudioError
 from core.nn.visual import enlarge
+from core.report.charts import confusion_chart, per_class_chart
 from core.runs.run import Run
-from pages._ui import (RUN_CHOICE, checkpoint_id, confusion_chart, default_run, has_checkpoint, runs_or_stop,
-                       open_classifier, per_class_chart, select_checkpoint, select_run, through_app_shell)
+from pages._ui import (RUN_CHOICE, checkpoint_id, default_run, has_checkpoint, runs_or_stop, open_classifier,
+                       select_checkpoint, select_run, through_app_shell)
 
 through_app_shell()
 

@@ -19,11 +19,11 @@ from core.design.budget import BUDGET, count
 from core.design.config import RunConfig
 from core.errors import StudioError
 from core.files import read_json
+from core.report.charts import PRIMARY, confusion_chart, epoch_chart, per_class_chart
 from core.runs.progress import metric_frames
 from core.runs.run import ACTIVE, Run, delete, list_runs, runs_root
-from pages._ui import (FOLLOWED, PRIMARY, RUN_CHOICE, confusion_chart, current_design, data_label, default_run,
-                       epoch_chart, has_checkpoint, per_class_chart, plural, select_run, state_badge,
-                       through_app_shell)
+from pages._ui import (FOLLOWED, RUN_CHOICE, current_design, data_label, default_run, has_checkpoint, plural,
+                       select_run, state_badge, through_app_shell)
 
 through_app_shell()
 

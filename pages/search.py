@@ -17,12 +17,13 @@ from core.design.budget import BUDGET
 from core.design.presets import get_preset
 from core.design.spec import BLOCKS_RANGE, KERNEL_SIZES, STAGES_RANGE
 from core.errors import StudioError
+from core.report.charts import PRIMARY
 from core.runs.run import Run, create_run, launch
 from core.search.report import pareto_front, study_status
 from core.search.space import PRUNERS, Space, default_ranges
 from core.search.study import list_studies, start_study, storage_url
 from core.search.worker import detach, request_stop
-from pages._ui import FOLLOWED, PRIMARY, load_design, plural, through_app_shell
+from pages._ui import FOLLOWED, load_design, plural, through_app_shell
 
 through_app_shell()
 

@@ -20,6 +20,7 @@ from core.design.presets import PRESETS
 from core.design.settings import LABELS, SETTINGS, Setting, recipe, settings_error
 from core.errors import StudioError
 from core.files import cache_dir
+from core.report.charts import PRIMARY, RUN_COLOURS, epoch_chart
 from core.runs.progress import metric_frames, progress
 from core.runs.queue import launch_options, queue
 from core.runs.run import ACTIVE, Run, RunError, check_name, create_run, launch, list_runs, stop
@@ -27,8 +28,8 @@ from core.runs.speeds import device_label, estimate, known_devices, probe_runnin
 from core.data.sources import (BUILTIN, CHOICES, CIFAR10_DOWNLOAD_BYTES, DEFAULT_DIR, chosen_data, image_counts,
                                resolve_data)
 from core.units import bytes_text, duration_text, macs_text, margin_text, params_text, rate_text
-from pages._ui import (FOLLOWED, PRIMARY, RUN_COLOURS, current_design, data_label, epoch_chart, load_design,
-                       matching_preset, plural, state_badge, through_app_shell)
+from pages._ui import (FOLLOWED, current_design, data_label, load_design, matching_preset, plural, state_badge,
+                       through_app_shell)
 
 through_app_shell()
 
