@@ -2,6 +2,7 @@
 the engine, probe the machine."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -13,10 +14,13 @@ from core.measure.probe import PROBE_SECONDS
 from core.runs.queue import plan, queue
 from core.runs.run import Run, StopFlag, create_run, delete, launch, list_runs, stop
 from core.runs.speeds import REFERENCE
+from core.runs.watch import watch
 
 
 def cmd_train(args) -> int:
-    stop_flag = None if args.detach else StopFlag()  # listening for Stop before the slow imports below
+    watching = not (args.detach or args.create_only or args.watched or args.nnodes > 1 or
+                    "TORCHELASTIC_RUN_ID" in os.environ)
+    stop_flag = StopFlag() if args.watched or not (args.detach or watching) else None  # before the slow imports
     if args.resume:
         run = Run.at(args.resume).require()
     else:
@@ -35,6 +39,12 @@ def cmd_train(args) -> int:
         emit({"run": str(run.dir), "state": "queued"})
         return 0
     data, epochs = (args.data, args.epochs) if args.resume else (None, None)
+    if watching:  # train in a process of our own and watch it: no run stalls silently, Stop always stops
+        code = watch(run, [sys.executable, "-m", "core", *training_args(run, args, data, epochs), "--watched"],
+                     run.config().train.stall_limit)
+        status = run.status()
+        emit({"run": str(run.dir)} | status)
+        return code or (1 if status.get("state") == "failed" else 0)
     request, processes = plan(args.device, args.gpus, args.nproc_per_node, nnodes=args.nnodes,
                               node_rank=args.node_rank, rdzv=args.rdzv, max_restarts=args.max_restarts)
     if args.detach:
@@ -49,9 +59,18 @@ def cmd_train(args) -> int:
         from core.engine.loop import train  # torch-heavy: imported only by the commands that train
 
         status = train(run, args.device, data, epochs, args.gpus, stop_flag, search_trial_hooks(run))
-    if "TORCHELASTIC_RUN_ID" not in os.environ:  # under torchrun, the launcher says how the run ended
+    if not (args.watched or "TORCHELASTIC_RUN_ID" in os.environ):  # else the watcher or torchrun says how it ended
         emit({"run": str(run.dir)} | status)
     return 1 if status.get("state") == "failed" else 0
+
+
+def training_args(run: Run, args, data: str | None, epochs: int | None) -> list[str]:
+    """`train` options that resume `run` as this command was asked to train it."""
+    out = ["train", "--resume", str(run.dir), "--device", args.device]
+    out += (["--data", data] if data else []) + (["--epochs", str(epochs)] if epochs else [])
+    out += ["--gpus", args.gpus] if args.gpus else []
+    out += [f"--nproc-per-node={args.nproc_per_node}"] if args.nproc_per_node else []
+    return out + [f"--max-restarts={args.max_restarts}"]
 
 
 def search_trial_hooks(run: Run):
@@ -136,6 +155,7 @@ def add_commands(sub) -> None:
     p.add_argument("--batch-size", type=int, help="override the batch size")
     p.add_argument("--allow-over-budget", action="store_true", help="train a design over its parameter budget")
     p.add_argument("--detach", action="store_true", help="train in a background process and return at once")
+    p.add_argument("--watched", action="store_true", help=argparse.SUPPRESS)  # the process a watcher started
     p.add_argument("--create-only", action="store_true",
                    help="write the run folder and stop there; start it with --resume (e.g. under srun torchrun)")
     g = p.add_argument_group("devices and processes (docs/DISTRIBUTED.md)")

@@ -47,7 +47,8 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"
     compile: bool = False          # torch.compile the model (CUDA)
-    log_every: int = 20            # write a metrics line every N steps, so charts move within an epoch
+    log_every: int = 20            # write a metrics line every N steps (and every few seconds), so charts move
+    stall_limit: float = 0.0       # seconds without a finished step before the run is stalled; 0 = auto
     sync_batchnorm: bool = False   # several GPUs: BatchNorm statistics over the global batch, not per process
 
     def to_dict(self) -> dict:
@@ -92,6 +93,7 @@ class TrainConfig:
             precision=check_choice("train.precision", d["precision"], PRECISIONS),
             compile=check_bool("train.compile", d["compile"]),
             log_every=check_int("train.log_every", d["log_every"], 1, 100_000),
+            stall_limit=check_float("train.stall_limit", d["stall_limit"], 0.0, 1e6),
             sync_batchnorm=check_bool("train.sync_batchnorm", d["sync_batchnorm"]),
         )
 

@@ -90,8 +90,11 @@ SETTINGS = {
                                             "compiling; rarely worth it on a CPU"),
         Setting("seed", "Seed", "Seeds the weights, the data order and the augmentation: the same seed replays a "
                                 "run", step=1),
-        Setting("log_every", "Log every (steps)", "Steps between two points of the loss curve within an epoch",
-                step=5),
+        Setting("log_every", "Log every (steps)", "Steps between two points of the loss curve within an epoch "
+                                                  "(a point is also written every few seconds)", step=5),
+        Setting("stall_limit", "Stall limit (s)", "A run that finishes no step for this long is stopped and marked "
+                                                  "stalled, freeing its device; 0: automatic, the larger of 2 "
+                                                  "minutes and 30 median steps", step=60.0),
         Setting("sync_batchnorm", "Sync BatchNorm", "On several GPUs: BatchNorm statistics over the whole batch "
                                                     "instead of each GPU's share (SyncBatchNorm; GPUs only)"),
     ],

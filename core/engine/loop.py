@@ -37,9 +37,12 @@ from core.nn.infer import Evaluation, evaluate, pick_device
 from core.runs.queue import DeviceRequest, StopWaiting, hold, visible_gpus
 from core.runs.run import ACTIVE, PruneRequested, Run, RunError, StopFlag, StopRequested, begin, process_start_time
 from core.runs.speeds import record_run_speed
+from core.runs.watch import Heartbeat
 
 
 EVALS_IN_A_TIME_LIMIT = 25  # a time-limited run evaluates about this often, and at its end
+STEP_LINE_SECONDS = 3.0     # a "step" metrics line at least this often (and every log_every steps): live charts
+WARMUP_STEPS = 3            # a session's first steps compile and tune kernels: the watcher allows them longer
 
 
 def device_name(device: torch.device) -> str:
@@ -81,10 +84,12 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
     stop = stop or StopFlag()
     world = World.from_env()
     record = run.update_status if world.is_main else (lambda **fields: fields)
+    beat = Heartbeat(run, enabled=world.is_main)
     hooks = None
 
     def on_wait(message: str) -> None:
         record(state="queued", waiting_for=message)
+        beat.phase("waiting")
         print(f"queued: {message}", flush=True)
 
     try:
@@ -112,11 +117,12 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
             if world.size == 1:
                 device = pick_device("cpu" if held == ["cpu"] else f"cuda:{visible_gpus().index(held[0])}")
             world.join(device)
+            beat.phase("loading data")
             record(state="running", device=str(device), started=time.time(), waiting_for=None, error=None,
                    device_name=device_name(device))
             log(run, world, f"training on {device} with torch {torch.__version__}"
                             + (f", {world.size} processes" if world.size > 1 else ""))
-            fit(run, cfg, device, stop, world, hooks)
+            fit(run, cfg, device, stop, world, beat, hooks)
         status = record(state="finished", ended=time.time())
     except (StopRequested, StopWaiting):
         log(run, world, "stopped on request; resume to continue")
@@ -233,7 +239,7 @@ def save(run: Run, world: World, trainer: Trainer, tag: str, meta: dict) -> None
                         train_meta=plain)
 
 
-def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: World,
+def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: World, beat: Heartbeat,
         hooks: RunHooks | None = None) -> None:
     """Train `run` from where its `last` checkpoint left off to the end of its epochs or time limit."""
     t = cfg.train
@@ -262,19 +268,25 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: W
                 "eval_split": eval_name, "tta_flip": t.tta_flip, "data": dataset.source}
 
     def evaluate_now() -> Evaluation:
+        beat.phase("evaluating", epoch=at.epoch, step=at.step)
         return evaluate(trainer.eval_model, eval_split.images, eval_split.labels, trainer.augment.normalizer,
-                        device, len(dataset.classes), t.tta_flip, t.precision)
+                        device, len(dataset.classes), t.tta_flip, t.precision,
+                        on_batch=lambda: beat.step(at.epoch, at.step))
 
     def checkpoint(tag: str, acc: float | None) -> None:
+        beat.phase("saving", epoch=at.epoch, step=at.step)
         save(run, world, trainer, tag, run_meta | {"epoch": at.epoch, "step": at.step, "eval_acc": acc,
                                                     "best_acc": at.best_acc, "elapsed": at.elapsed,
                                                     "trained": at.trained, "saved": time.time()})
 
     session_start, elapsed_before, next_eval = time.perf_counter(), at.elapsed, 0.0
+    steps_this_session = 0
+    beat.phase("warming up", epoch=at.epoch, step=at.step)
     for epoch in itertools.count(at.epoch) if t.time_limit else range(at.epoch, t.epochs):
         trainer.model.train()
         images, labels = batches.epoch(epoch, t.seed, device)
         tally, epoch_start = EpochTally(device), time.perf_counter()
+        last_line = epoch_start
         first = at.step if epoch == at.epoch else 0
         out_of_time, step = False, first - 1
         lr = learning_rate(t, epoch * steps_per_epoch + first, at.trained, total_steps, steps_per_epoch)
@@ -287,7 +299,14 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: W
             lr = learning_rate(t, global_step, trained_now, total_steps, steps_per_epoch)
             loss, logits = trainer.step(x, y, lr)
             tally.add(loss, logits, y)
-            if (global_step + 1) % t.log_every == 0:  # the only host sync inside an epoch
+            steps_this_session += 1
+            if steps_this_session == WARMUP_STEPS:
+                beat.phase("training")
+            beat.step(epoch, step + 1)
+            now = time.perf_counter()
+            # the only host sync inside an epoch; by the clock on one process only (all must sync together)
+            if (global_step + 1) % t.log_every == 0 or (world.size == 1 and now - last_line >= STEP_LINE_SECONDS):
+                last_line = now
                 train_loss, _, images_seen = tally.totals(world)
                 if world.is_main:
                     append_metrics(run, {"kind": "step", "epoch": epoch + (step + 1) / steps_per_epoch,
@@ -337,6 +356,7 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: W
         checkpoint("last", result.accuracy)
         if world.is_main:
             run.update_status(epoch=line["epoch"], best_acc=at.best_acc)
+        beat.phase("training", epoch=at.epoch, step=at.step)
         if hooks is not None:
             hooks.on_epoch(at.epoch, result.accuracy)
         if out_of_time:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -46,8 +47,10 @@ def autocast_for(device: torch.device, precision: str):
 
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, normalizer: Normalizer, device: torch.device,
-                   batch_size: int = 1000, tta_flip: bool = False, precision: str = "auto") -> torch.Tensor:
-    """Float32 logits (N, classes) on the CPU for uint8 images (N, 3, 32, 32) on any device."""
+                   batch_size: int = 1000, tta_flip: bool = False, precision: str = "auto",
+                   on_batch: Callable[[], None] | None = None) -> torch.Tensor:
+    """Float32 logits (N, classes) on the CPU for uint8 images (N, 3, 32, 32) on any device; `on_batch()` after
+    each batch (a run's heartbeat)."""
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
@@ -58,6 +61,8 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, normalizer: Nor
             if tta_flip:  # average the image with its mirror: CIFAR classes are left-right symmetric
                 logits = (logits + model(x.flip(3)).float()) / 2
         out.append(logits.cpu())
+        if on_batch is not None:
+            on_batch()
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
@@ -75,8 +80,9 @@ class Evaluation:
 
 
 def evaluate(model, images, labels, normalizer, device, num_classes: int, tta_flip: bool = False,
-             precision: str = "auto") -> Evaluation:
-    logits = predict_logits(model, images, normalizer, device, tta_flip=tta_flip, precision=precision)
+             precision: str = "auto", on_batch: Callable[[], None] | None = None) -> Evaluation:
+    logits = predict_logits(model, images, normalizer, device, tta_flip=tta_flip, precision=precision,
+                            on_batch=on_batch)
     labels = labels.cpu()
     predicted = logits.argmax(1)
     confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes ** 2)

@@ -6,6 +6,7 @@
                             a search's trial also has `search` (its study and trial, see core.search)
         metrics.jsonl       one JSON line per epoch ("kind": "epoch") and every N steps ("kind": "step")
         train.log           what the training process printed
+        heartbeat.json      the training process's phase, epoch and step, rewritten every second (core.runs.watch)
         checkpoints/        last.* and best.* (see core.nn.checkpoint)
         results.json        per-class accuracy and confusion matrix, written at the end
         exports/            ONNX files for devices, each with its verification (see core.deploy.onnx_export)
@@ -120,6 +121,7 @@ class Run:
     status_path = property(lambda self: self.dir / "status.json")
     metrics_path = property(lambda self: self.dir / "metrics.jsonl")
     log_path = property(lambda self: self.dir / "train.log")
+    heartbeat_path = property(lambda self: self.dir / "heartbeat.json")
     checkpoints = property(lambda self: self.dir / "checkpoints")
     results_path = property(lambda self: self.dir / "results.json")
     exports = property(lambda self: self.dir / "exports")

@@ -137,6 +137,11 @@ class Worker:
                     continue  # not launched yet, or alive (perhaps between its last status and telling Optuna)
                 if self.storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
                     continue  # it told Optuna and ended after `trials` was read
+                if status.get("stalled"):  # its watcher killed it: run again, it would stall again
+                    self.storage.set_trial_user_attr(trial._trial_id, "error", status.get("error"))
+                    self.study.tell(trial.number, state=TrialState.FAIL)
+                    self.log(f"trial {trial.number}: {run.name} stalled; failed, and the study goes on")
+                    continue
                 relaunches = status.get("relaunches", 0) + 1
                 if relaunches > MAX_RELAUNCHES:
                     self.study.tell(trial.number, state=TrialState.FAIL)

@@ -1,0 +1,141 @@
+"""No run stalls silently and Stop always stops (core.runs.watch), with real processes: one frozen with SIGSTOP,
+one stuck in a step that never returns (a hung kernel), one stopped while it waits in the queue."""
+import contextlib
+import json
+import os
+import signal
+import textwrap
+import time
+
+import pytest
+
+from conftest import ROOT, SMALL_ARCH, core_cli, wait_for
+from core.runs.run import Run, process_alive
+from core.runs.watch import read_heartbeat
+
+# Loaded by every Python process started with its folder on PYTHONPATH: in the training process of the run named
+# in HANG_RUN (the one the watcher starts, with --watched), every training step after the HANG_AFTER-th never
+# returns, and it is deaf to SIGTERM there, as a process inside a hung C kernel is.
+HANG = textwrap.dedent('''
+    import os, sys
+    if os.environ.get("HANG_RUN") and "--watched" in sys.argv and sys.argv[sys.argv.index("--resume") + 1] \\
+            .endswith(os.environ["HANG_RUN"]):
+        import importlib.abc, importlib.util, time
+
+        class Patch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name != "core.engine.trainer":
+                    return None
+                sys.meta_path.remove(self)
+                spec = importlib.util.find_spec(name)
+                load = spec.loader.exec_module
+
+                def exec_module(module):
+                    load(module)
+                    step, done = module.Trainer.step, [0]
+
+                    def hanging(self, *args):
+                        done[0] += 1
+                        while done[0] > int(os.environ["HANG_AFTER"]):
+                            time.sleep(3600)
+                        return step(self, *args)
+                    module.Trainer.step = hanging
+                spec.loader.exec_module = exec_module
+                return spec
+
+        sys.meta_path.insert(0, Patch())
+''')
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def hang(tmp_path, monkeypatch):
+    """Make the training process of the run named NAME hang after `after` steps: hang(NAME, after)."""
+    (tmp_path / "hang").mkdir()
+    (tmp_path / "hang" / "sitecustomize.py").write_text(HANG)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "hang"), str(ROOT)]))
+
+    def set_up(name: str, after: int) -> None:
+        monkeypatch.setenv("HANG_RUN", name)
+        monkeypatch.setenv("HANG_AFTER", str(after))
+    return set_up
+
+
+def launch(runs, tmp_path, name: str, **train) -> Run:
+    config = tmp_path / f"{name}.json"
+    config.write_text(json.dumps({"arch": SMALL_ARCH, "data": "builtin",
+                                  "train": {"epochs": 3, "batch_size": 64, "log_every": 5} | train}))
+    core_cli("train", "--config", str(config), "--run-dir", str(runs / name), "--device", "cpu", "--detach")
+    return Run(runs / name)
+
+
+def in_phase(run: Run, phase: str) -> bool:
+    return (read_heartbeat(run) or {}).get("phase") == phase
+
+
+def ended(run: Run) -> dict | None:
+    status = run.status()
+    return status if status["state"] not in ("queued", "running") else None
+
+
+def test_a_frozen_run_ends_failed_as_stalled_by_itself_and_the_next_queued_run_starts(runs, tmp_path):
+    frozen = launch(runs, tmp_path, "frozen", stall_limit=6)
+    wait_for(lambda: in_phase(frozen, "training"), 120, "the run to train")
+    waiting = launch(runs, tmp_path, "waiting")
+    wait_for(lambda: waiting.status().get("waiting_for"), 60, "the second run to queue behind the first")
+    trainer = frozen.status()["pid"]
+    os.kill(trainer, signal.SIGSTOP)  # alive, holding the CPU, and doing nothing: nobody is watching but the watcher
+    try:
+        status = wait_for(lambda: ended(frozen), 60, "the watcher to end the frozen run")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(trainer, signal.SIGCONT)  # a failed test leaves no frozen process behind
+    wait_for(lambda: not process_alive(trainer, frozen.status()["pid_start"]), 30, "the frozen process to be killed")
+    assert status["state"] == "failed" and status["error"].startswith("stalled: no progress for")
+    assert "while training at epoch 0 step" in status["error"] and "limit 6 s" in status["error"]
+    assert status["stalled"]["phase"] == "training" and status["stalled"]["seconds"] >= 6
+    assert "A kernel may hang" in status["error"] and "a resume starts from the start" in status["error"]
+    assert "failed: stalled" in frozen.log_tail()
+    wait_for(lambda: waiting.status()["state"] == "running" and not waiting.status().get("waiting_for"), 60,
+             "the queued run to take the freed CPU")
+    core_cli("stop", str(waiting.dir))
+    assert wait_for(lambda: ended(waiting), 120, "the second run to stop")["state"] == "stopped"
+
+
+def test_a_run_stuck_in_a_step_stalls_and_one_that_ignores_stop_is_killed_and_ends_stopped(runs, tmp_path, hang):
+    hang("stuck", after=8)
+    stuck = launch(runs, tmp_path, "stuck", stall_limit=5)
+    status = wait_for(lambda: ended(stuck), 180, "the watcher to find the stuck run")
+    assert status["state"] == "failed" and status["stalled"]["phase"] == "training", status
+    assert status["stalled"]["step"] == 8  # the steps before the hang were counted, the hung one never ended
+
+    hang("deaf", after=8)
+    deaf = launch(runs, tmp_path, "deaf")  # the default stall limit (2 minutes) is far off
+    wait_for(lambda: (read_heartbeat(deaf) or {}).get("step") == 8, 180, "the run to reach its hung step")
+    asked = time.monotonic()
+    assert json.loads(core_cli("stop", str(deaf.dir)).stdout)["stop_requested"] is True
+    status = wait_for(lambda: ended(deaf), 90, "the watcher to end a run deaf to Stop")
+    assert status["state"] == "stopped" and status["forced"] is True
+    assert 15 < time.monotonic() - asked < 60  # after the grace period, not at once and not never
+    assert "did not stop within 20 s of the request" in deaf.log_tail()
+
+
+def test_stop_cancels_a_queued_run_at_once_and_it_never_trains(runs, tmp_path):
+    busy = launch(runs, tmp_path, "busy")
+    wait_for(lambda: in_phase(busy, "training"), 120, "the first run to train")
+    queued = launch(runs, tmp_path, "queued")
+    wait_for(lambda: queued.status().get("waiting_for"), 60, "the second run to queue")
+    asked = time.monotonic()
+    core_cli("stop", str(queued.dir))
+    status = wait_for(lambda: ended(queued), 30, "the queued run to stop")
+    assert status["state"] == "stopped" and time.monotonic() - asked < 10
+    core_cli("stop", str(busy.dir))
+    wait_for(lambda: ended(busy), 120, "the first run to stop")
+    time.sleep(2)  # the CPU is free now: a run that was only pretending to stop would start here
+    assert queued.status()["state"] == "stopped" and not queued.metrics_path.exists()
+    assert "training on" not in queued.log_tail()
