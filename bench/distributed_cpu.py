@@ -10,21 +10,15 @@ One process uses torch's default threads (all cores); torchrun gives each of 2 p
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from core.host import cpu_name
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def images_per_s(folder: Path, name: str, args, processes: int) -> float:

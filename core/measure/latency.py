@@ -3,14 +3,13 @@ onnxruntime), side by side in one process on the same images (`python -m core be
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from core.data.datasets import load_dataset
+from core.host import cpu_name
 
 
 LATENCY_BATCHES = (1, 256)
@@ -18,16 +17,6 @@ LATENCY_BATCHES = (1, 256)
 
 TURN_SECONDS = 0.5  # each takes turns of this long: call by call, the idle thread pools of one (onnxruntime
                     # and OpenMP both spin a while after a call) slowed the next call of another
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bench_export(run, tag: str = "best", data: str | None = None, seconds: float = 10.0) -> dict:
