@@ -61,8 +61,11 @@ def probe(again: bool = False, arch_preset: str = REFERENCE, seconds: float = PR
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return read_machine()
+        from core.nn import platform  # torch: the probe's own process only
+
         devices = find_devices()
-        update_machine(lambda machine: machine | {"devices": devices, "found": time.time()})
+        cpu = platform.describe()  # which kernels: the same machine is another one under ONEDNN_MAX_CPU_ISA=AVX2
+        update_machine(lambda machine: machine | {"devices": devices, "cpu": cpu, "found": time.time()})
         speeds = read_machine().get("speeds", {})
         macs = count(preset_spec(arch_preset)).macs
         for device, name in devices.items():

@@ -8,6 +8,7 @@ estimates any design: images/s ≈ MACs per second ÷ the design's MACs per imag
 networks use a device less well than large ones; each estimate says where its figure came from.
 
     <cache>/machine.json   {"devices": {"cuda:0": "NVIDIA H100", "cpu": "CPU"}, "found": time,
+                            "cpu": {"cpu", "vector_isa", "int8_kernels", "onednn_isa", "aten_capability", ...},
                             "speeds": {"cpu": {"macs_per_s", "images_per_s", "name", "source", "when"}}}
 """
 from __future__ import annotations
@@ -130,3 +131,13 @@ def estimate(arch, device: str, data: str | None) -> Estimate | None:
     images_per_s = figure["macs_per_s"] / count(arch).macs
     return Estimate(images_per_s, epoch_seconds(images_per_s, *image_counts(data)), figure["source"],
                     figure["when"])
+
+
+def kernels_text(cpu: dict | None) -> str | None:
+    """Which kernels train and run exports here, in a line: "oneDNN Intel AVX2 · ATen AVX2 · onnxruntime int8
+    AVX2 (no VNNI)", from the probe's record of the CPU; None before a probe."""
+    if not cpu:
+        return None
+    caps = ", ".join(f"{k}={v}" for k, v in cpu.get("isa_caps", {}).items())
+    return (f"{cpu.get('cpu')}: oneDNN {cpu.get('onednn_isa') or 'unknown'} · ATen {cpu.get('aten_capability')} · "
+            f"onnxruntime int8 {cpu.get('int8_kernels')}" + (f" (capped by {caps})" if caps else ""))

@@ -1,0 +1,49 @@
+"""What torch runs on here: the ISA oneDNN dispatches to and the one ATen's own kernels use, next to the CPU facts
+of core.host. Both can be capped (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY), which is how an AVX-512 machine runs
+the kernels an AVX2-only CPU would.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import re
+import sys
+import tempfile
+
+import torch
+
+from core import host
+
+
+@functools.cache
+def onednn_isa() -> str | None:
+    """The ISA oneDNN dispatches to in this process, as its verbose mode names it (e.g. "Intel AVX2",
+    "Intel AVX-512 with Intel AMX"); None where torch has no oneDNN or it says nothing. oneDNN has no query for
+    it; its verbose mode prints it once, with the C library's printf: so stdout's file descriptor points at a
+    temporary file while one tiny convolution runs."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                x = torch.ones(2, 8, 4, 4).to(memory_format=torch.channels_last)  # a layout torch gives oneDNN
+                torch.nn.functional.conv2d(x, torch.ones(8, 8, 3, 3, requires_grad=True), padding=1).sum().backward()
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(None).fflush(None)  # what printf still holds goes to the file, not the terminal
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        sink.seek(0)
+        found = re.search(rb"onednn_verbose(?:,v\d+)?,info,cpu,isa:([^\n]*)", sink.read())
+    return found.group(1).decode(errors="replace").strip() if found else None
+
+
+def describe() -> dict:
+    """core.host's CPU record with torch's view of it: for `core machine`, run records and benchmarks."""
+    return host.describe() | {"onednn_isa": onednn_isa(), "aten_capability": torch.backends.cpu.get_cpu_capability(),
+                              "torch": torch.__version__}
