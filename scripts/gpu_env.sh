@@ -1,4 +1,4 @@
-# Sourced first by each device call of issue 11 (scripts/prepare_gpu_session.sh prints them): installs the
+# Sourced first by each device call of issue 22 (scripts/prepare_gpu_session.sh prints them): installs the
 # carried wheels, points the code at the carried JPEG copy, and says what the machine is.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .gpu/whl/*.whl || return 1
