@@ -10,6 +10,7 @@ from streamlit.runtime.pages_manager import PagesManager
 from core.design.presets import PRESETS, preset_spec
 from core.design.spec import ArchSpec
 from core.errors import StudioError
+from core.runs.record import read_record, summary_lines
 from core.runs.run import ACTIVE, Run, list_runs
 
 # core.nn.checkpoint and core.deploy.predict load torch, which takes seconds: they are imported where a page
@@ -106,6 +107,13 @@ def open_classifier(run: Run, tag: str) -> Classifier | None:
         st.caption(f"{tag.capitalize()} checkpoint: epoch {saved.get('epoch')}, "
                    f"{saved['eval_acc']:.1%} on its {saved.get('eval_split', 'evaluation')} split.")
     return classifier
+
+
+def show_record(run: Run) -> None:
+    """The run's reproducibility record, folded: what made it, on which code, machine, libraries and data."""
+    with st.expander("Reproducibility record", icon=":material/fingerprint:"):
+        rows = summary_lines(read_record(run.record_path))
+        st.dataframe([{"Fact": fact, "Value": str(value)} for fact, value in rows], hide_index=True, width="stretch")
 
 
 def checkpoint_id(run: Run, tag: str, classifier: Classifier) -> tuple[str, str, str]:

@@ -20,7 +20,7 @@ from core.nn.visual import enlarge
 from core.report.charts import confusion_chart, per_class_chart
 from core.runs.run import Run
 from pages._ui import (RUN_CHOICE, checkpoint_id, default_run, has_checkpoint, runs_or_stop, open_classifier,
-                       select_checkpoint, select_run, through_app_shell)
+                       select_checkpoint, select_run, show_record, through_app_shell)
 
 through_app_shell()
 
@@ -178,6 +178,7 @@ with one_run:
     with pick_tag:
         tag = select_checkpoint("evaluate_tag")
     classifier = open_classifier(run, tag)
+    show_record(run)
     if st.button("Evaluate", type="primary", icon=":material/fact_check:", key="evaluate",
                  disabled=classifier is None or data is None, help=waiting):
         try:

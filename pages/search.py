@@ -288,8 +288,8 @@ def show_best(study: dict, best: dict) -> None:
                    help="Its design and recipe for more epochs, on all of train, scored on test"):
         name = f"{run.name}-full-{time.strftime('%H%M%S')}"
         try:
-            launch(create_run(cfg.replace_train(epochs=int(epochs), val_fraction=0.0), name),
-                   study["space"]["device"])
+            launch(create_run(cfg.replace_train(epochs=int(epochs), val_fraction=0.0), name,
+                              origin=f"app: Search page, Train it in full ({run.name})"), study["space"]["device"])
         except StudioError as e:
             st.error(str(e), icon=":material/error:")
             return

@@ -12,6 +12,8 @@ from core.design.config import RunConfig
 from core.design.presets import PRESETS
 from core.measure.probe import PROBE_SECONDS
 from core.runs.queue import plan, queue
+from core.runs.record import read_record
+from core.runs.reproduce import finish, reproduce
 from core.runs.run import Run, StopFlag, create_run, delete, launch, list_runs, stop
 from core.runs.speeds import REFERENCE
 from core.runs.watch import watch
@@ -43,7 +45,7 @@ def cmd_train(args) -> int:
         code = watch(run, [sys.executable, "-m", "core", *training_args(run, args, data, epochs), "--watched"],
                      run.config().train.stall_limit)
         status = run.status()
-        emit({"run": str(run.dir)} | status)
+        ended(run, status)
         return code or (1 if status.get("state") == "failed" else 0)
     request, processes = plan(args.device, args.gpus, args.nproc_per_node, nnodes=args.nnodes,
                               node_rank=args.node_rank, rdzv=args.rdzv, max_restarts=args.max_restarts)
@@ -60,8 +62,14 @@ def cmd_train(args) -> int:
 
         status = train(run, args.device, data, epochs, args.gpus, stop_flag, search_trial_hooks(run))
     if not (args.watched or "TORCHELASTIC_RUN_ID" in os.environ):  # else the watcher or torchrun says how it ended
-        emit({"run": str(run.dir)} | status)
+        ended(run, status)
     return 1 if status.get("state") == "failed" else 0
+
+
+def ended(run: Run, status: dict) -> None:
+    """Say how the run ended; a run made by `reproduce` adds how it compares with the one it reproduces."""
+    comparison = finish(run) if status.get("state") == "finished" else None
+    emit({"run": str(run.dir)} | status | ({"reproduction": comparison} if comparison else {}))
 
 
 def training_args(run: Run, args, data: str | None, epochs: int | None) -> list[str]:
@@ -71,6 +79,12 @@ def training_args(run: Run, args, data: str | None, epochs: int | None) -> list[
     out += ["--gpus", args.gpus] if args.gpus else []
     out += [f"--nproc-per-node={args.nproc_per_node}"] if args.nproc_per_node else []
     return out + [f"--max-restarts={args.max_restarts}"]
+
+
+def cmd_reproduce(args) -> int:
+    """A new run with RUN's config and data, trained as `train --resume` trains it; its end compares the two."""
+    args.resume = str(reproduce(Run.at(args.run), args.run_dir).dir)
+    return cmd_train(args)
 
 
 def search_trial_hooks(run: Run):
@@ -116,7 +130,7 @@ def cmd_machine(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    emit([run.summary() for run in list_runs()])
+    emit([run.summary() | {"record": read_record(run.record_path)} for run in list_runs()])
     return 0
 
 
@@ -168,6 +182,16 @@ def add_commands(sub) -> None:
     g.add_argument("--rdzv", metavar="HOST:PORT", help="with --nnodes: torchrun's c10d rendezvous on machine 0")
     g.add_argument("--max-restarts", type=int, default=0, help="restarts after a process fails (default 0)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("reproduce", help="train RUN's config and data again as a new run, then compare the two "
+                                         "runs' curves, final accuracy and records")
+    p.add_argument("run", metavar="runs/NAME")
+    p.add_argument("--run-dir", required=True, metavar="runs/NEW", help="the new run")
+    p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda or cuda:N")
+    p.add_argument("--detach", action="store_true", help="train in a background process and return at once; "
+                                                         "runs/NEW/reproduces.json holds the comparison at its end")
+    p.set_defaults(func=cmd_reproduce, gpus=None, nproc_per_node=None, nnodes=1, node_rank=0, rdzv=None, watched=False,
+                   max_restarts=0, create_only=False, data=None, epochs=None)
 
     p = sub.add_parser("data", help="check a CIFAR-10 copy (decode and cache it), or download it")
     p.add_argument("--data", help="folder or archive (default: $CIFAR10_DATA, ./data, else the built-in slice)")

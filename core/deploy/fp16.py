@@ -23,10 +23,10 @@ def export(run: Run, dest: Run, half: bool = True) -> Run:
     tmp = dest.dir.with_name(f".{dest.name}.export")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in ("config.json", "metrics.jsonl", "results.json", "train.log"):
-        if (run.dir / name).exists():
-            shutil.copy2(run.dir / name, tmp / name)
-    write_json(tmp / "status.json", status | {"pid": None, "exported_from": run.name, "half": half})
+    for path in (run.config_path, run.metrics_path, run.results_path, run.log_path, run.record_path):
+        if path.exists():
+            shutil.copy2(path, tmp / path.name)
+    write_json(tmp / run.status_path.name, status | {"pid": None, "exported_from": run.name, "half": half})
     meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "generation", "has_train_state")}
     save_checkpoint(tmp / "checkpoints", "best", ckpt.weights, meta, half=half)
     os.replace(tmp, dest.dir)  # the exported run appears whole or not at all

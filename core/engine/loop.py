@@ -34,6 +34,8 @@ from core.errors import StudioError
 from core.files import append_line, read_json, write_json
 from core.nn.checkpoint import load_train_state, save_checkpoint
 from core.nn.infer import Evaluation, evaluate, pick_device
+from core.nn.platform import device_name, torch_facts
+from core.runs.record import write_start
 from core.runs.queue import DeviceRequest, StopWaiting, hold, visible_gpus
 from core.runs.run import ACTIVE, PruneRequested, Run, RunError, StopFlag, StopRequested, begin, process_start_time
 from core.runs.speeds import record_run_speed
@@ -43,11 +45,6 @@ from core.runs.watch import Heartbeat
 EVALS_IN_A_TIME_LIMIT = 25  # a time-limited run evaluates about this often, and at its end
 STEP_LINE_SECONDS = 3.0     # a "step" metrics line at least this often (and every log_every steps): live charts
 WARMUP_STEPS = 3            # a session's first steps compile and tune kernels: the watcher allows them longer
-
-
-def device_name(device: torch.device) -> str:
-    """What the device is, as core.runs.speeds names it: the GPU's model, or CPU."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
 class RunHooks(Protocol):
@@ -120,6 +117,8 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
             beat.phase("loading data")
             record(state="running", device=str(device), started=time.time(), waiting_for=None, error=None,
                    device_name=device_name(device))
+            if world.is_main:  # what made this session: commit, command, machine, libraries, data (core.runs.record)
+                write_start(run.record_path, torch_facts(device), world.size, cfg.train.seed, cfg.data)
             log(run, world, f"training on {device} with torch {torch.__version__}"
                             + (f", {world.size} processes" if world.size > 1 else ""))
             fit(run, cfg, device, stop, world, beat, hooks)

@@ -47,3 +47,20 @@ def describe() -> dict:
     """core.host's CPU record with torch's view of it: for `core machine`, run records and benchmarks."""
     return host.describe() | {"onednn_isa": onednn_isa(), "aten_capability": torch.backends.cpu.get_cpu_capability(),
                               "torch": torch.__version__}
+
+
+def device_name(device: torch.device) -> str:
+    """What the device is, as core.runs.speeds names it: the GPU's model, or CPU."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
+def torch_facts(device: torch.device) -> dict:
+    """torch's side of a run's record (core.runs.record): versions, the device, and what decides its arithmetic."""
+    cuda = device.type == "cuda"
+    return {"version": torch.__version__, "cuda": torch.version.cuda, "git": torch.version.git_version,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "device": str(device), "device_name": device_name(device), "gpu": device_name(device) if cuda else None,
+            "gpu_capability": ".".join(map(str, torch.cuda.get_device_capability(device))) if cuda else None,
+            "aten_capability": torch.backends.cpu.get_cpu_capability(), "onednn_isa": onednn_isa(),
+            "threads": torch.get_num_threads(), "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "tf32": torch.backends.cuda.matmul.allow_tf32 if cuda else None}

@@ -9,6 +9,8 @@
         heartbeat.json      the training process's phase, epoch and step, rewritten every second (core.runs.watch)
         checkpoints/        last.* and best.* (see core.nn.checkpoint)
         results.json        per-class accuracy and confusion matrix, written at the end
+        record.json         what made it: origin, command, commit, machine, libraries, seeds, data (core.runs.record)
+        reproduces.json     for a run made by `core reproduce`: how it compares with the run it reproduces
         exports/            ONNX files for devices, each with its verification (see core.deploy.onnx_export)
 
 A run trains in its own process and session, so it outlives the app that launched it. Every
@@ -35,6 +37,7 @@ from core.design.budget import count
 from core.design.config import RunConfig
 from core.errors import StudioError
 from core.files import PROJECT_DIR, read_json, update_json, write_json
+from core.runs.record import write_origin
 
 
 REPO_RUNS = PROJECT_DIR / "runs"
@@ -125,6 +128,8 @@ class Run:
     checkpoints = property(lambda self: self.dir / "checkpoints")
     results_path = property(lambda self: self.dir / "results.json")
     exports = property(lambda self: self.dir / "exports")
+    record_path = property(lambda self: self.dir / "record.json")
+    reproduction_path = property(lambda self: self.dir / "reproduces.json")
 
     def exists(self) -> bool:
         return self.config_path.exists()
@@ -238,8 +243,9 @@ def process_alive(pid, pid_start=None) -> bool:
     return True
 
 
-def create_run(cfg: RunConfig, name: str, runs_dir: Path | None = None) -> Run:
-    """Make the run folder with its config and a queued status. Refuses over-budget designs."""
+def create_run(cfg: RunConfig, name: str, runs_dir: Path | None = None, origin: str | None = None) -> Run:
+    """Make the run folder with its config, a queued status and the start of its record: `origin`, what asked
+    for it (by default this process's command line). Refuses over-budget designs."""
     params = count(cfg.arch).params
     if params > cfg.budget and not cfg.allow_over_budget:
         raise RunError(f"this design has {params:,} parameters, {params - cfg.budget:,} over the budget of "
@@ -250,6 +256,7 @@ def create_run(cfg: RunConfig, name: str, runs_dir: Path | None = None) -> Run:
     run.dir.mkdir(parents=True)
     write_json(run.config_path, cfg.to_dict() | {"params": params})
     write_json(run.status_path, {"state": "queued", "created": time.time(), "pid": None})
+    write_origin(run.record_path, origin)
     return run
 
 

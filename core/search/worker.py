@@ -106,7 +106,8 @@ class Worker:
             self.study.tell(trial, state=TrialState.PRUNED)  # never trained; the sampler sees it infeasible
             self.log(f"trial {trial.number}: rejected, {reason}")
             return None
-        run = self.resumable_run(trial) or create_run(cfg, f"{self.name}-{trial.number:03d}")
+        run = self.resumable_run(trial) or create_run(cfg, f"{self.name}-{trial.number:03d}",
+                                                               origin=f"search {self.name}, trial {trial.number}")
         trial.set_user_attr("run", run.name)
         run.update_status(search=self.tag(trial._trial_id, trial.number))
         launch(run, device)
