@@ -19,11 +19,11 @@ from core.design.budget import BUDGET, count
 from core.design.config import RunConfig
 from core.errors import StudioError
 from core.files import read_json
-from core.report.charts import PRIMARY, confusion_chart, epoch_chart, per_class_chart
+from core.report.charts import PRIMARY, confusion_chart, overlay_chart, per_class_chart
 from core.runs.progress import metric_frames
 from core.runs.run import ACTIVE, Run, delete, list_runs, runs_root
 from pages._ui import (FOLLOWED, RUN_CHOICE, current_design, data_label, default_run, has_checkpoint, plural,
-                       select_run, state_badge, through_app_shell)
+                       select_run, show_record, state_badge, through_app_shell)
 
 through_app_shell()
 
@@ -101,9 +101,7 @@ def show_table(live: bool) -> None:
 
 
 def overlay(runs: list[Run], column: str, title: str, value_format: str) -> alt.Chart:
-    curves = pd.concat([pd.DataFrame({"Epoch": lines["epoch"], "Value": lines[column], "Curve": run.name})
-                        for run in runs for lines in [epoch_lines(run)]])
-    return epoch_chart(curves, title, curves["Epoch"].max(), value_format=value_format)
+    return overlay_chart({run.name: epoch_lines(run) for run in runs}, column, title, value_format)
 
 
 def accuracy_vs_parameters(rows: list[dict]) -> alt.Chart:
@@ -122,6 +120,14 @@ def accuracy_vs_parameters(rows: list[dict]) -> alt.Chart:
     rule_label = budget.mark_text(align="right", baseline="top", dx=-4, dy=4, color="#dc2626").encode(
         x="Parameters:Q", y=alt.value(0), text="label")
     return (rule + rule_label + dots + names).properties(height=320)
+
+
+def report_html(runs: list[Run]) -> str:
+    """The report of `runs` as one HTML file (core.report), made when the download is clicked."""
+    from core.report.document import to_html  # torch and vl-convert: only when a report is asked for
+    from core.report.report import build
+
+    return to_html(*build(runs))
 
 
 def follow_on_train(name: str) -> None:
@@ -297,6 +303,11 @@ else:
         accuracy_column, loss_column = st.columns(2)
         accuracy_column.altair_chart(overlay(compared, "eval_acc", "Accuracy on the evaluation split", ".1~%"))
         loss_column.altair_chart(overlay(compared, "eval_loss", "Loss on the evaluation split", "~g"))
+        st.download_button("Report", lambda: report_html(compared), file_name=f"report-{'-'.join(chosen)}.html"[:120],
+                           mime="text/html", icon=":material/summarize:", on_click="ignore", key="report",
+                           help="One HTML file that opens offline: the runs' hyperparameters side by side, results, "
+                                "curves, confusion matrices, most confident mistakes and reproducibility records. "
+                                "Making it evaluates each best checkpoint: seconds to a minute.")
     st.markdown("**Best accuracy against parameters**")
     st.altair_chart(accuracy_vs_parameters(rows))
 
@@ -338,6 +349,7 @@ elif row["state"] == "pruned":
 else:
     st.info(f"It {row['state']} before its last epoch, so it has no final results. Resume it on the Train page.",
             icon=":material/info:")
+show_record(run)
 with st.container(horizontal=True):
     if st.button("Open on the Train page", icon=":material/model_training:", on_click=follow_on_train,
                  args=(run.name,), help="Follow it there: live curves, log, stop, resume"):

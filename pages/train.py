@@ -20,7 +20,7 @@ from core.design.presets import PRESETS
 from core.design.settings import LABELS, SETTINGS, Setting, recipe, settings_error
 from core.errors import StudioError
 from core.files import cache_dir
-from core.report.charts import PRIMARY, RUN_COLOURS, epoch_chart
+from core.report.charts import training_charts
 from core.runs.progress import metric_frames, progress
 from core.runs.queue import launch_options, queue
 from core.runs.run import ACTIVE, Run, RunError, check_name, create_run, launch, list_runs, stop
@@ -43,7 +43,6 @@ GPUS = "train_gpus"                  # with cuda: torch's names of the GPUs (cud
 PROCESSES = "train_processes"        # with cpu: how many processes (torchrun)
 RUN_NAME = "train_run_name"
 LAUNCH_ERROR = "train_launch_error"
-WITHIN = "train, within epochs"      # the loss curve from the step lines
 REFRESH_S = 2                        # how often the live view re-reads an active run
 PERSIST = {"persist_state": "session"}  # a setting keeps its value while the user is on another page
 DATA_SOURCES = dict(zip(CHOICES, ("Built-in slice", "A copy on this machine", "Download CIFAR-10")))
@@ -209,7 +208,8 @@ def launch_run() -> None:
         if data_problem:
             raise RunError(data_problem)
         devices = devices_chosen()
-        launch(create_run(RunConfig(spec, TrainConfig.from_dict(setting_values()), data, preset), name), **devices)
+        launch(create_run(RunConfig(spec, TrainConfig.from_dict(setting_values()), data, preset), name,
+                          origin="app: Train page, Launch"), **devices)
     except StudioError as e:
         st.session_state[LAUNCH_ERROR] = str(e)
         return
@@ -247,23 +247,14 @@ def most_recent(runs: list[Run], states: dict[str, str]) -> str:
 
 
 def run_charts(steps: pd.DataFrame, per_epoch: pd.DataFrame, split: str, epochs: int) -> None:
-    loss = pd.concat([
-        pd.DataFrame({"Epoch": steps["epoch"], "Value": steps["train_loss"], "Curve": WITHIN}),
-        pd.DataFrame({"Epoch": per_epoch["epoch"], "Value": per_epoch["train_loss"], "Curve": "train"}),
-        pd.DataFrame({"Epoch": per_epoch["epoch"], "Value": per_epoch["eval_loss"], "Curve": split})])
-    accuracy = pd.concat([
-        pd.DataFrame({"Epoch": per_epoch["epoch"], "Value": per_epoch["train_acc"], "Curve": "train"}),
-        pd.DataFrame({"Epoch": per_epoch["epoch"], "Value": per_epoch["eval_acc"], "Curve": split})])
-    lr = pd.concat([pd.DataFrame({"Epoch": lines["epoch"], "Value": lines["lr"], "Curve": "learning rate"})
-                    for lines in (steps, per_epoch)]).sort_values("Epoch")
-    colours = {WITHIN: "#93c5fd", "train": PRIMARY, split: RUN_COLOURS[1], "learning rate": PRIMARY}
+    loss, accuracy, lr = training_charts(steps, per_epoch, split, epochs)
     loss_column, accuracy_column, lr_column = st.columns(3)
-    loss_column.altair_chart(epoch_chart(loss, "Loss", epochs, colours, thin=(WITHIN,)))
-    if per_epoch.empty:
+    loss_column.altair_chart(loss)
+    if accuracy is None:
         accuracy_column.caption("Accuracy: after the first epoch.")
     else:
-        accuracy_column.altair_chart(epoch_chart(accuracy, "Accuracy", epochs, colours, value_format=".1~%"))
-    lr_column.altair_chart(epoch_chart(lr, "Learning rate", epochs, colours, thin=("learning rate",)))
+        accuracy_column.altair_chart(accuracy)
+    lr_column.altair_chart(lr)
 
 
 def show_run(run: Run, live: bool) -> None:

@@ -8,14 +8,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.cli import deploy, design, search, training
+from core.cli import deploy, design, reports, search, training
 from core.errors import StudioError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="ResNet Studio, headless.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for commands in (design, training, deploy, search):
+    for commands in (design, training, deploy, search, reports):
         commands.add_commands(sub)
     return parser
 

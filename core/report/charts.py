@@ -64,3 +64,33 @@ def epoch_chart(curves: pd.DataFrame, title: str, epochs: float, colours: dict[s
     lines = base.mark_line().encode(strokeWidth=alt.condition(is_thin, alt.value(1), alt.value(2.5)))
     dots = base.mark_circle(opacity=1).encode(size=alt.condition(is_thin, alt.value(12), alt.value(36)))
     return (lines + dots).properties(title=title, height=260)
+
+
+WITHIN = "train, within epochs"  # the training loss logged every few steps, between the epochs' points
+
+
+def training_charts(steps: pd.DataFrame, per_epoch: pd.DataFrame, split: str, epochs: float
+                    ) -> tuple[alt.Chart, alt.Chart | None, alt.Chart]:
+    """A run's loss (train within and at the end of epochs, and on `split`), accuracy (train and `split`; None
+    before the first epoch) and learning rate, from its step and epoch lines (core.runs.progress.metric_frames)."""
+    loss = pd.concat([
+        pd.DataFrame({"Epoch": steps["epoch"], "Value": steps["train_loss"], "Curve": WITHIN}),
+        pd.DataFrame({"Epoch": per_epoch["epoch"], "Value": per_epoch["train_loss"], "Curve": "train"}),
+        pd.DataFrame({"Epoch": per_epoch["epoch"], "Value": per_epoch["eval_loss"], "Curve": split})])
+    accuracy = pd.concat([
+        pd.DataFrame({"Epoch": per_epoch["epoch"], "Value": per_epoch["train_acc"], "Curve": "train"}),
+        pd.DataFrame({"Epoch": per_epoch["epoch"], "Value": per_epoch["eval_acc"], "Curve": split})])
+    lr = pd.concat([pd.DataFrame({"Epoch": lines["epoch"], "Value": lines["lr"], "Curve": "learning rate"})
+                    for lines in (steps, per_epoch)]).sort_values("Epoch")
+    colours = {WITHIN: "#93c5fd", "train": PRIMARY, split: RUN_COLOURS[1], "learning rate": PRIMARY}
+    return (epoch_chart(loss, "Loss", epochs, colours, thin=(WITHIN,)),
+            None if per_epoch.empty else epoch_chart(accuracy, "Accuracy", epochs, colours, value_format=".1~%"),
+            epoch_chart(lr, "Learning rate", epochs, colours, thin=("learning rate",)))
+
+
+def overlay_chart(lines: dict[str, pd.DataFrame], column: str, title: str, value_format: str) -> alt.Chart:
+    """One curve per run of an epoch-line `column` (eval_acc, eval_loss, ...), overlaid; `lines`: run -> its epoch
+    lines."""
+    curves = pd.concat([pd.DataFrame({"Epoch": frame["epoch"], "Value": frame[column], "Curve": name})
+                        for name, frame in lines.items()])
+    return epoch_chart(curves, title, curves["Epoch"].max(), value_format=value_format)

@@ -1,0 +1,98 @@
+"""`python -m core report` on the shipped example and on a run the engine really trained: one HTML file that
+Chromium opens with no network request at all, showing the tables, curves, confusion matrix and record; the
+Markdown variant with its PNGs; a comparison of two runs; and clear errors."""
+import json
+
+from markdown_it import MarkdownIt
+
+from conftest import ROOT, SCREENSHOTS, core_cli
+
+EXAMPLE = ROOT / "runs" / "example"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def report(*args: str) -> dict:
+    return json.loads(core_cli("report", *args).stdout)
+
+
+def open_offline(browser, path):
+    """The report in a fresh page with every request recorded, and any that is not the file itself refused."""
+    url = path.as_uri()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.route("**/*", lambda route: route.continue_() if route.request.url == url else route.abort())
+    page.goto(url)
+    page.wait_for_load_state("load")
+    return context, page, requests
+
+
+def test_the_html_reports_open_offline_and_show_every_part(browser, trained, tmp_path):
+    example, fresh = tmp_path / "example.html", tmp_path / "small.html"
+    report("runs/example", "--out", str(example), "--data", "builtin")  # the slice: 1,000 of the copy's test images
+    made = report(str(trained.dir), "--out", str(fresh))
+    assert made["files"] == [str(fresh)]  # one file: everything is inside it
+    for path, run in ((example, "example"), (fresh, "small")):
+        context, page, requests = open_offline(browser, path)
+        try:
+            assert [url for url in requests if url != path.as_uri()] == [], "the report asked the network for something"
+            assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+            headings = page.locator("h2, h3").all_inner_texts()
+            for heading in ("Summary", "Training curves", "Architecture and recipe", f"Results of {run}",
+                            f"Most confident mistakes of {run}", f"Parameters and MACs per stage of {run}",
+                            f"Reproducibility record of {run}"):
+                assert heading in headings, headings
+            for caption in ("Loss: train and test", "Accuracy: train and test", "Learning rate", "Accuracy per class",
+                            "Confusion matrix: rows true class, columns predicted; shade is the share of the row"):
+                assert page.locator("figcaption", has_text=caption).count() >= 1, caption
+            table = page.locator("table").nth(1).inner_text()  # the seed projects' table
+            for row in ("Residual layers", "Blocks per layer", "Shortcut kernel sizes", "Pool size", "Batch norm",
+                        "Augmentation", "Normalisation", "Optimizer", "Weight decay", "Batch size", "Total parameters"):
+                assert row in table
+            if run == "example":
+                assert "272,474" in table and "resnet20" in page.locator("table").first.inner_text()
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=SCREENSHOTS / "report-example.png", full_page=True)
+            # the recording does catch a request: a picture from elsewhere, added now, shows up in it
+            page.evaluate("document.body.append(Object.assign(new Image(), {src: 'http://127.0.0.1:9/x.png'}))")
+            page.wait_for_timeout(500)
+            assert "http://127.0.0.1:9/x.png" in requests
+        finally:
+            context.close()
+    text = fresh.read_text()
+    assert "<script" not in text and "http://" not in text.replace("http://127", "") and "https://" not in text
+
+
+def test_the_markdown_variant_renders_with_its_pictures_beside_it(trained, tmp_path):
+    out = tmp_path / "small.md"
+    made = report(str(trained.dir), "--out", str(out))
+    assert made["format"] == "md"
+    html = MarkdownIt("commonmark").enable("table").render(out.read_text())
+    assert html.count("<table>") >= 4 and "<h2>Training curves</h2>" in html
+    images = [line.split('src="')[1].split('"')[0] for line in html.split("<img")[1:]]
+    assert len(images) >= 5 + 1  # curves, confusion, per class, mistakes
+    for image in images:
+        assert (tmp_path / image).read_bytes().startswith(PNG), image
+    assert made["files"][1:] == [str(tmp_path / image) for image in dict.fromkeys(images)]
+
+
+def test_two_runs_make_one_comparison_with_their_curves_overlaid(trained, tmp_path):
+    out = tmp_path / "both.html"
+    report("runs/example", str(trained.dir), "--out", str(out), "--data", "builtin", "--mistakes", "5")
+    text = out.read_text()
+    assert "<h1>Runs compared: example, small</h1>" in text
+    for caption in ("Accuracy, each run", "Loss, each run", "Training loss, each run"):
+        assert f"<figcaption>{caption}</figcaption>" in text
+    header = text.split("<table>")[2].split("</thead>")[0]  # the hyperparameters, a column per run
+    assert "<th>example</th>" in header and "<th>small</th>" in header
+    assert text.count("<div class=\"gallery\"><figure>") == 2 and text.count("Reproducibility record of") == 2
+
+
+def test_bad_requests_are_messages(trained, tmp_path):
+    missing = core_cli("report", "runs/no-such-run", "--out", str(tmp_path / "r.html"), check=False)
+    assert missing.returncode == 2 and "no such run" in missing.stderr
+    folder = core_cli("report", str(trained.dir), "--out", str(tmp_path), check=False)
+    assert folder.returncode == 2 and "is a folder" in folder.stderr
+    twice = core_cli("report", str(trained.dir), str(trained.dir), "--out", str(tmp_path / "r.html"), check=False)
+    assert twice.returncode == 2 and "named twice" in twice.stderr
