@@ -40,6 +40,14 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.format == "hub":
+        from core.deploy.hub import export_hub
+
+        emit(export_hub(Run.at(args.run), args.dest, args.checkpoint, args.onnx, args.data))
+        return 0
+    if args.onnx:
+        print("error: --onnx is for --format hub (--format onnx writes the ONNX file alone)", file=sys.stderr)
+        return 2
     if args.format == "onnx":
         from core.deploy.onnx_export import export_onnx
 
@@ -63,8 +71,21 @@ def cmd_bench_export(args) -> int:
 
 
 def cmd_import(args) -> int:
+    from core.deploy.hub import import_hub, is_hub_folder
     from core.deploy.importer import NORMALIZATIONS, import_weights
 
+    if is_hub_folder(Path(args.weights)):
+        run = import_hub(args.weights, args.run_dir)
+        emit({"imported": str(run.dir), "from": args.weights, "params": run.summary()["params"]})
+        return 0
+    if Path(args.weights).is_dir():
+        print(f"error: {args.weights}: a folder, but not one `export --format hub` wrote (it needs model.safetensors "
+              f"and config.json); give a .pt file or such a folder", file=sys.stderr)
+        return 2
+    if not args.design:
+        print("error: --design SPEC.json is needed for a .pt file: the network its weights belong to",
+              file=sys.stderr)
+        return 2
     design = RunConfig.from_dict(load_json_file(args.design))
     if args.allow_over_budget:
         design = RunConfig.from_dict(design.to_dict() | {"allow_over_budget": True})
@@ -91,14 +112,16 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="a finished run to ship: record + best checkpoint in fp16 (safetensors), "
-                                      "or one verified ONNX file for devices (--format onnx)")
+                                      "one verified ONNX file for devices (--format onnx), or a folder for the "
+                                      "Hugging Face Hub with a model card (--format hub)")
     p.add_argument("run", metavar="runs/NAME")
-    p.add_argument("dest", metavar="runs/NEW|OUT.onnx")
-    p.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors")
+    p.add_argument("dest", metavar="runs/NEW|OUT.onnx|OUT_DIR")
+    p.add_argument("--format", choices=("safetensors", "onnx", "hub"), default="safetensors")
+    p.add_argument("--onnx", action="store_true", help="hub: put the verified ONNX file in the folder too")
     p.add_argument("--fp32", action="store_true", help="safetensors: keep fp32 weights")
     p.add_argument("--int8", action="store_true", help="onnx: int8 by static quantization, calibrated on training "
                                                        "images")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="onnx: which checkpoint")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="onnx, hub: which checkpoint")
     p.add_argument("--data", help="onnx: CIFAR-10 copy to verify on (its test split) and calibrate int8 with (its "
                                   "training split); default the run's own data if it is here, else the built-in slice")
     p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
@@ -113,9 +136,10 @@ def add_commands(sub) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per batch size (after warm-up)")
     p.set_defaults(func=cmd_bench_export)
 
-    p = sub.add_parser("import", help="a PyTorch state_dict (.pt) trained elsewhere, as a run of a given design")
-    p.add_argument("weights", metavar="WEIGHTS.pt")
-    p.add_argument("--design", required=True, metavar="SPEC.json", help="the network's design: a spec or run config")
+    p = sub.add_parser("import", help="a PyTorch state_dict (.pt) trained elsewhere, as a run of a given design; "
+                                      "or a folder `export --format hub` wrote")
+    p.add_argument("weights", metavar="WEIGHTS.pt|HUB_DIR")
+    p.add_argument("--design", metavar="SPEC.json", help="for a .pt file: the network's design, a spec or run config")
     p.add_argument("--run-dir", required=True, metavar="runs/NAME", help="the new run")
     p.add_argument("--normalization", choices=("cifar10", "kuangliu", "none"), default="cifar10",
                    help="the input normalisation the weights were trained with: CIFAR-10's mean and std (default), "

@@ -9,6 +9,7 @@ kuangliu's training script saves. The result is a finished run marked imported, 
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import re
@@ -23,6 +24,8 @@ from core.design.config import RunConfig
 from core.errors import StudioError
 from core.nn.checkpoint import save_checkpoint
 from core.nn.model import build_model
+from core.nn.platform import torch_facts
+from core.runs.record import write_import
 from core.runs.run import Run, create_run
 
 WRAPPERS = ("state_dict", "model_state_dict", "net", "model")  # where training scripts nest the weights
@@ -46,9 +49,8 @@ class WeightsError(StudioError):
     """A weights file that cannot be imported; the message says why and what to do."""
 
 
-def read_weights(source: bytes | Path, name: str) -> dict[str, torch.Tensor]:
-    """The tensors of a `.pt` file, without running anything it holds."""
-    data = source if isinstance(source, bytes) else _read(source, name)
+def read_weights(data: bytes, name: str) -> dict[str, torch.Tensor]:
+    """The tensors of a `.pt` file's bytes, without running anything they hold."""
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -69,7 +71,7 @@ def read_weights(source: bytes | Path, name: str) -> dict[str, torch.Tensor]:
     return _state_dict(loaded, name)
 
 
-def _read(path: Path, name: str) -> bytes:
+def read_file(path: Path, name: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
@@ -141,20 +143,30 @@ def match(weights: dict[str, torch.Tensor], design: RunConfig, name: str) -> dic
 def import_weights(source: bytes | Path, name: str, design: RunConfig, run_dir: str | Path,
                    mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD,
                    classes: tuple[str, ...] = CLASSES) -> Run:
-    """A new finished run at `run_dir` holding the file's weights as its best checkpoint.
+    """A new finished run at `run_dir` holding the `.pt` file's weights as its best checkpoint.
 
     mean, std: the normalisation the weights were trained with, on [0, 1] pixels (see NORMALIZATIONS).
     """
+    data = source if isinstance(source, bytes) else read_file(source, name)
+    return import_tensors(read_weights(data, name), hashlib.sha256(data).hexdigest(), name, design, run_dir, mean,
+                          std, classes)
+
+
+def import_tensors(tensors: dict[str, torch.Tensor], sha256: str, name: str, design: RunConfig, run_dir: str | Path,
+                   mean: tuple[float, ...], std: tuple[float, ...], classes: tuple[str, ...]) -> Run:
+    """A new finished run at `run_dir` holding `tensors` (read from `name`, whose bytes hash to `sha256`) as its
+    best checkpoint, with a record saying where they came from."""
     if design.arch.num_classes != len(classes):
         raise WeightsError(f"the design has {design.arch.num_classes} classes, but {len(classes)} class names "
                            f"are given")
     if min(std) <= 0:
         raise WeightsError(f"std {list(std)}: every channel's std must be above 0")
-    weights = match(read_weights(source, name), design, name)
+    weights = match(tensors, design, name)
     run = Run.at(run_dir)
-    run = create_run(design, run.name, run.dir.parent)
+    run = create_run(design, run.name, run.dir.parent, origin=f"imported from {name}")
     meta = {"spec": design.arch.to_dict(), "classes": list(classes), "mean": list(mean), "std": list(std),
             "epoch": None, "eval_acc": None, "imported_from": name}
     save_checkpoint(run.checkpoints, "best", weights, meta)
+    write_import(run.record_path, torch_facts(torch.device("cpu")), sha256)
     run.update_status(state="finished", ended=time.time(), imported_from=name)
     return run
