@@ -26,7 +26,7 @@ def git(*args: str) -> str:
 def test_a_trained_run_records_what_made_it(trained):
     record = read_record(trained.record_path)
     assert "core train --config" in record["origin"] and "--run-dir" in record["origin"]
-    assert record["command"] == record["origin"]  # trained in the process that created it
+    assert f"core train --resume {trained.dir}" in record["command"]  # the process its watcher started
     if (ROOT / ".git").exists():
         assert record["git"]["commit"] == git("rev-parse", "HEAD")
         assert record["git"]["dirty"] == bool(git("status", "--porcelain", "--untracked-files=no"))
