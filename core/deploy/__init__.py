@@ -1,1 +1,2 @@
-"""Using and shipping trained runs: classify and evaluate, fp16 and ONNX exports, importing weights."""
+"""Using and shipping trained runs: classify and evaluate, fp16, ONNX and Hugging Face Hub exports, importing
+weights."""

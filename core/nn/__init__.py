@@ -1,1 +1,2 @@
-"""The network: building it from a spec, checkpoints, running it over images, and pictures of what it sees."""
+"""The network: building it from a spec, checkpoints, running it over images, pictures of what it sees, and
+what torch runs on here."""

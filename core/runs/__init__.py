@@ -1,2 +1,3 @@
-"""Runs on disk: the run folder and its life cycle, the device queue, speeds kept for estimates, progress.
+"""Runs on disk: the run folder and its life cycle, its reproducibility record and reproductions, the device queue,
+speeds kept for estimates, progress.
 No torch: the pages read runs at once."""
