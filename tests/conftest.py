@@ -23,9 +23,12 @@ SMALL = {"arch": SMALL_ARCH, "train": {"epochs": 1, "batch_size": 128, "log_ever
 @pytest.fixture(scope="session", autouse=True)
 def own_cache(tmp_path_factory) -> Path:
     """Decoded data and measured speeds go to a folder of the session's own, never the user's cache:
-    the speed of a test's tiny net must not become what this machine's Train page estimates from."""
+    the speed of a test's tiny net must not become what this machine's Train page estimates from. The
+    device queue's locks too, for session fixtures (each test then gets a lock folder of its own): runs
+    elsewhere on this machine must not make the session's runs wait."""
     path = tmp_path_factory.mktemp("cache")
     os.environ["RESNET_STUDIO_CACHE"] = str(path)  # this process and every process the tests start
+    os.environ["RESNET_STUDIO_LOCKS"] = str(tmp_path_factory.mktemp("session-locks"))
     return path
 
 
