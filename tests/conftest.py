@@ -3,9 +3,12 @@
 import contextlib
 import json
 import os
+import pwd
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -109,6 +112,61 @@ def holder(name: str, gpus: str) -> subprocess.Popen:
     """A process that waits for its GPUs in the queue, then holds them until its stdin closes."""
     return subprocess.Popen([sys.executable, "-c", HOLDER, name, gpus], cwd=ROOT, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
+
+
+# ---- a real PostgreSQL server, for shared studies ---------------------------------------------------------------
+
+class Postgres:
+    """A PostgreSQL server of the tests' own (Debian's `postgresql` package; `make test` installs it): initdb in a
+    temporary folder, on 127.0.0.1, as the `postgres` user when this runs as root (PostgreSQL refuses root).
+    `stop()` and `start()` it to play an outage; `url` is its database `studio`."""
+
+    def __init__(self, bin_dir: Path, folder: Path, owner_is_postgres: bool):
+        self.bin_dir, self.folder, self.port = bin_dir, folder, free_port()
+        self.as_owner = ["runuser", "-u", "postgres", "--"] if owner_is_postgres else []
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/studio"
+
+    def pg(self, tool: str, *args: str) -> None:
+        subprocess.run(self.as_owner + [str(self.bin_dir / tool), *args], check=True, capture_output=True,
+                       timeout=120)
+
+    def start(self) -> None:
+        self.pg("pg_ctl", "-D", str(self.folder / "data"), "-l", str(self.folder / "server.log"), "-w",
+                "-o", f"-p {self.port} -h 127.0.0.1 -k {self.folder}", "start")
+
+    def stop(self) -> None:
+        self.pg("pg_ctl", "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop")
+
+    def running(self) -> bool:
+        return (self.folder / "data" / "postmaster.pid").exists()
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A running Postgres, stopped and removed after the module's tests (skipped where none is installed)."""
+    initdbs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    as_root = os.getuid() == 0
+    try:
+        owner = pwd.getpwnam("postgres") if as_root else pwd.getpwuid(os.getuid())
+    except KeyError:
+        owner = None
+    if not initdbs or owner is None:
+        reason = "PostgreSQL is not installed (Debian's postgresql package; `make test` installs it)"
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    folder = Path(tempfile.mkdtemp(prefix="studio-pg-"))
+    os.chown(folder, owner.pw_uid, owner.pw_gid)
+    server = Postgres(initdbs[-1].parent, folder, as_root)
+    server.pg("initdb", "-D", str(folder / "data"), "-A", "trust", "-U", "postgres")
+    server.start()
+    try:
+        server.pg("createdb", "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", "studio")
+        yield server
+    finally:
+        if server.running():
+            server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ---- the app in a real browser: `streamlit run app.py` and Debian's Chromium through Playwright ----------------

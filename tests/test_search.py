@@ -1,33 +1,32 @@
 """Search (core/search/): real studies of real trials, each a training process on the built-in slice.
 
 Tiny nets and one or two epochs keep them short. The storage is the default SQLite file, and for the
-two-worker test also a real PostgreSQL server that the `postgres_url` fixture starts itself
-(Debian's `postgresql` package; `make test` installs it where apt-get can run).
+tests of several workers and of a database outage also a real PostgreSQL server that the `postgres` fixture
+(conftest) starts itself (Debian's `postgresql` package; `make test` installs it where apt-get can run).
 """
 import json
 import os
 import re
-import pwd
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 
 from conftest import free_port, wait_for
+from core.design.budget import count
 from core.design.config import TrainConfig
 from core.design.presets import PRESETS, preset_spec
 from core.design.spec import SpecError
 from core.files import read_json
-from core.runs.run import Run, list_runs
+from core.runs.run import Run, list_runs, process_alive
 from core.search.report import study_status
-from core.search.space import Space
-from core.search.study import continue_study, start_study, storage_url
-from core.search.worker import request_stop
+from core.search.space import TOLERATED_OVER, Space, budget_share
+from core.search.study import GRACE_S, continue_study, counted, start_study, storage_url
+from core.search.worker import Worker, request_stop
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET = 20_000  # width 8 or 16: 1,506 or 5,306 parameters; width 64: 76,490, over
@@ -90,6 +89,35 @@ def test_the_default_space_spans_the_presets_and_holds_resnet20():
     assert resnet20 == preset_spec("resnet20")
 
 
+def optuna_share_over(space: Space, draws: int = 400) -> float:
+    """The share over the budget among designs drawn by Optuna's RandomSampler (TPE's first trials)."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    over = 0
+    for _ in range(draws):
+        trial = study.ask()
+        over += count(space.design(space.sample(trial))).params > space.budget
+        study.tell(trial, 0.0)
+    return over / draws
+
+
+def test_the_share_of_a_space_over_budget_and_the_widths_that_fit_are_what_optuna_draws():
+    """The defaults span the presets, and 3 to 4 stages of up to 4 blocks at widths up to 138 growing 2.5x a stage
+    reach far past 5M parameters: the page says so before launch, and its suggested widths keep nearly all
+    designs within the budget, as Optuna's own random draws (TPE's start-up trials) confirm."""
+    space = Space.from_dict({})
+    share = budget_share(space)
+    assert 0.25 < share.over < 0.6 and abs(share.over - optuna_share_over(space)) < 0.08
+    assert share.largest > 10 * space.budget
+    low, high = share.width
+    assert low == space.ranges["width"]["low"] < high < space.ranges["width"]["high"]
+    narrowed = Space.from_dict(space.to_dict() | {"ranges": space.ranges | {"width": {"low": low, "high": high,
+                                                                                       "log": True}}})
+    assert share.width_over <= TOLERATED_OVER and optuna_share_over(narrowed) <= TOLERATED_OVER + 0.05
+    small = Space.from_dict({"budget": 100_000})  # even 4 channels are too many for 4 stages of 4 blocks
+    assert budget_share(small).width is None and budget_share(small).width_over > TOLERATED_OVER
+    assert budget_share(Space.from_dict(TINY | {"ranges": TINY["ranges"] | {"width": 8}})).over == 0
+
+
 def test_the_cli_refuses_a_bad_space_without_a_traceback(tmp_path, runs_dir):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(TINY | {"ranges": {"width": {"low": 8}}}))
@@ -97,6 +125,18 @@ def test_the_cli_refuses_a_bad_space_without_a_traceback(tmp_path, runs_dir):
     assert result.returncode == 2
     assert result.stderr.strip() == "error: space.ranges.width: missing 'high'; a range is {\"low\": A, \"high\": B}"
     assert not (runs_dir / ".search" / "bad.db").exists()
+
+
+def test_a_database_that_is_not_there_is_one_line_not_a_traceback(tmp_path, runs_dir):
+    """No server listens at the URL: starting, continuing and looking at a study each say so in one line."""
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(TINY))
+    url = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"
+    for args in (["--space", str(space), "--trials", "1"], ["--study", "gone", "--trials", "1"], ["--status", "gone"]):
+        result = core("search", "--storage", url, *args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(f"error: database unreachable at {url}: ") and \
+            "Connection refused" in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
 # ---- a study end to end ---------------------------------------------------------------------------------
@@ -211,45 +251,11 @@ def test_a_killed_trial_a_stopped_study_and_a_killed_search_all_resume_without_r
 
 # ---- several workers, SQLite and PostgreSQL ---------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A PostgreSQL server of the test's own: initdb in a temporary folder, on 127.0.0.1, as the `postgres`
-    user when this runs as root (PostgreSQL refuses root); stopped and removed afterwards."""
-    initdbs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    as_root = os.getuid() == 0
-    try:
-        owner = pwd.getpwnam("postgres") if as_root else pwd.getpwuid(os.getuid())
-    except KeyError:
-        owner = None
-    if not initdbs or owner is None:
-        reason = "PostgreSQL is not installed (Debian's postgresql package; `make test` installs it)"
-        if os.environ.get("REQUIRE_POSTGRES") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    bin_dir = initdbs[-1].parent
-    folder = Path(tempfile.mkdtemp(prefix="studio-pg-"))
-    os.chown(folder, owner.pw_uid, owner.pw_gid)
-    as_owner = ["runuser", "-u", "postgres", "--"] if as_root else []
-    port = free_port()
-
-    def pg(*cmd):
-        subprocess.run(as_owner + list(cmd), check=True, capture_output=True, timeout=120)
-    pg(str(bin_dir / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "postgres")
-    pg(str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "server.log"), "-w",
-       "-o", f"-p {port} -h 127.0.0.1 -k {folder}", "start")
-    try:
-        pg(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "studio")
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/studio"
-    finally:
-        pg(str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-m", "fast", "-w", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 @pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
 def test_two_workers_on_one_study_never_run_the_same_trial(storage, runs_dir, tmp_path, request):
     """Two worker processes, as on two machines, take trials from one study: each trial is trained once, by
     one of them, and the study (accuracy against parameters) ends with its Pareto front."""
-    url = request.getfixturevalue("postgres_url") if storage == "postgresql" else None
+    url = request.getfixturevalue("postgres").url if storage == "postgresql" else None
     space = TINY | {"objectives": ["accuracy", "params"], "pruner": "none",
                     "ranges": TINY["ranges"] | {"width": {"choices": [8, 16]}, "lr": 0.2}}
     url = start_study(Space.from_dict(space), "pair", url, 2)
@@ -270,3 +276,52 @@ def test_two_workers_on_one_study_never_run_the_same_trial(storage, runs_dir, tm
     assert status["counted"] == 2 and {r["state"] for r in status["trials"]} == {"finished"}
     front = {r["number"] for r in status["pareto_front"]}
     assert front and front == {t.number for t in study.best_trials}
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
+def test_two_workers_asking_at_the_same_moment_never_overshoot_the_trials(storage, runs_dir, request):
+    """Two workers (as on two machines, each with its own connection) both see room for the study's one trial
+    and both ask: the second ask comes back uncounted and untrained, so one trial runs, not two."""
+    url = request.getfixturevalue("postgres").url if storage == "postgresql" else None
+    space = TINY | {"ranges": TINY["ranges"] | {"width": 8, "lr": 0.2}}
+    url = start_study(Space.from_dict(space), "race", url, 1)
+    first, second = Worker("race", url, 1), Worker("race", url, 1)
+    assert counted(first.study.get_trials()) == counted(second.study.get_trials()) == 0  # room for one, says each
+    launched = [first.start_trial("cpu"), second.start_trial("cpu")]
+    assert launched[0] is not None and launched[1] is None
+    wait_for(lambda: launched[0].status()["state"] == "finished", 240, "the one trial finished")
+    status = study_status("race", url)
+    assert status["counted"] == 1 and [r["number"] for r in status["trials"]] == [0]  # the surplus ask is not shown
+    assert [run.name for run in trained_runs()] == ["race-000"]
+
+
+def test_a_database_outage_mid_trial_is_ridden_out(runs_dir, tmp_path, postgres):
+    """PostgreSQL stops after the trial's first epoch and comes back 60 s later (twice the heartbeat's grace).
+    Meanwhile the trial trains to its end, its reports wait and its process waits to tell the study; the worker
+    stays up and says the database is away. Back, every report arrives, the trial is complete, nothing is
+    failed or relaunched, and the worker ends as usual."""
+    space = TINY | {"epochs": 3, "ranges": TINY["ranges"] | {"width": 8, "lr": 0.2}}
+    url = start_study(Space.from_dict(space), "outage", postgres.url, 1)
+    log = tmp_path / "worker.log"
+    search = worker("--study", "outage", "--trials", "1", "--storage", url, log=log)
+    run = Run.named("outage-000")
+    study = optuna.load_study(study_name="outage", storage=url)
+    wait_for(lambda: study.get_trials()[0].intermediate_values if study.get_trials() else None, 240,
+             "the first epoch's report")
+    postgres.stop()
+    back_at = time.monotonic() + 2 * GRACE_S  # 60 s: every heartbeat is stale by then
+    try:
+        wait_for(lambda: run.status()["state"] == "finished", 240, "the trial's end, with the database away")
+        time.sleep(max(back_at - time.monotonic(), 20.0))  # and long after it: its process would have exited
+        assert process_alive(run.status()["pid"], run.status().get("pid_start"))  # waiting to tell the study
+        assert search.poll() is None, log.read_text()  # the worker rides it out
+    finally:
+        postgres.start()
+    assert search.wait(timeout=300) == 0, log.read_text()
+    worker_log, train_log = log.read_text(), run.log_path.read_text()
+    assert "database away since" in worker_log and "database back" in worker_log and "Traceback" not in worker_log
+    assert "search: database away since" in train_log and "search: database back" in train_log
+    trials = optuna.load_study(study_name="outage", storage=url).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE]
+    assert sorted(trials[0].intermediate_values) == [1, 2, 3]  # the reports made during the outage too
+    assert train_log.count("training on cpu") == 1 and "had no process" not in worker_log

@@ -7,8 +7,8 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
-from core.search.study import (counted, display_url, load_study, open_storage, stop_requested, storage_url, trial_run,
-                               worker_alive)
+from core.search.study import (counted, display_url, is_counted, load_study, open_storage, reaching, retried_numbers,
+                               stop_requested, storage_url, trial_run, worker_alive)
 
 
 def trial_row(trial: optuna.trial.FrozenTrial, retried: dict[int, int]) -> dict:
@@ -30,27 +30,32 @@ def trial_row(trial: optuna.trial.FrozenTrial, retried: dict[int, int]) -> dict:
             "pruned_at": max(steps) if state == "pruned" and steps else None,
             "rejected": trial.user_attrs.get("rejected"), "error": trial.user_attrs.get("error"),
             "retry_of": trial.system_attrs.get("failed_trial"), "retried_as": retried.get(trial.number),
-            "settings": settings}
+            "counted": is_counted(trial, retried), "settings": settings}
 
 
 def study_status(name: str, url: str | None = None) -> dict:
     """The study as JSON: its trials, the best one, and the Pareto front (several objectives)."""
-    study, space = load_study(name, open_storage(storage_url(name, url)))
-    optuna.storages.fail_stale_trials(study)  # whoever looks notices a trial whose heartbeat stopped
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs["failed_trial"]: t.number for t in trials if "failed_trial" in t.system_attrs}
-    rows = [trial_row(t, retried) for t in trials]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best_trials = [rows[t.number] for t in study.best_trials] if complete else []  # feasible ones only
+    url = storage_url(name, url)
+    study, space = load_study(name, open_storage(url))
+    with reaching(url):
+        optuna.storages.fail_stale_trials(study)  # whoever looks notices a trial whose heartbeat stopped
+        trials = study.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        best_numbers = [t.number for t in study.best_trials] if complete else []  # feasible ones only
+        found = importances(study, complete)
+    retried = retried_numbers(trials)
+    rows = [trial_row(t, retried) for t in trials if not t.user_attrs.get("surplus")]  # asked, given back: noise
+    by_number = {row["number"]: row for row in rows}
+    best_trials = [by_number[n] for n in best_numbers]
     best = max(best_trials, key=lambda r: r["accuracy"]) if best_trials else None
     states = [r["state"] for r in rows]
-    return {"study": name, "storage": display_url(storage_url(name, url)), "space": space.to_dict(),
+    return {"study": name, "storage": display_url(url), "space": space.to_dict(),
             "objectives": list(space.objectives), "trials_target": study.user_attrs.get("trials"),
             "counted": counted(trials), "worker_alive": worker_alive(name),
             "stop_requested": stop_requested(study),
             "states": {s: states.count(s) for s in dict.fromkeys(states)},
             "best": best, "pareto_front": best_trials if len(space.objectives) > 1 else pareto_front(rows),
-            "importances": importances(study, complete), "trials": rows}
+            "importances": found, "trials": rows}
 
 
 def pareto_front(rows: list[dict], cost: str = "params") -> list[dict]:

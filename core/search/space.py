@@ -3,6 +3,8 @@ every trial; and one sample of it as a design and a run config."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,10 @@ INT_RANGES = ("stages", "blocks", "width", "se_ratio", "batch_size")
 
 
 GROWTH_RANGE = (0.5, 4.0)  # width of stage i = width * growth ** i
+
+
+SHARE_SAMPLES = 128     # designs drawn to say how much of a space is over its budget
+TOLERATED_OVER = 0.1    # the width suggested keeps at most this share of designs over it
 
 
 def _check_arch_value(where: str, name: str, value: Any) -> Any:
@@ -186,6 +192,75 @@ class Space:
             else:
                 values[name] = _suggest(trial, name, name, self.ranges[name])
         return values
+
+
+@dataclass(frozen=True)
+class BudgetShare:
+    """How much of a space is over its limits, from designs drawn at random as Optuna's first trials are."""
+    samples: int
+    over: float                     # the share of designs over the budget or the MACs ceiling
+    largest: int                    # parameters of the largest design drawn
+    width: tuple[int, int] | None   # first-stage widths that keep at most TOLERATED_OVER over; None: none do
+    width_over: float | None        # the share over with those widths (with none: at the narrowest width)
+
+
+class _Draw:
+    """What Space.sample asks of an Optuna trial, answered at random as Optuna's RandomSampler does."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+
+    def suggest_categorical(self, name: str, choices: list) -> Any:
+        return self.rng.choice(choices)
+
+    def suggest_int(self, name: str, low: int, high: int, log: bool = False) -> int:
+        if not log:
+            return self.rng.randint(low, high)
+        return min(high, max(low, round(math.exp(self.rng.uniform(math.log(low - 0.5), math.log(high + 0.5))))))
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        return math.exp(self.rng.uniform(math.log(low), math.log(high))) if log else self.rng.uniform(low, high)
+
+
+def budget_share(space: Space, samples: int = SHARE_SAMPLES) -> BudgetShare:
+    """The share of `space`'s designs over its budget (or MACs ceiling), and first-stage widths that keep nearly
+    all of them within it. Each drawn design keeps its place in the width range (its quantile, on the range's
+    scale) while the range's top comes down (and its bottom, below the range's, to the narrowest width), found
+    by bisection. Counted on the specs, so it takes a fraction of a second: no network is built."""
+    draws = [space.sample(_Draw(random.Random(space.seed * 100_003 + i))) for i in range(samples)]
+
+    def over(values: dict) -> tuple[bool, int]:
+        cost = count(space.design(values))
+        return cost.params > space.budget or (space.max_macs is not None and cost.macs > space.max_macs), cost.params
+
+    judged = [over(v) for v in draws]
+    share, largest = sum(o for o, _ in judged) / samples, max(p for _, p in judged)
+    width = space.ranges["width"]
+    if share <= TOLERATED_OVER or not isinstance(width, dict) or "low" not in width:
+        return BudgetShare(samples, share, largest, None, None)
+    to, back = (math.log, math.exp) if width["log"] else (float, float)
+    quantiles = [(to(v["width"]) - to(width["low"])) / (to(width["high"]) - to(width["low"])) for v in draws]
+
+    def widths(top: int) -> tuple[int, int]:
+        return (width["low"] if top >= width["low"] else CHANNELS_RANGE[0]), top
+
+    def share_within(top: int) -> float:
+        low, high = map(to, widths(top))
+        return sum(over(v | {"width": round(back(low + q * (high - low)))})[0]
+                   for v, q in zip(draws, quantiles)) / samples
+
+    narrowest = share_within(CHANNELS_RANGE[0])
+    if narrowest > TOLERATED_OVER:
+        return BudgetShare(samples, share, largest, None, narrowest)
+    fits, lo, hi = (CHANNELS_RANGE[0], narrowest), CHANNELS_RANGE[0] + 1, width["high"] - 1
+    while lo <= hi:  # the share over grows with the top width
+        mid = (lo + hi) // 2
+        mid_share = share_within(mid)
+        if mid_share <= TOLERATED_OVER:
+            fits, lo = (mid, mid_share), mid + 1
+        else:
+            hi = mid - 1
+    return BudgetShare(samples, share, largest, widths(fits[0]), fits[1])
 
 
 def _suggest(trial: optuna.Trial, param: str, name: str, dimension: Any) -> Any:

@@ -2,12 +2,16 @@
 machine's note of it, and the few facts workers and trials read from it."""
 from __future__ import annotations
 
+import contextlib
+import math
 import re
+import socket
 import time
 import warnings
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 from core.errors import StudioError
@@ -16,16 +20,15 @@ from core.runs.run import Run, process_alive, process_start_time, runs_root
 from core.search.space import Space
 
 # -- how workers and trials talk to the study: one visible place --
-
-
-# -- how workers and trials talk to the study: one visible place --
 HEARTBEAT_S = 5       # a live trial records a heartbeat this often
-
-
 GRACE_S = 30          # ... and is taken for dead (failed, then queued again) after this long without one
-
-
 MAX_RELAUNCHES = 3    # a trial whose process keeps dying is failed after this many relaunches
+
+# -- when the database is away (down, restarting, out of reach): nobody fails, everybody waits --
+RETRY_FIRST_S = 1.0   # the first retry comes after this long, each next one after twice as long ...
+RETRY_MAX_S = 15.0    # ... up to this; below GRACE_S, so a live trial beats again before it could be taken for dead
+END_WAIT_S = 30 * 60  # a trial that has ended waits this long to tell the study, then leaves it to the heartbeat
+CONNECT_TIMEOUT_S = 10  # a database that does not answer a connection within this long counts as away
 
 
 STUDY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,55}$")  # + "-NNN" stays a valid run name
@@ -39,6 +42,36 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 
 class SearchError(StudioError):
     pass
+
+
+class StorageAway(SearchError):
+    """The study's database cannot be reached now (down, restarting, out of reach): later it may be."""
+
+
+def away_reason(error: BaseException) -> str | None:
+    """What keeps the database away, in one line, when `error` says it cannot be reached (SQLAlchemy's
+    OperationalError or InterfaceError, also inside the StorageInternalError Optuna makes of them); None when
+    `error` is anything else."""
+    if isinstance(error, StorageAway):
+        return str(error)
+    if isinstance(error, optuna.exceptions.StorageInternalError):
+        error = error.__cause__
+    if not isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+        return None
+    lines = str(error.orig if error.orig is not None else error).splitlines()
+    return "; ".join(" ".join(line.split()) for line in lines if line.strip())  # the driver's words, one line
+
+
+@contextlib.contextmanager
+def reaching(url: str):
+    """Errors that say the database is away, raised as StorageAway naming it; any other error as it is."""
+    try:
+        yield
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+        reason = away_reason(e)
+        if reason is None:
+            raise
+        raise StorageAway(f"database unreachable at {display_url(url)}: {reason}") from None
 
 
 def search_dir() -> Path:
@@ -63,16 +96,50 @@ def storage_url(name: str, url: str | None = None) -> str:
         f"sqlite:///{search_dir() / (name + '.db')}"
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
+class StudyStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage, whose search for dead trials allows for a database outage: while the database is
+    away no trial can record a heartbeat, and one that lapsed only for that is not a dead trial."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:  # what optuna.storages.fail_stale_trials asks
+        if self.up_for() < GRACE_S:
+            return []  # every trial's heartbeat stopped with the database: give them time to beat again
+        stale = []
+        for trial_id in super()._get_stale_trial_ids(study_id):
+            if alive_here(self.get_trial(trial_id)):
+                self.record_heartbeat(trial_id)  # its beats were lost to an outage; this machine sees it live
+            else:
+                stale.append(trial_id)
+        return stale
+
+    def up_for(self) -> float:
+        """Seconds since the database server started (PostgreSQL); a file (SQLite) is never away."""
+        if self.engine.dialect.name != "postgresql":
+            return math.inf
+        with self.engine.connect() as connection:
+            return connection.execute(sqlalchemy.text(
+                "SELECT extract(epoch FROM now() - pg_postmaster_start_time())")).scalar()
+
+
+def alive_here(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial's run trains (or is telling the study how it ended) in a process of this machine."""
+    run = trial_run(trial)
+    status = run.status() if run is not None else {}
+    return status.get("host") in (None, socket.gethostname()) and \
+        process_alive(status.get("pid"), status.get("pid_start"))
+
+
+def open_storage(url: str) -> StudyStorage:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else \
+        {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=MAX_RELAUNCHES, inherit_intermediate_values=True))
-    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as e:
+        with reaching(url):
+            return StudyStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RELAUNCHES, inherit_intermediate_values=True))
+    except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
         raise SearchError(f"storage {display_url(url)}: cannot open it ({e}); give a URL like "
                           f"postgresql+psycopg://USER@HOST/DB (password from PGPASSWORD or ~/.pgpass)") from None
 
@@ -92,7 +159,8 @@ def pruner_for(space: Space) -> optuna.pruners.BasePruner:
 def load_study(name: str, storage: optuna.storages.RDBStorage) -> tuple[optuna.Study, Space]:
     """An existing study and its space (kept in the study, so every worker and trial reads the same)."""
     try:
-        study = optuna.load_study(study_name=check_study_name(name), storage=storage)
+        with reaching(storage.url):
+            study = optuna.load_study(study_name=check_study_name(name), storage=storage)
     except KeyError:
         raise SearchError(f"no study named {name!r} in {display_url(storage.url)}; start it with "
                           f"`python -m core search --space SPACE.json --study {name} --trials N`") from None
@@ -104,11 +172,13 @@ def load_study(name: str, storage: optuna.storages.RDBStorage) -> tuple[optuna.S
 def create_study(name: str, space: Space, url: str | None = None) -> optuna.Study:
     """A new study holding `space`, or the existing one if it holds the same space."""
     storage = open_storage(storage_url(check_study_name(name), url))
-    study = optuna.create_study(study_name=name, storage=storage, directions=space.directions, load_if_exists=True)
-    stored = study.user_attrs.get("space")
-    if stored is None:
-        study.set_user_attr("space", space.to_dict())
-    elif stored != space.to_dict():
+    with reaching(storage.url):
+        study = optuna.create_study(study_name=name, storage=storage, directions=space.directions,
+                                    load_if_exists=True)
+        stored = study.user_attrs.get("space")
+        if stored is None:
+            study.set_user_attr("space", space.to_dict())
+    if stored is not None and stored != space.to_dict():
         raise SearchError(f"study {name!r} already exists with another space; pick another --study name, or leave "
                           f"out --space to continue it with its own")
     return study
@@ -120,11 +190,22 @@ def trial_run(trial: optuna.trial.FrozenTrial) -> Run | None:
     return run if run is not None and run.exists() else None
 
 
+def retried_numbers(trials: list) -> dict[int, int]:
+    """The numbers of failed trials that Optuna queued again, and the numbers of their retries."""
+    return {t.system_attrs["failed_trial"]: t.number for t in trials if "failed_trial" in t.system_attrs}
+
+
+def is_counted(trial: optuna.trial.FrozenTrial, retried: dict[int, int]) -> bool:
+    """Whether a trial counts toward --trials: not an over-budget rejection, not a failure a retry has replaced,
+    not a surplus ask (a worker's ask that came when the study already had its trials)."""
+    return not trial.user_attrs.get("rejected") and not trial.user_attrs.get("surplus") and \
+        not (trial.state == TrialState.FAIL and trial.number in retried)
+
+
 def counted(trials: list) -> int:
-    """Trials toward --trials: all but over-budget rejections and failures a retry has replaced."""
-    retried = {t.system_attrs.get("failed_trial") for t in trials}
-    return sum(1 for t in trials if not t.user_attrs.get("rejected") and
-               not (t.state == TrialState.FAIL and t.number in retried))
+    """Trials toward --trials."""
+    retried = retried_numbers(trials)
+    return sum(is_counted(t, retried) for t in trials)
 
 
 def stop_requested(study: optuna.Study) -> bool:
@@ -135,7 +216,8 @@ def continue_study(name: str, url: str) -> None:
     """Searching again continues a stopped study. Cleared by whoever asks for a worker, not by the worker
     itself, so that a stop that comes while a detached worker is starting still stops it."""
     study, _ = load_study(name, open_storage(url))
-    study.set_user_attr("stop", False)
+    with reaching(url):
+        study.set_user_attr("stop", False)
 
 
 def note_worker(name: str, pid: int) -> None:
@@ -161,8 +243,12 @@ def list_studies() -> list[str]:
 
 
 def start_study(space: Space, name: str, url: str | None, trials: int) -> str:
-    """Create (or reopen) the study and note it on this machine; returns its storage URL."""
+    """Create (or reopen) the study, with its number of trials when given, and note it on this machine; returns
+    its storage URL."""
     url = storage_url(check_study_name(name), url)
-    create_study(name, space, url)
+    study = create_study(name, space, url)
+    if trials:  # before any worker starts: the page counts "0 of N" at once
+        with reaching(url):
+            study.set_user_attr("trials", trials)
     update_record(name, storage=url, trials=trials)
     return url

@@ -16,9 +16,9 @@ from core.design.budget import count
 from core.files import PROJECT_DIR, locked
 from core.runs.run import ACTIVE, Run, create_run, launch, process_alive, stop as stop_run
 from core.search.report import study_status
-from core.search.study import (MAX_RELAUNCHES, SearchError, continue_study, counted, display_url, load_study,
-                               note_worker, open_storage, record_path, search_dir, stop_requested, storage_url,
-                               trial_run)
+from core.search.study import (MAX_RELAUNCHES, RETRY_FIRST_S, RETRY_MAX_S, SearchError, StorageAway,
+                               continue_study, counted, display_url, load_study, note_worker, open_storage, reaching,
+                               record_path, search_dir, stop_requested, storage_url, trial_run)
 
 POLL_S = 1.0          # how often a worker looks at its trials
 MAX_REJECTED = 1000   # a worker gives up after this many over-budget samples in a row
@@ -43,71 +43,109 @@ class Worker:
         self.name, self.trials = name, trials
         self.devices = devices(device or self.space.device)
         self.in_flight: dict[str, Run] = {}  # device -> the run of a trial training there
+        self.rejected_in_a_row = 0
 
     def log(self, message: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)  # stdout is for the JSON
 
     def run(self) -> dict:
-        self.study.set_user_attr("trials", self.trials)
+        with reaching(self.url):
+            self.study.set_user_attr("trials", self.trials)
         note_worker(self.name, os.getpid())
         stop = {"asked": False}
         signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
-        rejected_in_a_row = 0
         self.log(f"study {self.name}: {self.trials} trials on {', '.join(self.devices)}, storage "
                  f"{display_url(self.url)}")
+        away_since, delay = None, RETRY_FIRST_S
         while True:
-            optuna.storages.fail_stale_trials(self.study)
-            self.in_flight = {d: r for d, r in self.in_flight.items() if r.status().get("state") in ACTIVE}
-            trials = self.study.get_trials(deepcopy=False)
-            if stop["asked"] or stop_requested(self.study):
-                for run in self.in_flight.values():
-                    stop_run(run)
-                self.log("stop requested: trials in flight stop at their next step and resume with the study")
+            if stop["asked"]:  # SIGTERM: this machine's trials stop, database or not
+                self.stop_in_flight()
                 break
-            free = [d for d in self.devices if d not in self.in_flight]
-            if free and self.relaunch_dead(trials, free[0]):
+            try:
+                with reaching(self.url):
+                    ended = self.turn()
+            except StorageAway as e:  # trials keep training and their reports wait: so does the worker
+                if away_since is None:
+                    away_since = time.time()
+                    self.log(f"database away since {time.strftime('%H:%M')}, retrying; trials keep training ({e})")
+                time.sleep(delay)
+                delay = min(2 * delay, RETRY_MAX_S)
                 continue
-            waiting = any(t.state == TrialState.WAITING for t in trials)
-            if free and (counted(trials) < self.trials or waiting):
-                run = self.start_trial(free[0])
-                if run is None:
-                    rejected_in_a_row += 1
-                    if rejected_in_a_row >= MAX_REJECTED:
-                        raise SearchError(f"{MAX_REJECTED} designs in a row were over the budget; narrow the "
-                                          f"space's ranges (width, blocks, stages) or raise its budget")
-                    continue
-                rejected_in_a_row = 0
-                self.in_flight[free[0]] = run
-                continue
-            if not self.in_flight and not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+            if away_since is not None:
+                self.log(f"database back after {time.time() - away_since:.0f} s")
+                away_since, delay = None, RETRY_FIRST_S
+            if ended:
                 break
-            time.sleep(POLL_S)
         return study_status(self.name, self.url)
 
+    def turn(self) -> bool:
+        """One look at the study: relaunch a dead trial, start one, or wait. True when the worker is done."""
+        optuna.storages.fail_stale_trials(self.study)
+        self.in_flight = {d: r for d, r in self.in_flight.items() if r.status().get("state") in ACTIVE}
+        trials = self.study.get_trials(deepcopy=False)
+        if stop_requested(self.study):
+            self.stop_in_flight()
+            return True
+        free = [d for d in self.devices if d not in self.in_flight]
+        if free and self.relaunch_dead(trials, free[0]):
+            return False
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if free and (counted(trials) < self.trials or waiting):
+            run = self.start_trial(free[0])
+            if run is not None:
+                self.in_flight[free[0]] = run
+            return False
+        if not self.in_flight and not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+            return True
+        time.sleep(POLL_S)
+        return False
+
+    def stop_in_flight(self) -> None:
+        for run in self.in_flight.values():
+            stop_run(run)
+        self.log("stop requested: trials in flight stop at their next step and resume with the study")
+
     def start_trial(self, device: str) -> Run | None:
-        """Ask for a trial; reject it if over budget, else launch its run. None when rejected."""
+        """Ask for a trial; give it back if the study has its trials already, reject it if over budget, else
+        launch its run. None when it is not trained."""
         # seeded by the trial count: one worker's study is reproducible, and every ask draws afresh
         seed = self.space.seed + len(self.study.get_trials(deepcopy=False))
         self.study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
         trial = self.study.ask()
         self.storage.record_heartbeat(trial._trial_id)  # from now until the run beats itself
+        # The reservation. Trial numbers are handed out one at a time (Optuna locks the study's row), so the
+        # trials numbered up to this one are the asks that came first: when they make more than the target,
+        # another worker asked at the same moment, and this one is given back, uncounted.
+        if counted([t for t in self.study.get_trials(deepcopy=False) if t.number <= trial.number]) > self.trials:
+            trial.set_user_attr("surplus", True)
+            self.study.tell(trial, state=TrialState.FAIL)  # samplers skip failed trials
+            self.log(f"trial {trial.number}: not needed, the study has its {self.trials} trials")
+            return None
         values = self.space.sample(trial)
         cfg = self.space.config(values)
         cost = count(cfg.arch)
         trial.set_user_attr("params", cost.params)
         trial.set_user_attr("macs", cost.macs)
-        trial.set_constraint("params_over_budget", cost.params - self.space.budget)
+        limits = {"params_over_budget": cost.params - self.space.budget}
         if self.space.max_macs is not None:
-            trial.set_constraint("macs_over_ceiling", cost.macs - self.space.max_macs)
+            limits["macs_over_ceiling"] = cost.macs - self.space.max_macs
+        for limit, over in limits.items():
+            if limit not in trial.constraints:  # a retried trial has its failed one's
+                trial.set_constraint(limit, over)
         if any(v > 0 for v in trial.constraints.values()):
             reason = (f"{cost.params:,} parameters (budget {self.space.budget:,})" if cost.params > self.space.budget
                       else f"{cost.macs:,} MACs (ceiling {self.space.max_macs:,})")
             trial.set_user_attr("rejected", reason)
             self.study.tell(trial, state=TrialState.PRUNED)  # never trained; the sampler sees it infeasible
             self.log(f"trial {trial.number}: rejected, {reason}")
+            self.rejected_in_a_row += 1
+            if self.rejected_in_a_row >= MAX_REJECTED:
+                raise SearchError(f"{MAX_REJECTED} designs in a row were over the budget; narrow the space's "
+                                  f"ranges (width, blocks, stages) or raise its budget")
             return None
+        self.rejected_in_a_row = 0
         run = self.resumable_run(trial) or create_run(cfg, f"{self.name}-{trial.number:03d}",
-                                                               origin=f"search {self.name}, trial {trial.number}")
+                                                       origin=f"search {self.name}, trial {trial.number}")
         trial.set_user_attr("run", run.name)
         run.update_status(search=self.tag(trial._trial_id, trial.number))
         launch(run, device)
@@ -176,9 +214,12 @@ def detach(name: str, url: str, trials: int, device: str | None) -> int:
 
 def request_stop(name: str, url: str | None = None) -> dict:
     """Every worker of the study stops (they read the flag from the storage) and so do its runs here."""
-    study, _ = load_study(name, open_storage(storage_url(name, url)))
-    study.set_user_attr("stop", True)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    url = storage_url(name, url)
+    study, _ = load_study(name, open_storage(url))
+    with reaching(url):
+        study.set_user_attr("stop", True)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
         run = trial_run(trial)
         if run is not None:
             stop_run(run)
