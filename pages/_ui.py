@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
+from core.design.config import TrainConfig
 from core.design.presets import PRESETS, preset_spec
+from core.design.settings import recipe
 from core.design.spec import ArchSpec
 from core.errors import StudioError
 from core.runs.record import read_record, summary_lines
@@ -143,20 +145,27 @@ def no_runs_yet(purpose: str) -> None:
 
 # ---- charts of how a network does, class by class ---------------------------------------------
 
-# ---- the design in session state: Design edits it, Train trains it ------------------------------
+# ---- the design and its recipe in session state: Design edits the design, Train trains it with the recipe ----
 
 DRAFT = "design_draft"           # what the Design page's controls show, as a spec dict; may be invalid
 DESIGN = "design"                # the last valid design, ArchSpec.to_dict()
 PRESET = "design_preset"         # the preset the design started from, or None (RunConfig.preset)
+RECIPE = "design_recipe"         # training settings that came with the design: {"name", "train"}, or None (the
+                                 # preset's recipe then): a search trial's, opened in Design
 DESIGN_CONTROL = "design:"       # key prefix of the Design page's controls, re-read from the draft when forgotten
 DEFAULT_PRESET = "resnet26-seed"  # the best seed's network, within budget
+SETTING = "train:"               # key prefix of the Train page's settings: "train:" + TrainConfig field
+SETTINGS_FROM = "train_settings_from"  # the recipe the settings were loaded from (None: the defaults)
 
 
-def load_design(spec: ArchSpec, preset: str | None) -> None:
-    """Make `spec` the design; the Design page's controls re-read it."""
+def load_design(spec: ArchSpec, preset: str | None, recipe_with: tuple[str, TrainConfig] | None = None) -> None:
+    """Make `spec` the design; the Design page's controls re-read it. `recipe_with`: the settings that come with
+    it, and their name (a search trial's); Train starts from them as from a preset's recipe. Without them,
+    the preset's recipe (or the defaults) comes with the design."""
     st.session_state[DRAFT] = spec.to_dict()
     st.session_state[DESIGN] = spec.to_dict()
     st.session_state[PRESET] = preset
+    st.session_state[RECIPE] = {"name": recipe_with[0], "train": recipe_with[1].to_dict()} if recipe_with else None
     forget_controls(DESIGN_CONTROL)
 
 
@@ -174,6 +183,31 @@ def current_design() -> tuple[ArchSpec, str | None]:
     if DESIGN not in st.session_state:
         return preset_spec(DEFAULT_PRESET), DEFAULT_PRESET
     return ArchSpec.from_dict(st.session_state[DESIGN]), st.session_state.get(PRESET)
+
+
+def own_recipe() -> tuple[str, TrainConfig] | None:
+    """The settings that came with the design and their name (a search trial's), or None."""
+    own = st.session_state.get(RECIPE)
+    return (own["name"], TrainConfig.from_dict(own["train"])) if own else None
+
+
+def design_recipe() -> str | None:
+    """The name of the recipe that comes with the design: its own, else its preset's."""
+    own = own_recipe()
+    return own[0] if own else current_design()[1]
+
+
+def recipe_named(name: str | None) -> TrainConfig:
+    """The training settings of a recipe: the design's own when so named, a preset's, or the defaults."""
+    own = own_recipe()
+    return own[1] if own and own[0] == name else recipe(name)
+
+
+def load_settings(train: TrainConfig, source: str | None) -> None:
+    """The Train page's settings, from `train`; `source` names the recipe they came from."""
+    for name, value in train.to_dict().items():
+        st.session_state[SETTING + name] = value
+    st.session_state[SETTINGS_FROM] = source
 
 
 # ---- runs in training: shared by Train (which follows one) and Runs (which compares them) -----------

@@ -24,7 +24,7 @@ from core.design.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DROPOUT_RANGE, IMAGE
 from core.design.link import KEYS as LINK_KEYS, from_query, to_query
 from core.units import macs_text, margin_text, params_text
 from pages._ui import (DEFAULT_PRESET, DESIGN, DESIGN_CONTROL as CONTROL, DRAFT, PRESET, forget_controls,
-                       load_design, matching_preset, through_app_shell)
+                       load_design, matching_preset, own_recipe, through_app_shell)
 
 through_app_shell()
 
@@ -114,7 +114,7 @@ def fit_design() -> None:
     except SpecError as e:
         st.session_state[FIT_REPORT] = ("error", str(e))
         return
-    load_design(fit.spec, st.session_state[PRESET])
+    load_design(fit.spec, st.session_state[PRESET], own_recipe())  # a fitted design keeps its recipe
     if fit.changes:
         changes = "\n".join(f"- `{change}`" for change in fit.changes)
         st.session_state[FIT_REPORT] = (
@@ -260,6 +260,8 @@ picker.selectbox("Start from a preset", list(PRESETS), key=CONTROL + "preset", f
                  placeholder="Your own design", on_change=choose_preset)
 if preset is not None:
     about.markdown(f"{PRESETS[preset]['description']}  \n:gray[Source: {PRESETS[preset]['source']}]")
+elif own_recipe() is not None:
+    about.markdown(f"From **{own_recipe()[0]}**  \n:gray[Train starts from its training settings]")
 if modified:
     about.button(f"Modified: revert to {preset}", type="tertiary", icon=":material/undo:",
                  on_click=load_design, args=(preset_spec(preset), preset))

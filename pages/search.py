@@ -7,12 +7,15 @@ Design, or trains in full, in one click. Every trial is a run: Runs, Evaluate an
 """
 from __future__ import annotations
 
+import json
+import re
 import time
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
+from core.data.sources import BUILTIN, chosen_data
 from core.design.budget import BUDGET
 from core.design.presets import get_preset
 from core.design.spec import BLOCKS_RANGE, KERNEL_SIZES, STAGES_RANGE
@@ -20,8 +23,8 @@ from core.errors import StudioError
 from core.report.charts import PRIMARY
 from core.runs.run import Run, create_run, launch
 from core.search.report import pareto_front, study_status
-from core.search.space import PRUNERS, Space, default_ranges
-from core.search.study import list_studies, start_study, storage_url
+from core.search.space import PRUNERS, TOLERATED_OVER, BudgetShare, Space, budget_share, default_ranges
+from core.search.study import StorageAway, list_studies, start_study, storage_url
 from core.search.worker import detach, request_stop
 from pages._ui import FOLLOWED, load_design, plural, through_app_shell
 
@@ -31,6 +34,15 @@ STUDY = "search_study"            # the study the page follows
 LAUNCH_ERROR = "search_launch_error"
 CONTROL = "search:"               # key prefix of the space's controls
 REFRESH_S = 2                     # how often a live study is re-read
+AWAY_REFRESH_S = 10               # ... and how often one whose database is away is tried again
+LABELS = {                        # each setting of the space as its control names it: errors speak the page's terms
+    "stages": "Stages", "blocks": "Blocks per stage", "width": "First stage's width (channels)",
+    "growth": "Width growth per stage", "dropout": "Dropout", "kernel_size": "Kernel sizes",
+    "se_ratio": "Squeeze-and-excitation ratio (0 = off)", "lr": "Learning rate", "weight_decay": "Weight decay",
+    "label_smoothing": "Label smoothing", "batch_size": "Batch sizes", "augment": "Augmentations",
+    "ema_decay": "Weight EMA", "budget": "Parameter budget", "max_macs": "MACs ceiling (millions, 0 = none)",
+    "objectives": "Objectives", "epochs": "Epochs per trial", "pruner": "Pruner", "device": "Devices", "data": "Data",
+}
 PERSIST = {"persist_state": "session"}
 DEFAULTS = default_ranges()
 LOG_STEPS = {"lr": [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 1.0],
@@ -40,8 +52,7 @@ AUGMENT_SETS = list(dict.fromkeys(["+".join(a) for a in DEFAULTS["augment"]["cho
 OBJECTIVE_SETS = {"accuracy": "Accuracy", "accuracy,params": "Accuracy and parameters",
                   "accuracy,macs": "Accuracy and MACs"}
 STATE_COLOURS = {"finished": PRIMARY, "pruned": "#9ca3af", "running": "#f59e0b", "queued": "#fcd34d",
-                 "rejected": "#dc2626", "failed": "#7f1d1d", "stopped": "#fb923c", "retried": "#d1d5db",
-                 "waiting": "#e5e7eb"}
+                 "failed": "#7f1d1d", "stopped": "#fb923c", "waiting": "#e5e7eb"}
 
 
 # ---- the space, from the controls ---------------------------------------------------------------------
@@ -51,29 +62,30 @@ def span(low, high, log: bool = False):
     return {"low": low, "high": high, "log": log} if low != high else low
 
 
-def int_range(column, label: str, name: str, lo: int, hi: int) -> dict | int:
+def int_range(column, name: str, lo: int, hi: int) -> dict | int:
     default = DEFAULTS[name]
-    low, high = column.slider(label, lo, hi, (default["low"], default["high"]), key=CONTROL + name, **PERSIST)
+    low, high = column.slider(LABELS[name], lo, hi, (default["low"], default["high"]), key=CONTROL + name, **PERSIST)
     return span(low, high, default["log"])
 
 
-def float_range(column, label: str, name: str, lo: float, hi: float, step: float) -> dict | float:
+def float_range(column, name: str, lo: float, hi: float, step: float) -> dict | float:
     on_step = [round(round(DEFAULTS[name][end] / step) * step, 2) for end in ("low", "high")]
-    low, high = column.slider(label, lo, hi, tuple(on_step), step=step, key=CONTROL + name, **PERSIST)
+    low, high = column.slider(LABELS[name], lo, hi, tuple(on_step), step=step, key=CONTROL + name, **PERSIST)
     return span(low, high)
 
 
-def log_range(column, label: str, name: str) -> dict | float:
+def log_range(column, name: str) -> dict | float:
     steps, default = LOG_STEPS[name], DEFAULTS[name]
     nearest = [min(steps, key=lambda s: abs(s - v)) for v in (default["low"], default["high"])]
-    low, high = column.select_slider(label, steps, value=tuple(nearest), format_func=lambda v: f"{v:g}",
+    low, high = column.select_slider(LABELS[name], steps, value=tuple(nearest), format_func=lambda v: f"{v:g}",
                                      key=CONTROL + name, **PERSIST)
     return span(low, high, log=True)
 
 
-def choices(column, label: str, name: str, options: list, default: list, **kwargs) -> dict | None:
-    picked = column.pills(label, options, selection_mode="multi", default=default, key=CONTROL + name, **PERSIST,
-                          **kwargs) or []
+def choices(column, name: str, options: list, default: list, **kwargs) -> dict | None:
+    # wrap: in a column, Streamlit would keep the pills on one row and hide those that do not fit
+    picked = column.pills(LABELS[name], options, selection_mode="multi", default=default, key=CONTROL + name,
+                          wrap=True, **PERSIST, **kwargs) or []
     picked = [o for o in options if o in picked]
     return {"choices": picked} if len(picked) > 1 else (picked[0] if picked else None)
 
@@ -83,74 +95,123 @@ def space_controls() -> dict:
     st.markdown("**Design**")
     left, middle, right = st.columns(3)
     ranges = {
-        "stages": int_range(left, "Stages", "stages", *STAGES_RANGE),
-        "blocks": int_range(middle, "Blocks per stage", "blocks", BLOCKS_RANGE[0], 8),
-        "width": int_range(right, "First stage's width (channels)", "width", 4, 256),
-        "growth": float_range(left, "Width growth per stage", "growth", 0.5, 4.0, 0.05),
-        "dropout": float_range(middle, "Dropout", "dropout", 0.0, 0.5, 0.05),
-        "kernel_size": choices(right, "Kernel sizes", "kernel_size", list(KERNEL_SIZES),
-                               DEFAULTS["kernel_size"]["choices"]),
-        "se_ratio": choices(right, "Squeeze-and-excitation ratio (0 = off)", "se_ratio", [0, 4, 8, 16, 32],
-                            DEFAULTS["se_ratio"]["choices"]),
+        "stages": int_range(left, "stages", *STAGES_RANGE),
+        "blocks": int_range(middle, "blocks", BLOCKS_RANGE[0], 8),
+        "width": int_range(right, "width", 4, 256),
+        "growth": float_range(left, "growth", 0.5, 4.0, 0.05),
+        "dropout": float_range(middle, "dropout", 0.0, 0.5, 0.05),
+        "kernel_size": choices(right, "kernel_size", list(KERNEL_SIZES), DEFAULTS["kernel_size"]["choices"]),
+        "se_ratio": choices(right, "se_ratio", [0, 4, 8, 16, 32], DEFAULTS["se_ratio"]["choices"]),
     }
     st.markdown("**Recipe**")
     left, middle, right = st.columns(3)
     ranges |= {
-        "lr": log_range(left, "Learning rate", "lr"),
-        "weight_decay": log_range(middle, "Weight decay", "weight_decay"),
-        "label_smoothing": float_range(right, "Label smoothing", "label_smoothing", 0.0, 0.3, 0.05),
-        "batch_size": choices(left, "Batch sizes", "batch_size", [32, 64, 128, 256, 512],
-                              DEFAULTS["batch_size"]["choices"]),
-        "augment": choices(middle, "Augmentations", "augment", AUGMENT_SETS, AUGMENT_SETS[:2]),
-        "ema_decay": choices(right, "Weight EMA", "ema_decay", [0.0, 0.999], [0.0],
+        "lr": log_range(left, "lr"),
+        "weight_decay": log_range(middle, "weight_decay"),
+        "label_smoothing": float_range(right, "label_smoothing", 0.0, 0.3, 0.05),
+        "batch_size": choices(left, "batch_size", [32, 64, 128, 256, 512], DEFAULTS["batch_size"]["choices"]),
+        "augment": choices(middle, "augment", AUGMENT_SETS, AUGMENT_SETS[:2]),
+        "ema_decay": choices(right, "ema_decay", [0.0, 0.999], [0.0],
                              format_func=lambda v: "off" if v == 0 else f"{v:g}"),
     }
     augment = ranges["augment"]
     if augment is not None:  # "crop+flip" -> ["crop", "flip"]
         ranges["augment"] = {"choices": [a.split("+") for a in augment["choices"]]} if isinstance(augment, dict) \
             else augment.split("+")
-    missing = [name for name, value in ranges.items() if value is None]
+    missing = [f"**{LABELS[name]}**" for name, value in ranges.items() if value is None]
     if missing:
-        raise StudioError(f"pick at least one value for {', '.join(missing)}")
+        raise StudioError(f"Pick at least one value for {', '.join(missing)}.")
     return ranges
+
+
+def in_page_terms(message: str) -> str:
+    """A message of Space's (space.ranges.width: ...) with each setting named as its control is."""
+    return re.sub(r"\b(?:space\.ranges|space|ranges)\.([a-z_]+)(?:\.(?:low|high|log|choices(?:\[\d+\])?))?",
+                  lambda m: f"**{LABELS[m[1]]}**" if m[1] in LABELS else m[0], message)
 
 
 def study_controls() -> tuple[dict, str, int]:
     """The fixed settings of every trial, the study's name and its number of trials."""
     left, middle, right = st.columns(3)
-    budget = left.number_input("Parameter budget", 1_000, BUDGET, BUDGET, step=50_000, key=CONTROL + "budget",
+    budget = left.number_input(LABELS["budget"], 1_000, BUDGET, BUDGET, step=50_000, key=CONTROL + "budget",
                                **PERSIST)
-    max_macs = middle.number_input("MACs ceiling (millions, 0 = none)", 0, 100_000, 0, key=CONTROL + "max_macs",
-                                   **PERSIST)
-    objectives = right.segmented_control("Objectives", list(OBJECTIVE_SETS), format_func=OBJECTIVE_SETS.get,
-                                         default="accuracy", required=True, key=CONTROL + "objectives", **PERSIST)
-    trials = left.number_input("Trials", 1, 1_000, 20, key=CONTROL + "trials", **PERSIST)
-    epochs = middle.number_input("Epochs per trial", 1, 200, 3, key=CONTROL + "epochs", **PERSIST)
+    max_macs = middle.number_input(LABELS["max_macs"], 0, 100_000, 0, key=CONTROL + "max_macs", **PERSIST)
+    objectives = right.segmented_control(LABELS["objectives"], list(OBJECTIVE_SETS), format_func=OBJECTIVE_SETS.get,
+                                         default="accuracy", required=True, key=CONTROL + "objectives", wrap=True,
+                                         **PERSIST)
+    trials = left.number_input("Trials", 1, 1_000, 20, key=CONTROL + "trials", **PERSIST,
+                               help="Designs over the budget are rejected unseen and not counted")
+    epochs = middle.number_input(LABELS["epochs"], 1, 200, 3, key=CONTROL + "epochs", **PERSIST)
     several = objectives != "accuracy"
-    pruner = right.segmented_control("Pruner", PRUNERS, default="median", required=True,
-                                     key=CONTROL + "pruner", disabled=several, **PERSIST,
+    pruner = right.segmented_control(LABELS["pruner"], PRUNERS, default="median", required=True,
+                                     key=CONTROL + "pruner", disabled=several, wrap=True, **PERSIST,
                                      help="Stops trials whose validation accuracy trails the others' at the same "
                                           "epoch. Optuna prunes studies of one objective only.")
-    device = left.segmented_control("Devices", ["auto", "cpu"], default="auto", required=True,
-                                    key=CONTROL + "device", **PERSIST,
+    device = left.segmented_control(LABELS["device"], ["auto", "cpu"], default="auto", required=True,
+                                    key=CONTROL + "device", wrap=True, **PERSIST,
                                     format_func=lambda d: "Every GPU (else CPU)" if d == "auto" else "CPU",
                                     help="One trial at a time on each device")
-    data = middle.text_input("Data", "builtin", key=CONTROL + "data", **PERSIST,
+    data = middle.text_input(LABELS["data"], BUILTIN, key=CONTROL + "data", **PERSIST,
                              help="'builtin' (the slice in the repo) or a CIFAR-10 folder or archive")
     st.session_state.setdefault(CONTROL + "name", f"search-{time.strftime('%m%d-%H%M')}")  # set once: a default
     name = right.text_input("Study name", key=CONTROL + "name", **PERSIST)                  # that moved would reset it
     fixed = {"objectives": objectives.split(","), "budget": int(budget),
              "max_macs": int(max_macs * 1e6) if max_macs else None, "epochs": int(epochs),
-             "pruner": "none" if several else pruner, "device": device, "data": data.strip() or "builtin"}
+             "pruner": "none" if several else pruner, "device": device, "data": data.strip() or BUILTIN}
     return fixed, name.strip(), int(trials)
 
 
+def checked_data(data: str) -> str:
+    """The data every trial trains on, as an absolute path (a worker's trials start elsewhere), or builtin."""
+    found, missing = (BUILTIN, None) if data == BUILTIN else chosen_data("path", data, "")
+    if missing:
+        raise StudioError(f"**{LABELS['data']}**: {missing} Give a CIFAR-10 folder or archive, or `builtin`.")
+    return found
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def share_over(space_json: str) -> BudgetShare:
+    """budget_share, once per space: the controls rerun the page on every move."""
+    return budget_share(Space.from_dict(json.loads(space_json)))
+
+
+def use_widths(low: int, high: int) -> None:
+    st.session_state[CONTROL + "width"] = (low, high)
+
+
+def show_budget_share(space: Space) -> None:
+    """Before launch: how much of the space is over its limits, and first-stage widths that fit."""
+    share = share_over(json.dumps(space.to_dict(), sort_keys=True))
+    limit = f"the budget of {space.budget:,} parameters" + \
+        (f" or the ceiling of {space.max_macs / 1e6:,.0f} M MACs" if space.max_macs else "")
+    if share.over <= TOLERATED_OVER:
+        st.caption(f":material/check_circle: {share.over:.0%} of this space's designs are over {limit} "
+                   f"(from {share.samples} drawn at random, as the study's first trials are).")
+        return
+    said = (f"**About {share.over:.0%} of this space's designs are over {limit}** (of {share.samples} drawn at "
+            f"random, as the study's first trials are; the largest has {share.largest:,} parameters). The study "
+            f"rejects them without training, so they cost no time, but each is a trial the sampler spends.")
+    if share.width is None:
+        st.warning(f"{said} Even at the narrowest first-stage width, {share.width_over:.0%} are over: lower "
+                   f"**{LABELS['blocks']}**, **{LABELS['stages']}** or **{LABELS['growth']}**.",
+                   icon=":material/warning:")
+        return
+    low, high = share.width
+    st.warning(f"{said} First-stage widths {low} to {high} keep {share.width_over:.0%} over.",
+               icon=":material/warning:")
+    st.button(f"Use widths {low} to {high}", icon=":material/compress:", on_click=use_widths, args=(low, high))
+
+
 def launch_study(space: Space, name: str, trials: int) -> None:
+    if name in list_studies():
+        st.session_state[LAUNCH_ERROR] = (f"A study named {name} exists already: give this one another name, or "
+                                          f"pick {name} under **Study** below and press **Continue**.")
+        return
     try:
         url = start_study(space, name, None, trials)
         detach(name, url, trials, None)
     except StudioError as e:
-        st.session_state[LAUNCH_ERROR] = str(e)
+        st.session_state[LAUNCH_ERROR] = f"The study could not start: {e}"
         return
     st.session_state[STUDY] = name
     st.toast(f"Launched study {name}: {plural(trials, 'trial')}.", icon=":material/rocket_launch:")
@@ -166,29 +227,41 @@ TRIAL_COLUMNS = {
 }
 
 
-def trials_table(rows: list[dict]) -> pd.DataFrame:
+def settings_text(row: dict) -> str:
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row["settings"].items())
+
+
+def trials_table(rows: list[dict], epochs: int) -> pd.DataFrame:
+    """The trials that count toward the study's number."""
     return pd.DataFrame({
         "Trial": [r["number"] for r in rows],
         "State": [r["state"] for r in rows],
         "Parameters": [r["params"] for r in rows],
         "MACs": [r["macs"] for r in rows],
-        "Val accuracy": [r["accuracy"] for r in rows],
-        "Epochs": [r["epochs_done"] for r in rows],
-        "Pruned at epoch": [r["pruned_at"] for r in rows],
-        "Run": [r["run"] or r["rejected"] or "" for r in rows],
-        "Settings": [", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                               for k, v in r["settings"].items()) for r in rows],
+        "Val accuracy": pd.array([r["accuracy"] for r in rows], dtype="Float64"),  # none yet: an empty cell
+        "Epochs": [f"{r['epochs_done'] or 0} of {epochs}" for r in rows],
+        "Run": [r["run"] or "" for r in rows],
+        "Settings": [settings_text(r) for r in rows],
+    })
+
+
+def not_counted_table(rows: list[dict]) -> pd.DataFrame:
+    """Designs rejected as over the limits (never trained) and failed trials a retry replaced."""
+    return pd.DataFrame({
+        "Trial": [r["number"] for r in rows],
+        "Why": [f"over the limit: {r['rejected']}" if r["rejected"] else
+                f"failed, retried as trial {r['retried_as']}" for r in rows],
+        "Parameters": [r["params"] for r in rows],
+        "Settings": [settings_text(r) for r in rows],
     })
 
 
 def trade_off_chart(rows: list[dict], cost: str, limit: int | None) -> alt.Chart:
-    """Validation accuracy against `cost` (params or macs) for every trial that has one, the front of the
-    finished ones as a step line, the over-budget rejections along the bottom, and the limit as a rule."""
+    """Validation accuracy against `cost` (params or macs) for every trial that has one (rejected designs never
+    trained and have none), the front of the finished ones as a step line, and the limit as a rule."""
     title = {"params": "Parameters", "macs": "MACs"}[cost]
     points = pd.DataFrame([{"Trial": r["number"], "State": r["state"], title: r[cost], "Val accuracy": r["accuracy"]}
-                           for r in rows if r[cost] is not None and (r["accuracy"] is not None or
-                                                                   r["state"] == "rejected")])
-    points["Val accuracy"] = points["Val accuracy"].fillna(0.0)  # rejected: never trained, drawn at 0
+                           for r in rows if r[cost] is not None and r["accuracy"] is not None])
     x = alt.X(f"{title}:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format="~s"), title=f"{title} (log scale)")
     y = alt.Y("Val accuracy:Q", axis=alt.Axis(format="%"))
     states = [s for s in STATE_COLOURS if s in set(points["State"])]
@@ -225,15 +298,19 @@ def show_study(name: str, live: bool) -> None:
     try:
         study = study_status(name)
     except StudioError as e:
-        st.error(f"Study {name} can't be read: {e}", icon=":material/error:")
+        st.error(f"Study **{name}** can't be read: {e}", icon=":material/error:")
         return
     if is_live(study) != live:
         st.rerun()  # the study started or ended: the whole page follows
     states, target = study["states"], study["trials_target"] or 0
     best = study["best"]
     done, pruned = states.get("finished", 0), states.get("pruned", 0)
+    rows = [r for r in study["trials"] if r["counted"]]
+    others = [r for r in study["trials"] if not r["counted"]]
     columns = st.columns(5)
-    columns[0].metric("Trials", f"{study['counted']} of {target}")
+    columns[0].metric("Trials", f"{study['counted']} of {target}",
+                      help="Trials toward the study's number: designs over the budget are rejected without training "
+                           "and not counted, so the study asks until it has its trials")
     columns[1].metric("Finished", done)
     columns[2].metric("Pruned", pruned)
     columns[3].metric("Rejected (over budget)", states.get("rejected", 0))
@@ -241,19 +318,28 @@ def show_study(name: str, live: bool) -> None:
     if not study["trials"]:
         st.info("No trials yet: the first one starts in a few seconds.", icon=":material/hourglass_top:")
         return
-    st.dataframe(trials_table(study["trials"]), hide_index=True, column_config=TRIAL_COLUMNS, key="search_trials")
+    if rows:
+        st.dataframe(trials_table(rows, study["space"]["epochs"]), hide_index=True, column_config=TRIAL_COLUMNS,
+                     key="search_trials")
+    if others:
+        rejected = sum(1 for r in others if r["rejected"])
+        what = [plural(rejected, "design") + " over the budget, never trained"] if rejected else []
+        what += [plural(len(others) - rejected, "failed trial") + " retried"] if len(others) > rejected else []
+        with st.expander(f"Not counted: {' and '.join(what)}", icon=":material/block:"):
+            st.dataframe(not_counted_table(others), hide_index=True, column_config=TRIAL_COLUMNS,
+                         key="search_not_counted")
     chart_column, importance_column = st.columns([3, 2])
     with chart_column:
-        if not any(r["accuracy"] is not None or r["state"] == "rejected" for r in study["trials"]):
+        if not any(r["accuracy"] is not None for r in rows):
             st.caption("The chart of accuracy against parameters appears when the first trial ends an epoch.")
             return
         cost = st.segmented_control("Against", ["params", "macs"], default="params", required=True,
                                     format_func={"params": "Parameters", "macs": "MACs"}.get,
                                     key="search_cost", **PERSIST)
         limit = study["space"]["budget"] if cost == "params" else study["space"]["max_macs"]
-        st.altair_chart(trade_off_chart(study["trials"], cost, limit), key="search_trade_off")
+        st.altair_chart(trade_off_chart(rows, cost, limit), key="search_trade_off")
         st.caption("The dotted step line is the Pareto front: no other finished trial is both more accurate and "
-                   "smaller. Rejected designs were over the budget and never trained.")
+                   "smaller. Designs over the budget never trained, so they have no accuracy to show.")
     with importance_column:
         st.markdown("**Which settings mattered most**")
         if study["importances"]:
@@ -278,23 +364,34 @@ def show_best(study: dict, best: dict) -> None:
                 f"{', '.join(str(s.channels) for s in cfg.arch.stages)} · {best['params']:,} parameters · "
                 f"lr {cfg.train.lr:.3g}, batch {cfg.train.batch_size}, augment {'+'.join(cfg.train.augment) or 'none'}")
     design, full, epochs_column = st.columns([1, 1, 1], vertical_alignment="bottom")
-    if design.button("Open in Design", icon=":material/architecture:", width="stretch"):
-        load_design(cfg.arch, None)
-        st.switch_page("pages/design.py")
     recipe_epochs = get_preset(study["space"]["recipe"])["train"].get("epochs", 30)
     epochs = epochs_column.number_input("Epochs of the full training", 1, 10_000, recipe_epochs,
                                         key="search_full_epochs")
+    in_full = cfg.replace_train(epochs=int(epochs), val_fraction=0.0)  # its recipe, on all of train, scored on test
+    if design.button("Open in Design", icon=":material/architecture:", width="stretch",
+                     help="Its design in Design, and its recipe in Train (for the epochs beside)"):
+        load_design(cfg.arch, None, (f"trial {best['number']} of {study['study']}", in_full.train))
+        st.switch_page("pages/design.py")
     if full.button("Train it in full", type="primary", icon=":material/model_training:", width="stretch",
                    help="Its design and recipe for more epochs, on all of train, scored on test"):
         name = f"{run.name}-full-{time.strftime('%H%M%S')}"
         try:
-            launch(create_run(cfg.replace_train(epochs=int(epochs), val_fraction=0.0), name,
-                              origin=f"app: Search page, Train it in full ({run.name})"), study["space"]["device"])
+            launch(create_run(in_full, name, origin=f"app: Search page, Train it in full ({run.name})"),
+                   study["space"]["device"])
         except StudioError as e:
-            st.error(str(e), icon=":material/error:")
+            st.error(f"The full training could not start: {e}", icon=":material/error:")
             return
         st.session_state[FOLLOWED] = name
         st.switch_page("pages/train.py")
+
+
+def rerun_when_back(name: str) -> None:
+    """Every AWAY_REFRESH_S while a study's database is away: the whole page again once it answers."""
+    try:
+        study_status(name)
+    except StorageAway:
+        return
+    st.rerun()
 
 
 # ---- the page ------------------------------------------------------------------------------------------------
@@ -308,11 +405,14 @@ with st.expander("New study", expanded=not list_studies(), icon=":material/add_c
     fixed, name, trials = study_controls()
     space, problem = None, None
     try:
-        space = Space.from_dict(fixed | {"ranges": space_controls()})
+        ranges = space_controls()
+        space = Space.from_dict(fixed | {"data": checked_data(fixed["data"]), "ranges": ranges})
     except StudioError as e:
-        problem = str(e)
+        problem = in_page_terms(str(e))
     if problem:
         st.error(problem, icon=":material/block:")
+    else:
+        show_budget_share(space)
     st.button("Launch the study", type="primary", icon=":material/rocket_launch:", disabled=space is None,
               on_click=launch_study, args=(space, name, trials))
     if st.session_state.get(LAUNCH_ERROR):
@@ -327,17 +427,27 @@ if st.session_state.get(STUDY) not in studies:
 chosen = st.selectbox("Study", studies, key=STUDY)
 try:
     overview = study_status(chosen)
+except StorageAway as e:  # this study only: the others in the list stay a click away
+    st.error(f"Study **{chosen}**: {e}  \nIts trials in flight keep training and report to it when it is back. "
+             f"This page tries again every {AWAY_REFRESH_S} s; other studies are in the list above.",
+             icon=":material/cloud_off:")
+    st.fragment(rerun_when_back, run_every=AWAY_REFRESH_S)(chosen)
+    st.stop()
 except StudioError as e:
-    st.error(f"Study {chosen} can't be read: {e}", icon=":material/error:")
+    st.error(f"Study **{chosen}** can't be read: {e}", icon=":material/error:")
     st.stop()
 live = is_live(overview)
 stop_column, resume_column, _ = st.columns([1, 1, 3])
-if stop_column.button("Stop the study", icon=":material/stop_circle:", disabled=not live, width="stretch",
-                      help="Trials in flight save a checkpoint and stop; continuing resumes them"):
-    request_stop(chosen)
-    st.rerun()
-unfinished = overview["counted"] < (overview["trials_target"] or 0) or "stopped" in overview["states"]
-if resume_column.button("Continue", icon=":material/play_arrow:", disabled=live or not unfinished, width="stretch"):
-    detach(chosen, storage_url(chosen), overview["trials_target"], None)
-    st.rerun()
+try:
+    if stop_column.button("Stop the study", icon=":material/stop_circle:", disabled=not live, width="stretch",
+                          help="Trials in flight save a checkpoint and stop; continuing resumes them"):
+        request_stop(chosen)
+        st.rerun()
+    unfinished = overview["counted"] < (overview["trials_target"] or 0) or "stopped" in overview["states"]
+    if resume_column.button("Continue", icon=":material/play_arrow:", disabled=live or not unfinished,
+                            width="stretch"):
+        detach(chosen, storage_url(chosen), overview["trials_target"], None)
+        st.rerun()
+except StudioError as e:
+    st.error(f"Study **{chosen}**: {e}", icon=":material/error:")
 st.fragment(show_study, run_every=REFRESH_S if live else None)(chosen, live)

@@ -1,18 +1,22 @@
 """The Search page under Streamlit's AppTest, on a runs folder of the test's own: a space is defined with the
 page's controls, launched as a real background study, and its trials, chart and best design show up."""
 import json
+import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import optuna
+import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.runs.run import Run, stop
 from core.search.report import study_status
-from core.search.space import Space
-from core.search.study import list_studies, start_study, worker_alive
+from core.search.space import TOLERATED_OVER, Space
+from core.search.study import list_studies, record_path, start_study, worker_alive
 from core.search.worker import request_stop
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -64,7 +68,8 @@ def test_a_space_over_budget_is_refused_before_launch(runs_dir):
     app.number_input(key="search:budget").set_value(100_000)
     app.run()
     assert_clean(app)
-    assert app.error[0].value.startswith("space.budget: even the smallest design of this space has")
+    assert app.error[0].value.startswith("**Parameter budget**: even the smallest design of this space has")
+    assert "lower **First stage's width (channels)**, **Blocks per stage** or **Stages**" in app.error[0].value
     assert next(b for b in app.button if b.label == "Launch the study").disabled
 
 
@@ -120,3 +125,113 @@ def test_train_it_in_full_launches_the_best_design_on_all_of_train(runs_dir):
         deadline = time.monotonic() + 120
         while run.status()["state"] in ("queued", "running") and time.monotonic() < deadline:
             time.sleep(0.5)
+
+
+def search_until_done(name: str) -> dict:
+    """`python -m core search --study NAME --trials 1` in a real process, to its end; the study's status."""
+    worker = subprocess.run([sys.executable, "-m", "core", "search", "--study", name, "--trials", "1"], cwd=APP.parent,
+                            capture_output=True, text=True, timeout=300)
+    assert worker.returncode == 0, worker.stderr
+    return json.loads(worker.stdout)
+
+
+def fixed_space(**changes) -> Space:
+    """One tiny design and one recipe: a study of it trains in seconds."""
+    ranges = {"stages": 1, "blocks": 1, "width": 4, "growth": 1.0, "kernel_size": 3, "se_ratio": 0, "dropout": 0.0,
+              "lr": 0.2, "weight_decay": 5e-4, "batch_size": 128, "augment": [], "label_smoothing": 0.0,
+              "ema_decay": 0.0}
+    return Space.from_dict({"epochs": 1, "device": "cpu", "budget": 20_000, "ranges": ranges | changes})
+
+
+def chart_rows(app: AppTest, title: str) -> list[dict]:
+    """The rows of every dataset of the page's Altair chart whose spec names `title`."""
+    chart = next(e for e in app.get("vega_lite_chart") if title in e.proto.spec)
+    return [row for data in chart.proto.datasets for row in pa.ipc.open_stream(data.data.data).read_all().to_pylist()]
+
+
+def test_the_page_says_before_launch_how_much_of_the_space_is_over_budget_and_which_widths_fit(runs_dir):
+    app = open_search()
+    assert_clean(app)
+    warning = app.warning[0].value
+    share = int(re.search(r"About (\d+)% of this space's designs are over the budget of 5,000,000", warning)[1])
+    assert share > 100 * TOLERATED_OVER and "the largest has" in warning
+    use = next(b for b in app.button if b.label.startswith("Use widths"))
+    low, high = map(int, re.findall(r"\d+", use.label))
+    use.click().run()
+    assert_clean(app)
+    assert app.slider(key="search:width").value == (low, high) and not app.warning
+    assert re.match(r":material/check_circle: \d+% of this space's designs are over", app.caption[0].value)
+
+    app.number_input(key="search:budget").set_value(100_000).run()  # the budget of issue 19: 9 of 12 were over
+    assert "Even at the narrowest first-stage width" in app.warning[0].value
+    assert not [b for b in app.button if b.label.startswith("Use widths")]
+    assert not next(b for b in app.button if b.label == "Launch the study").disabled  # a warning, not a refusal
+
+
+def test_rejected_designs_are_listed_apart_never_plotted_at_zero_and_the_count_matches_the_table(runs_dir):
+    """One design over the budget, then one that trains: the table holds the one trial the count counts, with
+    its epochs; the rejected design is listed under "Not counted" and is not a point of the chart."""
+    space = fixed_space(width={"choices": [4, 64]})
+    study = optuna.load_study(study_name="apart", storage=start_study(space, "apart", None, 1))
+    study.enqueue_trial({"width": 64})  # 76,490 parameters: over 20,000
+    study.enqueue_trial({"width": 4})
+    status = search_until_done("apart")
+    assert [r["state"] for r in status["trials"]] == ["rejected", "finished"], status
+    app = open_search()
+    assert_clean(app)
+    assert app.metric[0].value == "1 of 1"
+    table = app.dataframe[0].value
+    assert list(table["Trial"]) == [1] and list(table["State"]) == ["finished"] and list(table["Epochs"]) == ["1 of 1"]
+    assert not table.astype(str).isin(["None", "nan"]).any().any()
+    assert app.expander[1].label == "Not counted: 1 design over the budget, never trained"
+    apart = app.dataframe[1].value
+    assert list(apart["Trial"]) == [0] and apart["Why"][0] == "over the limit: 76,490 parameters (budget 20,000)"
+    points = [row for row in chart_rows(app, "Parameters (log scale)") if "Trial" in row]
+    assert [p["Trial"] for p in points] == [1] and points[0]["Val accuracy"] > 0
+
+
+def test_open_in_design_brings_the_trials_recipe_to_train(runs_dir):
+    """Issue 19: with resnet20's settings loaded in Train before, Open in Design then Train started from
+    resnet20's recipe (lr 0.2, batch 256). Train now starts from the trial's: lr 0.125, batch 64, AutoAugment,
+    for the full training's epochs, on all of train."""
+    recipe = {"lr": 0.125, "batch_size": 64, "augment": ["crop", "flip", "autoaugment"]}
+    start_study(fixed_space(**recipe), "recipe", None, 1)
+    assert search_until_done("recipe")["best"]["number"] == 0
+    app = AppTest.from_file(APP, default_timeout=300).run()
+    app.switch_page("pages/design.py").run()
+    app.selectbox(key="design:preset").select("resnet20").run()
+    app.switch_page("pages/train.py").run()
+    assert app.session_state["train:lr"] == 0.2 and app.session_state["train:batch_size"] == 256
+    app.switch_page("pages/search.py").run()
+    next(b for b in app.button if b.label == "Open in Design").click().run()
+    assert_clean(app)
+    assert any("From **trial 0 of recipe**" in m.value for m in app.markdown)
+    app.switch_page("pages/train.py").run()
+    assert_clean(app)
+    settings = {name: app.session_state[f"train:{name}"] for name in ("lr", "batch_size", "augment", "epochs",
+                                                                     "val_fraction", "schedule")}
+    assert settings == recipe | {"epochs": 30, "val_fraction": 0.0, "schedule": "onecycle"}  # resnet20's schedule
+    assert any("the recipe of trial 0 of recipe" in c.value for c in app.caption)
+
+
+def test_a_study_whose_database_is_down_does_not_take_the_page_down(runs_dir, postgres):
+    """The newest study lives in a PostgreSQL that is down: the page opens, says so in that study's place, and
+    the other study is one pick away; when the database is back, the study shows again."""
+    start_study(fixed_space(), "local", None, 1)
+    start_study(fixed_space(), "shared", postgres.url, 1)
+    os.utime(record_path("local"), (time.time() - 60, time.time() - 60))  # "shared" is the newest
+    postgres.stop()
+    try:
+        app = open_search()
+        assert_clean(app)
+        assert app.selectbox(key="search_study").value == "shared"
+        assert app.error[0].value.startswith(f"Study **shared**: database unreachable at {postgres.url}: ")
+        assert "Connection refused" in app.error[0].value
+        app.selectbox(key="search_study").select("local").run()
+        assert_clean(app)
+        assert app.metric[0].value == "0 of 1" and not app.error
+    finally:
+        postgres.start()
+    app.selectbox(key="search_study").select("shared").run()
+    assert_clean(app)
+    assert app.metric[0].value == "0 of 1" and not app.error

@@ -75,3 +75,40 @@ def test_a_study_defined_and_launched_in_the_browser_shows_its_trial_live(browse
         assert study["states"] == {"finished": 1}
     finally:
         context.close()
+
+
+OPTION_CONTROLS = ("objectives", "pruner", "device", "kernel_size", "se_ratio", "batch_size", "augment", "ema_decay")
+
+
+@pytest.mark.parametrize("width", [1100, 1400])
+def test_every_option_of_a_new_study_shows_in_full(browser, search_app, width):
+    """Issue 19: at 1400 px "Accuracy and MACs" was cut off, at 1100 px all of it but its "A", and the
+    augmentation pills did not wrap ("crop+flip+trivialaugment" could not be seen). Each option of every
+    control now lies whole within its column, and nothing scrolls sideways out of sight."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=SLOW)
+    context = browser.new_context(base_url=search_app, viewport={"width": width, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(SLOW)
+    try:
+        open_app_page(page, "search")
+        for key in OPTION_CONTROLS:
+            control = page.locator(f".st-key-search-{key}")
+            expect(control).to_be_visible()
+            hidden = control.evaluate("e => [...e.querySelectorAll('*')].filter(n => n.scrollWidth > n.clientWidth + 1)"
+                                      ".map(n => n.innerText)")
+            assert hidden == [], f"{key} at {width} px: options out of sight in {hidden}"
+            column = control.bounding_box()
+            options = control.locator("button").all()
+            assert options, key
+            for option in options:
+                box = option.bounding_box()
+                assert column["x"] <= box["x"] and box["x"] + box["width"] <= column["x"] + column["width"] + 1, \
+                    f"{key} at {width} px: {option.inner_text()!r} sticks out of its column"
+        expect(page.locator("button", has_text="Accuracy and MACs")).to_be_visible()
+        expect(page.locator("button", has_text="crop+flip+trivialaugment")).to_be_visible()
+        assert_no_exception(page)
+        screenshot(page, f"search-new-study-{width}")
+    finally:
+        context.close()
