@@ -17,7 +17,7 @@ import streamlit as st
 from core.design.budget import BUDGET, count
 from core.design.config import RunConfig, TrainConfig
 from core.design.presets import PRESETS
-from core.design.settings import LABELS, SETTINGS, Setting, recipe, settings_error
+from core.design.settings import LABELS, SETTINGS, Setting, settings_error
 from core.errors import StudioError
 from core.files import cache_dir
 from core.report.charts import training_charts
@@ -28,13 +28,11 @@ from core.runs.speeds import device_label, estimate, known_devices, probe_runnin
 from core.data.sources import (BUILTIN, CHOICES, CIFAR10_DOWNLOAD_BYTES, DEFAULT_DIR, chosen_data, image_counts,
                                resolve_data)
 from core.units import bytes_text, duration_text, macs_text, margin_text, params_text, rate_text
-from pages._ui import (FOLLOWED, current_design, data_label, load_design, matching_preset, plural, state_badge,
-                       through_app_shell)
+from pages._ui import (FOLLOWED, SETTING, SETTINGS_FROM, current_design, data_label, design_recipe, load_design,
+                       load_settings, matching_preset, plural, recipe_named, state_badge, through_app_shell)
 
 through_app_shell()
 
-SETTING = "train:"                   # key prefix of the settings' widgets: "train:" + TrainConfig field
-SETTINGS_FROM = "train_settings_from"  # the preset whose recipe the settings were loaded from (None: defaults)
 DATA_CHOICE = "train_data"           # one of DATA_SOURCES
 DATA_PATH = "train_data_path"
 DOWNLOAD_DIR = "train_download_dir"
@@ -50,12 +48,6 @@ AUTO_LABEL = "Best available"         # the device while the first probe is stil
 
 
 # ---- the settings: one widget per TrainConfig field, in core.design.settings' groups --------------------
-
-def load_settings(train: TrainConfig, source: str | None) -> None:
-    for name, value in train.to_dict().items():
-        st.session_state[SETTING + name] = value
-    st.session_state[SETTINGS_FROM] = source
-
 
 def setting_values() -> dict:
     return {name: st.session_state[SETTING + name] for name in LABELS}
@@ -346,11 +338,12 @@ def show_run(run: Run, live: bool) -> None:
 
 spec, preset = current_design()
 cost = count(spec)
+follows = design_recipe()  # the preset's recipe, or the one that came with the design (a search trial's)
 if any(SETTING + name not in st.session_state for name in LABELS):
-    load_settings(recipe(preset), preset)
-elif preset is not None and preset != st.session_state[SETTINGS_FROM]:
-    load_settings(recipe(preset), preset)
-    st.toast(f"Training settings now follow {preset}'s recipe.", icon=":material/tune:")
+    load_settings(recipe_named(follows), follows)
+elif follows is not None and follows != st.session_state[SETTINGS_FROM]:
+    load_settings(recipe_named(follows), follows)
+    st.toast(f"Training settings now follow {follows}'s recipe.", icon=":material/tune:")
 
 st.title("Train")
 st.write("Train the design from the Design page on CIFAR-10 in a background process, and watch it learn. "
@@ -458,13 +451,14 @@ st.fragment(show_estimate, run_every=1 if waiting else None)(spec, timed, data, 
 # -- settings --
 st.subheader("Training settings", divider="gray")
 source = st.session_state[SETTINGS_FROM]
-from_recipe = recipe(source).to_dict()
+from_recipe = recipe_named(source).to_dict()
 about, reset = st.columns([4, 1], vertical_alignment="center")
-recipe_name = f"the {source} preset’s recipe" if source else "the defaults: the best seed’s recipe"
+recipe_name = ((f"the {source} preset’s recipe" if source in PRESETS else f"the recipe of {source}") if source
+               else "the defaults: the best seed’s recipe")
 about.caption(f"They start from {recipe_name}{' (changed here)' if values != from_recipe else ''}. Hover over a "
               f"setting for what it does.")
 reset.button("Back to the recipe", icon=":material/undo:", type="tertiary", disabled=values == from_recipe,
-             on_click=load_settings, args=(recipe(source), source), width="stretch")
+             on_click=load_settings, args=(recipe_named(source), source), width="stretch")
 for column, (group, settings) in zip(st.columns(len(SETTINGS)), SETTINGS.items()):
     with column.container(border=True, height="stretch"):
         st.markdown(f"**{group}**")
