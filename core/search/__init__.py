@@ -15,7 +15,9 @@ Faults. A trial's run folder is tagged with its study and trial (status.json `se
 relaunches the local run of a trial whose process died while Optuna still has it RUNNING (it
 resumes from its last checkpoint: nothing is run twice or lost). Where no worker can see the run
 (its machine is gone), Optuna's heartbeat marks the trial failed after GRACE_S and
-RetryHeartbeatStaleTrialCallback queues it again, so another worker runs it.
+RetryHeartbeatStaleTrialCallback queues it again, so another worker runs it. A database outage is none of
+these: trials keep training and their reports wait, workers wait too, and no trial is failed for it (the
+retry constants and the reasons are in study.py and trial.py).
 
 The default storage is SQLite through Optuna's RDBStorage, not the JournalFileBackend: it is the
 same storage class as PostgreSQL, so one code path serves both, and only RDBStorage has the

@@ -16,6 +16,7 @@ from core.design.budget import count
 from core.files import PROJECT_DIR, locked
 from core.runs.run import ACTIVE, Run, create_run, launch, process_alive, stop as stop_run
 from core.search.report import study_status
+from core.search.space import budget_share
 from core.search.study import (MAX_RELAUNCHES, RETRY_FIRST_S, RETRY_MAX_S, SearchError, StorageAway,
                                continue_study, counted, display_url, load_study, note_worker, open_storage, reaching,
                                record_path, search_dir, stop_requested, storage_url, trial_run)
@@ -56,6 +57,12 @@ class Worker:
         signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
         self.log(f"study {self.name}: {self.trials} trials on {', '.join(self.devices)}, storage "
                  f"{display_url(self.url)}")
+        share = budget_share(self.space)
+        if share.over:
+            widths = f"; first-stage widths {share.width[0]} to {share.width[1]} keep {share.width_over:.0%} over" \
+                if share.width else ""
+            self.log(f"about {share.over:.0%} of this space's designs are over its limits: they are rejected "
+                     f"without training and not counted{widths}")
         away_since, delay = None, RETRY_FIRST_S
         while True:
             if stop["asked"]:  # SIGTERM: this machine's trials stop, database or not
