@@ -54,6 +54,22 @@ def define_a_tiny_space(app: AppTest) -> AppTest:
     return app.run()
 
 
+def search_until_done(name: str) -> dict:
+    """`python -m core search --study NAME --trials 1` in a real process, to its end; the study's status."""
+    worker = subprocess.run([sys.executable, "-m", "core", "search", "--study", name, "--trials", "1"], cwd=APP.parent,
+                            capture_output=True, text=True, timeout=300)
+    assert worker.returncode == 0, worker.stderr
+    return json.loads(worker.stdout)
+
+
+def fixed_space(**changes) -> Space:
+    """One tiny design and one recipe: a study of it trains in seconds."""
+    ranges = {"stages": 1, "blocks": 1, "width": 4, "growth": 1.0, "kernel_size": 3, "se_ratio": 0, "dropout": 0.0,
+              "lr": 0.2, "weight_decay": 5e-4, "batch_size": 128, "augment": [], "label_smoothing": 0.0,
+              "ema_decay": 0.0}
+    return Space.from_dict({"epochs": 1, "device": "cpu", "budget": 20_000, "ranges": ranges | changes})
+
+
 def test_the_page_opens_with_the_presets_span_and_no_study(runs_dir):
     app = open_search()
     assert_clean(app)
@@ -101,14 +117,8 @@ def test_a_study_launched_from_the_page_fills_the_table_and_opens_its_best_desig
 
 def test_train_it_in_full_launches_the_best_design_on_all_of_train(runs_dir):
     """The best trial's design and recipe, for the epochs asked, with no validation split (it scores on test)."""
-    space = Space.from_dict({"epochs": 1, "device": "cpu", "ranges": {
-        "stages": 1, "blocks": 1, "width": 4, "growth": 1.0, "kernel_size": 3, "se_ratio": 0, "dropout": 0.0,
-        "lr": 0.2, "weight_decay": 5e-4, "batch_size": 128, "augment": [], "label_smoothing": 0.0,
-        "ema_decay": 0.0}})
-    start_study(space, "one", None, 1)
-    worker = subprocess.run([sys.executable, "-m", "core", "search", "--study", "one", "--trials", "1"],
-                            cwd=APP.parent, capture_output=True, text=True, timeout=300)
-    assert json.loads(worker.stdout)["best"]["run"] == "one-000", worker.stderr
+    start_study(fixed_space(), "one", None, 1)
+    assert search_until_done("one")["best"]["run"] == "one-000"
     app = open_search()
     app.number_input(key="search_full_epochs").set_value(2)
     next(b for b in app.button if b.label == "Train it in full").click().run(timeout=300)  # opens Train: torch
@@ -125,22 +135,6 @@ def test_train_it_in_full_launches_the_best_design_on_all_of_train(runs_dir):
         deadline = time.monotonic() + 120
         while run.status()["state"] in ("queued", "running") and time.monotonic() < deadline:
             time.sleep(0.5)
-
-
-def search_until_done(name: str) -> dict:
-    """`python -m core search --study NAME --trials 1` in a real process, to its end; the study's status."""
-    worker = subprocess.run([sys.executable, "-m", "core", "search", "--study", name, "--trials", "1"], cwd=APP.parent,
-                            capture_output=True, text=True, timeout=300)
-    assert worker.returncode == 0, worker.stderr
-    return json.loads(worker.stdout)
-
-
-def fixed_space(**changes) -> Space:
-    """One tiny design and one recipe: a study of it trains in seconds."""
-    ranges = {"stages": 1, "blocks": 1, "width": 4, "growth": 1.0, "kernel_size": 3, "se_ratio": 0, "dropout": 0.0,
-              "lr": 0.2, "weight_decay": 5e-4, "batch_size": 128, "augment": [], "label_smoothing": 0.0,
-              "ema_decay": 0.0}
-    return Space.from_dict({"epochs": 1, "device": "cpu", "budget": 20_000, "ranges": ranges | changes})
 
 
 def chart_rows(app: AppTest, title: str) -> list[dict]:
