@@ -1,6 +1,7 @@
 """What the tests share: a run really trained by the engine, caches and device locks of the tests' own, the
 `python -m core` command, waiting, free ports, a device holder, and the app in a real browser."""
 import contextlib
+import io
 import json
 import os
 import pwd
@@ -18,6 +19,11 @@ import pytest
 from core.runs.run import Run
 
 ROOT = Path(__file__).resolve().parent.parent
+# One thread per process, for this process and every one the tests start (set before torch is imported): the
+# suite runs training processes beside pytest, the app and each other on machines of two cores, and torch's
+# threads waiting for each other at every operation made small nets there up to 14 times slower (torchrun sets
+# the same for its processes). A value set outside wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 SMALL_ARCH = {"stages": [{"blocks": 1, "channels": 16}, {"blocks": 1, "channels": 32}], "pool_size": 16}
 SMALL = {"arch": SMALL_ARCH, "train": {"epochs": 1, "batch_size": 128, "log_every": 10, "lr": 0.05},
          "data": "builtin"}  # a run config that trains an epoch of the built-in slice in seconds
@@ -52,8 +58,8 @@ def trained_runs(tmp_path_factory) -> Path:
     cfg = root.parent / "small.json"
     cfg.write_text(json.dumps({"arch": SMALL_ARCH, "train": {"epochs": 2, "batch_size": 128, "lr": 0.05},
                                "data": "builtin"}))
-    subprocess.run([sys.executable, "-m", "core", "train", "--config", str(cfg), "--run-dir", str(root / "small"),
-                    "--device", "cpu"], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    out = core_cli("train", "--config", str(cfg), "--run-dir", str(root / "small"), "--device", "cpu")
+    assert json.loads(out.stdout)["state"] == "finished", out.stdout  # what the command says is how it ended
     return root
 
 
@@ -87,6 +93,25 @@ def core_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess
     """`python -m core ARGS` in a real process; with `check`, its stderr is the failure's message."""
     proc = subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr)
+    return proc
+
+
+def core_main(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m core ARGS` in this process (core.cli.main, as __main__ calls it): the command's parsing, work,
+    JSON and error handling, without a process's start-up and torch import. For what is not about the process
+    boundary; each command also runs somewhere as a real process (core_cli). Not for commands that set signal
+    handlers (train, search workers)."""
+    from core.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+    proc = subprocess.CompletedProcess(["python", "-m", "core", *args], code, out.getvalue(), err.getvalue())
     if check and proc.returncode != 0:
         raise AssertionError(proc.stderr)
     return proc
@@ -215,8 +240,9 @@ def serve_app(runs_dir: Path):
             server.wait()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
+    """One Chromium for the session (each test opens a context of its own)."""
     if not CHROMIUM.exists():
         reason = f"{CHROMIUM} is missing; `make browser` installs it"
         if os.environ.get("REQUIRE_BROWSER") == "1":
@@ -232,9 +258,10 @@ def browser():
             browser.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def app_url(trained_runs):
-    """The app, its runs folder holding the trained `small` run."""
+    """The app, its runs folder holding the trained `small` run: one server for the session, so that torch is
+    imported there once. A test that adds a run to that folder deletes it at its end."""
     with serve_app(trained_runs) as url:
         yield url
 
