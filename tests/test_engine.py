@@ -1,7 +1,9 @@
 """The training engine on the CPU, through real processes and the run folders they write."""
 import json
 import os
+import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -9,95 +11,110 @@ import torch
 
 from core.data.augment import Normalizer, cutout, random_crop, random_flip
 from core.data.datasets import load_dataset
-from core.design.config import TrainConfig
+from core.design.config import RunConfig, TrainConfig
 from core.engine.optim import lr_at
 from core.nn.checkpoint import CheckpointError, load_checkpoint, load_model
 from core.nn.infer import evaluate
-from core.runs.run import Run, RunError, launch, stop
-from conftest import SMALL, core_cli, wait_for
+from core.runs.queue import queue
+from core.runs.run import Run, RunError, create_run, launch, stop
+from conftest import SMALL, core_cli, core_main, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+# SMALL with a net a seventeenth of its size (532,560 MACs): an epoch of the built-in slice in a second or two
+QUICK = SMALL | {"arch": {"stem": {"channels": 8}, "stages": [{"blocks": 1, "channels": 8, "stride": 2}],
+                          "pool_size": 16}}
 
 
-def new_run(tmp_path, name, **train):
-    cfg = json.loads(json.dumps(SMALL))
+def new_run(runs: Path, name: str, **train) -> Run:
+    """A run of QUICK launched with `python -m core train --detach`, as the app launches one."""
+    cfg = json.loads(json.dumps(QUICK))
     cfg["train"].update(train)
-    path = tmp_path / f"{name}.json"
+    runs.mkdir(parents=True, exist_ok=True)
+    path = runs / f"{name}.json"
     path.write_text(json.dumps(cfg))
-    core_cli("train", "--config", str(path), "--run-dir", str(tmp_path / "runs" / name), "--detach", "--device",
-             "cpu")
-    return Run(tmp_path / "runs" / name)
+    out = core_cli("train", "--config", str(path), "--run-dir", str(runs / name), "--detach", "--device", "cpu")
+    assert json.loads(out.stdout)["pid"] > 0
+    return Run(runs / name)
 
 
-def test_one_epoch_of_resnet20_writes_every_file_and_the_checkpoint_predicts(tmp_path):
-    run_dir = tmp_path / "runs" / "r20"
-    # batch 64: 78 steps in the epoch; the preset's 256 gives 19, and in fp32 (CPUs without bf16)
-    # those left the test accuracy at 13.6%, too close to chance to tell learning from luck
-    out = core_cli("train", "--preset", "resnet20", "--run-dir", str(run_dir), "--epochs", "1",
-                   "--batch-size", "64", "--data", "builtin", "--device", "cpu")
-    assert json.loads(out.stdout)["state"] == "finished"
-    run = Run(run_dir)
-    config = json.loads(run.config_path.read_text())
-    assert config["params"] == 272_474 and config["preset"] == "resnet20"
+def ended(run: Run) -> dict | None:
     status = run.status()
-    assert status["state"] == "finished" and status["device"] == "cpu" and status["epoch"] == 1
-    metrics = run.metrics()
-    epochs = [m for m in metrics if m["kind"] == "epoch"]
-    assert len(epochs) == 1 and epochs[0]["eval_split"] == "test"
+    return status if status["state"] not in ("queued", "running") else None
+
+
+def test_a_preset_run_records_its_preset_its_exact_count_and_the_options_given(tmp_path):
+    run_dir = tmp_path / "runs" / "r20"
+    out = core_cli("train", "--preset", "resnet20", "--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "64",
+                   "--data", "builtin", "--device", "cpu", "--create-only")
+    assert json.loads(out.stdout) == {"run": str(run_dir), "state": "queued"}
+    config = json.loads(Run(run_dir).config_path.read_text())
+    assert config["params"] == 272_474 and config["preset"] == "resnet20" and config["data"] == "builtin"
+    assert config["train"]["epochs"] == 1 and config["train"]["batch_size"] == 64
+    assert Run(run_dir).status()["state"] == "queued" and not Run(run_dir).metrics_path.exists()
+
+
+def test_a_trained_run_has_every_file_and_its_checkpoint_predicts_what_training_measured(trained):
+    """The session's `trained` run: two epochs of SMALL by `python -m core train` in a process of its own (the
+    fixture checks that the command said `finished`)."""
+    status = trained.status()
+    assert status["state"] == "finished" and status["device"] == "cpu" and status["epoch"] == 2
+    epochs = [m for m in trained.metrics() if m["kind"] == "epoch"]
+    assert [m["epoch"] for m in epochs] == [1, 2] and {m["eval_split"] for m in epochs} == {"test"}
     assert {"train_loss", "train_acc", "eval_loss", "eval_acc", "lr", "images_per_s", "elapsed"} <= set(epochs[0])
     for tag in ("best", "last"):
         for suffix in (".safetensors", ".json", ".state.safetensors"):
-            assert (run.checkpoints / f"{tag}{suffix}").stat().st_size > 0
-    assert "epoch 1/1" in run.log_path.read_text()
+            assert (trained.checkpoints / f"{tag}{suffix}").stat().st_size > 0
+    assert "epoch 2/2" in trained.log_path.read_text()
 
-    results = json.loads(run.results_path.read_text())
+    results = json.loads(trained.results_path.read_text())
     assert sum(map(sum, results["confusion"])) == 1000
     assert set(results["per_class_accuracy"]) == set(load_dataset("builtin").classes)
 
     # the checkpoint loads without the training code's objects and predicts what training measured
-    model, meta = load_model(run.checkpoints, "last")
+    model, meta = load_model(trained.checkpoints, "last")
     test = load_dataset("builtin").test
     result = evaluate(model, test.images, test.labels, Normalizer(meta["mean"], meta["std"]), torch.device("cpu"), 10)
     assert result.accuracy == pytest.approx(results["accuracy"], abs=0.002)
-    assert result.accuracy > 0.15  # one epoch on 5,000 images already beats chance (0.10)
+    assert result.accuracy > 0.15  # two epochs on 5,000 images beat chance (0.10) by far: it learns
 
 
-def test_stop_saves_and_resume_continues_from_the_saved_epoch(tmp_path):
-    run = new_run(tmp_path, "stop-me", epochs=3)
-    wait_for(lambda: any(m["kind"] == "epoch" for m in run.metrics()), what="the first epoch")
-    steps = [m for m in run.metrics() if m["kind"] == "step"]
+def test_a_detached_run_queues_dies_resumes_stops_and_resumes_to_its_end(tmp_path):
+    """The life of runs launched as the app launches them, each in processes of its own, on one CPU: a second
+    run (of another runs folder) waits for the first; kill -9 of the first after an epoch reads as failed within
+    seconds and hands the CPU on; resumed, the first continues from its checkpoint, stops on request saving where
+    it is, and resumed again trains to its last epoch without training any epoch twice."""
+    first = new_run(tmp_path / "a", "first", epochs=4)
+    wait_for(lambda: first.status()["state"] == "running", what="first running")
+    second = new_run(tmp_path / "b", "second", epochs=1)
+    status = wait_for(lambda: second.status().get("waiting_for") and second.status(), what="second queued")
+    assert status["state"] == "queued" and str(first.dir) in status["waiting_for"]
+    seen = queue(second.dir.parent)  # what `python -m core queue` and the Train page show
+    assert {"device": "cpu", "held_by": str(first.dir)} in seen["devices"]
+    assert seen["waiting"] == [{"run": "second", "waiting_for": status["waiting_for"]}]
+
+    wait_for(lambda: first.status().get("epoch", 0) >= 1, what="the first epoch saved")
+    steps = [m for m in first.metrics() if m["kind"] == "step"]
     assert steps and steps[0]["step"] == 10 and 0 < steps[0]["epoch"] < 1  # charts move within an epoch
-    stop(run)
-    status = wait_for(lambda: run.status()["state"] not in ("queued", "running") and run.status(), what="stopped")
-    assert status["state"] == "stopped"
-    saved = json.loads((run.checkpoints / "last.json").read_text())
+    killed_at = time.time()
+    os.kill(first.status()["pid"], signal.SIGKILL)
+    status = wait_for(lambda: first.status()["state"] == "failed" and first.status(), timeout=5, what="failed")
+    assert "ended without saying why" in status["error"] and "resume" in status["error"]
+    assert wait_for(lambda: ended(second), what="second to end")["state"] == "finished"
+    assert second.status()["started"] >= killed_at  # it waited for the CPU until the first run was gone
+
+    saved = json.loads((first.checkpoints / "last.json").read_text())
+    assert saved["epoch"] >= 1 and saved["step"] == 0
+    launch(first, "cpu")
+    wait_for(lambda: f"resumed at epoch {saved['epoch']} step 0" in first.log_path.read_text(), what="resumed")
+    stop(first)
+    assert wait_for(lambda: ended(first), what="stopped")["state"] == "stopped", first.log_tail()
+    saved = json.loads((first.checkpoints / "last.json").read_text())
     assert saved["epoch"] >= 1
 
-    launch(run, "cpu")
-    wait_for(lambda: run.status()["state"] in ("finished", "failed"), what="the resumed run to end")
-    assert run.status()["state"] == "finished", run.status()
-    epochs = [m["epoch"] for m in run.metrics() if m["kind"] == "epoch"]
-    assert epochs == [1, 2, 3][:len(epochs)] and epochs[-1] == 3, epochs  # no epoch trained twice from zero
-    assert f"resumed at epoch {saved['epoch']} step {saved['step']}" in run.log_path.read_text()
-
-
-def test_kill_9_turns_into_failed_within_seconds(tmp_path):
-    run = new_run(tmp_path, "killed", epochs=50)
-    wait_for(lambda: run.status()["state"] == "running", what="running")
-    os.kill(run.status()["pid"], signal.SIGKILL)
-    status = wait_for(lambda: run.status()["state"] == "failed" and run.status(), timeout=5, what="failed")
-    assert "ended without saying why" in status["error"] and "resume" in status["error"]
-
-
-def test_a_second_run_waits_queued_and_starts_when_the_device_frees(tmp_path):
-    first = new_run(tmp_path, "first", epochs=1)
-    wait_for(lambda: first.status()["state"] == "running", what="first running")
-    second = new_run(tmp_path, "second", epochs=1)
-    status = wait_for(lambda: second.status().get("waiting_for") and second.status(), what="second queued")
-    assert status["state"] == "queued" and "first" in status["waiting_for"]
-    wait_for(lambda: second.status()["state"] == "finished", what="second finished")
-    assert first.status()["state"] == "finished"
-    assert first.status()["ended"] <= second.status()["started"]
+    launch(first, "cpu")
+    assert wait_for(lambda: ended(first), what="the resumed run to end")["state"] == "finished", first.log_tail()
+    assert [m["epoch"] for m in first.metrics() if m["kind"] == "epoch"] == [1, 2, 3, 4]  # none twice, none lost
+    assert f"resumed at epoch {saved['epoch']} step {saved['step']}" in first.log_path.read_text()
 
 
 def test_over_budget_designs_are_refused_with_the_count(tmp_path):
@@ -112,12 +129,8 @@ def test_run_names_cannot_leave_the_runs_folder(name):
         Run.named(name)
 
 
-def test_damaged_checkpoints_give_a_clear_error(tmp_path):
-    run_dir = tmp_path / "runs" / "dmg"
-    cfg = tmp_path / "small.json"
-    cfg.write_text(json.dumps(SMALL))
-    core_cli("train", "--config", str(cfg), "--run-dir", str(run_dir), "--device", "cpu")
-    ckpt = run_dir / "checkpoints"
+def test_damaged_checkpoints_give_a_clear_error(trained, tmp_path):
+    ckpt = Path(shutil.copytree(trained.checkpoints, tmp_path / "checkpoints"))
     weights = (ckpt / "best.safetensors").read_bytes()
     (ckpt / "best.safetensors").write_bytes(weights[: len(weights) // 2])
     with pytest.raises(CheckpointError, match="damaged"):
@@ -157,10 +170,13 @@ def test_batched_augmentations():
     assert zeros.max() == 64 and (zeros <= 64).all() and (zeros > 0).all()
 
 
-def test_bench_reports_both_loops_side_by_side():
-    out = core_cli("bench", "--preset", "resnet20", "--device", "cpu", "--seconds", "2", "--data", "builtin")
+def test_bench_reports_both_loops_side_by_side(tmp_path):
+    config = tmp_path / "quick.json"  # what is checked is the report's arithmetic: a tiny net times as well
+    config.write_text(json.dumps(QUICK))
+    out = core_cli("bench", "--config", str(config), "--device", "cpu", "--seconds", "0.5")
     report = json.loads(out.stdout)
     assert report["engine"]["images_per_s"] > 0 and report["seed_style"]["images_per_s"] > 0
+    assert report["engine"]["steps"] >= 1 and report["seed_style"]["steps"] >= 1
     assert report["ratio"] == pytest.approx(report["engine"]["images_per_s"] / report["seed_style"]["images_per_s"])
     # the share of the device's peak: training FLOPs (6 x MACs per image) over a matrix product timed in this call
     assert report["peak"]["tflops"] > 0 and report["train_flops_per_image"] == 6 * report["macs_per_image"]
@@ -171,27 +187,24 @@ def test_bench_reports_both_loops_side_by_side():
 def test_data_command_checks_a_copy_and_explains_a_missing_one(tmp_path):
     report = json.loads(core_cli("data", "--data", "builtin").stdout)
     assert (report["train"], report["test"]) == (5000, 1000) and report["test_per_class"] == [100] * 10
-    out = core_cli("data", "--data", str(tmp_path / "nowhere"), check=False)
+    out = core_main("data", "--data", str(tmp_path / "nowhere"), check=False)
     assert out.returncode == 2 and "nowhere" in out.stderr and "cifar10-jpg.tar.gz" in out.stderr
     assert "Traceback" not in out.stderr
 
 
 def test_a_created_but_unlaunched_run_is_queued_not_dead_and_stops_cleanly(tmp_path):
-    from core.design.config import RunConfig
-    from core.runs.run import create_run
-
     run = create_run(RunConfig.from_dict(SMALL), "waiting", tmp_path / "runs")
     assert run.status()["state"] == "queued"  # no pid yet is not a dead process
     assert stop(run)["state"] == "stopped"
 
 
 def test_a_time_limit_trains_for_that_time_with_the_schedule_stretched_over_it(tmp_path):
-    run_dir = tmp_path / "runs" / "timed"
-    cfg = tmp_path / "timed.json"
-    cfg.write_text(json.dumps({**SMALL, "train": {**SMALL["train"], "time_limit": 3, "log_every": 1}}))
-    out = core_cli("train", "--config", str(cfg), "--run-dir", str(run_dir), "--device", "cpu")
-    assert json.loads(out.stdout)["state"] == "finished"
-    run = Run(run_dir)
+    """The loop in this process: what is tested is its clock and schedule, not the process around it."""
+    from core.engine.loop import train
+
+    cfg = RunConfig.from_dict({**SMALL, "train": {**SMALL["train"], "time_limit": 3, "log_every": 1}})
+    run = create_run(cfg, "timed", tmp_path / "runs")
+    assert train(run, "cpu", stop=lambda: False)["state"] == "finished", run.log_tail()
     last = [m for m in run.metrics() if m["kind"] == "epoch"][-1]
     assert last["trained"] >= 3  # it stops once the time is used, not after `epochs`
     assert last["lr"] == pytest.approx(0, abs=1e-9)  # and the cosine reached its end there
