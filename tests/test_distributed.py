@@ -1,7 +1,7 @@
 """One run as several processes (torchrun, gloo on the CPU), and the machine's device queue.
 
-Everything runs as real processes on a tiny net and the built-in slice. GPUs are faked through
-CUDA_VISIBLE_DEVICES for the queue's bookkeeping, which needs no CUDA.
+Several processes are real processes, on a tiny net and the built-in slice; the one-process reference run trains
+in this process. GPUs are faked through CUDA_VISIBLE_DEVICES for the queue's bookkeeping, which needs no CUDA.
 """
 import json
 import os
@@ -16,11 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from core.design.config import RunConfig
 from core.design.spec import ArchSpec
 from core.errors import StudioError
 from core.nn.model import build_model
-from core.runs.queue import DeviceRequest, plan, queue, queue_state
-from core.runs.run import Run, launch, process_alive, stop
+from core.runs.queue import DeviceRequest, plan, queue_state
+from core.runs.run import Run, create_run, launch, process_alive, stop
 from conftest import core_cli, free_port, holder, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,10 +46,9 @@ def config_file(tmp_path, name, **train) -> Path:
 
 
 def create(tmp_path, name, **train) -> Run:
-    run_dir = tmp_path / "runs" / name
-    core_cli("train", "--config", str(config_file(tmp_path, name, **train)), "--run-dir", str(run_dir),
-             "--create-only")
-    return Run(run_dir)
+    """The run folder of TINY (with `train` changed), as `train --create-only` writes it."""
+    cfg = json.loads(config_file(tmp_path, name, **train).read_text())
+    return create_run(RunConfig.from_dict(cfg), name, tmp_path / "runs")
 
 
 def ended(run: Run) -> dict | None:
@@ -57,43 +57,66 @@ def ended(run: Run) -> dict | None:
 
 
 def worker_pid(launcher_pid: int, rank: int) -> int | None:
-    """The training process of a global rank among the launcher's children (torchrun sets RANK)."""
+    """The training process of a global rank among the launcher's descendants (torchrun sets RANK)."""
+    children: dict[int, list[int]] = {}
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    todo = list(children.get(launcher_pid, []))
+    while todo:
+        pid = todo.pop()
         try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except (OSError, IndexError):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
             continue
-        if ppid == launcher_pid and f"RANK={rank}".encode() in environ:
-            return int(proc.name)
+        if f"RANK={rank}".encode() in environ:
+            return pid
+        todo += children.get(pid, [])
     return None
+
+
+def step_lines(run: Run) -> list[int]:
+    return [m["step"] for m in run.metrics() if m["kind"] == "step"]
 
 
 @pytest.fixture(scope="module")
 def one_and_two(tmp_path_factory):
-    """The same tiny run trained by one process and by two (gloo), each with a global batch of 500."""
+    """The same tiny run trained by one process (this test process: the loop as `train` runs it) and by two
+    (gloo), each with a global batch of 500. The two are two "machines" on localhost: `python -m core train
+    --nnodes 2` twice, one process each, joined by a c10d rendezvous, each machine with its own device queue."""
+    from core.engine.loop import train
+
     tmp = tmp_path_factory.mktemp("ddp")
-    runs = {}
     with pytest.MonkeyPatch.context() as env:
+        env.setenv("CUDA_VISIBLE_DEVICES", "")
         env.setenv("RESNET_STUDIO_LOCKS", str(tmp_path_factory.mktemp("locks")))
-        for name, nproc in (("one", "1"), ("two", "2")):
-            run_dir = tmp / "runs" / name
-            out = core_cli("train", "--config", str(config_file(tmp, name)), "--run-dir", str(run_dir), "--device",
-                           "cpu", "--nproc-per-node", nproc)
-            runs[name] = (Run(run_dir), json.loads(out.stdout))
-    return runs
+        one = create(tmp, "one")
+        one_status = train(one, "cpu", stop=lambda: False)
+        two = create(tmp, "two")
+        rdzv = f"127.0.0.1:{free_port()}"
+        nodes = [subprocess.Popen([sys.executable, "-m", "core", "train", "--resume", str(two.dir), "--device", "cpu",
+                                   "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1", "--rdzv", rdzv],
+                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=os.environ | {"RESNET_STUDIO_LOCKS": str(tmp / f"locks{rank}")})
+                 for rank in (0, 1)]
+        outputs = [node.communicate(timeout=300) for node in nodes]
+    return {"one": (one, one_status), "two": (two, [node.returncode for node in nodes], outputs)}
 
 
-def test_a_two_process_run_finishes_with_one_set_of_files(one_and_two):
-    run, printed = one_and_two["two"]
+def test_two_machines_train_one_run_with_one_set_of_files(one_and_two):
+    run, codes, outputs = one_and_two["two"]
+    assert codes == [0, 0], outputs
+    printed = json.loads(outputs[0][0])  # what machine 0's command says: how the run ended
     assert printed["state"] == "finished" and printed["world_size"] == 2, printed
     status = run.status()
-    assert status["state"] == "finished" and status["world_size"] == 2 and status["epoch"] == 1
+    assert status["state"] == "finished" and status["world_size"] == 2 and status["nnodes"] == 2
+    assert status["epoch"] == 1
     epochs = [m for m in run.metrics() if m["kind"] == "epoch"]
-    steps = [m["step"] for m in run.metrics() if m["kind"] == "step"]
-    assert len(epochs) == 1 and steps == [2, 4, 6, 8, 10]  # rank 0 alone writes: no line twice
+    assert len(epochs) == 1 and step_lines(run) == [2, 4, 6, 8, 10]  # rank 0 alone writes: no line twice
     log = run.log_path.read_text()
     assert log.count("epoch 1/1") == 1 and "2 processes" in log and "250 of each batch of 500 per process" in log
     files = sorted(str(p.relative_to(run.dir)) for p in run.dir.rglob("*") if p.is_file()
@@ -105,6 +128,7 @@ def test_a_two_process_run_finishes_with_one_set_of_files(one_and_two):
 
 
 def test_two_processes_average_gradients_like_one_process_with_the_same_global_batch(one_and_two):
+    assert one_and_two["one"][1]["state"] == "finished"
     one, two = (load_file(one_and_two[k][0].checkpoints / "last.safetensors") for k in ("one", "two"))
     torch.manual_seed(TINY["train"]["seed"])
     start = build_model(ArchSpec.from_dict(TINY_ARCH)).state_dict()
@@ -117,27 +141,28 @@ def test_two_processes_average_gradients_like_one_process_with_the_same_global_b
     assert loss[0] == pytest.approx(loss[1], rel=1e-4)
 
 
-def test_two_machines_on_localhost_train_one_run_through_a_c10d_rendezvous(tmp_path):
-    run = create(tmp_path, "nodes")
-    rdzv = f"127.0.0.1:{free_port()}"
-    nodes = [subprocess.Popen([sys.executable, "-m", "core", "train", "--resume", str(run.dir), "--device", "cpu",
-                               "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1", "--rdzv", rdzv],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              # two machines: each has its own device queue
-                              env=os.environ | {"RESNET_STUDIO_LOCKS": str(tmp_path / f"locks{rank}")})
-             for rank in (0, 1)]
-    outputs = [node.communicate(timeout=300)[0] for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs
-    status = run.status()
-    assert status["state"] == "finished" and status["world_size"] == 2 and status["nnodes"] == 2
-    assert "2 processes" in run.log_path.read_text()
-    assert len([m for m in run.metrics() if m["kind"] == "epoch"]) == 1
+def test_stop_reaches_every_process_a_killed_rank_fails_the_run_and_it_resumes_on_any_number(tmp_path):
+    """One run of two processes on this machine, launched as the app launches it. Stop: every process stops
+    after the same step and rank 0 saves once, mid-epoch. Resumed on two processes, it continues at the saved
+    step, no step logged twice and none lost. kill -9 of rank 1: the run fails within seconds naming it.
+    Resumed on one process, it trains to its end."""
+    run = create(tmp_path, "life", epochs=20)  # 10 steps an epoch: long enough to stop it and kill a rank in it
+    launch(run, "cpu", processes=["--nproc-per-node=2"])
+    wait_for(lambda: step_lines(run), what="the first steps")
+    stop(run)
+    status = wait_for(lambda: ended(run), timeout=60, what="the run to stop")
+    assert status["state"] == "stopped", status
+    saved = json.loads((run.checkpoints / "last.json").read_text())
+    assert saved["step"] > 0  # mid-epoch
+    assert run.log_path.read_text().count("stopped on request") == 1  # one save, by rank 0
 
-
-def test_a_killed_rank_fails_the_run_within_seconds_naming_it_and_resume_finishes(tmp_path):
-    run = create(tmp_path, "killed", epochs=20)  # long enough to kill a rank in it
     launcher = launch(run, "cpu", processes=["--nproc-per-node=2"])
-    wait_for(lambda: any(m["kind"] == "step" for m in run.metrics()), what="the first steps")
+    wait_for(lambda: f"resumed at epoch {saved['epoch']} step {saved['step']}" in run.log_path.read_text(),
+             what="the run to resume")
+    at = saved["epoch"] * 10 + saved["step"]
+    wait_for(lambda: step_lines(run)[-1] > at + 2, what="steps after the resume")
+    steps = step_lines(run)
+    assert steps == list(range(2, steps[-1] + 1, 2))  # no step logged twice, none lost
     os.kill(wait_for(lambda: worker_pid(launcher, 1), timeout=10, what="rank 1"), signal.SIGKILL)
     killed = time.time()
     # rank 0 may first say it lost its partner; the launcher then names the rank that died
@@ -147,28 +172,12 @@ def test_a_killed_rank_fails_the_run_within_seconds_naming_it_and_resume_finishe
     print(f"failed {time.time() - killed:.1f} s after the kill")
     wait_for(lambda: not process_alive(launcher), timeout=30, what="the launcher to exit")
 
-    launch(run, "cpu", epochs=1)  # resume with another world size: one process
+    saved = json.loads((run.checkpoints / "last.json").read_text())
+    launch(run, "cpu", epochs=saved["epoch"] + 1)  # resume with another world size: one process
     status = wait_for(lambda: ended(run), what="the resumed run")
     assert status["state"] == "finished" and status["world_size"] == 1, status
-
-
-def test_stop_reaches_every_process_saves_once_and_resume_continues_at_the_saved_step(tmp_path):
-    run = create(tmp_path, "stopped", epochs=2)  # 10 steps an epoch
-    launch(run, "cpu", processes=["--nproc-per-node=2"])
-    wait_for(lambda: any(m["kind"] == "step" for m in run.metrics()), what="the first steps")
-    stop(run)
-    status = wait_for(lambda: ended(run), timeout=60, what="the run to stop")
-    assert status["state"] == "stopped", status
-    saved = json.loads((run.checkpoints / "last.json").read_text())
-    assert saved["step"] > 0  # mid-epoch
-    assert run.log_path.read_text().count("stopped on request") == 1  # one save, by rank 0
-
-    launch(run, "cpu", processes=["--nproc-per-node=2"])
-    status = wait_for(lambda: ended(run), what="the resumed run")
-    assert status["state"] == "finished", status
     assert f"resumed at epoch {saved['epoch']} step {saved['step']}" in run.log_path.read_text()
-    steps = [m["step"] for m in run.metrics() if m["kind"] == "step"]
-    assert steps == sorted(set(steps)) and steps[-1] == 20  # no step logged twice, none lost
+    assert step_lines(run)[-1] == 10 * (saved["epoch"] + 1)  # trained to the end of its new last epoch
 
 
 # ---- the queue ---------------------------------------------------------------------------------
@@ -214,22 +223,6 @@ def test_gpu_requests_are_checked_against_the_visible_gpus(monkeypatch):
             plan(device, gpus, nproc)
     with pytest.raises(StudioError, match="--rdzv HOST:PORT"):
         plan("cpu", None, 1, nnodes=2)
-
-
-def test_cpu_runs_from_two_runs_folders_wait_for_each_other(tmp_path):
-    first = create(tmp_path / "a", "first", epochs=50)  # until stopped
-    second = create(tmp_path / "b", "second")
-    launch(first, "cpu")
-    wait_for(lambda: first.status()["state"] == "running", what="first running")
-    launch(second, "cpu")
-    status = wait_for(lambda: second.status().get("waiting_for") and second.status(), what="second queued")
-    assert status["state"] == "queued" and str(first.dir) in status["waiting_for"]
-    seen = queue(second.dir.parent)  # what `python -m core queue` and the Train page show
-    assert {"device": "cpu", "held_by": str(first.dir)} in seen["devices"]
-    assert seen["waiting"] == [{"run": "second", "waiting_for": status["waiting_for"]}]
-    stop(first)
-    assert wait_for(lambda: ended(second), what="second to end")["state"] == "finished"
-    assert first.status()["state"] == "stopped" and first.status()["ended"] <= second.status()["started"]
 
 
 def test_a_config_that_cannot_train_on_these_processes_fails_before_starting_them(tmp_path):
