@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.runs.run import Run, stop
+from core.runs.run import Run, delete, stop
 from core.search.report import study_status
 from core.search.space import TOLERATED_OVER, Space
 from core.search.study import list_studies, record_path, start_study, worker_alive
@@ -70,6 +70,33 @@ def fixed_space(**changes) -> Space:
     return Space.from_dict({"epochs": 1, "device": "cpu", "budget": 20_000, "ranges": ranges | changes})
 
 
+RECIPE = {"lr": 0.125, "batch_size": 64, "augment": ["crop", "flip", "autoaugment"]}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    """A runs folder holding study `done`, searched to its end by a real worker: trial 0 a design over the budget
+    (never trained), trial 1 a tiny design with RECIPE, finished. Tests read it (`in_searched`); a run one adds
+    is deleted at its end."""
+    runs = tmp_path_factory.mktemp("searched") / "runs"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RESNET_STUDIO_RUNS", str(runs))
+        space = fixed_space(width={"choices": [4, 64]}, **RECIPE)
+        study = optuna.load_study(study_name="done", storage=start_study(space, "done", None, 1))
+        study.enqueue_trial({"width": 64})  # 76,490 parameters: over 20,000
+        study.enqueue_trial({"width": 4})
+        status = search_until_done("done")
+    assert [r["state"] for r in status["trials"]] == ["rejected", "finished"], status
+    assert status["best"]["number"] == 1 and status["best"]["run"] == "done-001"
+    return runs
+
+
+@pytest.fixture
+def in_searched(searched, monkeypatch) -> Path:
+    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(searched))
+    return searched
+
+
 def test_the_page_opens_with_the_presets_span_and_no_study(runs_dir):
     app = open_search()
     assert_clean(app)
@@ -115,26 +142,26 @@ def test_a_study_launched_from_the_page_fills_the_table_and_opens_its_best_desig
     assert app.session_state["design"] == best_run.config().arch.to_dict()
 
 
-def test_train_it_in_full_launches_the_best_design_on_all_of_train(runs_dir):
+def test_train_it_in_full_launches_the_best_design_and_recipe_on_all_of_train(in_searched):
     """The best trial's design and recipe, for the epochs asked, with no validation split (it scores on test)."""
-    start_study(fixed_space(), "one", None, 1)
-    assert search_until_done("one")["best"]["run"] == "one-000"
+    best = Run.named("done-001").config()
     app = open_search()
     app.number_input(key="search_full_epochs").set_value(2)
     next(b for b in app.button if b.label == "Train it in full").click().run(timeout=300)  # opens Train: torch
-    full = [run for run in runs_dir.iterdir() if run.name.startswith("one-000-full")]
+    full = [run for run in in_searched.iterdir() if run.name.startswith("done-001-full")]
     assert len(full) == 1
     run = Run(full[0])
     try:
         cfg = run.config()
-        assert cfg.arch == Run.named("one-000").config().arch
-        assert cfg.train.epochs == 2 and cfg.train.val_fraction == 0.0
+        assert cfg.arch == best.arch and (cfg.train.lr, cfg.train.batch_size) == (RECIPE["lr"], RECIPE["batch_size"])
+        assert cfg.train.epochs == 2 and cfg.train.val_fraction == 0.0 and best.train.val_fraction > 0
         assert app.session_state["train_followed"] == run.name
     finally:
         stop(run)
         deadline = time.monotonic() + 120
         while run.status()["state"] in ("queued", "running") and time.monotonic() < deadline:
             time.sleep(0.5)
+        delete(run)  # the module's study folder as it was
 
 
 def chart_rows(app: AppTest, title: str) -> list[dict]:
@@ -162,15 +189,9 @@ def test_the_page_says_before_launch_how_much_of_the_space_is_over_budget_and_wh
     assert not next(b for b in app.button if b.label == "Launch the study").disabled  # a warning, not a refusal
 
 
-def test_rejected_designs_are_listed_apart_never_plotted_at_zero_and_the_count_matches_the_table(runs_dir):
+def test_rejected_designs_are_listed_apart_never_plotted_at_zero_and_the_count_matches_the_table(in_searched):
     """One design over the budget, then one that trains: the table holds the one trial the count counts, with
     its epochs; the rejected design is listed under "Not counted" and is not a point of the chart."""
-    space = fixed_space(width={"choices": [4, 64]})
-    study = optuna.load_study(study_name="apart", storage=start_study(space, "apart", None, 1))
-    study.enqueue_trial({"width": 64})  # 76,490 parameters: over 20,000
-    study.enqueue_trial({"width": 4})
-    status = search_until_done("apart")
-    assert [r["state"] for r in status["trials"]] == ["rejected", "finished"], status
     app = open_search()
     assert_clean(app)
     assert app.metric[0].value == "1 of 1"
@@ -184,13 +205,11 @@ def test_rejected_designs_are_listed_apart_never_plotted_at_zero_and_the_count_m
     assert [p["Trial"] for p in points] == [1] and points[0]["Val accuracy"] > 0
 
 
-def test_open_in_design_brings_the_trials_recipe_to_train(runs_dir):
+def test_open_in_design_brings_the_trials_recipe_to_train(in_searched):
     """Issue 19: with resnet20's settings loaded in Train before, Open in Design then Train started from
     resnet20's recipe (lr 0.2, batch 256). Train now starts from the trial's: lr 0.125, batch 64, AutoAugment,
     for the full training's epochs, on all of train."""
-    recipe = {"lr": 0.125, "batch_size": 64, "augment": ["crop", "flip", "autoaugment"]}
-    start_study(fixed_space(**recipe), "recipe", None, 1)
-    assert search_until_done("recipe")["best"]["number"] == 0
+    recipe = RECIPE
     app = AppTest.from_file(APP, default_timeout=300).run()
     app.switch_page("pages/design.py").run()
     app.selectbox(key="design:preset").select("resnet20").run()
@@ -199,13 +218,13 @@ def test_open_in_design_brings_the_trials_recipe_to_train(runs_dir):
     app.switch_page("pages/search.py").run()
     next(b for b in app.button if b.label == "Open in Design").click().run()
     assert_clean(app)
-    assert any("From **trial 0 of recipe**" in m.value for m in app.markdown)
+    assert any("From **trial 1 of done**" in m.value for m in app.markdown)
     app.switch_page("pages/train.py").run()
     assert_clean(app)
     settings = {name: app.session_state[f"train:{name}"] for name in ("lr", "batch_size", "augment", "epochs",
                                                                      "val_fraction", "schedule")}
     assert settings == recipe | {"epochs": 30, "val_fraction": 0.0, "schedule": "onecycle"}  # resnet20's schedule
-    assert any("the recipe of trial 0 of recipe" in c.value for c in app.caption)
+    assert any("the recipe of trial 1 of done" in c.value for c in app.caption)
 
 
 def test_a_study_whose_database_is_down_does_not_take_the_page_down(runs_dir, postgres):
