@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import holder, wait_for
+from conftest import QUICK_ARCH, holder, wait_for
 from core.data.sources import BUILTIN_ARCHIVE
 from core.design.budget import BUDGET, count
 from core.design.config import RunConfig, TrainConfig
@@ -25,7 +25,7 @@ from core.runs.speeds import estimate, probe_running, read_machine, record_speed
 from core.units import duration_text
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
-TINY = ArchSpec.from_dict({"stages": [{"blocks": 1, "channels": 16}], "pool_size": 32})  # trains an epoch in seconds
+TINY = ArchSpec.from_dict(QUICK_ARCH)  # trains an epoch in seconds
 
 
 @pytest.fixture
@@ -302,19 +302,21 @@ def test_launching_trains_in_a_background_process_which_stops_resumes_and_trains
         assert wait_for_state(run, ("finished", "failed"))["state"] == "finished", run.log_tail()
         app.run()
         assert progress_text(app).startswith("Epoch 1.0 of 1")
-        app.get_by_key("train_resume_epochs:tiny").set_value(2).run()
+        app.get_by_key("train_resume_epochs:tiny").set_value(3).run()  # two more: time enough to stop it
         button(app, "Train longer").click().run()
         assert_clean(app)
-        wait_for_state(run, ("running",))
+        wait_for(lambda: run.status()["state"] == "running" and run.config().train.epochs == 3, 240,
+                 "the run training longer")  # the training process writes the new count
         app.run()
         button(app, "Stop").click().run()
         assert wait_for_state(run, ("stopped", "failed"))["state"] == "stopped", run.log_tail()
         app.run()
-        assert "Stopped at epoch 1." in texts(app.info)
+        saved = json.loads((run.checkpoints / "last.json").read_text())
+        assert f"Stopped at epoch {saved['epoch']}." in texts(app.info)
         button(app, "Resume").click().run()
         assert_clean(app)
         assert wait_for_state(run, ("finished", "failed"))["state"] == "finished", run.log_tail()
-        assert [line["epoch"] for line in run.metrics() if line["kind"] == "epoch"] == [1, 2]
+        assert [line["epoch"] for line in run.metrics() if line["kind"] == "epoch"] == [1, 2, 3]
     finally:
         stop(run)
         wait_for_state(run, ("finished", "failed", "stopped"))
@@ -323,7 +325,7 @@ def test_launching_trains_in_a_background_process_which_stops_resumes_and_trains
 def test_the_cpu_trains_as_two_processes_and_the_queue_says_which_run_holds_it(runs_dir, cpu_timed):
     app = open_page("train", TINY)
     assert app.get_by_key("train_device").options == ["CPU"] and not app.multiselect  # no GPU: no GPU picker
-    app.get_by_key("train:epochs").set_value(3).run()
+    app.get_by_key("train:epochs").set_value(20).run()  # long enough to see it running: it is stopped then
     app.get_by_key("train_data").set_value("builtin").run()
     app.get_by_key("train_processes").set_value(2).run()
     app.get_by_key("train_run_name").input("pair").run()

@@ -1,4 +1,5 @@
-"""Train and Runs in a real browser: both open cleanly, and a design launched from the browser trains live to its end.
+"""Train and Runs in a real browser: a design launched from the browser trains live to its end, and Runs shows it.
+(That both pages open cleanly is test_browser.py's test_page_renders_without_exception.)
 
 The server's runs folder is the session's shared `trained_runs`: the run launched here has a name of its own
 and is deleted at the end, so the other tests see that folder as it was.
@@ -7,21 +8,13 @@ import re
 import time
 from urllib.parse import urlencode
 
-import pytest
-
-from conftest import CHART, assert_no_exception, open_app_page, screenshot
+from conftest import CHART, QUICK_ARCH, assert_no_exception, open_app_page, screenshot
 from core.design.link import to_query
 from core.design.spec import ArchSpec
 from core.runs.run import Run, delete, stop
 
-TINY = ArchSpec.from_dict({"stages": [{"blocks": 1, "channels": 16}], "pool_size": 32})  # trains an epoch in seconds
+TINY = ArchSpec.from_dict(QUICK_ARCH)  # trains an epoch in seconds
 SLOW = 30_000  # ms: this machine may be training something else meanwhile
-
-
-@pytest.mark.parametrize("name", ["train", "runs"])
-def test_the_page_opens_without_exception(page, name):
-    open_app_page(page, name)
-    assert_no_exception(page)
 
 
 def test_a_design_launched_from_the_browser_trains_live_to_its_end(page, trained_runs):
@@ -33,7 +26,7 @@ def test_a_design_launched_from_the_browser_trains_live_to_its_end(page, trained
     page.get_by_role("button", name="Train this design").click()
     expect(page.locator("h1")).to_have_text("Train", timeout=2 * SLOW)  # its first visit imports torch
     epochs = page.locator(".st-key-train-epochs input")
-    epochs.fill("3")  # long enough that the 2 s refresh cannot miss the run in progress
+    epochs.fill("6")  # long enough that the 2 s refresh cannot miss the run in progress
     epochs.press("Enter")
     page.get_by_role("radio", name="Built-in slice").click()
     run_name = page.locator(".st-key-train_run_name input")
@@ -44,13 +37,13 @@ def test_a_design_launched_from_the_browser_trains_live_to_its_end(page, trained
     launch.click()
     try:
         # the first point within the epoch: the bar moves and the loss is drawn
-        expect(page.get_by_test_id("stProgress")).to_contain_text(re.compile(r"Epoch (0\.[1-9]|[12]\.\d) of 3"),
+        expect(page.get_by_test_id("stProgress")).to_contain_text(re.compile(r"Epoch (0\.[1-9]|[1-5]\.\d) of 6"),
                                                                   timeout=120_000)
         expect(page.locator(CHART).first).to_be_visible(timeout=SLOW)
         screenshot(page, "train-running")
         assert_no_exception(page)
         expect(page.get_by_role("button", name="Train longer")).to_be_visible(timeout=180_000)  # finished
-        expect(page.get_by_test_id("stProgress")).to_contain_text("Epoch 3.0 of 3", timeout=SLOW)
+        expect(page.get_by_test_id("stProgress")).to_contain_text("Epoch 6.0 of 6", timeout=SLOW)
         expect(page.locator(CHART)).to_have_count(3, timeout=SLOW)
         assert run.status()["state"] == "finished"
         assert_no_exception(page)

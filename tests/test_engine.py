@@ -17,12 +17,10 @@ from core.nn.checkpoint import CheckpointError, load_checkpoint, load_model
 from core.nn.infer import evaluate
 from core.runs.queue import queue
 from core.runs.run import Run, RunError, create_run, launch, stop
-from conftest import SMALL, core_cli, core_main, wait_for
+from conftest import QUICK_ARCH, SMALL, core_cli, core_main, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-# SMALL with a net a seventeenth of its size (532,560 MACs): an epoch of the built-in slice in a second or two
-QUICK = SMALL | {"arch": {"stem": {"channels": 8}, "stages": [{"blocks": 1, "channels": 8, "stride": 2}],
-                          "pool_size": 16}}
+QUICK = SMALL | {"arch": QUICK_ARCH}
 
 
 def new_run(runs: Path, name: str, **train) -> Run:

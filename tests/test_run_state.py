@@ -15,9 +15,9 @@ from core.design.config import RunConfig, TrainConfig
 from core.design.spec import ArchSpec
 from core.runs.queue import lock_dir
 from core.runs.run import Run, StopFlag, StopRequested, begin, create_run, launch, stop
-from conftest import wait_for
+from conftest import QUICK_ARCH, wait_for
 
-TINY = ArchSpec.from_dict({"stages": [{"blocks": 1, "channels": 16}], "pool_size": 32})
+TINY = ArchSpec.from_dict(QUICK_ARCH)
 MOMENTS = ["queued", "starting", "loading data", "mid-epoch", "saving"]
 
 
@@ -37,7 +37,7 @@ def test_stop_at_any_moment_ends_the_run_stopped(moment, runs_dir, tmp_path, mon
     if moment == "loading data":  # a copy read for the first time: decoding it takes seconds
         monkeypatch.setenv("RESNET_STUDIO_CACHE", str(tmp_path / "cache"))
         data = str(shutil.copy(BUILTIN_ARCHIVE, tmp_path / "slice.tar.gz"))
-    train = TrainConfig(epochs=2, batch_size=128, log_every=2)
+    train = TrainConfig(epochs=2, batch_size=32, log_every=2)  # 156 steps: an epoch long enough to stop within
     run = create_run(RunConfig(TINY, train, data), f"stop-{moment.replace(' ', '-')}")
     lock = None
     if moment == "queued":  # another run holds the CPU (the conftest gives this test a lock folder of its own)
