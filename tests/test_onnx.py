@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import core_cli
+from conftest import core_cli, core_main
 from core.data.datasets import CLASSES, load_dataset
 from core.deploy.onnx_export import ExportError, export_onnx
 from core.deploy.onnx_model import OnnxModel
@@ -26,12 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory) -> dict[str, Path]:
-    """The trained run exported by the CLI as fp32 and as int8 (calibrated on 256 training images)."""
+    """The trained run exported by the CLI as fp32 (in a process of its own) and as int8 (through core.cli.main
+    in this process; calibrated on 256 training images)."""
     folder = tmp_path_factory.mktemp("onnx")
     fp32, int8 = folder / "small.onnx", folder / "small-int8.onnx"
-    for out, extra in ((fp32, ()), (int8, ("--int8", "--calibration-images", "256"))):
-        done = core_cli("export", str(trained.dir), str(out), "--format", "onnx", "--data", "builtin", *extra,
-                        check=False)
+    for out, extra, command in ((fp32, (), core_cli), (int8, ("--int8", "--calibration-images", "256"), core_main)):
+        done = command("export", str(trained.dir), str(out), "--format", "onnx", "--data", "builtin", *extra,
+                       check=False)
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout) == json.loads(Path(f"{out}.json").read_text())  # reported and stored alike
     return {"fp32": fp32, "int8": int8}
@@ -106,7 +107,7 @@ def test_predict_onnx_runs_without_torch_and_gives_predict_runs_json(trained, ex
     out, modules = device.stdout.rsplit("\n[", 1)
     assert json.loads("[" + modules) == ["torch"]  # only the blocking entry: nothing of torch was loaded
     onnx_rows = json.loads(out)
-    run_rows = json.loads(core_cli("predict", "--run", str(trained.dir), *files, check=False).stdout)
+    run_rows = json.loads(core_main("predict", "--run", str(trained.dir), *files, check=False).stdout)
     assert [(r["file"], r["ok"], sorted(r)) for r in onnx_rows] == [(r["file"], r["ok"], sorted(r)) for r in run_rows]
     assert "not an image" in onnx_rows[-1]["error"] and onnx_rows[-1] == run_rows[-1]
     # the same probabilities as PyTorch in fp32 (predict --run may use bf16 on this CPU: close, not equal)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import core_main
 from core.data.datasets import load_dataset
 from core.deploy.predict import Classifier, classify, evaluate_run
 from core.runs.run import Run
@@ -46,8 +47,7 @@ def test_predict_cli_gives_json_per_file_and_a_clear_error_for_a_bad_one(trained
 def test_predict_on_a_device_this_machine_lacks_says_so(trained, device, message):
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
-    out = subprocess.run([sys.executable, "-m", "core", "predict", "--run", str(trained.dir), "--device", device,
-                          "any.png"], cwd=ROOT, capture_output=True, text=True)
+    out = core_main("predict", "--run", str(trained.dir), "--device", device, "any.png", check=False)
     assert out.returncode == 2 and out.stderr.startswith(f"error: {message}") and "Traceback" not in out.stderr
 
 
