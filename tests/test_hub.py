@@ -6,7 +6,7 @@ import json
 import torch
 from huggingface_hub import ModelCard
 
-from conftest import ROOT, core_cli
+from conftest import ROOT, core_cli, core_main
 from core.data.datasets import load_dataset
 from core.deploy.onnx_model import OnnxModel
 from core.deploy.predict import Classifier
@@ -17,11 +17,12 @@ from core.runs.run import Run
 EXAMPLE = Run(ROOT / "runs" / "example")
 
 
-def round_trip(run: Run, tmp_path, *options: str) -> tuple[dict, Run]:
+def round_trip(run: Run, tmp_path, *options: str, command=core_cli) -> tuple[dict, Run]:
+    """export --format hub, then import, each with `command`: real processes (core_cli), or core_main here."""
     hub = tmp_path / f"{run.name}-hub"
-    made = json.loads(core_cli("export", str(run.dir), str(hub), "--format", "hub", *options).stdout)
+    made = json.loads(command("export", str(run.dir), str(hub), "--format", "hub", *options).stdout)
     back = Run(tmp_path / "runs" / f"{run.name}-back")
-    core_cli("import", str(hub), "--run-dir", str(back.dir))
+    command("import", str(hub), "--run-dir", str(back.dir))
     images = load_dataset("builtin").test.images
     assert torch.equal(Classifier.load(back).probabilities(images), Classifier.load(run).probabilities(images))
     record = read_record(back.record_path)
@@ -51,7 +52,7 @@ def test_a_trained_run_goes_out_as_a_hub_folder_with_its_onnx_file_and_comes_bac
 
 
 def test_the_example_round_trips_and_its_card_names_the_jpeg_copy(tmp_path):
-    made, _ = round_trip(EXAMPLE, tmp_path)
+    made, _ = round_trip(EXAMPLE, tmp_path, command=core_main)  # the trained run's round trip is the processes
     assert made["files"] == ["README.md", "config.json", "model.safetensors"]
     (result,) = ModelCard.load(tmp_path / "example-hub" / "README.md").data.eval_results
     assert result.metric_value == 0.87 and result.dataset_name == "CIFAR-10, JPEG copy (quality 75, 4:2:0)"
@@ -60,9 +61,10 @@ def test_the_example_round_trips_and_its_card_names_the_jpeg_copy(tmp_path):
 def test_bad_folders_are_messages(trained, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    refused = core_cli("import", str(empty), "--run-dir", str(tmp_path / "runs" / "x"), check=False)
+    refused = core_main("import", str(empty), "--run-dir", str(tmp_path / "runs" / "x"), check=False)
     assert refused.returncode == 2 and "not one `export --format hub` wrote" in refused.stderr
-    taken = core_cli("export", str(trained.dir), str(empty), "--format", "hub", check=False)
+    taken = core_main("export", str(trained.dir), str(empty), "--format", "hub", check=False)
     assert taken.returncode == 2 and "already exists" in taken.stderr
-    no_design = core_cli("import", str(tmp_path / "weights.pt"), "--run-dir", str(tmp_path / "runs" / "y"), check=False)
+    no_design = core_main("import", str(tmp_path / "weights.pt"), "--run-dir", str(tmp_path / "runs" / "y"),
+                          check=False)
     assert no_design.returncode == 2 and "--design" in no_design.stderr

@@ -5,7 +5,7 @@ import json
 
 from markdown_it import MarkdownIt
 
-from conftest import ROOT, SCREENSHOTS, core_cli
+from conftest import ROOT, SCREENSHOTS, core_cli, core_main
 
 EXAMPLE = ROOT / "runs" / "example"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -90,9 +90,9 @@ def test_two_runs_make_one_comparison_with_their_curves_overlaid(trained, tmp_pa
 
 
 def test_bad_requests_are_messages(trained, tmp_path):
-    missing = core_cli("report", "runs/no-such-run", "--out", str(tmp_path / "r.html"), check=False)
+    missing = core_main("report", "runs/no-such-run", "--out", str(tmp_path / "r.html"), check=False)
     assert missing.returncode == 2 and "no such run" in missing.stderr
-    folder = core_cli("report", str(trained.dir), "--out", str(tmp_path), check=False)
+    folder = core_main("report", str(trained.dir), "--out", str(tmp_path), check=False)
     assert folder.returncode == 2 and "is a folder" in folder.stderr
-    twice = core_cli("report", str(trained.dir), str(trained.dir), "--out", str(tmp_path / "r.html"), check=False)
+    twice = core_main("report", str(trained.dir), str(trained.dir), "--out", str(tmp_path / "r.html"), check=False)
     assert twice.returncode == 2 and "named twice" in twice.stderr
