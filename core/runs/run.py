@@ -274,7 +274,8 @@ def launch(run: Run, device: str = "auto", data: str | None = None, epochs: int 
     if epochs:
         cmd += ["--epochs", str(epochs)]
     cmd += (["--gpus", gpus] if gpus else []) + list(processes)
-    run.update_status(state="queued", pid=None, error=None, waiting_for=None, stop_requested=False)
+    run.update_status(state="queued", pid=None, watcher_pid=None, error=None, waiting_for=None,
+                      stop_requested=False)  # a new session: the last one's watcher leaves it alone
     with open(run.log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=PROJECT_DIR)

@@ -173,6 +173,8 @@ def watch(run: Run, command: list[str], configured_limit: float = 0.0) -> int:
     while child.poll() is None:
         time.sleep(POLL)
         status, beat = run.status(), read_heartbeat(run) or {}
+        if child.poll() is not None or status.get("watcher_pid") != os.getpid():
+            continue  # it has ended, or the run was launched again: the status is another session's
         if status.get("state") not in ACTIVE:
             continue  # it has said how it ended and is exiting
         if status.get("stop_requested") and stop_asked["at"] is None:
@@ -193,7 +195,8 @@ def watch(run: Run, command: list[str], configured_limit: float = 0.0) -> int:
             child.wait()
             return 0 if ending.fields["state"] == "stopped" else 1
     status = run.status()  # a training process that died without a word is marked failed now, not when read
-    if status.get("state") in ACTIVE and status.get("pid") in (None, os.getpid(), child.pid):
+    if status.get("state") in ACTIVE and status.get("watcher_pid") == os.getpid() and \
+            status.get("pid") in (None, os.getpid(), child.pid):
         run.update_status(**ended_by_death(status))  # it died before it could say it was running
     return child.returncode
 
