@@ -110,7 +110,7 @@ def test_a_detached_run_queues_dies_resumes_stops_and_resumes_to_its_end(tmp_pat
     stop(first)
     assert wait_for(lambda: ended(first), what="stopped")["state"] == "stopped", first.log_tail()
     saved = json.loads((first.checkpoints / "last.json").read_text())
-    assert saved["epoch"] >= 1
+    assert saved["epoch"] >= 1 and saved["step"] > 0  # it saved where it stopped, within the epoch
 
     launch(first, "cpu", epochs=saved["epoch"] + 1)  # to the end of the epoch it stopped in
     assert wait_for(lambda: ended(first), what="the resumed run to end")["state"] == "finished", first.log_tail()

@@ -18,7 +18,8 @@ from core.runs.run import Run, StopFlag, StopRequested, begin, create_run, launc
 from conftest import QUICK_ARCH, wait_for
 
 TINY = ArchSpec.from_dict(QUICK_ARCH)
-MOMENTS = ["queued", "starting", "loading data", "mid-epoch", "saving"]
+# stopped mid-epoch, a run saves where it stopped: test_engine's and test_distributed's life tests
+MOMENTS = ["queued", "starting", "loading data", "saving"]
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_stop_at_any_moment_ends_the_run_stopped(moment, runs_dir, tmp_path, mon
     if moment == "loading data":  # a copy read for the first time: decoding it takes seconds
         monkeypatch.setenv("RESNET_STUDIO_CACHE", str(tmp_path / "cache"))
         data = str(shutil.copy(BUILTIN_ARCHIVE, tmp_path / "slice.tar.gz"))
-    train = TrainConfig(epochs=2, batch_size=32, log_every=2)  # 156 steps: an epoch long enough to stop within
+    train = TrainConfig(epochs=5, batch_size=128, log_every=2)  # each run is stopped long before its end
     run = create_run(RunConfig(TINY, train, data), f"stop-{moment.replace(' ', '-')}")
     lock = None
     if moment == "queued":  # another run holds the CPU (the conftest gives this test a lock folder of its own)
@@ -50,8 +51,6 @@ def test_stop_at_any_moment_ends_the_run_stopped(moment, runs_dir, tmp_path, mon
             wait_for(lambda: run.status().get("waiting_for"), 300, "wait for the device")
         elif moment == "loading data":
             wait_for(lambda: run.status().get("state") == "running", 300, "start")
-        elif moment == "mid-epoch":
-            wait_for(lambda: lines(run, "step"), 300, "step line")
         elif moment == "saving":  # an epoch line is written just before its checkpoints are saved
             wait_for(lambda: lines(run, "epoch"), 300, "epoch line")
         stop(run)
@@ -61,9 +60,6 @@ def test_stop_at_any_moment_ends_the_run_stopped(moment, runs_dir, tmp_path, mon
         if lock is not None:
             os.close(lock)
     assert status["state"] == "stopped", f"{status}\n{run.log_tail()}"
-    if moment == "mid-epoch":
-        saved = json.loads((run.checkpoints / "last.json").read_text())
-        assert saved["epoch"] == 0 and saved["step"] > 0  # it saved where it stopped, within the epoch
     if moment == "saving":
         assert json.loads((run.checkpoints / "best.json").read_text())["epoch"] == 1
 
