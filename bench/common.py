@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ import torch
 from core.design.config import RunConfig
 from core.engine.loop import train
 from core.files import write_json
+from core.host import describe
 from core.runs.run import create_run
 
 JPEG_COPY = "the JPEG copy of CIFAR-10 (quality 75, 4:2:0)"
@@ -56,7 +56,7 @@ class Report:
         self.data = {"script": f"bench/{name}.py", "argv": sys.argv[1:], "dry_run": args.dry_run,
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
                      "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU",
-                     "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                     "cpu": describe(), "cpu_count": os.cpu_count(),
                      "data": args.data, "rows": []}
         self.save()
 

@@ -44,7 +44,7 @@ machine back after the last.
 . scripts/gpu_env.sh && { python3 -m pytest tests/test_gpu.py -m gpu -n 4 -p no:cacheprovider 2>&1 | tee $OUT/pytest_gpu.log; python3 -m bench.gpu_speed $OUT --seconds 5; }
 
 2. Accuracy at equal time (step 3), timeout_s 420:
-. scripts/gpu_env.sh && python3 -m bench.gpu_accuracy $OUT --minutes 3 --export best
+. scripts/gpu_env.sh && python3 -m bench.equal_time $OUT --minutes 3 --export best
 
 3. Only with device time left (else the next session lent a GPU): speed run against airbench94, timeout_s 360:
 . scripts/gpu_env.sh && python3 -m bench.airbench_compare $OUT --seeds 5 --ladder 10,20,40 --set ema_decay=0

@@ -1,0 +1,65 @@
+"""Table "Accuracy at equal time" (issue 11, step 3): seed 000's recipe (resnet26-seed) against `best`, each
+trained for the same N minutes on the same GPU and data; test accuracy side by side.
+
+    python -m bench.gpu_accuracy $OUT --minutes 8 [--recipes resnet26-seed,best] [--compile] [--export best]
+    python -m bench.gpu_accuracy /tmp/accuracy --dry-run
+
+What is fair: one clock for both. Each recipe trains for N minutes of training time (the engine's
+`time_limit`: the steps, their augmentation and, with --compile, compiling count; evaluations and
+checkpoint saves do not), and its schedule, warm-up included, is stretched over those minutes, so each
+ends its schedule whatever its speed: a slow recipe sees fewer epochs, as it would in a fixed time.
+Everything else is the recipe's own: batch size, augmentations, EMA, flip TTA. Accuracy: the final
+weights (EMA ones where the recipe keeps them) on the copy's 10,000 test images; seed 0, one run each.
+--export PRESET writes that recipe's run, exported as it would ship (fp16 best checkpoint), as one .tar.
+"""
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import torch
+
+from bench.common import JPEG_COPY, Report, parser, preset_config, timed_training
+
+from core.deploy.fp16 import export
+from core.design.budget import count
+from core.runs.run import Run
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n")[0])
+    p.add_argument("--minutes", default="8", help="training minutes per recipe; several, comma-separated: a table each")
+    p.add_argument("--recipes", default="resnet26-seed,best", help="presets, comma-separated, in order")
+    p.add_argument("--compile", action="store_true", help="torch.compile every recipe's model")
+    p.add_argument("--export", metavar="PRESET", help="also write this recipe's run, exported (fp16), as a .tar")
+    args = p.parse_args()
+    if args.dry_run:
+        args.device, args.data, args.minutes = "cpu", "builtin", "0.1"
+    minutes = [float(m) for m in args.minutes.split(",")]
+    report = Report(args.out, "equal_time", args)
+    report.data |= {"minutes": minutes, "compile": args.compile, "threads": torch.get_num_threads(),
+                    "copy": "built-in slice" if args.data == "builtin" else JPEG_COPY}
+    for limit in minutes:
+        for preset in args.recipes.split(","):
+            cfg = preset_config(preset, args, time_limit=limit * 60, compile=args.compile)
+            report.log(f"{preset}: {count(cfg.arch).params:,} parameters, {limit:g} min of training on "
+                       f"{args.device}, recipe {cfg.train.to_dict()}")
+            result = timed_training(cfg, f"{preset}-{limit:g}min", args.device, args.out / "runs")
+            report.add({"recipe": preset, "minutes": limit, "params": count(cfg.arch).params,
+                        "train": cfg.train.to_dict()} | result)
+            if preset == args.export:
+                shipped = export(Run(Path(result["run"])), Run(Path(result["run"]).with_name(f"{preset}-export")))
+                with tarfile.open(args.out / f"{preset}-run.tar", "w") as tar:
+                    tar.add(shipped.dir, arcname=f"{preset}-{limit:g}min")
+                report.log(f"exported {shipped.dir} to {args.out / f'{preset}-run.tar'}")
+
+    print(f"\n{'min':>4} {'recipe':16} {'params':>10} {'train s':>8} {'epochs':>7} {'img/s':>8} {'test acc':>9}")
+    for row in report.data["rows"]:
+        print(f"{row['minutes']:4g} {row['recipe']:16} {row['params']:10,} {row['trained_seconds']:8.0f} "
+              f"{row['epochs']:7.1f} {row['images_per_s_median']:8.0f} {row['accuracy']:9.2%}")
+    print(f"data: {report.data['copy']}; device {report.data['device_name']}, {report.data['cpu']['cpu']} "
+          f"({report.data['cpu']['vector_isa']}), {report.data['threads']} threads; compile {args.compile}")
+
+
+if __name__ == "__main__":
+    main()
