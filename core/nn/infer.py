@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from core.data.augment import Normalizer
 from core.errors import StudioError
+from core.host import isa_caps
 
 
 def pick_device(request: str) -> torch.device:
@@ -36,7 +37,14 @@ def bf16_is_fast(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
     # not mkldnn's bf16 check: it says yes on any AVX-512 CPU, where bf16 is emulated and slower than fp32
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return native and not bf16_capped_off()
+
+
+def bf16_capped_off() -> bool:
+    """Whether ONEDNN_MAX_CPU_ISA keeps oneDNN below the ISAs with bf16 (AVX2 as a cap: an AVX2 CPU's kernels)."""
+    cap = isa_caps().get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    return not cap.startswith(("ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10"))
 
 
 def autocast_for(device: torch.device, precision: str):

@@ -2,12 +2,30 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.design.spec import IN_CHANNELS, ArchSpec, StageSpec
 
 
+# oneDNN's 1x1 convolutions with a stride and fewer input channels than this hang, crash or return wrong
+# gradients in training: on AVX2 (jit_avx2_1x1_convolution_bwd_weights, maps of 8 to 64 px) and on AVX-512 at
+# maps of 64 px and more (docs/MACHINES.md). Such layers subsample first: the same math, with stride 1.
+STRIDED_1X1_MIN_CHANNELS = 16
+
+
+class SubsampledConv2d(nn.Conv2d):
+    """A 1x1 convolution with a stride, computed as every stride-th pixel through a stride-1 1x1 convolution:
+    the same outputs and gradients, and the same parameters (a checkpoint loads either way)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)
+
+
 def conv(in_ch: int, out_ch: int, kernel_size: int, stride: int, bias: bool) -> nn.Conv2d:
+    if kernel_size == 1 and stride > 1 and in_ch < STRIDED_1X1_MIN_CHANNELS:
+        return SubsampledConv2d(in_ch, out_ch, 1, stride=stride, bias=bias)
     return nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias)
 
 
