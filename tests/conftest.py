@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 import tempfile
 import time
 import urllib.request
@@ -310,3 +311,50 @@ def screenshot(page, name: str) -> None:
     wait_until_settled(page)
     page.screenshot(path=SCREENSHOTS / f"{name}.png")
     page.set_viewport_size(viewport)
+
+
+# Loaded by every Python process started with its folder on PYTHONPATH: in the training process of the run named
+# in HANG_RUN (the one the watcher starts, with --watched), every training step after the HANG_AFTER-th never
+# returns, and it is deaf to SIGTERM there, as a process inside a hung C kernel is.
+HANG = textwrap.dedent('''
+    import os, sys
+    if os.environ.get("HANG_RUN") and "--watched" in sys.argv and sys.argv[sys.argv.index("--resume") + 1] \\
+            .endswith(os.environ["HANG_RUN"]):
+        import importlib.abc, importlib.util, time
+
+        class Patch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name != "core.engine.trainer":
+                    return None
+                sys.meta_path.remove(self)
+                spec = importlib.util.find_spec(name)
+                load = spec.loader.exec_module
+
+                def exec_module(module):
+                    load(module)
+                    step, done = module.Trainer.step, [0]
+
+                    def hanging(self, *args):
+                        done[0] += 1
+                        while done[0] > int(os.environ["HANG_AFTER"]):
+                            time.sleep(3600)
+                        return step(self, *args)
+                    module.Trainer.step = hanging
+                spec.loader.exec_module = exec_module
+                return spec
+
+        sys.meta_path.insert(0, Patch())
+''')
+
+
+@pytest.fixture
+def hang(tmp_path, monkeypatch):
+    """Make the training process of the run named NAME hang after `after` steps: hang(NAME, after)."""
+    (tmp_path / "hang").mkdir()
+    (tmp_path / "hang" / "sitecustomize.py").write_text(HANG)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "hang"), str(ROOT)]))
+
+    def set_up(name: str, after: int) -> None:
+        monkeypatch.setenv("HANG_RUN", name)
+        monkeypatch.setenv("HANG_AFTER", str(after))
+    return set_up

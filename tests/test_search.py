@@ -136,6 +136,7 @@ def test_a_database_that_is_not_there_is_one_line_not_a_traceback(tmp_path, runs
 
 # ---- a study end to end ---------------------------------------------------------------------------------
 
+@pytest.mark.kernels
 def test_a_tiny_study_rejects_over_budget_designs_prunes_a_weak_trial_and_reports(runs_dir):
     """Three trials queued in order: one over the budget, one that learns, one that cannot (lr 1e-6).
     The first is never trained; the third is pruned after its first epoch (the median pruner compares
@@ -187,6 +188,29 @@ def test_a_stop_asked_before_the_detached_worker_starts_still_stops_it(runs_dir)
     assert "stop requested" in result.stderr and trained_runs() == []
     continue_study("late", url)
     assert study_status("late")["stop_requested"] is False
+
+
+def test_a_stalled_trial_is_failed_not_relaunched_and_the_study_goes_on(runs_dir, hang):
+    """Trial 0's training process hangs in a step (a kernel that never returns) and never ends by itself; its
+    watcher kills it after the study's stall limit and ends its run failed, stalled; the worker fails the trial with
+    that message instead of relaunching it (it would hang again), and trial 1 trains to its end."""
+    hang("stall-000", after=5)
+    url = start_study(Space.from_dict(TINY | {"stall_limit": 5, "pruner": "none"}), "stall", None, 2)
+    study = optuna.load_study(study_name="stall", storage=url)
+    for _ in range(2):
+        study.enqueue_trial({"width": 4, "lr": 0.2})
+
+    result = core_cli("search", "--study", "stall", "--trials", "2", check=False)
+    assert result.returncode == 0, result.stderr
+    stalled, trained = json.loads(result.stdout)["trials"]
+    assert stalled["state"] == "failed" and "stalled: no progress for" in stalled["error"], stalled
+    assert "while training at epoch 0 step 5" in stalled["error"]
+    assert trained["state"] == "finished" and trained["accuracy"] > 0
+    run = Run.named("stall-000").status()
+    assert run["state"] == "failed" and run["stalled"]["step"] == 5 and not run.get("relaunches"), run
+    log = (runs_dir / ".search" / "stall.log").read_text() if (runs_dir / ".search" / "stall.log").exists() else \
+        result.stderr
+    assert "trial 0: stall-000 stalled; failed, and the study goes on" in log
 
 
 def test_a_killed_trial_a_stopped_study_and_a_killed_search_all_resume_without_running_anything_twice(

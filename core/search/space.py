@@ -109,6 +109,7 @@ class Space:
     pruner: str = "median"
     startup_trials: int = 3           # the pruner prunes nothing before this many trials have finished
     seed: int = 0
+    stall_limit: float = 0.0          # per trial: seconds without a step before its run is stalled; 0 = the run's rule
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"objectives": list(self.objectives)}
@@ -153,7 +154,8 @@ class Space:
             val_fraction=check_float("space.val_fraction", d["val_fraction"], 0.01, 0.5),
             data=data_path, device=device, recipe=d["recipe"], pruner=pruner,
             startup_trials=check_int("space.startup_trials", d["startup_trials"], 0, 10_000),
-            seed=check_int("space.seed", d["seed"], 0, 2**31 - 1))
+            seed=check_int("space.seed", d["seed"], 0, 2**31 - 1),
+            stall_limit=check_float("space.stall_limit", d["stall_limit"], 0.0, 1e6))
         smallest = space.design({name: _smallest(dim) for name, dim in space.ranges.items()})
         params = count(smallest).params
         if params > space.budget:
@@ -179,7 +181,8 @@ class Space:
         """The run config of one sample: the recipe, the sampled settings, and the fixed per-trial ones."""
         train = dict(get_preset(self.recipe)["train"])
         train |= {name: values[name] for name in TRAIN_RANGES}
-        train |= {"epochs": self.epochs, "val_fraction": self.val_fraction, "seed": self.seed}
+        train |= {"epochs": self.epochs, "val_fraction": self.val_fraction, "seed": self.seed,
+                  "stall_limit": self.stall_limit}
         return RunConfig(self.design(values), TrainConfig.from_dict(train), self.data, None, self.budget)
 
     def sample(self, trial: optuna.Trial) -> dict:
