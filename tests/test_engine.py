@@ -51,6 +51,7 @@ def test_a_preset_run_records_its_preset_its_exact_count_and_the_options_given(t
     assert Run(run_dir).status()["state"] == "queued" and not Run(run_dir).metrics_path.exists()
 
 
+@pytest.mark.kernels
 def test_a_trained_run_has_every_file_and_its_checkpoint_predicts_what_training_measured(trained):
     """The session's `trained` run: two epochs of SMALL by `python -m core train` in a process of its own (the
     fixture checks that the command said `finished`)."""
@@ -200,6 +201,7 @@ def test_a_created_but_unlaunched_run_is_queued_not_dead_and_stops_cleanly(tmp_p
     assert stop(run)["state"] == "stopped"
 
 
+@pytest.mark.kernels
 def test_a_time_limit_trains_for_that_time_with_the_schedule_stretched_over_it(tmp_path):
     """The loop in this process: what is tested is its clock and schedule, not the process around it."""
     from core.engine.loop import train

@@ -2,6 +2,7 @@
 import fcntl
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,8 @@ import pytest
 
 from core.design.budget import count
 from core.measure.probe import probe
-from core.runs.speeds import (EVAL_COST, epoch_seconds, estimate, known_devices, probe_lock_path, probe_running,
-                              read_machine, record_run_speed, record_speed, update_machine)
+from core.runs.speeds import (EVAL_COST, epoch_seconds, estimate, kernels_text, known_devices, probe_lock_path,
+                              probe_running, read_machine, record_run_speed, record_speed, update_machine)
 from core.design.presets import preset_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,3 +87,17 @@ def test_a_second_probe_leaves_at_once_while_one_runs(cache):
     finally:
         os.close(fd)
     assert not probe_running()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the ISA caps are x86's")
+def test_core_machine_says_which_kernels_run_here_and_sees_an_avx2_cap(cache):
+    env = os.environ | {"RESNET_STUDIO_CACHE": str(cache), "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    done = subprocess.run([sys.executable, "-m", "core", "machine", "--seconds", "0.1"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    cpu = json.loads(done.stdout)["cpu"]
+    assert "AVX2" in cpu["onednn_isa"] and "AVX-512" not in cpu["onednn_isa"] and cpu["aten_capability"] == "AVX2"
+    assert cpu["isa_caps"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    line = kernels_text(cpu)
+    assert f"oneDNN {cpu['onednn_isa']}" in line and "ATen AVX2" in line and "capped by ONEDNN_MAX_CPU_ISA=AVX2" in line
+    assert f"onnxruntime int8 {cpu['int8_kernels']}" in line and cpu["cpu"] in line

@@ -22,6 +22,7 @@ from core.host import describe
 from core.nn.infer import predict_logits
 from core.runs.run import Run
 
+pytestmark = pytest.mark.kernels  # onnxruntime's int8 kernels differ with and without VNNI
 ROOT = Path(__file__).resolve().parent.parent
 
 
