@@ -6,6 +6,7 @@ vl-convert, so a report shows exactly what the app shows.
 from __future__ import annotations
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 PRIMARY = "#2563eb"             # the theme's primary colour (.streamlit/config.toml)
@@ -46,24 +47,68 @@ def per_class_chart(accuracy: pd.DataFrame) -> alt.Chart:
     return (base.mark_bar().encode(color=colour) + labels).properties(height=CELL * len(classes))
 
 
+def robust_top(values: pd.Series) -> float | None:
+    """Where a y-scale should stop so that a few wild points (a test loss of 126 in an early epoch, among losses
+    of about 2) do not flatten every other curve; None when nothing is that far out. The fence is in log space,
+    where losses and learning rates spread evenly: three interquartile ranges above the upper quartile, and at
+    least ten times it. Accuracies (at most 1, at least chance) and a loss falling from 2.3 to 0.01 stay inside."""
+    positive = pd.to_numeric(values, errors="coerce")
+    positive = positive[positive > 0]
+    if len(positive) < 4:  # too few points to call one of them wild
+        return None
+    q1, q3 = np.log10(positive).quantile([0.25, 0.75])
+    top = 10 ** (q3 + max(3 * (q3 - q1), 1.0))
+    return float(top) if positive.max() > top else None
+
+
+def legend_columns(names: list[str]) -> int:
+    """How many legend entries fit side by side under a chart half a page wide, so that many curves wrap onto
+    more rows instead of being cut off at the chart's edge."""
+    longest = max((len(str(n)) for n in names), default=1)
+    return max(1, min(len(names), 520 // (7 * longest + 40)))
+
+
 def epoch_chart(curves: pd.DataFrame, title: str, epochs: float, colours: dict[str, str] | None = None,
                 value_format: str = "~g", thin: tuple[str, ...] = ()) -> alt.Chart:
     """Lines over epochs 0 to `epochs`, from columns Epoch, Value and Curve, with a dot on every point so that
-    a curve of one point shows; `thin` curves (dense ones, logged within epochs) get thin lines and small dots."""
+    a curve of one point shows; `thin` curves (dense ones, logged within epochs) get thin lines and small dots.
+
+    A few points far above the rest (robust_top) are not allowed to flatten the others: the scale stops at the
+    largest point inside the fence, those beyond it sit on its top edge as triangles whose tooltip has their
+    value, and the subtitle says so."""
     names = list(dict.fromkeys(curves["Curve"]))
     scale = alt.Scale(domain=names, range=[colours[n] for n in names]) if colours else \
         alt.Scale(domain=names, scheme="tableau10")  # runs: colours far apart
     is_thin = alt.FieldOneOfPredicate(field="Curve", oneOf=list(thin))
+    top = robust_top(curves["Value"])
+    if top is None:
+        y_scale, subtitle = alt.Scale(zero=False), []
+    else:
+        above, inside = curves[curves["Value"] > top], curves.loc[curves["Value"] <= top, "Value"]
+        low, high = float(inside.min()), float(inside.max())
+        # the inliers fill the scale, with a margin above them for the triangles
+        y_scale = alt.Scale(domain=[low, high + 0.08 * (high - low or high)], clamp=True)
+        values = ", ".join(f"{v:.4g}" for v in above["Value"][:3])
+        subtitle = [f"▲ {len(above)} point{'s' if len(above) > 1 else ''} off the scale "
+                    f"({values}{', …' if len(above) > 3 else ''}): drawn at the top edge"]
+    colour = alt.Color("Curve:N", scale=scale, sort=names,
+                       legend=alt.Legend(orient="bottom", title=None, columns=legend_columns(names), labelLimit=0,
+                                         symbolLimit=0))
+    tooltip = ["Curve", alt.Tooltip("Epoch:Q", format=".2f"),
+               alt.Tooltip("Value:Q", format=".2%" if "%" in value_format else ".4~g")]
     base = alt.Chart(curves).encode(
         x=alt.X("Epoch:Q", scale=alt.Scale(domain=[0, max(epochs, 1)], padding=6),
                 axis=alt.Axis(tickMinStep=1, format="~g")),
-        y=alt.Y("Value:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(format=value_format)),
-        color=alt.Color("Curve:N", scale=scale, sort=names, legend=alt.Legend(orient="bottom", title=None)),
-        tooltip=["Curve", alt.Tooltip("Epoch:Q", format=".2f"),
-                 alt.Tooltip("Value:Q", format=".2%" if "%" in value_format else ".4~g")])
+        y=alt.Y("Value:Q", title=None, scale=y_scale, axis=alt.Axis(format=value_format)),
+        color=colour, tooltip=tooltip)
     lines = base.mark_line().encode(strokeWidth=alt.condition(is_thin, alt.value(1), alt.value(2.5)))
     dots = base.mark_circle(opacity=1).encode(size=alt.condition(is_thin, alt.value(12), alt.value(36)))
-    return (lines + dots).properties(title=title, height=260)
+    layers = [lines, dots]
+    if top is not None:  # the clipped points, on the top edge, where the clamped lines lead
+        layers.append(base.transform_filter(alt.datum.Value > top).mark_point(
+            shape="triangle-up", filled=True, size=110, opacity=1).encode(y=alt.value(0)))
+    return alt.layer(*layers).properties(title=alt.TitleParams(title, subtitle=subtitle) if subtitle else title,
+                                         height=260)
 
 
 WITHIN = "train, within epochs"  # the training loss logged every few steps, between the epochs' points
