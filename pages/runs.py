@@ -7,6 +7,7 @@ an active run is read afresh, since its process may have died without writing an
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -14,14 +15,16 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from core.deploy.jobs import read_job, start_export
 from core.deploy.onnx_model import exported_file, report_path
 from core.design.budget import BUDGET, count
 from core.design.config import RunConfig
 from core.errors import StudioError
 from core.files import read_json
-from core.report.charts import PRIMARY, confusion_chart, overlay_chart, per_class_chart
+from core.report.charts import confusion_chart, legend_columns, overlay_chart, per_class_chart
 from core.runs.progress import metric_frames
 from core.runs.run import ACTIVE, Run, delete, list_runs, runs_root
+from core.units import duration_text
 from pages._ui import (FOLLOWED, RUN_CHOICE, current_design, data_label, default_run, has_checkpoint, plural,
                        select_run, show_record, state_badge, through_app_shell)
 
@@ -31,6 +34,7 @@ COMPARE = "runs_compare"
 DELETING = "runs_deleting"  # the run whose deletion awaits confirmation
 REFRESH_S = 5               # how often the table re-reads the runs while one is active
 PERSIST = {"persist_state": "session"}
+NOT_KNOWN = "—"             # a cell with nothing to say: an imported run's training time, a device not yet known
 
 
 # ---- reading runs, cached until their files change ---------------------------------------------------
@@ -83,7 +87,7 @@ def runs_table(rows: list[dict]) -> pd.DataFrame:
         "State": [r["state"] for r in rows],
         "Parameters": [r["params"] for r in rows],
         "Best accuracy": [r["best_acc"] for r in rows],
-        "Epochs": [f"{r['epochs_done']} of {r['epochs']}" for r in rows],
+        "Epochs": ["imported" if r["imported_from"] else f"{r['epochs_done']} of {r['epochs']}" for r in rows],
         "Training time": [r["elapsed"] / 60 if r["elapsed"] is not None else None for r in rows],
         "Device": [r["device"] for r in rows],
         "Processes": [r["world_size"] for r in rows],
@@ -97,7 +101,7 @@ def show_table(live: bool) -> None:
     rows = [summary(run) for run in list_runs()]
     if any(row["state"] in ACTIVE for row in rows) != live:
         st.rerun()  # a run started or ended: the whole page follows
-    st.dataframe(runs_table(rows), hide_index=True, column_config=RUN_COLUMNS)
+    st.dataframe(runs_table(rows), hide_index=True, column_config=RUN_COLUMNS, placeholder=NOT_KNOWN)
 
 
 def overlay(runs: list[Run], column: str, title: str, value_format: str) -> alt.Chart:
@@ -110,16 +114,19 @@ def accuracy_vs_parameters(rows: list[dict]) -> alt.Chart:
     x = alt.X("Parameters:Q", axis=alt.Axis(format="~s", grid=False), title="Parameters (log scale)",
               scale=alt.Scale(type="log", domain=[points["Parameters"].min() / 2,
                                                   max(BUDGET, points["Parameters"].max()) * 1.5]))
+    # runs named by colour, not by labels beside their dots: runs of similar size and accuracy would overlap
+    colour = alt.Color("Run:N", scale=alt.Scale(scheme="tableau20"), sort=list(points["Run"]),
+                       legend=alt.Legend(orient="bottom", title=None, columns=legend_columns(list(points["Run"])),
+                                         labelLimit=0, symbolLimit=0))
     base = alt.Chart(points).encode(x=x, y=alt.Y("Best accuracy:Q", axis=alt.Axis(format="%")),
                                     tooltip=["Run", "State", alt.Tooltip("Parameters:Q", format=","),
                                              alt.Tooltip("Best accuracy:Q", format=".2%")])
-    dots = base.mark_circle(size=90, color=PRIMARY, opacity=0.9)
-    names = base.mark_text(align="left", dx=8, fontSize=11).encode(text="Run")
+    dots = base.mark_circle(size=90, opacity=0.9).encode(color=colour)
     budget = alt.Chart(pd.DataFrame({"Parameters": [BUDGET], "label": [f"{BUDGET / 1e6:g}M budget"]}))
     rule = budget.mark_rule(color="#dc2626", strokeDash=[6, 4]).encode(x="Parameters:Q")
     rule_label = budget.mark_text(align="right", baseline="top", dx=-4, dy=4, color="#dc2626").encode(
         x="Parameters:Q", y=alt.value(0), text="label")
-    return (rule + rule_label + dots + names).properties(height=320)
+    return (rule + rule_label + dots).properties(height=320)
 
 
 def report_html(runs: list[Run]) -> str:
@@ -144,6 +151,8 @@ def cancel_delete() -> None:
 
 # ---- export for devices, import from elsewhere ------------------------------------------------------
 
+ALLOWED_DROP = "Allowed accuracy drop (points)"  # int8's limit against fp32; errors name this control
+EXPORT_ERROR = "runs_export_error:"               # + precision: why an export could not start
 PRECISIONS = {"fp32": "The network as trained, in one file.",
               "int8": "About a third of the size and faster on a CPU; calibrated on training images."}
 NORMALIZATION_LABELS = {"cifar10": "CIFAR-10 mean and std (as this studio trains)",
@@ -151,24 +160,54 @@ NORMALIZATION_LABELS = {"cifar10": "CIFAR-10 mean and std (as this studio trains
                         "none": "None: plain [0, 1] pixels"}
 
 
+def start_job(run: Run, precision: str, max_drop: float) -> None:
+    try:
+        start_export(run, precision, max_drop)
+    except StudioError as e:
+        st.session_state[EXPORT_ERROR + precision] = str(e)
+
+
+def job_error(job: dict) -> str:
+    """Why an export failed, in this page's terms."""
+    refused = job.get("refused")
+    if refused:
+        return (f"int8 loses {refused['drop']:.2f} accuracy points against fp32, more than the {refused['allowed']:g} "
+                f"allowed, so nothing was written. Raise **{ALLOWED_DROP}** above and export again, or use fp32.")
+    return job.get("error") or "no reason recorded"
+
+
+def show_job(model: Path, running: bool) -> None:
+    """An export in the background, re-read every second while it runs; when it ends, the whole page follows."""
+    job = read_job(model)
+    if running != (job is not None and job.get("state") == "running"):
+        st.rerun()
+    if running:
+        took = duration_text(time.time() - job["started"])
+        st.progress(job.get("fraction", 0.0), text=f"Exporting: {job.get('stage', 'starting')}… ({took} so far; "
+                                                    f"this page stays usable meanwhile)")
+    elif job is not None and job.get("state") == "failed":
+        st.error(f"Not exported: {job_error(job)}", icon=":material/block:")
+
+
 def export_card(run: Run, precision: str, generation: str) -> None:
-    """One precision's export: a button that makes (or remakes) it, then what it measured and its download."""
+    """One precision's export: a button that starts (or restarts) it in the background, its progress, then what
+    it measured and its download."""
     path = exported_file(run, precision)
     st.markdown(f"**ONNX {precision}**")
     st.caption(PRECISIONS[precision])
-    max_drop = st.number_input("Refuse if int8 loses more than this many accuracy points", 0.0, 100.0, 1.0, 0.1,
-                               key="export_max_drop") if precision == "int8" else None
+    max_drop = st.number_input(ALLOWED_DROP, 0.0, 100.0, 1.0, 0.1, key="export_max_drop",
+                               help="Refuse the int8 model if it loses more accuracy points than this against fp32 "
+                                    "on the test images") if precision == "int8" else 0.0
+    job = read_job(path)
+    running = job is not None and job.get("state") == "running"
     report = read_json(report_path(path)) if path.exists() else None
-    if st.button(f"Export ONNX {precision}" if report is None else "Export again", key=f"export_{precision}",
-                 icon=":material/memory:", help="Checks it against PyTorch on the whole test split first: "
-                                                "a minute or more on a CPU for 10,000 images"):
-        from core.deploy.onnx_export import export_onnx  # loads torch: only when asked to export
-
-        with st.spinner(f"Exporting and checking ONNX {precision}…"):
-            try:
-                report = export_onnx(run, path, int8=precision == "int8", max_drop=max_drop or 0.0)
-            except StudioError as e:
-                st.error(f"Not exported: {e}", icon=":material/block:")
+    st.button(f"Export ONNX {precision}" if report is None else "Export again", key=f"export_{precision}",
+              icon=":material/memory:", disabled=running, on_click=start_job, args=(run, precision, max_drop),
+              help="In the background: it is checked against PyTorch on the whole test split first, a minute or "
+                   "more on a CPU for 10,000 images")
+    if EXPORT_ERROR + precision in st.session_state:
+        st.error(f"Not started: {st.session_state.pop(EXPORT_ERROR + precision)}", icon=":material/block:")
+    st.fragment(show_job, run_every=1 if running else None)(path, running)
     if report is None:
         return
     size, agreement, accuracy = st.columns(3)

@@ -8,11 +8,13 @@ from pathlib import Path
 import torch
 from streamlit.testing.v1 import AppTest
 
+from conftest import wait_for
 from core.deploy.importer import OURS, _apply
+from core.deploy.jobs import read_job, start_export
 from core.deploy.onnx_model import OnnxModel, exported_file, report_path
 from core.deploy.predict import Classifier
 from core.nn.checkpoint import load_checkpoint
-from core.runs.run import Run
+from core.runs.run import Run, process_alive
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 
@@ -34,15 +36,27 @@ def export_downloads(app: AppTest) -> list[str]:
     return [b.label for b in app.download_button if b.key != "report"]
 
 
-def test_export_buttons_show_size_agreement_and_accuracy_before_the_download(trained, tmp_path, monkeypatch):
+def test_exports_run_in_the_background_with_progress_then_show_size_agreement_and_accuracy(trained, tmp_path,
+                                                                                          monkeypatch):
     run = Run(shutil.copytree(trained.dir, tmp_path / "runs" / "small"))
     app = runs_page(monkeypatch, tmp_path / "runs")
     assert not export_downloads(app)  # nothing exported yet
     app.button(key="export_fp32").click().run()
-    app.button(key="export_int8").click().run()
+    # the click returned while the export runs in a process of its own: importing torch alone takes longer
+    assert read_job(exported_file(run, "fp32"))["state"] == "running" and not exported_file(run, "fp32").exists()
+    assert app.get("progress")[0].proto.text.startswith("Exporting: ")
+    assert app.button(key="export_fp32").disabled
+    app.button(key="export_int8").click().run()  # the page is usable meanwhile: the other one starts too
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    jobs = [read_job(exported_file(run, precision)) for precision in ("fp32", "int8")]
+    assert all(job["state"] == "running" and process_alive(job["pid"]) for job in jobs)
+    wait_for(lambda: all(read_job(exported_file(run, p))["state"] != "running" for p in ("fp32", "int8")),
+             timeout=900, what="both exports")
+    app.run()
     assert not app.exception and not app.error, [e.value for e in app.error]
     for index, precision in enumerate(("fp32", "int8")):
         path = exported_file(run, precision)
+        assert read_job(path)["state"] == "done"
         report = json.loads(report_path(path).read_text())
         assert report["precision"] == precision and report["images"] == 1000  # the run's data: the built-in slice
         assert metric(app, "Size", index) == f"{path.stat().st_size / 1e6:.2f} MB"
@@ -50,8 +64,37 @@ def test_export_buttons_show_size_agreement_and_accuracy_before_the_download(tra
         assert metric(app, "Accuracy", index) == f"{report['accuracy']:.2%}"
         assert OnnxModel.load(path).classes == Classifier.load(run).classes
     assert export_downloads(app) == ["Download small-fp32.onnx", "Download small-int8.onnx"]
-    app.run()  # the next script run labels both buttons for a re-export
     assert [b.label for b in app.button if b.key in ("export_fp32", "export_int8")] == ["Export again"] * 2
+
+
+def test_a_refused_int8_export_says_so_in_the_pages_terms(trained, tmp_path, monkeypatch):
+    run = Run(shutil.copytree(trained.dir, tmp_path / "runs" / "small"))
+    model = exported_file(run, "int8")
+    start_export(run, "int8", max_drop=-100)  # any int8 model loses more than -100 points: refused
+    wait_for(lambda: read_job(model)["state"] != "running", timeout=900, what="the export")
+    app = runs_page(monkeypatch, tmp_path / "runs")
+    error = "\n".join(e.value for e in app.error)
+    assert "int8 loses" in error and "more than the -100 allowed, so nothing was written" in error
+    assert "Raise **Allowed accuracy drop (points)** above and export again, or use fp32." in error
+    assert "--max-drop" not in error and not model.exists()
+    assert "allow more with --max-drop" in model.with_name(model.name + ".log").read_text()  # the command's words
+
+
+def test_five_runs_compared_keep_their_names_whole(trained, tmp_path, monkeypatch):
+    names = [f"resnet26-seed-2025010{k}-120000" for k in range(5)]
+    for name in names:
+        shutil.copytree(trained.dir, tmp_path / "runs" / name)
+    app = runs_page(monkeypatch, tmp_path / "runs")
+    app.multiselect(key="runs_compare").set_value(names).run()
+    specs = [json.loads(chart.proto.spec) for chart in app.get("vega_lite_chart")]
+    overlays = [spec for spec in specs if spec.get("title") == "Loss on the evaluation split"]
+    legend = overlays[0]["layer"][0]["encoding"]["color"]["legend"]
+    assert legend["labelLimit"] == 0 and 1 <= legend["columns"] < 5  # wrapped, never cut
+    scatter = next(spec for spec in specs if "Best accuracy" in json.dumps(spec) and "layer" in spec
+                   and any(layer.get("mark", {}).get("type") == "circle" for layer in spec["layer"]))
+    assert not any(layer.get("mark", {}).get("type") == "text" and layer["encoding"].get("text", {}).get("field")
+                   == "Run" for layer in scatter["layer"])  # no names beside the dots to overlap
+    assert scatter["layer"][-1]["encoding"]["color"]["legend"]["labelLimit"] == 0
 
 
 class Payload:

@@ -94,6 +94,23 @@ def test_int8_losing_more_than_allowed_is_refused_and_nothing_is_written(trained
     assert list(tmp_path.iterdir()) == []
 
 
+def test_evaluate_onnx_gives_evaluate_runs_json_computed_by_onnxruntime(trained, exported):
+    by_run = json.loads(core_cli("evaluate", "--run", str(trained.dir), "--data", "builtin", "--mistakes", "5").stdout)
+    by_onnx = json.loads(core_cli("evaluate", "--onnx", str(exported["fp32"]), "--data", "builtin",
+                                  "--mistakes", "5").stdout)
+    assert set(by_onnx) - set(by_run) == {"model", "precision"} and set(by_run) - set(by_onnx) == set()
+    assert by_onnx["model"] == str(exported["fp32"]) and by_onnx["precision"] == "fp32"
+    assert by_onnx["checkpoint"] == "best" and by_onnx["images"] == by_run["images"] == 1000
+    report = json.loads(Path(f"{exported['fp32']}.json").read_text())  # what the export measured with onnxruntime
+    assert by_onnx["accuracy"] == pytest.approx(report["accuracy"])
+    assert sum(map(sum, by_onnx["confusion"])) == 1000 and len(by_onnx["mistakes"]) == 5
+    int8 = json.loads(core_cli("evaluate", "--onnx", str(exported["int8"]), "--data", "builtin").stdout)
+    assert int8["precision"] == "int8"
+    assert int8["accuracy"] == pytest.approx(json.loads(Path(f"{exported['int8']}.json").read_text())["accuracy"])
+    missing = core_cli("evaluate", "--onnx", str(exported["fp32"]) + ".gone", "--data", "builtin", check=False)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
 def picture_files(folder: Path, count: int) -> list[str]:
     test = load_dataset("builtin").test
     files = []

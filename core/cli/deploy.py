@@ -30,12 +30,21 @@ def cmd_predict(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from core.data.sources import resolve_data
-    from core.deploy.predict import Classifier, evaluate_run
+    from core.deploy.predict import Classifier, evaluate_onnx, evaluate_run
 
     start = time.perf_counter()
-    classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
-    report = evaluate_run(classifier, resolve_data(args.data), args.mistakes, args.tta_flip)
-    emit(report.to_json() | {"checkpoint": args.checkpoint, "seconds": time.perf_counter() - start})
+    if args.onnx:
+        from core.deploy.onnx_model import OnnxModel
+
+        model = OnnxModel.load(args.onnx)
+        report = evaluate_onnx(model, resolve_data(args.data), args.mistakes, args.tta_flip)
+        where = {"model": args.onnx, "precision": model.meta.get("precision"),
+                 "checkpoint": model.meta.get("checkpoint")}
+    else:
+        classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
+        report = evaluate_run(classifier, resolve_data(args.data), args.mistakes, args.tta_flip)
+        where = {"checkpoint": args.checkpoint}
+    emit(report.to_json() | where | {"seconds": time.perf_counter() - start})
     return 0
 
 
@@ -49,10 +58,17 @@ def cmd_export(args) -> int:
         print("error: --onnx is for --format hub (--format onnx writes the ONNX file alone)", file=sys.stderr)
         return 2
     if args.format == "onnx":
-        from core.deploy.onnx_export import export_onnx
+        from core.deploy.jobs import run_job
+        from core.deploy.onnx_export import DropTooLarge, ExportError, export_onnx
 
-        emit(export_onnx(Run.at(args.run), args.dest, args.checkpoint, args.int8, args.data, args.max_drop,
-                         args.calibration_images))
+        def work(on_stage) -> dict:
+            return export_onnx(Run.at(args.run), args.dest, args.checkpoint, args.int8, args.data, args.max_drop,
+                               args.calibration_images, on_stage)
+
+        try:
+            emit(run_job(Path(args.progress), work) if args.progress else work(lambda stage, fraction: None))
+        except DropTooLarge as e:
+            raise ExportError(f"{e}. Export fp32, or allow more with --max-drop") from None
         return 0
     if args.int8:
         print("error: --int8 is for --format onnx; the safetensors export is fp16 (or --fp32)", file=sys.stderr)
@@ -105,8 +121,10 @@ def add_commands(sub) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix and worst mistakes")
-    add_checkpoint(p)
+    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix and worst mistakes, of a "
+                                        "run's checkpoint or an exported ONNX model (computed by onnxruntime; reading "
+                                        "the test set still needs torch)")
+    add_checkpoint(p, onnx=True)
     p.add_argument("--data", help="a CIFAR-10 copy (its test split) or a folder/.zip/.tar.gz of class folders")
     p.add_argument("--mistakes", type=int, default=20, help="how many of the most confident mistakes to list")
     p.set_defaults(func=cmd_evaluate)
@@ -127,6 +145,8 @@ def add_commands(sub) -> None:
     p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
                    help="onnx --int8: refuse if int8 loses more accuracy points than this against fp32 (default 1)")
     p.add_argument("--calibration-images", type=int, default=1024, help="onnx --int8: how many training images")
+    p.add_argument("--progress", metavar="JOB.json", help="onnx: write each stage and the outcome to this JSON file "
+                                                          "(how the app follows an export in the background)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench-export", help="CPU latency at batch 1 and 256: PyTorch, ONNX fp32, ONNX int8")

@@ -18,7 +18,7 @@ from core.data.sources import BUILTIN, DataError
 from core.deploy.prediction import Prediction, read_files
 from core.errors import StudioError
 from core.nn.checkpoint import load_model
-from core.nn.infer import evaluate, pick_device, predict_logits
+from core.nn.infer import pick_device, predict_logits, score
 from core.nn.model import ResNet
 from core.nn.visual import thumbnail
 from core.runs.run import Run
@@ -134,12 +134,24 @@ def load_test_set(data: str, classes: list[str]):
     return split, list(found), str(Path(data).resolve())
 
 
+def labelled_test_set(data: str, classes: list[str]) -> tuple[Split, str]:
+    """load_test_set, refused when its classes are not the model's `classes`."""
+    split, found, source = load_test_set(data, classes)
+    if found != classes:
+        raise StudioError(f"{data}: its classes ({', '.join(found)}) differ from the model's ({', '.join(classes)})")
+    return split, source
+
+
 def evaluate_run(classifier: Classifier, data: str, mistakes: int = 20, tta_flip: bool = False) -> Report:
-    split, classes, source = load_test_set(data, classifier.classes)
-    if classes != classifier.classes:
-        raise StudioError(f"{data}: its classes ({', '.join(classes)}) differ from the model's "
-                          f"({', '.join(classifier.classes)})")
-    return evaluate_split(classifier, split, source, mistakes, tta_flip)
+    return evaluate_split(classifier, *labelled_test_set(data, classifier.classes), mistakes, tta_flip)
+
+
+def evaluate_onnx(model, data: str, mistakes: int = 20, tta_flip: bool = False) -> Report:
+    """evaluate_run for an exported model (core.deploy.onnx_model.OnnxModel): onnxruntime computes the logits.
+    Reading the test set still takes torch (core.data.datasets decodes it into tensors)."""
+    split, source = labelled_test_set(data, model.classes)
+    logits = torch.from_numpy(model.logits(split.images.numpy(), tta_flip))
+    return report(logits, split, model.classes, source, mistakes)
 
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
@@ -175,9 +187,14 @@ def evaluate_split(classifier: Classifier, split: Split, source: str, mistakes: 
                    tta_flip: bool = False) -> Report:
     """Accuracy, per-class accuracy, confusion and the `mistakes` most confident mistakes on labelled images
     whose labels index the classifier's classes."""
-    classes = classifier.classes
-    result = evaluate(classifier.model, split.images, split.labels, classifier.normalizer, classifier.device,
-                      len(classes), tta_flip)
+    logits = predict_logits(classifier.model, split.images, classifier.normalizer, classifier.device,
+                            tta_flip=tta_flip)
+    return report(logits, split, classifier.classes, source, mistakes)
+
+
+def report(logits: torch.Tensor, split: Split, classes: list[str], source: str, mistakes: int) -> Report:
+    """The Report of a model's logits on a labelled split, whatever computed them."""
+    result = score(logits, split.labels, len(classes))
     probs = result.logits.softmax(1)
     confidence, predicted = probs.max(1)
     wrong = (predicted != split.labels).nonzero().flatten()

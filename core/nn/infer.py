@@ -91,6 +91,11 @@ def evaluate(model, images, labels, normalizer, device, num_classes: int, tta_fl
              precision: str = "auto", on_batch: Callable[[], None] | None = None) -> Evaluation:
     logits = predict_logits(model, images, normalizer, device, tta_flip=tta_flip, precision=precision,
                             on_batch=on_batch)
+    return score(logits, labels, num_classes)
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Evaluation:
+    """Loss, accuracy and confusion of logits (N, classes) against labels, whatever computed the logits."""
     labels = labels.cpu()
     predicted = logits.argmax(1)
     confusion = torch.bincount(labels * num_classes + predicted, minlength=num_classes ** 2)
