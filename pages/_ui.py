@@ -1,6 +1,8 @@
 """Display helpers shared by the pages (a module, not a page: app.py's st.navigation lists the pages)."""
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -8,9 +10,11 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from core.design.config import TrainConfig
+from core.design.last import LastDesign, read_last, save_last
+from core.design.link import KEYS as LINK_KEYS, from_query, to_query
 from core.design.presets import PRESETS, preset_spec
-from core.design.settings import recipe
-from core.design.spec import ArchSpec
+from core.design.settings import LABELS, recipe
+from core.design.spec import ArchSpec, SpecError
 from core.errors import StudioError
 from core.runs.record import read_record, summary_lines
 from core.runs.run import ACTIVE, Run, list_runs
@@ -42,32 +46,42 @@ def through_app_shell() -> None:
 RUN_CHOICE = "run_choice"  # the run being looked at, the same on Classify and Evaluate
 
 
-def run_label(run: Run) -> str:
+def run_label(run: Run, best: Run | None = None) -> str:
     summary = run.summary()
-    best = f" · best {summary['best_acc']:.1%}" if summary["best_acc"] is not None else ""
-    return f"{run.name} · {summary['state']}{best}"
+    accuracy = f" · best {summary['best_acc']:.1%}" if summary["best_acc"] is not None else ""
+    return f"{run.name} · {summary['state']}{accuracy}" + (" · best run" if run == best else "")
 
 
 def has_checkpoint(run: Run, tag: str = "best") -> bool:
     return (run.checkpoints / f"{tag}.json").exists()
 
 
+def best_run(runs: list[Run]) -> Run | None:
+    """The finished run with a best checkpoint and the highest best accuracy, if one has an accuracy."""
+    scored = [(summary["best_acc"], run) for run in runs if has_checkpoint(run)
+              for summary in [run.summary()] if summary["state"] == "finished" and summary["best_acc"] is not None]
+    return max(scored, key=lambda pair: pair[0])[1] if scored else None
+
+
 def default_run(runs: list[Run]) -> Run:
-    """The newest finished run with a checkpoint, else the newest with one, else the newest (runs are newest first)."""
+    """The best run (best_run), else the newest finished run with a checkpoint (an imported one), else the newest
+    with one, else the newest (runs are newest first)."""
     usable = [run for run in runs if has_checkpoint(run)]
     finished = [run for run in usable if run.status().get("state") == "finished"]
-    return (finished or usable or runs)[0]
+    return best_run(runs) or (finished or usable or runs)[0]
 
 
 def select_run(label: str, runs: list[Run], remember: str, default: Run, **kwargs) -> Run:
     """A choice of run kept under `remember` across pages (Streamlit forgets the state of a widget its page
-    does not render); a run that has gone since falls back to `default`."""
+    does not render); a run that has gone since falls back to `default`. The best run says so."""
     by_name = {run.name: run for run in runs}
     widget = remember + ":widget"
     if st.session_state.get(widget) not in by_name:
         remembered = st.session_state.get(remember)
         st.session_state[widget] = remembered if remembered in by_name else default.name
-    name = st.selectbox(label, list(by_name), key=widget, format_func=lambda n: run_label(by_name[n]), **kwargs)
+    best = best_run(runs)
+    name = st.selectbox(label, list(by_name), key=widget, format_func=lambda n: run_label(by_name[n], best),
+                        **kwargs)
     st.session_state[remember] = name
     return by_name[name]
 
@@ -143,8 +157,6 @@ def no_runs_yet(purpose: str) -> None:
         st.switch_page("pages/train.py")
 
 
-# ---- charts of how a network does, class by class ---------------------------------------------
-
 # ---- the design and its recipe in session state: Design edits the design, Train trains it with the recipe ----
 
 DRAFT = "design_draft"           # what the Design page's controls show, as a spec dict; may be invalid
@@ -156,6 +168,10 @@ DESIGN_CONTROL = "design:"       # key prefix of the Design page's controls, re-
 DEFAULT_PRESET = "resnet26-seed"  # the best seed's network, within budget
 SETTING = "train:"               # key prefix of the Train page's settings: "train:" + TrainConfig field
 SETTINGS_FROM = "train_settings_from"  # the recipe the settings were loaded from (None: the defaults)
+ORIGIN = "design_origin"         # where the session's first design came from: {"how", "saved", "design"}
+LINK_ERROR = "design_link_error"  # what was wrong with the design in the link the session opened with
+RESTORED = "train_settings_restored"  # the last settings on disk, for the Train page to start from
+REMEMBERED = "design_remembered"  # what was last written to (or read from) disk, so only changes are written
 
 
 def load_design(spec: ArchSpec, preset: str | None, recipe_with: tuple[str, TrainConfig] | None = None) -> None:
@@ -169,6 +185,13 @@ def load_design(spec: ArchSpec, preset: str | None, recipe_with: tuple[str, Trai
     forget_controls(DESIGN_CONTROL)
 
 
+def load_settings(train: TrainConfig, source: str | None) -> None:
+    """The Train page's settings, from `train`; `source` names the recipe they came from."""
+    for name, value in train.to_dict().items():
+        st.session_state[SETTING + name] = value
+    st.session_state[SETTINGS_FROM] = source
+
+
 def forget_controls(prefix: str) -> None:
     for key in [k for k in st.session_state if str(k).startswith(prefix)]:
         del st.session_state[key]
@@ -178,10 +201,40 @@ def matching_preset(spec: ArchSpec) -> str | None:
     return next((name for name in PRESETS if preset_spec(name) == spec), None)
 
 
+def link_design() -> ArchSpec | None:
+    """The design in the address bar's link, if it holds one; a broken one is remembered under LINK_ERROR."""
+    if not any(key in st.query_params for key in LINK_KEYS):
+        return None
+    try:
+        return from_query({key: st.query_params.get_all(key) for key in st.query_params})
+    except SpecError as e:
+        st.session_state[LINK_ERROR] = str(e)
+        return None
+
+
+def start_design() -> None:
+    """A session's first design: the link's (a design in the address bar), else the last one worked on (on
+    disk, with its training settings), else the default preset. ORIGIN says which, for the pages to show."""
+    spec, last, saved = link_design(), read_last(), None
+    if spec is not None:
+        load_design(spec, matching_preset(spec))
+        how = "link"
+    elif last is not None:
+        load_design(last.arch, last.preset if last.preset in PRESETS else matching_preset(last.arch))
+        how, saved = "saved", last.saved
+    else:
+        load_design(preset_spec(DEFAULT_PRESET), DEFAULT_PRESET)
+        how = "default"
+    if last is not None and last.train is not None:
+        st.session_state[RESTORED] = (last.train, last.settings_from if last.settings_from in PRESETS else None)
+    st.session_state[ORIGIN] = {"how": how, "saved": saved, "design": st.session_state[DESIGN]}
+    st.session_state[REMEMBERED] = last.to_dict() if last is not None else None
+
+
 def current_design() -> tuple[ArchSpec, str | None]:
-    """The design and its preset; the default preset's before the Design page has run (a deep link)."""
+    """The design and its preset; on a session's first page, as start_design finds it."""
     if DESIGN not in st.session_state:
-        return preset_spec(DEFAULT_PRESET), DEFAULT_PRESET
+        start_design()
     return ArchSpec.from_dict(st.session_state[DESIGN]), st.session_state.get(PRESET)
 
 
@@ -203,11 +256,56 @@ def recipe_named(name: str | None) -> TrainConfig:
     return own[1] if own and own[0] == name else recipe(name)
 
 
-def load_settings(train: TrainConfig, source: str | None) -> None:
-    """The Train page's settings, from `train`; `source` names the recipe they came from."""
-    for name, value in train.to_dict().items():
-        st.session_state[SETTING + name] = value
-    st.session_state[SETTINGS_FROM] = source
+def design_origin() -> str | None:
+    """Where the design came from while it is still the one the session opened with: "link", "saved" (the last
+    design on disk) or "default"; None once it was changed or chosen here."""
+    origin = st.session_state.get(ORIGIN)
+    return origin["how"] if origin and origin["design"] == st.session_state.get(DESIGN) else None
+
+
+def origin_text() -> str | None:
+    """design_origin in words."""
+    how = design_origin()
+    if how == "link":
+        return "the design in this page's link"
+    if how == "saved":
+        when = time.strftime("%H:%M on %d %b", time.localtime(st.session_state[ORIGIN]["saved"]))
+        return f"your last design, restored as you left it at {when}"
+    if how == "default":
+        return f"the default design, {DEFAULT_PRESET}: no design was chosen yet on this machine"
+    return None
+
+
+def restored_settings() -> tuple[TrainConfig, str | None] | None:
+    """The training settings last used (on disk, read at the session's start), once: for the Train page."""
+    return st.session_state.pop(RESTORED, None)
+
+
+def keep_link(spec: ArchSpec) -> None:
+    """The address bar links to `spec`, so that a reload, a bookmark or a shared link opens it again."""
+    link = to_query(spec)
+    if {key: st.query_params.get_all(key) for key in st.query_params} != link:
+        st.query_params.from_dict(link)
+
+
+def remember() -> None:
+    """Keep the design, and the training settings once the Train page has them, on disk for the next reload or
+    tab (core.design.last); written only when they change. Settings that are not valid are not kept."""
+    previous = st.session_state.get(REMEMBERED) or {}
+    train, source = previous.get("train"), previous.get("settings_from")
+    if all(SETTING + name in st.session_state for name in LABELS):
+        with contextlib.suppress(SpecError):
+            train = TrainConfig.from_dict({name: st.session_state[SETTING + name] for name in LABELS}).to_dict()
+            source = st.session_state.get(SETTINGS_FROM)
+    if design_origin() == "default" and train in (None, recipe(DEFAULT_PRESET).to_dict()):
+        return  # nothing chosen yet: a new tab should still say it shows the default
+    record = {"arch": st.session_state[DESIGN], "preset": st.session_state.get(PRESET), "train": train,
+              "settings_from": source}
+    if record != previous:
+        with contextlib.suppress(OSError):  # a read-only cache: the app works on, it just can't remember
+            save_last(LastDesign(ArchSpec.from_dict(record["arch"]), record["preset"],
+                                 TrainConfig.from_dict(train) if train else None, source))
+        st.session_state[REMEMBERED] = record
 
 
 # ---- runs in training: shared by Train (which follows one) and Runs (which compares them) -----------

@@ -21,16 +21,16 @@ from core.design.config import RunConfig
 from core.design.presets import PRESETS, preset_spec
 from core.design.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES, SE_RATIO_RANGE,
                               SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, ArchSpec, SpecError, conv_out)
-from core.design.link import KEYS as LINK_KEYS, from_query, to_query
+from core.design.link import to_query
 from core.units import macs_text, margin_text, params_text
-from pages._ui import (DEFAULT_PRESET, DESIGN, DESIGN_CONTROL as CONTROL, DRAFT, PRESET, forget_controls,
-                       load_design, matching_preset, own_recipe, through_app_shell)
+from pages._ui import (DESIGN, DESIGN_CONTROL as CONTROL, DRAFT, LINK_ERROR, PRESET, forget_controls, keep_link,
+                       load_design, matching_preset, origin_text, own_recipe, remember, start_design,
+                       through_app_shell)
 
 through_app_shell()
 
 UPLOAD = "design_upload"
 UPLOAD_ERROR = "design_upload_error"
-LINK_ERROR = "design_link_error"
 FIT_REPORT = "design_fit_report"  # (st element name, markdown), shown once under the Fit button
 EXACT = ":exact"                  # key suffix of a width's exact box, beside its slider
 WIDTH_STEP = 8
@@ -48,19 +48,6 @@ def parse_config(text: str | bytes) -> RunConfig:
     except json.JSONDecodeError as e:
         raise SpecError(f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     return RunConfig.from_dict(data)
-
-
-def start_design() -> None:
-    """First run of a session: the design in the link, if there is one, else the default preset."""
-    if any(key in st.query_params for key in LINK_KEYS):
-        try:
-            spec = from_query({key: st.query_params.get_all(key) for key in st.query_params})
-        except SpecError as e:
-            st.session_state[LINK_ERROR] = str(e)
-        else:
-            load_design(spec, matching_preset(spec))
-            return
-    load_design(preset_spec(DEFAULT_PRESET), DEFAULT_PRESET)
 
 
 def map_sizes(stages: list[dict]) -> list[int]:
@@ -242,15 +229,17 @@ except SpecError as e:
     spec = ArchSpec.from_dict(st.session_state[DESIGN])
 cost = count(spec)
 link = to_query(spec)
-if {key: st.query_params.get_all(key) for key in st.query_params} != link:  # the address bar links to this design
-    st.query_params.from_dict(link)
+keep_link(spec)
+remember()
 
 st.title("Design")
 st.write(f"Shape a residual network for {square(IMAGE_SIZE)} CIFAR-10 images within {BUDGET:,} trainable "
          f"parameters. Every number is counted from the design as you change it.")
+if origin := origin_text():
+    st.caption(f"Showing {origin}.")
 if LINK_ERROR in st.session_state:
     st.error(f"The design in this link can't be used: {st.session_state.pop(LINK_ERROR)}  \n"
-             f"Showing the {DEFAULT_PRESET} preset instead.")
+             f"Showing {origin_text() or 'another design'} instead.")
 
 preset = st.session_state[PRESET]
 modified = preset is not None and draft != preset_spec(preset).to_dict()

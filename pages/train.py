@@ -1,9 +1,10 @@
 """Train: the design from the Design page, with training settings, data and a device; launch it and follow it live.
 
 A run trains in a process of its own (core.runs.run.launch), so it outlives this page and the app: the page
-only reads the run's folder, in a fragment that re-runs every two seconds while the run is active. The
-settings are widgets that keep their values for the session; they start from the recipe of the design's
-preset, and every check on them is TrainConfig's.
+only reads the run's folder and heartbeat, in a fragment that re-runs every two seconds while the run is active;
+the queue line re-reads the machine's queue as often. The settings are widgets that keep their values for the
+session and on disk (pages._ui.remember), so a reload or a new tab finds them; they start from the recipe of
+the design's preset, and every check on them is TrainConfig's.
 """
 from __future__ import annotations
 
@@ -21,15 +22,18 @@ from core.design.settings import LABELS, SETTINGS, Setting, settings_error
 from core.errors import StudioError
 from core.files import cache_dir
 from core.report.charts import training_charts
-from core.runs.progress import metric_frames, progress
+from core.runs.progress import Progress, metric_frames, progress
 from core.runs.queue import launch_options, queue
-from core.runs.run import ACTIVE, Run, RunError, check_name, create_run, launch, list_runs, stop
+from core.runs.run import (ACTIVE, Run, RunError, check_name, create_run, launch, list_runs, resume_problem, runs_root,
+                           stop)
+from core.runs.watch import read_heartbeat
 from core.runs.speeds import device_label, estimate, known_devices, probe_running, start_probe
 from core.data.sources import (BUILTIN, CHOICES, CIFAR10_DOWNLOAD_BYTES, DEFAULT_DIR, chosen_data, image_counts,
                                resolve_data)
 from core.units import bytes_text, duration_text, macs_text, margin_text, params_text, rate_text
-from pages._ui import (FOLLOWED, SETTING, SETTINGS_FROM, current_design, data_label, design_recipe, load_design,
-                       load_settings, matching_preset, plural, recipe_named, state_badge, through_app_shell)
+from pages._ui import (FOLLOWED, LINK_ERROR, SETTING, SETTINGS_FROM, current_design, data_label, design_origin,
+                       design_recipe, keep_link, load_design, load_settings, matching_preset, origin_text, plural,
+                       recipe_named, remember, restored_settings, state_badge, through_app_shell)
 
 through_app_shell()
 
@@ -41,8 +45,12 @@ GPUS = "train_gpus"                  # with cuda: torch's names of the GPUs (cud
 PROCESSES = "train_processes"        # with cpu: how many processes (torchrun)
 RUN_NAME = "train_run_name"
 LAUNCH_ERROR = "train_launch_error"
+GO_TO_RUN = "train_go_to_run"        # set by Launch: the next draw scrolls down to the followed run
 REFRESH_S = 2                        # how often the live view re-reads an active run
 PERSIST = {"persist_state": "session"}  # a setting keeps its value while the user is on another page
+PHASES = {"starting": "Starting (loading PyTorch)…", "waiting": "Waiting for its device…",
+          "loading data": "Loading data…", "warming up": "Warming up (the first steps compile and tune kernels)…",
+          "evaluating": "Evaluating…", "saving": "Saving a checkpoint…"}  # heartbeat phases, but training
 DATA_SOURCES = dict(zip(CHOICES, ("Built-in slice", "A copy on this machine", "Download CIFAR-10")))
 AUTO_LABEL = "Best available"         # the device while the first probe is still looking
 
@@ -141,7 +149,11 @@ def when_text(when: float) -> str:
 
 def speed_source(source: str, when: float) -> str:
     if source.startswith("run "):
-        return f"the speed of run {source[4:]} ({when_text(when)})"
+        name = source[4:]
+        # the speeds are the machine's: their run may be another checkout's, or deleted since
+        if Run(runs_root() / name).exists():
+            return f"the speed of run {name} ({when_text(when)})"
+        return f"the speed of a run elsewhere on this machine ({name}, not in this runs folder; {when_text(when)})"
     return f"a short timing of the {source.removeprefix('timed on ')} preset on this machine ({when_text(when)})"
 
 
@@ -206,6 +218,7 @@ def launch_run() -> None:
         st.session_state[LAUNCH_ERROR] = str(e)
         return
     st.session_state[FOLLOWED] = name
+    st.session_state[GO_TO_RUN] = True
     st.session_state.pop(RUN_NAME, None)  # the next run gets a fresh name
     st.toast(f"Launched {name} on {devices_text()}.", icon=":material/rocket_launch:")
 
@@ -249,6 +262,31 @@ def run_charts(steps: pd.DataFrame, per_epoch: pd.DataFrame, split: str, epochs:
     lr_column.altair_chart(lr)
 
 
+def epoch_text(epoch: float) -> str:
+    """Epochs done as a reader wants them: 0.13, 1.5, 3."""
+    return f"{epoch:.2f}".rstrip("0").rstrip(".")
+
+
+def pace_text(at: Progress, active: bool) -> str:
+    """The progress bar's words: where the run is, down to the step while it trains, its speed and time left;
+    while it has no step to show, what it is doing (loading data, warming up)."""
+    doing = PHASES.get(at.phase) if active else None
+    if doing and not at.step and at.epoch == 0:
+        return doing
+    where = (f"Epoch {epoch_text(at.epoch)} · {duration_text(at.trained_s)} of {duration_text(at.time_limit)} "
+             f"trained" if at.time_limit else f"Epoch {epoch_text(at.epoch)} of {at.epochs}")
+    parts = [where]
+    if active and at.step is not None and at.phase in ("warming up", "training"):
+        parts.append(f"step {at.step} of {at.steps_per_epoch}")
+    if doing:
+        parts.append(doing[0].lower() + doing[1:])
+    if at.images_per_s:
+        parts.append(f"{rate_text(at.images_per_s)} images/s")
+    if active and at.eta_s is not None:
+        parts.append(f"about {duration_text(at.eta_s)} left")
+    return " · ".join(parts)
+
+
 def show_run(run: Run, live: bool) -> None:
     """One run as it stands on disk: state, progress, curves, log and what can be done with it."""
     status = run.status()
@@ -262,34 +300,38 @@ def show_run(run: Run, live: bool) -> None:
         return
     rows = run.metrics()
     epochs = cfg.train.epochs
-    at = progress(rows, epochs, cfg.train.batch_size)
+    beat = read_heartbeat(run) if state == "running" else None  # queued: it may be a previous session's
+    at = progress(rows, cfg.train, cfg.data, beat)
+    imported = status.get("imported_from")
 
     with st.container(horizontal=True, vertical_alignment="center"):
         st.markdown(f"#### {run.name}")
         state_badge(state)
         where = status.get("device_name") or status.get("device")  # known once its process has started
         st.caption(" · ".join([*([where] if where else []), f"{params_text(count(cfg.arch).params)} parameters",
-                               cfg.preset or "custom design", data_label(cfg.data)]))
+                               cfg.preset or "custom design",
+                               f"imported from {Path(imported).name}" if imported else data_label(cfg.data)]))
     if state == "queued":
         waiting = status.get("waiting_for")
         st.info(f"Queued: {waiting}. It starts by itself when the device is free." if waiting else
-                "Starting: the training process is loading the data and building the network.",
+                "Starting: the training process is loading PyTorch and the data, and building the network.",
                 icon=":material/hourglass_top:")
     elif state == "running" and not rows:
-        st.info(f"Running: the first numbers appear after {cfg.train.log_every} steps.",
-                icon=":material/hourglass_top:")
+        st.info(f"Running: {PHASES.get(at.phase, 'training…').lower()} Progress shows here step by step, and the "
+                f"loss within seconds of the first steps.", icon=":material/hourglass_top:")
     elif state == "failed":
         st.error(f"**Failed**: {status.get('error') or 'no reason recorded'}.  \n{resume_point(run)} The log "
                  f"below has the details.", icon=":material/error:")
     elif state == "stopped":
-        st.info(f"Stopped at epoch {at.epoch:.1f}. Resume continues from there.", icon=":material/pause_circle:")
+        st.info(f"Stopped at epoch {epoch_text(at.epoch)}. Resume continues from there.",
+                icon=":material/pause_circle:")
 
-    pace = [f"Epoch {at.epoch:.1f} of {epochs}"]
-    if at.images_per_s:
-        pace.append(f"{rate_text(at.images_per_s)} images/s")
-    if state in ACTIVE and at.eta_s is not None:
-        pace.append(f"about {duration_text(at.eta_s)} left")
-    st.progress(at.fraction, text=" · ".join(pace))
+    if imported:
+        st.info(f"Imported from {Path(imported).name}: its weights were trained elsewhere, so it has no curves "
+                f"here. Evaluate or Classify use it; Open in Design trains its design anew.",
+                icon=":material/upload_file:")
+    else:
+        st.progress(at.fraction, text=pace_text(at, state in ACTIVE))
     steps, per_epoch = metric_frames(rows)
     if not steps.empty or not per_epoch.empty:
         split = per_epoch["eval_split"].iloc[-1] if len(per_epoch) else "test"  # test, or val when held out
@@ -312,7 +354,7 @@ def show_run(run: Run, live: bool) -> None:
                           help="Finish the current step, save a checkpoint, and stop; Resume continues"):
             stop(run)
             st.toast(f"Stopping {run.name}: it saves a checkpoint first.", icon=":material/stop_circle:")
-    else:
+    elif (cannot := resume_problem(run)) is None:
         done = int(per_epoch["epoch"].max()) if len(per_epoch) else 0
         more = actions.number_input("Epochs in all", min_value=max(1, done), value=max(epochs, done, 1), step=1,
                                     key=f"train_resume_epochs:{run.name}", width=160,
@@ -328,10 +370,24 @@ def show_run(run: Run, live: bool) -> None:
                 st.error(str(e), icon=":material/error:")
             else:
                 st.rerun()
+    else:
+        actions.button("Resume", icon=":material/play_arrow:", disabled=True, help=cannot + ".")
+        st.caption(f"Can't resume: {cannot}: Open in Design, then Launch.")
     if actions.button("Open in Design", icon=":material/architecture:", on_click=clone_run, args=(run,),
                       help="Load this run's design into the Design page and its settings and data here, "
                            "to change and train again"):
         st.switch_page("pages/design.py")
+
+
+def show_queue() -> None:
+    """Which run holds which device and who waits, re-read every REFRESH_S: runs come and go from other tabs,
+    the command line and other checkouts on this machine."""
+    held = queue()
+    busy = [f"{row['device'].upper()} is busy with {Path(row['held_by']).name}" for row in held["devices"]
+            if row["held_by"]]
+    st.caption("Queue: " + ("; ".join(busy) if busy else "every device is free") +
+               "".join(f"; {row['run']} waits" for row in held["waiting"]) +
+               ". A run starts when all its devices are free.")
 
 
 # ---- the page -----------------------------------------------------------------------------------------
@@ -339,11 +395,15 @@ def show_run(run: Run, live: bool) -> None:
 spec, preset = current_design()
 cost = count(spec)
 follows = design_recipe()  # the preset's recipe, or the one that came with the design (a search trial's)
+keep_link(spec)  # a reload of this page opens the same design
 if any(SETTING + name not in st.session_state for name in LABELS):
-    load_settings(recipe_named(follows), follows)
+    restored = restored_settings()  # the last ones used, unless they were another recipe's
+    load_settings(*(restored if restored and (follows is None or restored[1] == follows)
+                    else (recipe_named(follows), follows)))
 elif follows is not None and follows != st.session_state[SETTINGS_FROM]:
     load_settings(recipe_named(follows), follows)
     st.toast(f"Training settings now follow {follows}'s recipe.", icon=":material/tune:")
+remember()
 
 st.title("Train")
 st.write("Train the design from the Design page on CIFAR-10 in a background process, and watch it learn. "
@@ -361,6 +421,14 @@ params_column.metric("Parameters", params_text(cost.params), margin_text(over),
 macs_column.metric("MACs per image", macs_text(cost.macs))
 if change_column.button("Change in Design", icon=":material/architecture:", width="stretch"):
     st.switch_page("pages/design.py")
+if LINK_ERROR in st.session_state:
+    st.error(f"The design in this page's link can't be used: {st.session_state.pop(LINK_ERROR)}",
+             icon=":material/link_off:")
+if design_origin() == "default":
+    st.warning(f"This is {origin_text()}. It has {cost.params:,} parameters: pick or change the design in Design "
+               f"before a long run.", icon=":material/info:")
+elif origin := origin_text():
+    st.caption(f"This is {origin}.")
 if over > 0:
     st.error(f"This design has {cost.params:,} parameters, {over:,} over the budget of {BUDGET:,}: it can't be "
              f"trained. Make it narrower or shallower on the Design page, or let Fit to budget scale every width.",
@@ -436,12 +504,7 @@ elif device == "cpu":
     st.number_input("Processes", min_value=1, max_value=os.cpu_count(), step=1, key=PROCESSES, **PERSIST,
                     help="Train as this many processes (torchrun, gloo), one thread each; the batch size is the "
                          "global batch, split over them")
-held = queue()
-busy = [f"{row['device'].upper()} is busy with {Path(row['held_by']).name}" for row in held["devices"]
-        if row["held_by"]]
-st.caption("Queue: " + ("; ".join(busy) if busy else "every device is free") +
-           "".join(f"; {row['run']} waits" for row in held["waiting"]) +
-           ". A run starts when all its devices are free.")
+st.fragment(show_queue, run_every=REFRESH_S)()
 timed = (st.session_state[GPUS] or gpus)[0] if device == "cuda" else device  # the estimate is for one device
 values = setting_values()
 epochs = values["epochs"] if settings_error(values) is None else TrainConfig().epochs
@@ -487,6 +550,11 @@ launch_column.button("Launch", type="primary", icon=":material/rocket_launch:", 
                      help=blocked or f"Start training {run_name} on {devices_text()} in the background")
 if blocked:
     st.caption(f"Can't launch: {blocked}")
+else:  # what a click starts, in full: no run of the wrong design or length by accident
+    length = (f"for {duration_text(values['time_limit'])} of training" if values["time_limit"] else
+              f"for {plural(values['epochs'], 'epoch')}")
+    st.caption(f"Launch trains **{preset or 'your own design'}** ({cost.params:,} parameters) {length} on the "
+               f"{data_label(data)}, on {devices_text()}.")
 if LAUNCH_ERROR in st.session_state:
     st.error(f"Could not launch: {st.session_state.pop(LAUNCH_ERROR)}", icon=":material/error:")
 
@@ -503,3 +571,6 @@ else:
                             "newest active run", **PERSIST)
     live = states[followed] in ACTIVE
     st.fragment(show_run, run_every=REFRESH_S if live else None)(Run.named(followed), live)
+if st.session_state.pop(GO_TO_RUN, False):  # just launched: down to the run it started, which the page now follows
+    st.html('<script>setTimeout(() => document.getElementById("follow-a-run")'
+            '?.scrollIntoView({behavior: "smooth", block: "start"}), 300)</script>', unsafe_allow_javascript=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from core.design.last import last_design_path
 from core.runs.run import Run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +44,13 @@ def own_cache(tmp_path_factory) -> Path:
     os.environ["RESNET_STUDIO_CACHE"] = str(path)  # this process and every process the tests start
     os.environ["RESNET_STUDIO_LOCKS"] = str(tmp_path_factory.mktemp("session-locks"))
     return path
+
+
+@pytest.fixture(autouse=True)
+def no_last_design(own_cache) -> None:
+    """Each test's app opens as on a machine where nothing was designed yet: the design and settings an earlier
+    test left on disk (core.design.last, for reloads and new tabs) are gone."""
+    last_design_path().unlink(missing_ok=True)
 
 
 @pytest.fixture(autouse=True)

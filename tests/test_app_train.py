@@ -11,6 +11,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -93,7 +94,9 @@ def progress_text(app: AppTest) -> str:
 
 
 def fake_state(run: Run, **status) -> None:
-    """Make `run` look as `status` says, held by this process (alive) when it looks active."""
+    """Make `run` look as `status` says, held by this process (alive) when it looks active; with no heartbeat, as
+    no training process writes one for it."""
+    run.heartbeat_path.unlink(missing_ok=True)
     pid = os.getpid()
     run.status_path.write_text(json.dumps({"created": time.time(), "pid": pid, "pid_start": process_start_time(pid),
                                            "device": "cpu", "device_name": "CPU"} | status))
@@ -248,7 +251,9 @@ def test_a_running_run_shows_its_progress_charts_and_a_stop_button(trained_copy)
     app = open_page("train", TINY)
     assert_clean(app)
     assert app.get_by_key("train_followed").value == "small"  # the active run, followed by default
-    assert progress_text(app).startswith("Epoch 1.5 of 2")
+    halfway_at = halfway[-1]["epoch"]  # the last line before 1.6 (one at least every 20 steps and every 3 s)
+    assert progress_text(app).startswith(f"Epoch {halfway_at:.2f}".rstrip("0").rstrip(".") + " of 2 · ")
+    assert progress_text(app).endswith(" left")
     assert {"Loss", "Accuracy", "Learning rate"} <= set(chart_titles(app))
     assert any(b.label == "Stop" for b in app.button)
     assert not any(b.label == "Resume" for b in app.button)
@@ -301,7 +306,7 @@ def test_launching_trains_in_a_background_process_which_stops_resumes_and_trains
         assert wait_for_state(run, ("running", "finished", "failed"))["state"] != "failed", run.log_tail()
         assert wait_for_state(run, ("finished", "failed"))["state"] == "finished", run.log_tail()
         app.run()
-        assert progress_text(app).startswith("Epoch 1.0 of 1")
+        assert progress_text(app).startswith("Epoch 1 of 1")
         app.get_by_key("train_resume_epochs:tiny").set_value(3).run()  # two more: time enough to stop it
         button(app, "Train longer").click().run()
         assert_clean(app)
@@ -410,3 +415,123 @@ def test_deleting_a_run_asks_first_and_refuses_an_active_one(trained_copy):
     assert_clean(app)
     assert not trained_copy.dir.exists()
     assert "No runs yet" in texts(app.info)
+
+
+# ---- issue 19: live and honest -----------------------------------------------------------------------------
+
+def beat(run: Run, **fields) -> None:
+    """The run's heartbeat as its training process writes it (core.runs.watch.Heartbeat)."""
+    run.heartbeat_path.write_text(json.dumps({"phase": "training", "epoch": 0, "step": 0, "step_time": None,
+                                              "pid": os.getpid(), "time": time.time()} | fields))
+
+
+def test_before_its_first_line_a_run_says_what_it_does_then_step_by_step_with_a_time_left(trained_copy):
+    trained_copy.metrics_path.unlink()
+    fake_state(trained_copy, state="running")
+    beat(trained_copy, phase="loading data")
+    app = open_page("train", TINY)
+    assert_clean(app)
+    assert progress_text(app) == "Loading data…"
+    beat(trained_copy, phase="warming up", step=1)
+    app.run()
+    assert progress_text(app).startswith("Epoch 0.03 of 2 · step 1 of 39 · warming up (the first steps compile")
+    # the heartbeat's median step time gives the time left before any line: 39 steps of 128 images at 0.5 s
+    beat(trained_copy, phase="training", step=5, step_time=0.5)
+    app.run()
+    assert_clean(app)
+    text = progress_text(app)
+    assert text.startswith("Epoch 0.13 of 2 · step 5 of 39 · 256 images/s · about ") and text.endswith(" left")
+
+
+def test_a_time_limited_runs_progress_is_its_time_not_its_epochs(trained_copy):
+    cfg = json.loads(trained_copy.config_path.read_text())
+    cfg["train"] |= {"time_limit": 60.0, "epochs": 30}
+    trained_copy.config_path.write_text(json.dumps(cfg))
+    trained_copy.metrics_path.write_text(json.dumps({"kind": "step", "epoch": 20 / 39, "step": 20, "train_loss": 2.0,
+                                                     "lr": 0.1, "images_per_s": 100.0, "elapsed": 15.0}) + "\n")
+    fake_state(trained_copy, state="running")
+    beat(trained_copy, step=20, step_time=0.5)
+    app = open_page("train", TINY)
+    assert_clean(app)
+    text = progress_text(app)
+    assert text.startswith("Epoch 0.51 · 15 s of 60 s trained · step 20 of 39") and text.endswith("about 45 s left")
+    assert app.get("progress")[0].proto.value == 25  # 15 s of 60
+
+
+def test_one_wild_test_loss_is_clipped_on_the_loss_chart_not_flattening_the_train_loss(trained_copy):
+    lines = trained_copy.metrics()
+    first_epoch = next(line for line in lines if line["kind"] == "epoch")
+    first_epoch["eval_loss"] = 126.4
+    trained_copy.metrics_path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    app = open_page("train", TINY)
+    assert_clean(app)
+    loss = next(spec for spec in chart_specs(app) if str(spec.get("title")).find("Loss") >= 0)
+    assert loss["title"]["subtitle"] == ["▲ 1 point off the scale (126.4): drawn at the top edge"]
+    y = loss["layer"][0]["encoding"]["y"]["scale"]
+    assert y["clamp"] and y["domain"][1] < 5  # the train losses (about 2) fill the chart
+
+
+def test_the_estimate_says_when_its_speed_came_from_a_run_outside_this_runs_folder(runs_dir, cpu_timed):
+    record_speed("cpu", "CPU", 100.0, count(preset_spec("resnet20")).macs, "run bar-kill-2830")
+    app = open_page("train", TINY)
+    assert_clean(app)
+    shown = texts(app.warning) + texts(app.info)
+    assert "a run elsewhere on this machine (bar-kill-2830, not in this runs folder;" in shown
+    assert "the speed of run bar-kill-2830" not in shown
+
+
+def test_the_design_and_settings_survive_a_new_session_and_say_where_they_came_from(runs_dir, cache):
+    fresh = open_page("train")  # nothing designed on this machine yet: the default, said loudly
+    assert_clean(fresh)
+    assert "This is the default design, resnet26-seed" in texts(fresh.warning)
+    launch_line = next(c.value for c in fresh.caption if c.value.startswith("Launch trains"))
+    assert f"**resnet26-seed** ({count(preset_spec('resnet26-seed')).params:,} parameters) for 30 epochs" in launch_line
+
+    app = open_page("train", TINY)
+    app.get_by_key("train:epochs").set_value(3).run()
+    app.get_by_key("train:lr").set_value(0.02).run()
+    again = open_page("train")  # a reload, or a new tab: a new session, no link
+    assert_clean(again)
+    assert again.session_state["design"] == TINY.to_dict()
+    assert again.get_by_key("train:epochs").value == 3 and again.get_by_key("train:lr").value == 0.02
+    assert any(c.value.startswith("This is your last design, restored as you left it at") for c in again.caption)
+    assert not again.warning
+    launch_line = next(c.value for c in again.caption if c.value.startswith("Launch trains"))
+    assert f"**your own design** ({count(TINY).params:,} parameters) for 3 epochs" in launch_line
+    assert again.query_params["stage"] == "1x16s1"  # the address bar links to it: a reload keeps it
+
+
+def test_the_link_in_the_address_bar_wins_over_the_last_design(runs_dir, cache):
+    open_page("train", TINY).get_by_key("train:epochs").set_value(4).run()  # the last design on disk: TINY
+    app = AppTest.from_file(APP, default_timeout=120)
+    app.query_params.update({"stage": ["2x32s1", "2x64s2"]})
+    app.run()
+    app.switch_page("pages/train.py").run()
+    assert_clean(app)
+    linked = ArchSpec.from_dict({"stages": [{"blocks": 2, "channels": 32, "stride": 1},
+                                            {"blocks": 2, "channels": 64, "stride": 2}]})
+    assert app.session_state["design"] == linked.to_dict()
+    assert app.get_by_key("train:epochs").value == 4  # the settings last used come along
+
+
+def test_an_imported_run_cannot_be_resumed_and_says_why(trained_copy):
+    trained_copy.update_status(imported_from="/somewhere/seed.pt")
+    (trained_copy.checkpoints / "last.json").unlink()
+    app = open_page("train", TINY)
+    assert_clean(app)
+    resume = button(app, "Resume")
+    assert resume.disabled and "imported from seed.pt, not trained here" in resume.help
+    assert not any(b.label == "Train longer" for b in app.button)
+    assert "Imported from seed.pt" in texts(app.info) and not app.get("progress")
+    assert any(c.value.startswith("Can't resume: small was imported") for c in app.caption)
+
+
+def test_the_runs_table_says_imported_and_leaves_unknown_cells_blank(trained_copy):
+    trained_copy.update_status(imported_from="/somewhere/seed.pt", device=None)
+    trained_copy.metrics_path.unlink()
+    app = open_page("runs")
+    assert_clean(app)
+    table = app.dataframe[0].value.set_index("Run")
+    assert table.loc["small", "Epochs"] == "imported"
+    assert pd.isna(table.loc["small", "Training time"]) and pd.isna(table.loc["small", "Device"])
+    assert app.dataframe[0].proto.placeholder == "—"  # how the browser shows them, not "None"

@@ -57,6 +57,21 @@ def test_a_kuangliu_state_dict_imports_and_predicts_exactly_as_the_original(trai
     assert evaluate_run(copy, "builtin").accuracy == evaluate_run(original, "builtin").accuracy
 
 
+def test_an_imported_run_cannot_be_resumed_and_says_how_to_train_its_design(trained, design, tmp_path):
+    saved = tmp_path / "weights.pt"
+    torch.save(kuangliu_state_dict(trained), saved)
+    run_dir = tmp_path / "runs" / "seed"
+    assert import_cli(saved, design, run_dir).returncode == 0
+    best = (run_dir / "checkpoints" / "best.json").read_text()
+    resumed = subprocess.run([sys.executable, "-m", "core", "train", "--resume", str(run_dir), "--epochs", "1",
+                              "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 2
+    assert "seed was imported from weights.pt, not trained here: it has weights but no training state" in \
+        resumed.stderr and f"--config {run_dir / 'config.json'}" in resumed.stderr
+    assert (run_dir / "checkpoints" / "best.json").read_text() == best  # nothing trained over its weights
+    assert not (run_dir / "metrics.jsonl").exists() and Run(run_dir).status()["state"] == "finished"
+
+
 def test_normalisation_it_was_trained_with_is_kept(trained, design, tmp_path):
     saved = tmp_path / "weights.pt"
     torch.save(kuangliu_state_dict(trained), saved)

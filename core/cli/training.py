@@ -14,7 +14,8 @@ from core.measure.probe import PROBE_SECONDS
 from core.runs.queue import plan, queue
 from core.runs.record import read_record
 from core.runs.reproduce import finish, reproduce
-from core.runs.run import Run, StopFlag, create_run, delete, launch, list_runs, stop
+from core.runs.run import (Run, RunError, StopFlag, create_run, delete, launch, list_runs, resume_problem,
+                           stop)
 from core.runs.speeds import REFERENCE
 from core.runs.watch import watch
 
@@ -25,6 +26,8 @@ def cmd_train(args) -> int:
     stop_flag = StopFlag() if args.watched or not (args.detach or watching) else None  # before the slow imports
     if args.resume:
         run = Run.at(args.resume).require()
+        if problem := resume_problem(run):
+            raise RunError(f"{problem} (python -m core train --config {run.config_path})")
     else:
         cfg = config_from_args(args)
         overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v}

@@ -190,6 +190,17 @@ class Run:
                 "search": (status.get("search") or {}).get("study")}
 
 
+def resume_problem(run: Run) -> str | None:
+    """Why `run` cannot be resumed or trained longer, or None when it can. An imported run holds weights and
+    no training state (optimizer, schedule, epoch): a resume would train its design from scratch instead."""
+    status = run.status()
+    if status.get("imported_from") and not (run.checkpoints / "last.json").exists():
+        return (f"{run.name} was imported from {Path(status['imported_from']).name}, not trained here: it has "
+                f"weights but no training state (optimizer, schedule, epoch) to continue from. Train its design "
+                f"anew as a new run instead")
+    return None
+
+
 def died(status: dict) -> bool:
     """Active, with a process that is gone. No pid yet: created and not launched, or launched and not yet
     started; nothing has died."""
