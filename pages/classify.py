@@ -24,6 +24,7 @@ UPLOAD = "classify_upload"
 SAMPLES = "classify_samples"  # the built-in test images, when asked for instead of uploads
 SCALE = 6                     # the 32x32 input is shown 192 px wide, each of its pixels a visible square
 SIDE = SCALE * 32             # the width every image of a prediction is shown at
+ASPECT_LIMIT = 3              # an image longer than 3:1 has most of it cut away: its card says so
 MANY = 6                      # beyond this many files, a table of them all comes before the details
 
 
@@ -72,6 +73,12 @@ def show_prediction(result: Prediction) -> None:
     with st.container(border=True):
         st.markdown(f"#### {first['class']} · {first['probability']:.0%}")
         st.caption(f"{result.file} · next: {second['class']} {second['probability']:.0%}")
+        width, height = result.size
+        if max(width, height) > ASPECT_LIMIT * min(width, height):
+            side = min(width, height)
+            st.warning(f"Only the central {side:,}×{side:,} square of this {width:,}×{height:,} image was seen: the "
+                       f"network takes a square. Crop the part that matters to a square, or read this answer as "
+                       f"about that square alone.", icon=":material/crop:")
         image, seen, cam, chart = st.columns([1, 1, 1, 2], vertical_alignment="top")
         # the same size for all three, so a small original is not lost beside its enlarged input
         height, width = result.thumbnail.shape[:2]

@@ -5,6 +5,7 @@ Every expected prediction and accuracy comes from core.deploy.predict on the sam
 pages are held to what the CLI would say.
 """
 import io
+import json
 import os
 import shutil
 import zipfile
@@ -202,6 +203,36 @@ def test_the_sample_button_classifies_one_test_image_per_class(trained_runs, tra
     expected = classify(Classifier.load(trained, "best"), sample_files())
     assert headings(app) == [expected_heading(p) for p in expected]
     assert len(app.dataframe[0].value) == 10
+
+
+def test_a_very_long_image_says_only_its_central_square_was_seen(trained_runs, trained, monkeypatch):
+    use_runs(monkeypatch, trained_runs)
+    strip = Image.new("RGB", (20000, 10), (30, 90, 200))
+    files = [("strip.png", encoded(strip, "PNG")), ("wide.png", encoded(picture(5).resize((96, 40)), "PNG"))]
+    app = upload(open_page("classify"), "classify_upload", files)
+    assert_clean(app)
+    assert [w.value for w in app.warning] == [
+        "Only the central 10×10 square of this 20,000×10 image was seen: the network takes a square. Crop the part "
+        "that matters to a square, or read this answer as about that square alone."]  # 96×40 is within 3:1: no word
+
+
+def test_the_default_run_is_the_best_one_and_says_so(trained, tmp_path, monkeypatch):
+    runs_dir = tmp_path / "runs"
+    copy_run(trained, runs_dir, "good")
+    weak = copy_run(trained, runs_dir, "weak")  # newer, finished, but a poor accuracy: a 1-epoch run at chance
+    weak.metrics_path.write_text(json.dumps({"kind": "epoch", "epoch": 1, "step": 39, "train_loss": 2.2,
+                                             "train_acc": 0.15, "eval_split": "test", "eval_loss": 2.1,
+                                             "eval_acc": 0.1, "lr": 0.1, "images_per_s": 100.0,
+                                             "elapsed": 30.0}) + "\n")
+    os.utime(weak.status_path)
+    use_runs(monkeypatch, runs_dir)
+    for page in ("classify", "evaluate"):
+        app = open_page(page)
+        chosen = app.selectbox(key="run_choice:widget")
+        assert chosen.value == "good"
+        best = trained.summary()["best_acc"]
+        assert best > 0.1 and chosen.options == ["weak · finished · best 10.0%",
+                                                 f"good · finished · best {best:.1%} · best run"]
 
 
 # ---- Evaluate ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     cam: Any = None                            # torch (32, 32) in [0, 1]
     thumbnail: Any = None                      # uint8 (H, W, 3) array: the whole image, small, for people
+    size: tuple[int, int] | None = None        # the image's (width, height): of it, the model saw the central square
 
     def top(self, k: int = 3) -> list[dict]:
         ranked = sorted(self.probabilities.items(), key=lambda kv: kv[1], reverse=True)[:k]
@@ -34,12 +35,13 @@ class Prediction:
 
 
 def read_files(files: list[tuple[str, bytes | Path]], prepare: Callable[[Image.Image], dict]) -> list[Prediction]:
-    """A Prediction per file, in order, its probabilities still empty: a file that decodes gets the fields
-    `prepare` makes from its image (its `input` at least); a bad file gets its own error and the rest go on."""
+    """A Prediction per file, in order, its probabilities still empty: a file that decodes gets its size and the
+    fields `prepare` makes from its image (its `input` at least); a bad file gets its own error and the rest go on."""
     results = []
     for name, source in files:
         try:
-            results.append(Prediction(name, True, **prepare(open_image(source, name))))
+            image = open_image(source, name)
+            results.append(Prediction(name, True, size=image.size, **prepare(image)))
         except StudioError as e:
             results.append(Prediction(name, False, error=str(e)))
     return results
