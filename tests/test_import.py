@@ -63,8 +63,7 @@ def test_an_imported_run_cannot_be_resumed_and_says_how_to_train_its_design(trai
     run_dir = tmp_path / "runs" / "seed"
     assert import_cli(saved, design, run_dir).returncode == 0
     best = (run_dir / "checkpoints" / "best.json").read_text()
-    resumed = subprocess.run([sys.executable, "-m", "core", "train", "--resume", str(run_dir), "--epochs", "1",
-                              "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    resumed = core_cli("train", "--resume", str(run_dir), "--epochs", "1", "--device", "cpu", check=False, timeout=300)
     assert resumed.returncode == 2
     assert "seed was imported from weights.pt, not trained here: it has weights but no training state" in \
         resumed.stderr and f"--config {run_dir / 'config.json'}" in resumed.stderr
