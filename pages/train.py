@@ -27,7 +27,8 @@ from core.runs.queue import launch_options, queue
 from core.runs.run import (ACTIVE, Run, RunError, check_name, create_run, launch, list_runs, resume_problem, runs_root,
                            stop)
 from core.runs.watch import read_heartbeat
-from core.runs.speeds import device_label, estimate, known_devices, probe_running, start_probe
+from core.runs.speeds import (device_label, estimate, kernels_text, known_devices, probe_running, read_machine,
+                              start_probe)
 from core.data.sources import (BUILTIN, CHOICES, CIFAR10_DOWNLOAD_BYTES, DEFAULT_DIR, chosen_data, image_counts,
                                resolve_data)
 from core.units import bytes_text, duration_text, macs_text, margin_text, params_text, rate_text
@@ -43,7 +44,9 @@ DOWNLOAD_DIR = "train_download_dir"
 DEVICE = "train_device"              # "cuda", "cpu", or "auto" until the probe has looked
 GPUS = "train_gpus"                  # with cuda: torch's names of the GPUs (cuda:0, ...), one process each
 PROCESSES = "train_processes"        # with cpu: how many processes (torchrun)
-RUN_NAME = "train_run_name"
+RUN_NAME = "train_run_name"         # + ":" + its generation (widget_key)
+FOLLOW = "train_follow"              # the Run selectbox's key, + ":" + its generation; FOLLOWED holds the choice
+SHOWN = "train_followed_shown"       # FOLLOWED as the selectbox last showed it: another value was set by code
 LAUNCH_ERROR = "train_launch_error"
 GO_TO_RUN = "train_go_to_run"        # set by Launch: the next draw scrolls down to the followed run
 REFRESH_S = 2                        # how often the live view re-reads an active run
@@ -51,6 +54,11 @@ PERSIST = {"persist_state": "session"}  # a setting keeps its value while the us
 PHASES = {"starting": "Starting (loading PyTorch)…", "waiting": "Waiting for its device…",
           "loading data": "Loading data…", "warming up": "Warming up (the first steps compile and tune kernels)…",
           "evaluating": "Evaluating…", "saving": "Saving a checkpoint…"}  # heartbeat phases, but training
+LENGTH = "train_length"             # what sets a run's length: "epochs", or "time" (train.time_limit)
+MINUTES = "train_minutes"           # the time budget's widget, in minutes; train.time_limit is in seconds
+LENGTH_SHOWN = "train_length_shown"  # train.time_limit as the length widgets last showed it
+LENGTHS = {"epochs": "Epochs", "time": "A time budget"}
+FIRST_BUDGET_MIN = 30.0             # a time budget's first value: the laptop preset's half hour
 DATA_SOURCES = dict(zip(CHOICES, ("Built-in slice", "A copy on this machine", "Download CIFAR-10")))
 AUTO_LABEL = "Best available"         # the device while the first probe is still looking
 
@@ -58,7 +66,43 @@ AUTO_LABEL = "Best available"         # the device while the first probe is stil
 # ---- the settings: one widget per TrainConfig field, in core.design.settings' groups --------------------
 
 def setting_values() -> dict:
-    return {name: st.session_state[SETTING + name] for name in LABELS}
+    """The settings as TrainConfig fields; the time limit from the length widgets, which a click (Launch) brings
+    with it before any of their callbacks may have run."""
+    return {name: st.session_state[SETTING + name] for name in LABELS} | {"time_limit": time_limit_chosen()}
+
+
+def time_limit_chosen() -> float:
+    """train.time_limit in seconds from the length widgets; 0: the run trains its epochs."""
+    return st.session_state.get(MINUTES, FIRST_BUDGET_MIN) * 60 if st.session_state[LENGTH] == "time" else 0.0
+
+
+def show_length() -> None:
+    """The length widgets show the time limit of the settings as last loaded (a preset's recipe, a run's, the last
+    ones used): a recipe with a time limit (laptop's) opens with the time budget chosen."""
+    limit = st.session_state[SETTING + "time_limit"]
+    if LENGTH not in st.session_state or st.session_state.get(LENGTH_SHOWN) != limit:
+        st.session_state[LENGTH] = "time" if limit else "epochs"
+        if limit:
+            st.session_state[MINUTES] = limit / 60
+        st.session_state[LENGTH_SHOWN] = limit
+    st.session_state.setdefault(MINUTES, FIRST_BUDGET_MIN)  # what a switch to a time budget starts from
+
+
+def set_length() -> None:
+    st.session_state[SETTING + "time_limit"] = st.session_state[LENGTH_SHOWN] = time_limit_chosen()
+
+
+def length_widgets() -> None:
+    """Train for epochs or for a time budget; with a budget, the schedule drawn over the epochs is stretched over
+    the time (core.engine.loop), and progress and the time left follow the time."""
+    st.segmented_control("Train for", list(LENGTHS), format_func=LENGTHS.get, required=True, key=LENGTH,
+                         on_change=set_length, **PERSIST,
+                         help="A number of epochs, or a time budget: the run trains until its time is up "
+                              "(evaluation apart), whatever the device, and stops there")
+    if st.session_state[LENGTH] == "time":
+        st.number_input("Time budget (minutes)", min_value=0.1, max_value=1e6 / 60, step=5.0, format="%g",
+                        key=MINUTES, on_change=set_length, **PERSIST,
+                        help="Minutes of training; the schedule is stretched over them")
 
 
 def setting_widget(setting: Setting, values: dict) -> None:
@@ -162,7 +206,7 @@ def probing(spec, device: str, data: str | None) -> bool:
     return (device == "auto" or estimate(spec, device, data) is None) and probe_running()
 
 
-def show_estimate(spec, device: str, data: str | None, epochs: int, waiting: bool) -> None:
+def show_estimate(spec, device: str, data: str | None, epochs: int, time_limit: float, waiting: bool) -> None:
     """How long an epoch takes on `device`, from the speed kept on disk; while a probe is still looking,
     a note, re-drawn every second, until its figure arrives."""
     if probing(spec, device, data) != waiting:
@@ -170,8 +214,9 @@ def show_estimate(spec, device: str, data: str | None, epochs: int, waiting: boo
     figure = None if device == "auto" else estimate(spec, device, data)
     where = "the built-in slice" if data == BUILTIN else f"{image_counts(data)[0]:,} training images"
     if figure is not None:
-        text = (f"about **{duration_text(figure.epoch_s)} per epoch** of {where} for this design, "
-                f"{duration_text(figure.epoch_s * epochs)} for {plural(epochs, 'epoch')} "
+        length = (f"so about {time_limit / figure.epoch_s:.3g} epochs in a time budget of {duration_text(time_limit)}"
+                  if time_limit else f"{duration_text(figure.epoch_s * epochs)} for {plural(epochs, 'epoch')}")
+        text = (f"about **{duration_text(figure.epoch_s)} per epoch** of {where} for this design, {length} "
                 f"({rate_text(figure.images_per_s)} images/s).  \n"
                 f":gray[From {speed_source(figure.source, figure.when)}, "
                 f"scaled by this design's {macs_text(count(spec).macs)} MACs per image: a rough figure, which the "
@@ -202,12 +247,28 @@ def default_run_name(preset: str | None) -> str:
     return f"{preset or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"  # as `python -m core train` names runs
 
 
+def widget_key(name: str) -> str:
+    """The key of a widget whose value code also sets (the followed run, the run name), of its generation. A timed
+    fragment's rerun carries the browser's values of every widget, which can be older than what the code just
+    set (Launch picks the new run and a fresh name): a new key for each value set by code leaves them nothing
+    to put back."""
+    return f"{name}:{st.session_state.get(name + ':generation', 0)}"
+
+
+def renew(name: str) -> None:
+    st.session_state[name + ":generation"] = st.session_state.get(name + ":generation", 0) + 1
+
+
+def pick_followed(key: str) -> None:
+    st.session_state[FOLLOWED] = st.session_state[SHOWN] = st.session_state[key]
+
+
 def launch_run() -> None:
     """Create the run and start its process, from the widgets' values as they are at the click (a value
     typed just before it arrives with the click, after the page last drew)."""
     spec, preset = current_design()
     data, data_problem = data_choice()
-    name = st.session_state[RUN_NAME].strip()
+    name = st.session_state[widget_key(RUN_NAME)].strip()
     try:
         if data_problem:
             raise RunError(data_problem)
@@ -217,9 +278,9 @@ def launch_run() -> None:
     except StudioError as e:
         st.session_state[LAUNCH_ERROR] = str(e)
         return
-    st.session_state[FOLLOWED] = name
+    st.session_state[FOLLOWED] = name  # the page follows it, in a new selectbox (widget_key)
     st.session_state[GO_TO_RUN] = True
-    st.session_state.pop(RUN_NAME, None)  # the next run gets a fresh name
+    renew(RUN_NAME)  # the next run gets a fresh name
     st.toast(f"Launched {name} on {devices_text()}.", icon=":material/rocket_launch:")
 
 
@@ -421,6 +482,11 @@ params_column.metric("Parameters", params_text(cost.params), margin_text(over),
 macs_column.metric("MACs per image", macs_text(cost.macs))
 if change_column.button("Change in Design", icon=":material/architecture:", width="stretch"):
     st.switch_page("pages/design.py")
+if preset in PRESETS:  # what the preset is for
+    budget = recipe_named(preset).time_limit
+    st.caption(f"**{preset}**: {PRESETS[preset]['description']}" +
+               (f" Its recipe is a time budget, {duration_text(budget)} of training rather than a number of "
+                f"epochs: made for a fixed time." if budget else ""))
 if LINK_ERROR in st.session_state:
     st.error(f"The design in this page's link can't be used: {st.session_state.pop(LINK_ERROR)}",
              icon=":material/link_off:")
@@ -504,12 +570,16 @@ elif device == "cpu":
     st.number_input("Processes", min_value=1, max_value=os.cpu_count(), step=1, key=PROCESSES, **PERSIST,
                     help="Train as this many processes (torchrun, gloo), one thread each; the batch size is the "
                          "global batch, split over them")
+if device != "cuda" and (kernels := kernels_text(read_machine().get("cpu"))):  # as the last probe found the CPU
+    st.caption(f"Kernels that train here: {kernels}")
 st.fragment(show_queue, run_every=REFRESH_S)()
 timed = (st.session_state[GPUS] or gpus)[0] if device == "cuda" else device  # the estimate is for one device
+show_length()
 values = setting_values()
 epochs = values["epochs"] if settings_error(values) is None else TrainConfig().epochs
 waiting = probing(spec, timed, data)
-st.fragment(show_estimate, run_every=1 if waiting else None)(spec, timed, data, epochs, waiting)
+st.fragment(show_estimate, run_every=1 if waiting else None)(spec, timed, data, epochs, values["time_limit"],
+                                                             waiting)
 
 # -- settings --
 st.subheader("Training settings", divider="gray")
@@ -526,16 +596,19 @@ for column, (group, settings) in zip(st.columns(len(SETTINGS)), SETTINGS.items()
     with column.container(border=True, height="stretch"):
         st.markdown(f"**{group}**")
         for setting in settings:
-            setting_widget(setting, values)
+            if setting.field == "epochs":
+                length_widgets()
+            if setting.field != "time_limit":  # the length widgets set it
+                setting_widget(setting, values)
 invalid = settings_error(setting_values())
 if invalid:
     st.error(invalid, icon=":material/error:")
 
 # -- launch --
 st.subheader("Launch", divider="gray")
-st.session_state.setdefault(RUN_NAME, default_run_name(preset))
+st.session_state.setdefault(widget_key(RUN_NAME), default_run_name(preset))
 name_column, launch_column = st.columns([3, 1], vertical_alignment="bottom")
-run_name = name_column.text_input("Run name", key=RUN_NAME,
+run_name = name_column.text_input("Run name", key=widget_key(RUN_NAME),
                                   help="The run's folder name: letters, digits, '.', '_' and '-'").strip()
 try:
     check_name(run_name)
@@ -567,8 +640,13 @@ else:
     states = {run.name: run.status().get("state") for run in runs}
     if st.session_state.get(FOLLOWED) not in states:
         st.session_state[FOLLOWED] = most_recent(runs, states)
-    followed = st.selectbox("Run", list(states), key=FOLLOWED, help="Newest first; until you pick one, the "
-                            "newest active run", **PERSIST)
+    if st.session_state[FOLLOWED] != st.session_state.get(SHOWN):  # set by Launch, or on the Runs or Search page
+        renew(FOLLOW)
+        st.session_state[SHOWN] = st.session_state[FOLLOWED]
+    follow_key = widget_key(FOLLOW)
+    st.session_state.setdefault(follow_key, st.session_state[FOLLOWED])
+    followed = st.selectbox("Run", list(states), key=follow_key, on_change=pick_followed, args=(follow_key,),
+                            help="Newest first; until you pick one, the newest active run")
     live = states[followed] in ACTIVE
     st.fragment(show_run, run_every=REFRESH_S if live else None)(Run.named(followed), live)
 if st.session_state.pop(GO_TO_RUN, False):  # just launched: down to the run it started, which the page now follows

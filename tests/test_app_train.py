@@ -22,7 +22,8 @@ from core.design.config import RunConfig, TrainConfig
 from core.design.presets import preset_spec
 from core.design.spec import ArchSpec
 from core.runs.run import Run, process_start_time, stop
-from core.runs.speeds import estimate, probe_running, read_machine, record_speed, update_machine
+from core.runs.speeds import (estimate, kernels_text, probe_running, read_machine, record_speed,
+                              update_machine)
 from core.units import duration_text
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -87,6 +88,14 @@ def chart_specs(app: AppTest) -> list[dict]:
 
 def chart_titles(app: AppTest) -> list[str]:
     return [spec.get("title") for spec in chart_specs(app)]
+
+
+def run_name_box(app: AppTest):
+    return next(box for box in app.text_input if box.label == "Run name")
+
+
+def followed_box(app: AppTest):
+    return next(box for box in app.selectbox if box.label == "Run")
 
 
 def progress_text(app: AppTest) -> str:
@@ -173,6 +182,10 @@ def test_every_training_setting_has_a_widget_with_help_starting_from_the_presets
     assert_clean(app)
     recipe = RunConfig.from_preset("resnet10-wide").train
     for field in fields(TrainConfig):
+        if field.name == "time_limit":  # "Train for": epochs, or a time budget in minutes
+            assert app.get_by_key("train_length").help and recipe.time_limit == 0
+            assert app.get_by_key("train_length").value == "epochs" and not app.get_by_key("train:epochs").disabled
+            continue
         widget = app.get_by_key(f"train:{field.name}")
         assert widget.help, field.name
         value = widget.value
@@ -180,6 +193,63 @@ def test_every_training_setting_has_a_widget_with_help_starting_from_the_presets
             (list(recipe.augment) if field.name == "augment" else getattr(recipe, field.name)), field.name
     assert app.get_by_key("train:optimizer").value == "adam"
     assert app.get_by_key("train:momentum").disabled  # adam has no momentum
+
+
+def test_a_preset_made_for_a_time_budget_opens_with_it_and_says_what_it_is_for(runs_dir, cpu_timed):
+    app = open_page("train", preset_spec("laptop"), "laptop")
+    assert_clean(app)
+    assert app.get_by_key("train_length").value == "time" and app.get_by_key("train_minutes").value == 30
+    assert app.get_by_key("train:epochs").disabled  # the time sets the length
+    about = next(c.value for c in app.caption if c.value.startswith("**laptop**: "))
+    assert "The most accuracy for a fixed time on a CPU without a GPU" in about
+    assert about.endswith("Its recipe is a time budget, 30 min of training rather than a number of epochs: made "
+                          "for a fixed time.")
+    figure = estimate(preset_spec("laptop"), "cpu", "builtin")
+    assert f"so about {1800 / figure.epoch_s:.3g} epochs in a time budget of 30 min" in texts(app.warning)
+    assert "for 30 min of training" in next(c.value for c in app.caption if c.value.startswith("Launch trains"))
+    app.get_by_key("train_length").set_value("epochs").run()  # the user's choice: the recipe's epochs
+    assert_clean(app)
+    assert not app.get_by_key("train:epochs").disabled and app.get_by_key("train:epochs").value == 30
+    assert "for 30 epochs" in next(c.value for c in app.caption if c.value.startswith("Launch trains"))
+    assert "(changed here)" in next(c.value for c in app.caption if c.value.startswith("They start from"))
+
+
+def test_a_time_budget_is_the_launched_runs_time_limit_and_its_progress_follows_the_time(runs_dir):
+    app = open_page("train", TINY)
+    assert app.get_by_key("train_length").value == "epochs"
+    app.get_by_key("train_length").set_value("time").run()
+    assert app.get_by_key("train_minutes").value == 30  # a half hour to start from
+    app.get_by_key("train_minutes").set_value(0.1).run()
+    app.get_by_key("train_data").set_value("builtin").run()
+    app.get_by_key("train_device").set_value("cpu").run()
+    run_name_box(app).input("budget").run()
+    assert "for 6 s of training" in next(c.value for c in app.caption if c.value.startswith("Launch trains"))
+    button(app, "Launch").click().run()
+    assert_clean(app)
+    run = Run(runs_dir / "budget")
+    try:
+        assert json.loads(run.config_path.read_text())["train"]["time_limit"] == 6.0
+        assert wait_for_state(run, ("finished", "failed"))["state"] == "finished", run.log_tail()
+        app.run()
+        assert " · 6 s of 6 s trained" in progress_text(app)  # its time, not its 30 epochs
+        assert app.get("progress")[0].proto.value == 100
+    finally:
+        stop(run)
+        wait_for_state(run, ("finished", "failed", "stopped"))
+
+
+def test_the_page_says_which_kernels_train_here_once_the_probe_has_recorded_the_cpu(runs_dir, cpu_timed):
+    from core.nn.platform import describe
+
+    app = open_page("train", TINY)
+    assert not [c for c in app.caption if c.value.startswith("Kernels that train here")]  # no record of the CPU
+    cpu = describe()
+    update_machine(lambda machine: machine | {"cpu": cpu})  # as the probe records it
+    app.run()
+    assert_clean(app)
+    line = next(c.value for c in app.caption if c.value.startswith("Kernels that train here"))
+    assert line == f"Kernels that train here: {kernels_text(cpu)}"
+    assert line.startswith(f"Kernels that train here: {cpu['cpu']}: oneDNN ") and " · ATen " in line
 
 
 def test_a_setting_out_of_range_names_it_and_blocks_launch(runs_dir):
@@ -250,7 +320,7 @@ def test_a_running_run_shows_its_progress_charts_and_a_stop_button(trained_copy)
     fake_state(trained_copy, state="running")
     app = open_page("train", TINY)
     assert_clean(app)
-    assert app.get_by_key("train_followed").value == "small"  # the active run, followed by default
+    assert followed_box(app).value == "small"  # the active run, followed by default
     halfway_at = halfway[-1]["epoch"]  # the last line before 1.6 (one at least every 20 steps and every 3 s)
     assert progress_text(app).startswith(f"Epoch {halfway_at:.2f}".rstrip("0").rstrip(".") + " of 2 · ")
     assert progress_text(app).endswith(" left")
@@ -296,13 +366,13 @@ def test_launching_trains_in_a_background_process_which_stops_resumes_and_trains
     app.get_by_key("train:epochs").set_value(1).run()
     app.get_by_key("train_data").set_value("builtin").run()
     app.get_by_key("train_device").set_value("cpu").run()
-    app.get_by_key("train_run_name").input("tiny").run()
+    run_name_box(app).input("tiny").run()
     button(app, "Launch").click().run()
     assert_clean(app)
     run = Run(runs_dir / "tiny")
     try:
         assert run.config().arch == TINY and run.config().train.epochs == 1 and run.config().data == "builtin"
-        assert app.get_by_key("train_followed").value == "tiny"
+        assert followed_box(app).value == "tiny"
         assert wait_for_state(run, ("running", "finished", "failed"))["state"] != "failed", run.log_tail()
         assert wait_for_state(run, ("finished", "failed"))["state"] == "finished", run.log_tail()
         app.run()
@@ -333,7 +403,7 @@ def test_the_cpu_trains_as_two_processes_and_the_queue_says_which_run_holds_it(r
     app.get_by_key("train:epochs").set_value(20).run()  # long enough to see it running: it is stopped then
     app.get_by_key("train_data").set_value("builtin").run()
     app.get_by_key("train_processes").set_value(2).run()
-    app.get_by_key("train_run_name").input("pair").run()
+    run_name_box(app).input("pair").run()
     assert "Queue: every device is free" in texts(app.caption)
     button(app, "Launch").click().run()
     assert_clean(app)
@@ -360,7 +430,7 @@ def test_a_run_on_two_gpus_waits_until_both_are_free(runs_dir, cache, monkeypatc
         app.get_by_key("train_device").set_value("cuda").run()
         assert app.get_by_key("train_gpus").value == ["cuda:0"]
         app.get_by_key("train_gpus").set_value(["cuda:0", "cuda:1"]).run()
-        app.get_by_key("train_run_name").input("pair").run()
+        run_name_box(app).input("pair").run()
         button(app, "Launch").click().run()
         assert_clean(app)
         run = Run(runs_dir / "pair")
@@ -498,7 +568,7 @@ def test_the_design_and_settings_survive_a_new_session_and_say_where_they_came_f
     assert not again.warning
     launch_line = next(c.value for c in again.caption if c.value.startswith("Launch trains"))
     assert f"**your own design** ({count(TINY).params:,} parameters) for 3 epochs" in launch_line
-    assert again.query_params["stage"] == "1x16s1"  # the address bar links to it: a reload keeps it
+    assert again.query_params["stage"] == "1x8s2"  # the address bar links to it: a reload keeps it
 
 
 def test_the_link_in_the_address_bar_wins_over_the_last_design(runs_dir, cache):

@@ -170,7 +170,7 @@ def test_the_train_page_lists_the_gpu_the_probe_found_and_launches_on_it(tmp_pat
     assert device.options[0] == f"GPU 0 · {torch.cuda.get_device_name(0)}" and device.options[-1] == "CPU"
     app.get_by_key("train:epochs").set_value(1).run()
     app.get_by_key("train_data").set_value("builtin").run()
-    app.get_by_key("train_run_name").input("on-gpu").run()
+    next(box for box in app.text_input if box.label == "Run name").input("on-gpu").run()
     button(app, "Launch").click().run()
     assert_clean(app)
     run = Run(tmp_path / "runs" / "on-gpu")

@@ -32,7 +32,9 @@ def unless(field: str, wanted: tuple, reason: str) -> Callable[[dict], str | Non
 STEP_ONLY = unless("schedule", ("step",), "Only the step schedule uses it")
 SETTINGS = {
     "Schedule": [
-        Setting("epochs", "Epochs", "Passes over the training images", step=1),
+        Setting("epochs", "Epochs", "Passes over the training images", step=1,
+                unused=lambda values: "A time limit sets the length instead: the schedule drawn over these epochs "
+                                      "is stretched over the time" if values["time_limit"] else None),
         Setting("time_limit", "Time limit (s)", "Train for this many seconds instead of the epochs, evaluation "
                                                 "apart, with the schedule stretched over them; 0 trains the epochs",
                 step=60.0),
