@@ -120,8 +120,8 @@ def test_without_runs_the_page_says_what_to_do_and_offers_the_way(page, tmp_path
     assert app.title[0].value == "Design"
 
 
-def test_the_default_run_is_the_newest_finished_one_and_a_run_without_checkpoint_says_when_it_will_have_one(
-        trained, tmp_path, monkeypatch):
+def test_a_newer_run_without_checkpoint_is_not_the_default_and_says_when_it_will_have_one(trained, tmp_path,
+                                                                                          monkeypatch):
     runs_dir = tmp_path / "runs"
     copy_run(trained, runs_dir, "finished")
     fresh = copy_run(trained, runs_dir, "fresh", state="running", pid=os.getpid(), pid_start=None)
