@@ -4,7 +4,8 @@ A run trains in a process of its own (core.runs.run.launch), so it outlives this
 only reads the run's folder and heartbeat, in a fragment that re-runs every two seconds while the run is active;
 the queue line re-reads the machine's queue as often. The settings are widgets that keep their values for the
 session and on disk (pages._ui.remember), so a reload or a new tab finds them; they start from the recipe of
-the design's preset, and every check on them is TrainConfig's.
+the design's preset, and every check on them is TrainConfig's. A run's length is its epochs or a time budget
+(train.time_limit, set here in minutes).
 """
 from __future__ import annotations
 
