@@ -216,11 +216,11 @@ EXCEPTION = '[data-testid="stException"]'
 CHART = '[data-testid="stVegaLiteChart"]'
 
 
-def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
+def wait_until_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {server.returncode}:\n{server.stdout.read()}")
+            raise RuntimeError(f"streamlit exited with {server.returncode}:\n{log.read_text()}")
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
                 if response.status == 200:
@@ -232,16 +232,19 @@ def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 60) 
 
 @contextlib.contextmanager
 def serve_app(runs_dir: Path):
-    """The app served from this checkout on a free port, with `runs_dir` as its runs folder; yields its URL."""
+    """The app served from this checkout on a free port, with `runs_dir` as its runs folder; yields its URL. Its
+    output goes to a file beside the runs folder: a pipe nobody reads fills up, and the server then blocks on
+    its next log line (every page load timed out once a session-long server had logged 64 KB)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=os.environ | {"RESNET_STUDIO_RUNS": str(runs_dir)})
+    log = runs_dir.parent / f"streamlit-{port}.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1"],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=os.environ | {"RESNET_STUDIO_RUNS": str(runs_dir)})
     try:
-        wait_until_healthy(url, server)
+        wait_until_healthy(url, server, log)
         yield url
     finally:
         server.terminate()
