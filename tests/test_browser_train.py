@@ -5,7 +5,9 @@ settings. (That both pages open cleanly is test_browser.py's test_page_renders_w
 The server's runs folder is the session's shared `trained_runs`: the run launched here has a name of its own
 and is deleted at the end, so the other tests see that folder as it was.
 """
+import os
 import re
+import signal
 import time
 from urllib.parse import urlencode
 
@@ -55,11 +57,16 @@ def test_a_design_launched_from_the_browser_is_followed_live_from_its_first_step
         in_epoch_1 = re.compile(r"Epoch 0\.\d+ of 1 · step \d+ of 39 · .* · about .+ left")
         expect(progress).to_contain_text(in_epoch_1, timeout=240_000)
         expect(page.locator(CHART).first).to_be_visible(timeout=SLOW)  # the loss within the epoch
-        for width in (1400, 1100):  # the issue's two window sizes, during epoch 1
-            page.set_viewport_size({"width": width, "height": 1000})
-            wait_until_settled(page)
-            screenshot(page, f"train-epoch1-{width}")
-            expect(progress).to_contain_text(in_epoch_1, timeout=1)  # still the first epoch: the picture shows it
+        trainer = run.status()["pid"]
+        os.kill(trainer, signal.SIGSTOP)  # held within epoch 1 for the pictures, however fast this machine is
+        try:
+            for width in (1400, 1100):  # the issue's two window sizes, during epoch 1
+                page.set_viewport_size({"width": width, "height": 1000})
+                wait_until_settled(page)
+                expect(progress).to_contain_text(in_epoch_1, timeout=1)  # the picture shows the first epoch
+                screenshot(page, f"train-epoch1-{width}")
+        finally:
+            os.kill(trainer, signal.SIGCONT)
         assert_no_exception(page)
         expect(page.get_by_role("button", name="Train longer")).to_be_visible(timeout=300_000)  # finished
         expect(progress).to_contain_text("Epoch 1 of 1", timeout=SLOW)
