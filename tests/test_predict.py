@@ -162,12 +162,14 @@ def test_classify_keeps_a_thumbnail_of_the_whole_image_upright(trained):
     assert prediction.thumbnail.shape == (192, 96, 3) and prediction.thumbnail.dtype == np.uint8
 
 
-def test_the_shipped_example_run_lists_predicts_and_evaluates():
-    example = Run(ROOT / "runs" / "example")
-    assert example.status()["state"] == "finished" and example.summary()["params"] == 272_474
-    # the built-in slice's test images are CIFAR-10 test images: the example never trained on them
-    report = evaluate_run(Classifier.load(example, "best"), "builtin")
-    assert report.images == 1000 and report.accuracy > 0.8
+@pytest.mark.parametrize("name, params, accuracy", [("example", 272_474, 0.8), ("laptop", 1_210_410, 0.85)])
+def test_a_shipped_run_lists_predicts_and_evaluates(name, params, accuracy):
+    shipped = Run(ROOT / "runs" / name)
+    assert shipped.status()["state"] == "finished" and shipped.summary()["params"] == params
+    assert shipped.status()["half"] and shipped.config().preset == ("resnet20" if name == "example" else name)
+    # the built-in slice's test images are CIFAR-10 test images: the shipped runs never trained on them
+    report = evaluate_run(Classifier.load(shipped, "best"), "builtin")
+    assert report.images == 1000 and report.accuracy > accuracy
     out = subprocess.run([sys.executable, "-m", "core", "runs"], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "RESNET_STUDIO_RUNS": str(ROOT / "runs")}, check=True)
-    assert "example" in [row["name"] for row in json.loads(out.stdout)]
+    assert name in [row["name"] for row in json.loads(out.stdout)]
