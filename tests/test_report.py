@@ -50,8 +50,12 @@ def test_the_html_reports_open_offline_and_show_every_part(browser, trained, tmp
             for row in ("Residual layers", "Blocks per layer", "Shortcut kernel sizes", "Pool size", "Batch norm",
                         "Augmentation", "Normalisation", "Optimizer", "Weight decay", "Batch size", "Total parameters"):
                 assert row in table
+            if run == "small":
+                assert "CIFAR-10, built-in slice of the JPEG copy" in page.locator("table").first.inner_text()
             if run == "example":
-                assert "272,474" in table and "resnet20" in page.locator("table").first.inner_text()
+                summary = page.locator("table").first.inner_text()
+                assert "272,474" in table and "resnet20" in summary
+                assert "CIFAR-10, JPEG copy (quality 75, 4:2:0)" in summary  # the copy, known by its sha256
                 SCREENSHOTS.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=SCREENSHOTS / "report-example.png", full_page=True)
             # the recording does catch a request: a picture from elsewhere, added now, shows up in it

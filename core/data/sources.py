@@ -17,6 +17,10 @@ CIFAR10_DOWNLOAD_BYTES = 170_498_071  # torchvision's cifar-10-python.tar.gz
 DEFAULT_DIR = Path("data")  # relative to the working directory, like a --data argument
 TORCHVISION_DIR = "cifar-10-batches-py"
 CHOICES = (BUILTIN, "path", "download")  # the Train page's ways to pick data
+# copies of CIFAR-10 known by their archive's sha256: a figure must say which copy it comes from, and a JPEG
+# copy scores lower than the lossless original (../shared/cifar10/README.md)
+JPEG_COPY = "CIFAR-10, JPEG copy (quality 75, 4:2:0)"
+KNOWN_COPIES = {"d34c68f61cca57aa9144c8f25bda427abb9921bd642d5857a2fc1a6b4416f965": JPEG_COPY}
 
 LAYOUTS = ("a folder holding cifar-10-batches-py/ (torchvision's CIFAR-10), or class folders train/<class>/ and "
            "test/<class>/ as a folder, .tar.gz, .tgz, .tar or .zip")
@@ -49,6 +53,21 @@ def chosen_data(choice: str, path: str, download_dir: str) -> tuple[str | None, 
     if (Path(folder) / TORCHVISION_DIR).is_dir():
         return folder, None
     return None, "Download CIFAR-10 first, or pick another source."
+
+
+def copy_name(source: str | None, sha256: str | None = None) -> str:
+    """Which CIFAR-10 a run's figures come from, for people: by the archive's sha256 where a run's record has it,
+    else by the data's description (core.data.datasets' `source`, or a path)."""
+    source = source or ""
+    if sha256 in KNOWN_COPIES:
+        return KNOWN_COPIES[sha256]
+    if source in (BUILTIN, "") or source.startswith("built-in slice"):
+        return "CIFAR-10, built-in slice of the JPEG copy (quality 75)"
+    if "lossless" in source:
+        return "CIFAR-10 (torchvision, lossless)"
+    if "cifar10-jpg" in source:
+        return JPEG_COPY
+    return f"CIFAR-10 as class folders ({Path(source.split(' (')[0]).name})"
 
 
 def image_counts(data: str | None) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from core.data.augment import MEAN, STD
+from core.data.sources import copy_name
 from core.deploy.importer import WeightsError, import_tensors, read_file
 from core.deploy.onnx_model import INPUT_FORMAT
 from core.design.budget import count
@@ -42,18 +43,6 @@ class HubError(StudioError):
     pass
 
 
-def dataset_name(source: str | None) -> str:
-    """CIFAR-10 as a reader should know it: which copy (a JPEG copy scores lower than the lossless original)."""
-    source = source or ""
-    if source.startswith("built-in slice"):
-        return "CIFAR-10, built-in slice of a JPEG copy (quality 75)"
-    if "lossless" in source:
-        return "CIFAR-10 (torchvision, lossless)"
-    if "cifar10-jpg" in source:
-        return "CIFAR-10, JPEG copy (quality 75, 4:2:0)"
-    return f"CIFAR-10 as class folders ({Path(source.split(' (')[0]).name})"
-
-
 def hub_config(run: Run, meta: dict, cfg: RunConfig) -> dict:
     classes = meta["classes"]
     return {"model_type": MODEL_TYPE, "library": "ResNet Studio (python -m core import)",
@@ -71,7 +60,8 @@ def model_card(run: Run, config: dict, cfg: RunConfig, onnx_report: dict | None)
     from huggingface_hub import EvalResult, ModelCardData  # only an export for the Hub needs it
 
     accuracy, split = config["eval_accuracy"], config["eval_split"] or "test"
-    data = dataset_name(config["data"])
+    record = read_record(run.record_path)
+    data = copy_name(config["data"], ((record or {}).get("data") or {}).get("sha256"))
     results = [] if accuracy is None else [EvalResult(
         task_type="image-classification", task_name="Image Classification", dataset_type="cifar10",
         dataset_name=data, dataset_split=split, metric_type="accuracy", metric_name=f"{split.capitalize()} accuracy",
@@ -81,7 +71,7 @@ def model_card(run: Run, config: dict, cfg: RunConfig, onnx_report: dict | None)
                          tags=["image-classification", "cifar10", "resnet", "safetensors", "resnet-studio"])
     table = "\n".join(f"| {name} | {value} |" for name, value in
                       hyperparameters(cfg, imported=bool(config["imported_from"])).items())
-    record = "\n".join(f"| {name} | `{value}` |" for name, value in summary_lines(read_record(run.record_path)))
+    record_rows = "\n".join(f"| {name} | `{value}` |" for name, value in summary_lines(record))
     measured = (f"**{accuracy:.2%}** top-1 accuracy on the {split} split of {data} "
                 f"(checkpoint of epoch {config['epoch']})." if accuracy is not None else
                 "Not measured here: the weights were imported; `python -m core evaluate` measures them.")
@@ -135,7 +125,7 @@ blocks, pooling, linear head; `core/nn/model.py`) and load `{WEIGHTS}` into it w
 
 | Fact | Value |
 | --- | --- |
-{record}
+{record_rows}
 """
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.deploy.onnx_model import exported_file, report_path
+from core.data.sources import copy_name
 from core.design.budget import count
 from core.design.config import RunConfig
 from core.design.table import hyperparameters
@@ -49,6 +50,12 @@ class RunData:
     @property
     def imported(self) -> bool:
         return bool(self.status.get("imported_from"))
+
+    @property
+    def copy(self) -> str:
+        """Which CIFAR-10 its figures come from, by the record's hash of the data where there is one."""
+        source = (self.results or {}).get("data") or self.cfg.data
+        return copy_name(source, ((self.record or {}).get("data") or {}).get("sha256"))
 
     @property
     def split(self) -> str:
@@ -116,7 +123,7 @@ def summary_table(runs: list[RunData]) -> Table:
         row("Epochs trained", lambda r: "imported" if r.imported else f"{len(r.epochs)} of {r.cfg.train.epochs}"),
         row("Training time", lambda r: duration(r.epochs["elapsed"].iloc[-1]) if len(r.epochs) else "–"),
         row("Device", device),
-        row("Data", lambda r: (r.results or {}).get("data") or r.cfg.data),
+        row("Data", lambda r: r.copy),
     ])
 
 
@@ -173,7 +180,7 @@ def results_blocks(r: RunData, prefix: str) -> list[Block]:
         found = r.best_epoch()
         best = f"; the best epoch ({found[1]:g}) reached {found[0]:.2%}" if found else ""
         blocks.append(Text(f"At the end of training: {r.results['accuracy']:.2%} on the {r.results['eval_split']} "
-                           f"split ({r.results['data']}), loss {r.results['loss']:.3f}{best}."))
+                           f"split of {r.copy}, loss {r.results['loss']:.3f}{best}."))
     report = r.evaluation
     blocks.append(Text(f"Below: the {r.evaluation_note}.", note=True))
     if report is None:

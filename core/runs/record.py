@@ -26,7 +26,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from core.data.sources import BUILTIN, BUILTIN_ARCHIVE
+from core.data.sources import BUILTIN, BUILTIN_ARCHIVE, copy_name
 from core.host import describe
 from core.files import PROJECT_DIR, FileError, cache_dir, read_json, update_json, write_json
 
@@ -203,7 +203,8 @@ def summary_lines(record: dict | None) -> list[tuple[str, str]]:
         ("torch", torch.get("version")), ("CUDA", torch.get("cuda")), ("cuDNN", torch.get("cudnn")),
         ("torchvision", packages.get("torchvision")), ("onnxruntime", packages.get("onnxruntime")),
         ("seed", (record.get("seeds") or {}).get("seed")),
-        ("data", f"{data.get('data')} · {data.get('kind')}" if data else None),
+        ("data", f"{copy_name(data.get('data'), data.get('sha256'))}: {data.get('data')} · {data.get('kind')}"
+         if data else None),
         ("data sha256", data.get("sha256")), ("weights sha256", record.get("weights_sha256")))
         if value not in (None, "")]
     for resume in record.get("resumes", []):
