@@ -565,7 +565,8 @@ def test_the_design_and_settings_survive_a_new_session_and_say_where_they_came_f
     assert again.session_state["design"] == TINY.to_dict()
     assert again.get_by_key("train:epochs").value == 3 and again.get_by_key("train:lr").value == 0.02
     assert any(c.value.startswith("This is your last design, restored as you left it at") for c in again.caption)
-    assert not again.warning
+    # the default's warning is gone ("No GPU found" may show: the machine's probe ends when it ends)
+    assert "default design" not in texts(again.warning)
     launch_line = next(c.value for c in again.caption if c.value.startswith("Launch trains"))
     assert f"**your own design** ({count(TINY).params:,} parameters) for 3 epochs" in launch_line
     assert again.query_params["stage"] == "1x8s2"  # the address bar links to it: a reload keeps it
