@@ -7,16 +7,24 @@ draw their parameters per image, so they loop over the batch: slower, and `bench
 from __future__ import annotations
 
 import torch
-from torchvision.transforms import v2
 
 # CIFAR-10 channel statistics (of the training set), the usual normalisation
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 
+
+
+def _v2():
+    # torchvision's import (its models, ops and torch._dynamo) takes ~1.4 s: only runs that use these pay it
+    from torchvision.transforms import v2
+
+    return v2
+
+
 PER_IMAGE = {
-    "perspective": lambda: v2.RandomPerspective(distortion_scale=0.2, p=0.5),
-    "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
-    "trivialaugment": lambda: v2.TrivialAugmentWide(),
+    "perspective": lambda: _v2().RandomPerspective(distortion_scale=0.2, p=0.5),
+    "autoaugment": lambda: _v2().AutoAugment(_v2().AutoAugmentPolicy.CIFAR10),
+    "trivialaugment": lambda: _v2().TrivialAugmentWide(),
 }
 
 

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets import CIFAR10
 
 from core.data.archives import ImageFile, image_files
 from core.data.cache import cached
@@ -130,18 +129,6 @@ def split_validation(split: Split, fraction: float, seed: int) -> tuple[Split, S
 # ---- torchvision's layout -------------------------------------------------------------------------
 
 
-class _CIFAR10Files(CIFAR10):
-    """torchvision's CIFAR-10, checking that its files exist rather than their md5 sums, so that a copy
-    re-pickled elsewhere loads too (a download is still checked against torchvision's md5).
-
-    The batches are pickles, which can run code when loaded: this layout is only read from a path the
-    user names, never from an upload (uploads are read as class folders).
-    """
-    train_list = [[name, None] for name, _ in CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in CIFAR10.test_list]
-    meta = {**CIFAR10.meta, "md5": None}
-
-
 def _torchvision_root(path: Path, download: bool) -> Path | None:
     """The folder holding cifar-10-batches-py/ if `path` is in torchvision's layout (or is to be, by download)."""
     if path.name == TORCHVISION_DIR and path.is_dir():
@@ -151,12 +138,31 @@ def _torchvision_root(path: Path, download: bool) -> Path | None:
     return None
 
 
+def _cifar10_files():
+    """torchvision's CIFAR-10, checking that its files exist rather than their md5 sums, so that a copy
+    re-pickled elsewhere loads too (a download is still checked against torchvision's md5).
+
+    The batches are pickles, which can run code when loaded: this layout is only read from a path the
+    user names, never from an upload (uploads are read as class folders).
+    """
+    # imported here: torchvision's import (its models, ops and torch._dynamo) takes ~1.4 s, which every
+    # training process would pay, and only this layout needs it
+    from torchvision.datasets import CIFAR10
+
+    class CIFAR10Files(CIFAR10):
+        train_list = [[name, None] for name, _ in CIFAR10.train_list]
+        test_list = [[name, None] for name, _ in CIFAR10.test_list]
+        meta = {**CIFAR10.meta, "md5": None}
+
+    return CIFAR10Files
+
+
 def _read_torchvision(root: Path, download: bool) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
     folder = root / TORCHVISION_DIR
+    files = _cifar10_files()
     created = download and not root.exists()
     try:
-        splits = {"train": _CIFAR10Files(root, train=True, download=download),
-                  "test": _CIFAR10Files(root, train=False)}
+        splits = {"train": files(root, train=True, download=download), "test": files(root, train=False)}
     except OSError as e:  # no network is a URLError, an OSError
         if created:  # left empty, ./data would pass for a copy: runs without --data would look there
             with contextlib.suppress(OSError):

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from core.files import read_json, write_json
-from core.runs.progress import metric_frames
 from core.runs.record import differences, read_record
 from core.runs.run import Run, create_run
 
@@ -42,6 +41,8 @@ def reproduced(run: Run) -> Run | None:
 
 def compare(original: Run, copy: Run) -> dict:
     """Epoch by epoch and at the end, how `copy` differs from `original`, and whether it matches."""
+    from core.runs.progress import metric_frames  # pandas: 0.4 s that every `python -m core` start would pay
+
     first, second = metric_frames(original.metrics())[1], metric_frames(copy.metrics())[1]
     epochs = []
     for (_, a), (_, b) in zip(first.iterrows(), second.iterrows()):
