@@ -175,7 +175,7 @@ def check_out(out: str | Path, fmt: str) -> None:
     if out.is_dir():
         raise ReportError(f"{out}: is a folder; name the report's file, e.g. {out / ('report.' + fmt)}")
     if not out.parent.is_dir():
-        raise ReportError(f"{out.parent}: no such folder")
+        raise ReportError(f"{out.parent}: no such folder; create it (mkdir -p {out.parent}) or write elsewhere")
 
 
 def write(title: str, blocks: list[Block], out: str | Path, fmt: str) -> list[Path]:
