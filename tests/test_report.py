@@ -56,6 +56,7 @@ def test_the_html_reports_open_offline_and_show_every_part(browser, trained, tmp
                 summary = page.locator("table").first.inner_text()
                 assert "272,474" in table and "resnet20" in summary
                 assert "CIFAR-10, JPEG copy (quality 75, 4:2:0)" in summary  # the copy, known by its sha256
+                assert "87.00% at epoch 30" in summary and "30 of 30" in summary and "76 min" in summary
                 SCREENSHOTS.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=SCREENSHOTS / "report-example.png", full_page=True)
             # the recording does catch a request: a picture from elsewhere, added now, shows up in it

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from core.design.budget import count
 from core.design.config import RunConfig
+from core.units import duration_text
 
 
 def each(values: list) -> str:
@@ -44,7 +45,7 @@ def hyperparameters(cfg: RunConfig, imported: bool = False) -> dict[str, str]:
         "Schedule": schedule,
         "Weight decay": f"{t.weight_decay:g}",
         "Batch size": str(t.batch_size),
-        "Epochs": f"{t.time_limit:g} s of training" if t.time_limit else str(t.epochs),
+        "Epochs": f"as many as {duration_text(t.time_limit)} of training allow" if t.time_limit else str(t.epochs),
         "Label smoothing": f"{t.label_smoothing:g}",
         "EMA": f"decay {t.ema_decay:g}" if t.ema_decay else "no",
         "Precision": t.precision,

@@ -27,6 +27,7 @@ from core.report.document import Block, Figure, Gallery, Heading, Table, Text, c
 from core.runs.progress import metric_frames
 from core.runs.record import git_state, read_record, summary_lines
 from core.runs.run import Run
+from core.units import duration_text
 
 MISTAKES = 20
 MISTAKE_SCALE = 3       # mistakes shown 96 px wide, each pixel a crisp square
@@ -93,10 +94,9 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.2%}"
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
+def epoch_text(epoch: float) -> str:
+    """24.4564 -> "24.5" (a time budget ends within an epoch), 30.0 -> "30"."""
+    return f"{epoch:.0f}" if epoch == int(epoch) else f"{epoch:.1f}"
 
 
 def summary_table(runs: list[RunData]) -> Table:
@@ -105,7 +105,14 @@ def summary_table(runs: list[RunData]) -> Table:
 
     def best(r: RunData) -> str:
         found = r.best_epoch()
-        return "–" if found is None else f"{found[0]:.2%} at epoch {found[1]:g}"
+        return "–" if found is None else f"{found[0]:.2%} at epoch {epoch_text(found[1])}"
+
+    def trained(r: RunData) -> str:
+        if r.imported:
+            return "imported"
+        done = epoch_text(r.status.get("epoch") or (r.epochs["epoch"].iloc[-1] if len(r.epochs) else 0))
+        limit = r.cfg.train.time_limit
+        return f"{done} in a time budget of {duration_text(limit)}" if limit else f"{done} of {r.cfg.train.epochs}"
 
     def device(r: RunData) -> str:
         where = r.status.get("device_name") or r.status.get("device") or "–"
@@ -120,8 +127,8 @@ def summary_table(runs: list[RunData]) -> Table:
         row("Accuracy at the end", lambda r: f"{r.results['accuracy']:.2%} on {r.results['eval_split']}"
             if r.results else "–"),
         row("Best accuracy", best),
-        row("Epochs trained", lambda r: "imported" if r.imported else f"{len(r.epochs)} of {r.cfg.train.epochs}"),
-        row("Training time", lambda r: duration(r.epochs["elapsed"].iloc[-1]) if len(r.epochs) else "–"),
+        row("Epochs trained", trained),
+        row("Training time", lambda r: duration_text(r.epochs["elapsed"].iloc[-1]) if len(r.epochs) else "–"),
         row("Device", device),
         row("Data", lambda r: r.copy),
     ])
@@ -178,7 +185,7 @@ def results_blocks(r: RunData, prefix: str) -> list[Block]:
     blocks: list[Block] = []
     if r.results:
         found = r.best_epoch()
-        best = f"; the best epoch ({found[1]:g}) reached {found[0]:.2%}" if found else ""
+        best = f"; the best epoch ({epoch_text(found[1])}) reached {found[0]:.2%}" if found else ""
         blocks.append(Text(f"At the end of training: {r.results['accuracy']:.2%} on the {r.results['eval_split']} "
                            f"split of {r.copy}, loss {r.results['loss']:.3f}{best}."))
     report = r.evaluation
