@@ -9,11 +9,9 @@ TEST_WORKERS ?= 2
 
 .PHONY: run test lint setup browser postgres clean
 
-# --no-compile: byte-compiling every file of torch and the rest took 36 s of a 109 s install; Python compiles
-# what it imports, once, on first use
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
