@@ -13,7 +13,6 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 
 
-
 def _v2():
     # torchvision's import (its models, ops and torch._dynamo) takes ~1.4 s: only runs that use these pay it
     from torchvision.transforms import v2

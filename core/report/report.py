@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.deploy.onnx_model import exported_file, report_path
 from core.data.sources import copy_name
+from core.deploy.onnx_model import exported_file, report_path
 from core.design.budget import count
 from core.design.config import RunConfig
 from core.design.table import hyperparameters
