@@ -22,7 +22,6 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from core.data.augment import MEAN, STD
-from core.data.sources import copy_name
 from core.deploy.importer import WeightsError, import_tensors, read_file
 from core.deploy.onnx_model import INPUT_FORMAT
 from core.design.budget import count
@@ -32,7 +31,7 @@ from core.design.table import hyperparameters
 from core.errors import StudioError
 from core.files import read_json, write_atomic, write_json
 from core.nn.checkpoint import load_checkpoint
-from core.runs.record import read_record, summary_lines
+from core.runs.record import data_copy, read_record, summary_lines
 from core.runs.run import Run, RunError
 
 WEIGHTS, CONFIG, CARD, ONNX = "model.safetensors", "config.json", "README.md", "model.onnx"
@@ -61,7 +60,7 @@ def model_card(run: Run, config: dict, cfg: RunConfig, onnx_report: dict | None)
 
     accuracy, split = config["eval_accuracy"], config["eval_split"] or "test"
     record = read_record(run.record_path)
-    data = copy_name(config["data"], ((record or {}).get("data") or {}).get("sha256"))
+    data = data_copy(record, config["data"])
     results = [] if accuracy is None else [EvalResult(
         task_type="image-classification", task_name="Image Classification", dataset_type="cifar10",
         dataset_name=data, dataset_split=split, metric_type="accuracy", metric_name=f"{split.capitalize()} accuracy",

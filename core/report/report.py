@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.data.sources import copy_name
 from core.deploy.onnx_model import exported_file, report_path
 from core.design.budget import count
 from core.design.config import RunConfig
@@ -25,7 +24,7 @@ from core.files import read_json
 from core.report.charts import confusion_chart, overlay_chart, per_class_chart, training_charts
 from core.report.document import Block, Figure, Gallery, Heading, Table, Text, chart_png, image_png, write
 from core.runs.progress import metric_frames
-from core.runs.record import git_state, read_record, summary_lines
+from core.runs.record import data_copy, git_state, read_record, summary_lines
 from core.runs.run import Run
 from core.units import duration_text
 
@@ -55,8 +54,7 @@ class RunData:
     @property
     def copy(self) -> str:
         """Which CIFAR-10 its figures come from, by the record's hash of the data where there is one."""
-        source = (self.results or {}).get("data") or self.cfg.data
-        return copy_name(source, ((self.record or {}).get("data") or {}).get("sha256"))
+        return data_copy(self.record, (self.results or {}).get("data") or self.cfg.data)
 
     @property
     def split(self) -> str:

@@ -176,6 +176,13 @@ def flatten(record: dict, prefix: str = "") -> dict:
     return flat
 
 
+def data_copy(record: dict | None, source: str | None = None) -> str:
+    """Which CIFAR-10 a run trained and was measured on, for people: known by the sha256 its record keeps, else
+    by `source` (how the data was described when it was read) or the record's own path."""
+    data = (record or {}).get("data") or {}
+    return copy_name(source or data.get("data"), data.get("sha256"))
+
+
 def summary_lines(record: dict | None) -> list[tuple[str, str]]:
     """The record as (fact, value) rows for people: the pages, reports and model cards show these."""
     if not record:
@@ -203,8 +210,7 @@ def summary_lines(record: dict | None) -> list[tuple[str, str]]:
         ("torch", torch.get("version")), ("CUDA", torch.get("cuda")), ("cuDNN", torch.get("cudnn")),
         ("torchvision", packages.get("torchvision")), ("onnxruntime", packages.get("onnxruntime")),
         ("seed", (record.get("seeds") or {}).get("seed")),
-        ("data", f"{copy_name(data.get('data'), data.get('sha256'))}: {data.get('data')} · {data.get('kind')}"
-         if data else None),
+        ("data", f"{data_copy(record)}: {data.get('data')} · {data.get('kind')}" if data else None),
         ("data sha256", data.get("sha256")), ("weights sha256", record.get("weights_sha256")))
         if value not in (None, "")]
     for resume in record.get("resumes", []):
