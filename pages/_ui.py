@@ -86,6 +86,12 @@ def select_run(label: str, runs: list[Run], remember: str, default: Run, **kwarg
     return by_name[name]
 
 
+def chosen_run(remember: str) -> Run:
+    """For a button's callback: the run select_run's box holds at the click. Args bound when the page last drew
+    can name the run shown before, when the click comes just after a pick, ahead of the redraw."""
+    return Run.named(st.session_state.get(remember + ":widget") or st.session_state[remember])
+
+
 def select_checkpoint(key: str, default: str = "best", **kwargs) -> str:
     from core.nn.checkpoint import TAGS
 

@@ -25,8 +25,8 @@ from core.report.charts import confusion_chart, legend_columns, overlay_chart, p
 from core.runs.progress import metric_frames
 from core.runs.run import ACTIVE, Run, delete, list_runs, runs_root
 from core.units import duration_text
-from pages._ui import (FOLLOWED, RUN_CHOICE, current_design, data_label, default_run, has_checkpoint, plural,
-                       select_run, show_record, state_badge, through_app_shell)
+from pages._ui import (FOLLOWED, RUN_CHOICE, chosen_run, current_design, data_label, default_run, has_checkpoint,
+                       plural, select_run, show_record, state_badge, through_app_shell)
 
 through_app_shell()
 
@@ -137,12 +137,12 @@ def report_html(runs: list[Run]) -> str:
     return to_html(*build(runs))
 
 
-def follow_on_train(name: str) -> None:
-    st.session_state[FOLLOWED] = name
+def follow_on_train() -> None:
+    st.session_state[FOLLOWED] = chosen_run(RUN_CHOICE).name
 
 
-def ask_to_delete(name: str) -> None:
-    st.session_state[DELETING] = name
+def ask_to_delete() -> None:
+    st.session_state[DELETING] = chosen_run(RUN_CHOICE).name
 
 
 def cancel_delete() -> None:
@@ -152,6 +152,7 @@ def cancel_delete() -> None:
 # ---- export for devices, import from elsewhere ------------------------------------------------------
 
 ALLOWED_DROP = "Allowed accuracy drop (points)"  # int8's limit against fp32; errors name this control
+MAX_DROP = "export_max_drop"
 EXPORT_ERROR = "runs_export_error:"               # + precision: why an export could not start
 PRECISIONS = {"fp32": "The network as trained, in one file.",
               "int8": "About a third of the size and faster on a CPU; calibrated on training images."}
@@ -160,9 +161,12 @@ NORMALIZATION_LABELS = {"cifar10": "CIFAR-10 mean and std (as this studio trains
                         "none": "None: plain [0, 1] pixels"}
 
 
-def start_job(run: Run, precision: str, max_drop: float) -> None:
+def start_job(precision: str) -> None:
+    """The chosen run's export, with the run and the allowed drop as they are at the click (chosen_run). The
+    drop's box does not rerun the page: a value typed arrives with the click."""
+    max_drop = st.session_state[MAX_DROP] if precision == "int8" else 0.0
     try:
-        start_export(run, precision, max_drop)
+        start_export(chosen_run(RUN_CHOICE), precision, max_drop)
     except StudioError as e:
         st.session_state[EXPORT_ERROR + precision] = str(e)
 
@@ -195,14 +199,15 @@ def export_card(run: Run, precision: str, generation: str) -> None:
     path = exported_file(run, precision)
     st.markdown(f"**ONNX {precision}**")
     st.caption(PRECISIONS[precision])
-    max_drop = st.number_input(ALLOWED_DROP, 0.0, 100.0, 1.0, 0.1, key="export_max_drop",
-                               help="Refuse the int8 model if it loses more accuracy points than this against fp32 "
-                                    "on the test images") if precision == "int8" else 0.0
+    if precision == "int8":
+        st.number_input(ALLOWED_DROP, 0.0, 100.0, 1.0, 0.1, key=MAX_DROP, on_change="ignore",
+                        help="Refuse the int8 model if it loses more accuracy points than this against fp32 on the "
+                             "test images")
     job = read_job(path)
     running = job is not None and job.get("state") == "running"
     report = read_json(report_path(path)) if path.exists() else None
     st.button(f"Export ONNX {precision}" if report is None else "Export again", key=f"export_{precision}",
-              icon=":material/memory:", disabled=running, on_click=start_job, args=(run, precision, max_drop),
+              icon=":material/memory:", disabled=running, on_click=start_job, args=(precision,),
               help="In the background: it is checked against PyTorch on the whole test split first, a minute or "
                    "more on a CPU for 10,000 images")
     if EXPORT_ERROR + precision in st.session_state:
@@ -391,9 +396,9 @@ else:
 show_record(run)
 with st.container(horizontal=True):
     if st.button("Open on the Train page", icon=":material/model_training:", on_click=follow_on_train,
-                 args=(run.name,), help="Follow it there: live curves, log, stop, resume"):
+                 help="Follow it there: live curves, log, stop, resume"):
         st.switch_page("pages/train.py")
-    st.button("Delete…", icon=":material/delete:", on_click=ask_to_delete, args=(run.name,))
+    st.button("Delete…", icon=":material/delete:", on_click=ask_to_delete)
 if st.session_state.get(DELETING) == run.name:
     confirm_delete(run)
 export_section(run)

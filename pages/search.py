@@ -154,7 +154,9 @@ def study_controls() -> tuple[dict, str, int]:
     data = middle.text_input(LABELS["data"], BUILTIN, key=CONTROL + "data", **PERSIST,
                              help="'builtin' (the slice in the repo) or a CIFAR-10 folder or archive")
     st.session_state.setdefault(CONTROL + "name", f"search-{time.strftime('%m%d-%H%M')}")  # set once: a default
-    name = right.text_input("Study name", key=CONTROL + "name", **PERSIST)                  # that moved would reset it
+    # that moved would reset it; and no rerun when it changes, so Launch clicked just after typing is not lost to
+    # a redraw under the pointer
+    name = right.text_input("Study name", key=CONTROL + "name", on_change="ignore", **PERSIST)
     fixed = {"objectives": objectives.split(","), "budget": int(budget),
              "max_macs": int(max_macs * 1e6) if max_macs else None, "epochs": int(epochs),
              "pruner": "none" if several else pruner, "device": device, "data": data.strip() or BUILTIN}
@@ -413,8 +415,10 @@ with st.expander("New study", expanded=not list_studies(), icon=":material/add_c
         st.error(problem, icon=":material/block:")
     else:
         show_budget_share(space)
-    st.button("Launch the study", type="primary", icon=":material/rocket_launch:", disabled=space is None,
-              on_click=launch_study, args=(space, name, trials))
+    # not on_click=launch_study with args: those are the values of the run that last drew the button, and a name
+    # typed just before the click arrives with the click, in this run
+    if st.button("Launch the study", type="primary", icon=":material/rocket_launch:", disabled=space is None):
+        launch_study(space, name, trials)
     if st.session_state.get(LAUNCH_ERROR):
         st.error(st.session_state.pop(LAUNCH_ERROR), icon=":material/error:")
 

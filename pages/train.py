@@ -285,9 +285,10 @@ def launch_run() -> None:
     st.toast(f"Launched {name} on {devices_text()}.", icon=":material/rocket_launch:")
 
 
-def clone_run(run: Run) -> None:
-    """The run's design into the Design page and its settings and data into this page's widgets."""
-    cfg = run.config()
+def clone_run() -> None:
+    """The followed run's design into the Design page and its settings and data into this page's widgets. The
+    run is the box's at the click: a click just after a pick comes ahead of the redraw that would bind it."""
+    cfg = Run.named(st.session_state[widget_key(FOLLOW)]).config()
     preset = cfg.preset if cfg.preset in PRESETS else matching_preset(cfg.arch)
     load_design(cfg.arch, preset)
     load_settings(cfg.train, preset)
@@ -435,7 +436,7 @@ def show_run(run: Run, live: bool) -> None:
     else:
         actions.button("Resume", icon=":material/play_arrow:", disabled=True, help=cannot + ".")
         st.caption(f"Can't resume: {cannot}: Open in Design, then Launch.")
-    if actions.button("Open in Design", icon=":material/architecture:", on_click=clone_run, args=(run,),
+    if actions.button("Open in Design", icon=":material/architecture:", on_click=clone_run,
                       help="Load this run's design into the Design page and its settings and data here, "
                            "to change and train again"):
         st.switch_page("pages/design.py")

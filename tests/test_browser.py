@@ -5,13 +5,18 @@ Each page's screenshot lands in test-output/screenshots/<page>.png (Classify and
 again once they show results, over their first shot). To cover a new page, add it to PAGES; to
 exercise one, write a test that takes `page` and calls `open_app_page`.
 """
+import json
 import re
+import shutil
 from urllib.parse import urlencode
 
 import pytest
 
-from conftest import assert_no_exception, open_app_page, screenshot, wait_until_settled
+from conftest import assert_no_exception, open_app_page, screenshot, wait_for, wait_until_settled
+from core.deploy.jobs import read_job
+from core.deploy.onnx_model import exported_file, report_path
 from core.design.spec import ArchSpec
+from core.runs.run import Run
 
 PAGES = {"design": "", "train": "train", "runs": "runs", "search": "search", "evaluate": "evaluate",
          "classify": "classify"}  # name: url path ("" = default)
@@ -123,3 +128,33 @@ def test_evaluating_shows_the_confusion_matrix_and_mistakes(page):
     wait_until_settled(page)
     assert_no_exception(page)
     screenshot(page, "evaluate")
+
+
+def test_an_export_clicked_at_once_after_picking_a_run_and_typing_a_drop_is_that_runs_with_that_drop(page,
+                                                                                                  trained_runs):
+    """A person picks a run, types the allowed drop and clicks Export, faster than the page redraws. The drop's
+    box hands its value over only with the click, and the page still shows the run picked before: the export
+    once used the drop and the run the page had last drawn with."""
+    from playwright.sync_api import expect
+
+    run = Run(shutil.copytree(trained_runs / "small", trained_runs / "drop"))  # exports of its own
+    model = exported_file(run, "int8")
+    try:
+        open_app_page(page, PAGES["runs"])
+        export = page.get_by_role("button", name="Export ONNX int8")
+        expect(export).to_be_visible()  # the page has drawn down to the export cards: nothing redraws the list
+        choice = page.get_by_role("combobox", name="Run", exact=True)
+        choice.focus()
+        choice.press("ArrowDown")  # opens the list (a click on the box sometimes did not)
+        page.get_by_role("option").filter(has_text=re.compile(r"^drop · ")).click()
+        page.locator(".st-key-export_max_drop input").fill("7.5")  # no waiting for the redraw: straight on
+        export.click()
+        wait_for(lambda: read_job(model), timeout=30, what="the chosen run's int8 export to start")
+        wait_for(lambda: read_job(model)["state"] != "running", timeout=300, what="the int8 export to end")
+        assert read_job(model)["state"] == "done", read_job(model)
+        assert json.loads(report_path(model).read_text())["max_drop"] == 7.5
+        expect(page.get_by_role("button", name="Download drop-int8.onnx")).to_be_visible()
+        assert not (trained_runs / "small" / "exports").exists()  # the run shown before the pick
+        assert_no_exception(page)
+    finally:
+        shutil.rmtree(run.dir)
