@@ -14,8 +14,8 @@ from core.measure.probe import PROBE_SECONDS
 from core.runs.queue import plan, queue
 from core.runs.record import read_record
 from core.runs.reproduce import finish, reproduce
-from core.runs.run import (Run, RunError, StopFlag, create_run, delete, launch, list_runs, resume_problem,
-                           stop)
+from core.runs.run import (Run, RunError, StopFlag, change_batch_size, create_run, delete, launch, list_runs,
+                           resume_problem, stop)
 from core.runs.speeds import REFERENCE
 from core.runs.watch import watch
 
@@ -28,6 +28,8 @@ def cmd_train(args) -> int:
         run = Run.at(args.resume).require()
         if problem := resume_problem(run):
             raise RunError(f"{problem} (python -m core train --config {run.config_path})")
+        if args.batch_size and not args.watched and "TORCHELASTIC_RUN_ID" not in os.environ:
+            change_batch_size(run, args.batch_size)  # the config: every process of the session reads it
     else:
         cfg = config_from_args(args)
         overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v}
@@ -169,7 +171,8 @@ def add_commands(sub) -> None:
     p.add_argument("--data", help="CIFAR-10 folder or archive, or 'builtin' (default: $CIFAR10_DATA, ./data, "
                                   "else the built-in slice)")
     p.add_argument("--epochs", type=int, help="override the number of epochs (with --resume: the new total)")
-    p.add_argument("--batch-size", type=int, help="override the batch size")
+    p.add_argument("--batch-size", type=int, help="override the batch size (with --resume: the batch from the saved "
+                                                  "position on, e.g. a smaller one after running out of memory)")
     p.add_argument("--allow-over-budget", action="store_true", help="train a design over its parameter budget")
     p.add_argument("--detach", action="store_true", help="train in a background process and return at once")
     p.add_argument("--watched", action="store_true", help=argparse.SUPPRESS)  # the process a watcher started

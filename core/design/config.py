@@ -17,7 +17,8 @@ from core.design.spec import ArchSpec, SpecError, check_bool, check_choice, chec
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("cosine", "onecycle", "step", "constant")
 AUGMENTS = ("crop", "flip", "cutout", "perspective", "autoaugment", "trivialaugment")
-PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast where the hardware has it (CUDA, AMX CPUs)
+# auto: core.nn.infer.amp_policy (bf16 on sm >= 80 and AMX CPUs, fp16 + GradScaler on sm 7.x and Apple's mps)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)

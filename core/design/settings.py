@@ -86,8 +86,10 @@ SETTINGS = {
                                                     "it instead of the test split, so that no choice is made on test "
                                                     "images; 0 evaluates on test", step=0.05),
         Setting("tta_flip", "Flip at test time", "Average each prediction over the image and its mirror"),
-        Setting("precision", "Precision", "auto: bf16 where the hardware computes it natively (CUDA GPUs, CPUs with "
-                                          "AMX), else fp32", options=PRECISIONS),
+        Setting("precision", "Precision", "auto: bf16 where the hardware computes it natively (GPUs from sm_80 "
+                                          "on: A100, H100, RTX 30xx; CPUs with AMX), fp16 with a gradient scaler "
+                                          "on V100, T4, RTX 20xx and Apple silicon, else fp32. fp16 also runs on "
+                                          "a CPU (slowly)", options=PRECISIONS),
         Setting("compile", "torch.compile", "Compile the model: faster steps on a GPU, after a minute or two of "
                                             "compiling; rarely worth it on a CPU"),
         Setting("seed", "Seed", "Seeds the weights, the data order and the augmentation: the same seed replays a "

@@ -1,13 +1,16 @@
 """Training: one loop, top to bottom, in the process of one run (`python -m core train`).
 
 The dataset sits on the training device as uint8 and is augmented there in batches. The model runs
-channels_last, in bf16 autocast where the hardware has it (CUDA, AMX CPUs), with a fused optimizer
+channels_last (NCHW on Apple's mps), in the arithmetic core.nn.infer.amp_policy picks for the device (bf16, fp16
+with a GradScaler, or fp32; the log and record.json say which and why), with a fused optimizer
 step on CUDA. SIGTERM (Stop) lets
 the current step finish, saves `last`, and ends the run as `stopped`; resuming continues at the
 saved epoch and step, with the same data order. With `time_limit` the run trains for that many seconds
 instead of its epochs, and the schedule drawn over its epochs is stretched over that time. Under torchrun
 the same loop runs in every process, with DistributedDataParallel; core/engine/distributed.py says what that
-means for batch, order and stop.
+means for batch, order and stop. A resume may change the batch (`--resume --batch-size N`, after running out of
+memory): the saved position carries over to it as the images of the epoch already trained. Running out of memory
+fails the run with the figures and a batch that should fit; it stays resumable.
 """
 from __future__ import annotations
 
@@ -33,8 +36,8 @@ from core.engine.trainer import Trainer
 from core.errors import StudioError
 from core.files import append_line, read_json, write_json
 from core.nn.checkpoint import load_train_state, save_checkpoint
-from core.nn.infer import Evaluation, evaluate, pick_device
-from core.nn.platform import device_name, torch_facts
+from core.nn.infer import Evaluation, evaluate, pick_device, policy_for
+from core.nn.platform import device_name, memory_figures, torch_facts
 from core.runs.record import write_start
 from core.runs.queue import DeviceRequest, StopWaiting, hold, visible_gpus
 from core.runs.run import ACTIVE, PruneRequested, Run, RunError, StopFlag, StopRequested, begin, process_start_time
@@ -117,10 +120,15 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
             beat.phase("loading data")
             record(state="running", device=str(device), started=time.time(), waiting_for=None, error=None,
                    device_name=device_name(device))
+            policy = policy_for(device, cfg.train.precision)
+            used = {"setting": cfg.train.precision, "autocast": policy.name, "grad_scaler": policy.scaler,
+                    "why": policy.why}
             if world.is_main:  # what made this session: commit, command, machine, libraries, data (core.runs.record)
-                write_start(run.record_path, torch_facts(device), world.size, cfg.train.seed, cfg.data)
+                write_start(run.record_path, torch_facts(device, used), world.size, cfg.train.seed, cfg.data)
             log(run, world, f"training on {device} with torch {torch.__version__}"
                             + (f", {world.size} processes" if world.size > 1 else ""))
+            log(run, world, f"precision: {policy.name}" + (" with a GradScaler" if policy.scaler else "")
+                            + f" ({policy.why})")
             fit(run, cfg, device, stop, world, beat, hooks)
         status = record(state="finished", ended=time.time())
     except (StopRequested, StopWaiting):
@@ -136,7 +144,7 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
         status = record(state="failed", ended=time.time(), error=str(e), waiting_for=None)
     except Exception as e:  # a bug or the machine: keep the traceback in the log, the gist in the status
         log(run, world, traceback.format_exc())
-        reason = "out of memory: use a smaller batch size" if isinstance(e, torch.OutOfMemoryError) else \
+        reason = out_of_memory(run, e, world) if isinstance(e, torch.OutOfMemoryError) else \
             f"{type(e).__name__}: {e}"
         if world.size > 1:
             if not world.is_main:  # torchrun's output, which the launcher keeps in train.log
@@ -152,6 +160,34 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
     if hooks is not None:
         hooks.on_end(status)
     return status
+
+
+def out_of_memory(run: Run, error: torch.OutOfMemoryError, world: World) -> str:
+    """The failure of a run that ran out of memory: its batch, the device's memory, and a batch that should fit,
+    as the command that resumes with it."""
+    batch = run.config().train.batch_size
+    device = torch.device(run.status().get("device") or "cpu")
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", world.local_rank)
+    figures = memory_figures(device, str(error))
+    gib = 2 ** 30
+    memory = f"{figures['used'] / gib:.1f} GiB used, {figures['free'] / gib:.1f} GiB free of " \
+             f"{figures['total'] / gib:.1f} GiB on {device}" if figures else f"on {device}"
+    fits = smaller_batch(batch, figures, world.size)
+    return (f"out of memory at batch {batch} ({memory}): resume with a batch of {fits} "
+            f"(python -m core train --resume {run.dir} --batch-size {fits}, or Resume on the Train page with "
+            f"batch {fits})")
+
+
+def smaller_batch(batch: int, figures: dict | None, processes: int) -> int:
+    """A global batch that should fit: activations grow with the batch, so it shrinks by what the failed step
+    needed over what the device has (with a margin), at least to half; a multiple of 8 per process where it can."""
+    share = 0.5
+    if figures and figures.get("peak"):
+        share = min(0.5, 0.85 * figures["total"] / figures["peak"])
+    per_process = max(1, int(batch / processes * share))
+    per_process = per_process // 8 * 8 or per_process
+    return per_process * processes
 
 
 # ---- the loop -----------------------------------------------------------------------------------------
@@ -263,6 +299,11 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: W
         at = Position(meta["epoch"], meta["step"], meta.get("best_acc", -1.0), meta["elapsed"],
                       meta.get("trained", 0.0))
         log(run, world, f"resumed at epoch {at.epoch} step {at.step}")
+        saved_batch = meta.get("batch_size", batches.batch_size)
+        if saved_batch != batches.batch_size:  # the same images of the epoch done, in steps of the new batch
+            at.step = min(at.step * saved_batch // batches.batch_size, steps_per_epoch - 1)
+            log(run, world, f"batch {saved_batch} -> {batches.batch_size}: continuing at epoch {at.epoch} step "
+                            f"{at.step} of {steps_per_epoch}")
     run_meta = {"spec": cfg.arch.to_dict(), "classes": list(dataset.classes), **trainer.augment.normalizer.stats,
                 "eval_split": eval_name, "tta_flip": t.tta_flip, "data": dataset.source}
 
@@ -275,6 +316,7 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: W
     def checkpoint(tag: str, acc: float | None) -> None:
         beat.phase("saving", epoch=at.epoch, step=at.step)
         save(run, world, trainer, tag, run_meta | {"epoch": at.epoch, "step": at.step, "eval_acc": acc,
+                                                    "batch_size": batches.batch_size,
                                                     "best_acc": at.best_acc, "elapsed": at.elapsed,
                                                     "trained": at.trained, "saved": time.time()})
 
@@ -348,7 +390,7 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: W
         of = f" ({at.trained:.0f} of {t.time_limit:g} s)" if t.time_limit else f"/{t.epochs}"
         log(run, world, f"epoch {line['epoch']:.4g}{of}: train loss {train_loss:.3f} acc {train_acc:.3f}, "
                         f"{eval_name} loss {result.loss:.3f} acc {result.accuracy:.4f}, "
-                        f"{line['images_per_s']:.0f} img/s")
+                        f"{line['images_per_s']:.0f} img/s" + scaler_text(trainer))
         if result.accuracy > at.best_acc:
             at.best_acc = result.accuracy
             checkpoint("best", result.accuracy)
@@ -368,6 +410,13 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: W
             "per_class_accuracy": dict(zip(dataset.classes, final.per_class_accuracy)),
             "confusion": final.confusion.tolist(), "best_acc": at.best_acc, "data": dataset.source,
             "checkpoint": "last"})
+
+
+def scaler_text(trainer: Trainer) -> str:
+    """fp16's GradScaler: its scale, and the steps it skipped on inf/nan gradients this session."""
+    if trainer.scaler is None:
+        return ""
+    return f"; fp16 loss scale {trainer.scaler.get_scale():g}, {int(trainer.skipped)} step(s) skipped this session"
 
 
 def append_metrics(run: Run, line: dict) -> None:

@@ -23,7 +23,7 @@ from core.data.datasets import Split, load_dataset
 from core.design.budget import count
 from core.design.config import RunConfig
 from core.engine.trainer import Trainer
-from core.nn.infer import bf16_is_fast, pick_device
+from core.nn.infer import pick_device, policy_for
 from core.nn.model import build_model
 
 
@@ -71,8 +71,7 @@ def time_steps(step, device: torch.device, seconds: float) -> dict:
 
 
 def compute_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype:
-    p = cfg.train.precision
-    return torch.bfloat16 if p == "bf16" or (p == "auto" and bf16_is_fast(device)) else torch.float32
+    return policy_for(device, cfg.train.precision).dtype or torch.float32
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> dict:
@@ -154,7 +153,7 @@ def bench_seed_style(cfg: RunConfig, split: Split, device: torch.device, seconds
 def engine_settings(cfg: RunConfig, device: torch.device) -> dict:
     t = cfg.train
     return {"batch_size": t.batch_size, "augment": list(t.augment), "compile": t.compile,
-            "precision": "bf16" if compute_dtype(cfg, device) == torch.bfloat16 else "fp32", "channels_last": True}
+            "precision": policy_for(device, t.precision).name, "channels_last": True}
 
 
 SEED_STYLE_SETTINGS = {"batch_size": 128, "augment": ["crop", "flip"], "precision": "fp32",

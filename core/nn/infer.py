@@ -1,9 +1,11 @@
-"""Running a trained model over uint8 images: logits, accuracy, confusion matrix."""
+"""Running a trained model over uint8 images: logits, accuracy, confusion matrix; which device that runs on
+(`pick_device`) and in which arithmetic (`amp_policy`: autocast dtype and GradScaler, for training too)."""
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,13 +34,60 @@ def pick_device(request: str) -> torch.device:
     return device
 
 
-def bf16_is_fast(device: torch.device) -> bool:
-    """CUDA GPUs, and CPUs with native bf16 (AVX512-BF16/AMX): there bf16 trains ~3x faster than fp32."""
-    if device.type == "cuda":
-        return True
-    # not mkldnn's bf16 check: it says yes on any AVX-512 CPU, where bf16 is emulated and slower than fp32
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return native and not bf16_capped_off()
+class AmpPolicy(NamedTuple):
+    """The arithmetic of a run: autocast to `dtype` (None: plain fp32), with a GradScaler or not, and why."""
+    dtype: torch.dtype | None
+    scaler: bool
+    why: str
+
+    @property
+    def name(self) -> str:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
+
+
+def amp_policy(kind: str, capability: tuple[int, int] | None, setting: str) -> AmpPolicy:
+    """What `setting` (auto, fp32, bf16, fp16) means on a device of `kind` (cuda, mps, cpu) with CUDA compute
+    `capability` (e.g. (7, 5); None elsewhere). "auto": bf16 where the hardware computes it (sm >= 80, CPUs with
+    AVX512-BF16/AMX), fp16 with a GradScaler where it has fp16 tensor cores but no bf16 (sm 7.x) and on Apple's
+    mps, else fp32. A CPU's bf16 is read from this host. fp16 always takes a GradScaler: its gradients underflow
+    without one."""
+    if setting == "fp32":
+        return AmpPolicy(None, False, "fp32 as the config asks")
+    if setting == "fp16":
+        return AmpPolicy(torch.float16, True, "fp16 as the config asks, with a GradScaler against underflow")
+    if setting == "bf16":
+        slow = kind == "cuda" and capability is not None and capability < (8, 0)
+        return AmpPolicy(torch.bfloat16, False, "bf16 as the config asks" + (
+            f"; sm_{capability[0]}{capability[1]} has no bf16 convolutions: they fall back to slow kernels, "
+            f"fp16 or auto is faster there" if slow else ""))
+    if kind == "cuda":
+        if capability is None:
+            raise ValueError("amp_policy: a CUDA device needs its compute capability")
+        sm = f"sm_{capability[0]}{capability[1]}"
+        if capability >= (8, 0):
+            return AmpPolicy(torch.bfloat16, False, f"auto: {sm} computes bf16 natively (cuDNN, tensor cores)")
+        if capability >= (7, 0):
+            return AmpPolicy(torch.float16, True, f"auto: {sm} has fp16 tensor cores but sends bf16 convolutions "
+                                                  f"to slow fallback kernels; fp16 needs a GradScaler")
+        return AmpPolicy(None, False, f"auto: {sm} has no tensor cores; fp32 is its fastest safe arithmetic")
+    if kind == "mps":
+        return AmpPolicy(torch.float16, True, "auto: Apple's GPU computes fp16 natively; fp16 needs a GradScaler")
+    if cpu_bf16_is_native():
+        return AmpPolicy(torch.bfloat16, False, "auto: this CPU computes bf16 natively (AVX512-BF16/AMX)")
+    why = "oneDNN is capped below its bf16 ISAs (ONEDNN_MAX_CPU_ISA)" if cpu_has_bf16() else \
+        "this CPU has no native bf16 (no AVX512-BF16/AMX): emulated bf16 is slower than fp32"
+    return AmpPolicy(None, False, f"auto: {why}")
+
+
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX on this host. Not mkldnn's bf16 check: it says yes on any AVX-512 CPU, where bf16 is
+    emulated and slower than fp32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def cpu_bf16_is_native() -> bool:
+    """Whether bf16 trains ~3x faster than fp32 on this CPU: it has the ISA and oneDNN may use it."""
+    return cpu_has_bf16() and not bf16_capped_off()
 
 
 def bf16_capped_off() -> bool:
@@ -47,10 +96,19 @@ def bf16_capped_off() -> bool:
     return not cap.startswith(("ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10"))
 
 
+def capability(device: torch.device) -> tuple[int, int] | None:
+    """A CUDA device's compute capability, e.g. (7, 5); None for other devices."""
+    return tuple(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None
+
+
+def policy_for(device: torch.device, precision: str) -> AmpPolicy:
+    return amp_policy(device.type, capability(device), precision)
+
+
 def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast where asked ("auto": where the hardware does bf16 natively), else nothing."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
-    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    """The autocast of `precision` on `device` (amp_policy), or nothing for fp32."""
+    dtype = policy_for(device, precision).dtype
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 @torch.no_grad()

@@ -50,12 +50,52 @@ def describe() -> dict:
 
 
 def device_name(device: torch.device) -> str:
-    """What the device is, as core.runs.speeds names it: the GPU's model, or CPU."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    """What the device is, as core.runs.speeds names it: the GPU's model, Apple's GPU, or CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "Apple GPU (mps)" if device.type == "mps" else "CPU"
 
 
-def torch_facts(device: torch.device) -> dict:
-    """torch's side of a run's record (core.runs.record): versions, the device, and what decides its arithmetic."""
+def memory_figures(device: torch.device, error: str = "") -> dict | None:
+    """The device's memory in bytes, for an out-of-memory message: total, free, used, and on a GPU what the run
+    needed at its peak (its largest use so far plus the allocation that failed, as `error` names it)."""
+    try:
+        if device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(device)
+            peak = torch.cuda.max_memory_allocated(device) + failed_allocation(error)
+            return {"total": total, "free": free, "used": total - free, "peak": peak}
+        if device.type == "mps":
+            used, total = torch.mps.driver_allocated_memory(), torch.mps.recommended_max_memory()
+            return {"total": total, "free": max(total - used, 0), "used": used,
+                    "peak": used + failed_allocation(error)}
+        page = os.sysconf("SC_PAGE_SIZE")
+        total, free = os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+        return {"total": total, "free": free, "used": total - free, "peak": None}
+    except (RuntimeError, ValueError, OSError, AttributeError):  # a driver that cannot say: the message goes without
+        return None
+
+
+def failed_allocation(error: str) -> int:
+    """The bytes of "Tried to allocate 2.00 GiB" in torch's out-of-memory message; 0 when it names none."""
+    found = re.search(r"Tried to allocate ([\d.]+) ([KMG]i)?B", error)
+    if not found:
+        return 0
+    return int(float(found.group(1)) * {"Ki": 2 ** 10, "Mi": 2 ** 20, "Gi": 2 ** 30, None: 1}[found.group(2)])
+
+
+def tf32_in_use(device: torch.device) -> dict | None:
+    """Whether fp32 convolutions and matrix products really run in TF32: only on sm >= 80, where cuDNN's
+    switch is on by torch's default and the matmul one off."""
+    if device.type != "cuda":
+        return None
+    ampere = torch.cuda.get_device_capability(device) >= (8, 0)
+    return {"convolutions": ampere and torch.backends.cudnn.allow_tf32,
+            "matmul": ampere and torch.backends.cuda.matmul.allow_tf32}
+
+
+def torch_facts(device: torch.device, precision: dict | None = None) -> dict:
+    """torch's side of a run's record (core.runs.record): versions, the device, and what decides its arithmetic
+    (`precision`: what a training session used and why, core.nn.infer.amp_policy)."""
     cuda = device.type == "cuda"
     return {"version": torch.__version__, "cuda": torch.version.cuda, "git": torch.version.git_version,
             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
@@ -63,4 +103,4 @@ def torch_facts(device: torch.device) -> dict:
             "gpu_capability": ".".join(map(str, torch.cuda.get_device_capability(device))) if cuda else None,
             "aten_capability": torch.backends.cpu.get_cpu_capability(), "onednn_isa": onednn_isa(),
             "threads": torch.get_num_threads(), "cudnn_deterministic": torch.backends.cudnn.deterministic,
-            "tf32": torch.backends.cuda.matmul.allow_tf32 if cuda else None}
+            "tf32": tf32_in_use(device)} | ({"precision": precision} if precision else {})

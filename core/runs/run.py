@@ -201,6 +201,15 @@ def resume_problem(run: Run) -> str | None:
     return None
 
 
+def change_batch_size(run: Run, batch_size: int) -> None:
+    """Resume `run` with another global batch (after running out of memory, say): its config says so from now on,
+    and the training loop carries the saved position over to it (core.engine.loop)."""
+    if batch_size == run.config().train.batch_size:
+        return
+    cfg = run.config().replace_train(batch_size=batch_size)  # checked as any config is
+    update_json(run.config_path, lambda saved: saved | {"train": cfg.train.to_dict()})
+
+
 def died(status: dict) -> bool:
     """Active, with a process that is gone. No pid yet: created and not launched, or launched and not yet
     started; nothing has died."""
