@@ -25,8 +25,8 @@ from core.files import cache_dir
 from core.report.charts import training_charts
 from core.runs.progress import Progress, metric_frames, progress
 from core.runs.queue import launch_options, queue
-from core.runs.run import (ACTIVE, Run, RunError, check_name, create_run, launch, list_runs, resume_problem, runs_root,
-                           stop)
+from core.runs.run import (ACTIVE, Run, RunError, change_batch_size, check_name, create_run, launch, list_runs,
+                           resume_problem, runs_root, stop)
 from core.runs.watch import read_heartbeat
 from core.runs.speeds import (device_label, estimate, kernels_text, known_devices, probe_running, read_machine,
                               start_probe)
@@ -423,11 +423,16 @@ def show_run(run: Run, live: bool) -> None:
                                     key=f"train_resume_epochs:{run.name}", width=160,
                                     help="The run's new total: more epochs than first set (or fewer, down to those "
                                          "done) stretch or shrink its learning-rate schedule")
+        batch = actions.number_input("Batch", min_value=1, max_value=65_536, value=run.config().train.batch_size,
+                                     step=1, key=f"train_resume_batch:{run.name}", width=120,
+                                     help="The batch from the saved position on: a smaller one after running out "
+                                          "of memory")
         finished = state == "finished"
         if actions.button("Train longer" if finished else "Resume", type="primary", icon=":material/play_arrow:",
                           disabled=finished and more <= done,
                           help=f"Continue from the last checkpoint on {devices_text()}"):
             try:
+                change_batch_size(run, int(batch))
                 launch(run, epochs=int(more), **devices_chosen())
             except StudioError as e:
                 st.error(str(e), icon=":material/error:")

@@ -348,6 +348,20 @@ def test_a_failed_run_shows_its_error_its_log_and_a_resume_button(trained_copy):
     assert any(b.label == "Resume" for b in app.button)
 
 
+def test_resume_takes_a_smaller_batch_after_running_out_of_memory(trained_copy):
+    fake_state(trained_copy, state="failed", pid=None, error="out of memory at batch 128 (...): resume with a "
+                                                              "batch of 64")
+    app = open_page("train", TINY)
+    batch = app.get_by_key("train_resume_batch:small")
+    assert batch.value == 128  # the run's own
+    batch.set_value(64).run()
+    button(app, "Resume").click().run()
+    assert_clean(app)
+    assert trained_copy.config().train.batch_size == 64
+    assert wait_for_state(trained_copy, ("finished", "failed"))["state"] == "finished", trained_copy.log_tail()
+    assert "batch 128 -> 64: continuing at epoch 2 step 0" in trained_copy.log_path.read_text()
+
+
 def test_open_in_design_clones_the_design_and_the_settings(trained_runs, monkeypatch):
     monkeypatch.setenv("RESNET_STUDIO_RUNS", str(trained_runs))
     small = Run(trained_runs / "small").config()
