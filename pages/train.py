@@ -389,6 +389,8 @@ def show_run(run: Run, live: bool) -> None:
         st.info(f"Stopped at epoch {epoch_text(at.epoch)}. Resume continues from there.",
                 icon=":material/pause_circle:")
 
+    if status.get("device_note"):  # "auto" found a GPU this torch cannot use, and what would fix it
+        st.warning(status["device_note"], icon=":material/memory:")
     if imported:
         st.info(f"Imported from {Path(imported).name}: its weights were trained elsewhere, so it has no curves "
                 f"here. Evaluate or Classify use it; Open in Design trains its design anew.",

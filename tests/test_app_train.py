@@ -362,6 +362,16 @@ def test_resume_takes_a_smaller_batch_after_running_out_of_memory(trained_copy):
     assert "batch 128 -> 64: continuing at epoch 2 step 0" in trained_copy.log_path.read_text()
 
 
+def test_a_run_that_auto_moved_to_the_cpu_says_why_on_the_page(trained_copy):
+    note = "GPU 0 (Tesla V100-SXM2-16GB, sm_70) has no kernels in torch ...: install the CUDA 12.6 build, which " \
+           "keeps sm_70: pip install torch==... --index-url https://download.pytorch.org/whl/cu126. Training on the " \
+           "CPU instead."
+    fake_state(trained_copy, state="finished", pid=None, device_note=note)
+    app = open_page("train", TINY)
+    assert_clean(app)
+    assert note in texts(app.warning)
+
+
 def test_open_in_design_clones_the_design_and_the_settings(trained_runs, monkeypatch):
     monkeypatch.setenv("RESNET_STUDIO_RUNS", str(trained_runs))
     small = Run(trained_runs / "small").config()

@@ -24,6 +24,11 @@ def cmd_train(args) -> int:
     watching = not (args.detach or args.create_only or args.watched or args.nnodes > 1 or
                     "TORCHELASTIC_RUN_ID" in os.environ)
     stop_flag = StopFlag() if args.watched or not (args.detach or watching) else None  # before the slow imports
+    if args.device not in ("auto", "cpu", "mps") or args.gpus:  # CUDA by name: a driver torch cannot use says so
+        from core.nn.gpu import driver_problem
+
+        if problem := driver_problem():
+            raise RunError(problem)
     if args.resume:
         run = Run.at(args.resume).require()
         if problem := resume_problem(run):

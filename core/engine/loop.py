@@ -36,7 +36,8 @@ from core.engine.trainer import Trainer
 from core.errors import StudioError
 from core.files import append_line, read_json, write_json
 from core.nn.checkpoint import load_train_state, save_checkpoint
-from core.nn.infer import Evaluation, evaluate, pick_device, policy_for
+from core.nn.gpu import driver_problem
+from core.nn.infer import Evaluation, auto_device, evaluate, pick_device, policy_for
 from core.nn.platform import device_name, memory_figures, torch_facts
 from core.runs.record import write_start
 from core.runs.queue import DeviceRequest, StopWaiting, hold, visible_gpus
@@ -109,13 +110,16 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
             cfg = RunConfig(cfg.arch, cfg.train, data, cfg.preset, cfg.budget, cfg.allow_over_budget)
         if world.size > 1:  # torchrun started us: our launcher (or the cluster's scheduler) holds the devices
             kind = pick_device(device_request).type
-            device = torch.device("cuda", world.local_rank) if kind == "cuda" else torch.device("cpu")
+            device = pick_device(f"cuda:{world.local_rank}") if kind == "cuda" else torch.device("cpu")
             devices = contextlib.nullcontext()
         else:
+            device_request = usable_request(run, world, device_request, gpus, record)
             devices = hold(DeviceRequest.parse(device_request, gpus), str(run.dir), stop, on_wait)
         with devices as held:
             if world.size == 1:
-                device = pick_device("cpu" if held == ["cpu"] else f"cuda:{visible_gpus().index(held[0])}")
+                device = pick_device(held[0] if held[0] in ("cpu", "mps") else f"cuda:{visible_gpus().index(held[0])}")
+                if device.type == "cuda":
+                    torch.cuda.set_device(device)  # kernels, cuDNN's handles and memory figures on this GPU, not 0
             world.join(device)
             beat.phase("loading data")
             record(state="running", device=str(device), started=time.time(), waiting_for=None, error=None,
@@ -160,6 +164,22 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
     if hooks is not None:
         hooks.on_end(status)
     return status
+
+
+def usable_request(run: Run, world: World, device_request: str, gpus: str | None, record) -> str:
+    """The device request to queue for: "auto" becomes the device it means here, the CPU when a GPU is there that
+    this torch cannot run (said in the log and the status, which the Train page shows); a GPU asked for by name
+    that torch cannot reach fails the run with the line that names the fix."""
+    note = None
+    if device_request == "auto" and not gpus:
+        device_request, problem = auto_device()
+        if problem:
+            note = f"{problem}. Training on the {'CPU' if device_request == 'cpu' else 'Apple GPU'} instead."
+            log(run, world, note)
+    elif device_request not in ("cpu", "mps") and (problem := driver_problem()):
+        raise StudioError(problem)
+    record(device_note=note)  # a session's own: the last one's note goes
+    return device_request
 
 
 def out_of_memory(run: Run, error: torch.OutOfMemoryError, world: World) -> str:

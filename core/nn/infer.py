@@ -13,24 +13,42 @@ import torch.nn.functional as F
 from core.data.augment import Normalizer
 from core.errors import StudioError
 from core.host import isa_caps
+from core.nn.gpu import arch_problem, cuda_problem, driver_problem, mps_available
+
+
+def auto_device() -> tuple[str, str | None]:
+    """What "auto" trains on: a CUDA GPU this torch can run, else Apple's GPU, else the CPU; with the line that
+    says why a GPU that is there is not used (core.nn.gpu), or None."""
+    problem = cuda_problem()
+    if torch.cuda.is_available() and problem is None:
+        return "cuda", None
+    return ("mps" if mps_available() else "cpu"), problem
 
 
 def pick_device(request: str) -> torch.device:
     if request == "auto":
-        request = "cuda" if torch.cuda.is_available() else "cpu"
+        request = auto_device()[0]
     try:
         device = torch.device(request)
     except RuntimeError:
-        raise StudioError(f"device {request!r}: use auto, cpu, cuda or cuda:N") from None
+        raise StudioError(f"device {request!r}: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise StudioError(f"device {request}: no CUDA GPU is visible to torch here; use --device cpu or auto")
+            raise StudioError(driver_problem() or
+                              f"device {request}: no CUDA GPU is visible to torch here; use --device cpu or auto")
         index = torch.cuda.current_device() if device.index is None else device.index
         if index >= torch.cuda.device_count():
             raise StudioError(f"device {request}: only {torch.cuda.device_count()} GPU(s) here (cuda:0 ...)")
+        if problem := arch_problem(index):
+            raise StudioError(problem)
         device = torch.device("cuda", index)
+    elif device.type == "mps":
+        if not mps_available():
+            raise StudioError(f"device {request}: Apple's GPU (mps) is not available here: it needs a Mac with "
+                              f"Apple silicon and macOS 12.3 or later; use --device cpu or auto")
+        device = torch.device("mps")
     elif device.type != "cpu":
-        raise StudioError(f"device {request!r}: use auto, cpu, cuda or cuda:N")
+        raise StudioError(f"device {request!r}: use auto, cpu, cuda, cuda:N or mps")
     return device
 
 

@@ -1,14 +1,15 @@
 """The queue: which devices a run asks for, and one run per device at a time on this machine.
 
-Each device has a lock file in one folder per machine (not per runs folder): `gpu<ID>.lock` per GPU,
+Each device has a lock file in one folder per machine (not per runs folder): `gpu-<UUID>.lock` per GPU,
 `cpu.lock` for the CPU, which a CPU run takes whole (two CPU trainings on the same cores slow each
-other tenfold). A run starts when it holds every lock it needs; locks are tried in sorted order and
+other tenfold), `mps.lock` for Apple's GPU. A run starts when it holds every lock it needs; locks are tried in sorted order and
 all let go when one is busy, so two runs never hold half of each other's GPUs. An OS file lock
 (flock) dies with its process, so a killed run never blocks the queue.
 
-GPU IDs are the machine's numbering as CUDA_VISIBLE_DEVICES lists it (else 0..N-1), so a run
-restricted by CUDA_VISIBLE_DEVICES locks the GPUs it really uses. The same variable fakes GPUs for
-the queue's bookkeeping on a machine without CUDA.
+GPU IDs are the machine's numbering as CUDA_VISIBLE_DEVICES lists it (else 0..N-1): what runs ask for. Their
+locks are named by each GPU's UUID, which names the same physical GPU in every process: under Slurm every job
+sees its GPU as 0, and two jobs of one user on a node must not queue behind each other. Where torch cannot say
+(no CUDA: CUDA_VISIBLE_DEVICES fakes GPUs for the queue's bookkeeping), the ID names the lock.
 """
 from __future__ import annotations
 
@@ -66,6 +67,25 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def gpu_uuids() -> dict[str, str]:
+    """The UUID of each visible GPU by its ID, as CUDA reports it; empty where torch cannot tell."""
+    import torch
+
+    uuids = {}
+    try:
+        for index, gpu in enumerate(visible_gpus()[:torch.cuda.device_count()]):
+            uuids[gpu] = str(torch.cuda.get_device_properties(index).uuid)
+    except (RuntimeError, AssertionError, AttributeError):  # no CUDA, or an old driver: the IDs name the locks
+        return {}
+    return uuids
+
+
+def mps_visible() -> bool:
+    import torch
+
+    return torch.backends.mps.is_available()
+
+
 def gpu_id(device: str) -> str:
     """The queue's ID of torch's `cuda:N`, without asking torch."""
     index = int(device.split(":")[1])
@@ -75,14 +95,14 @@ def gpu_id(device: str) -> str:
 
 @dataclass(frozen=True)
 class DeviceRequest:
-    """The CPU, or `count` GPUs: the named ones, or any free ones when `gpus` is empty."""
-    kind: str                      # "cpu" or "cuda"
+    """The CPU, Apple's GPU, or `count` CUDA GPUs: the named ones, or any free ones when `gpus` is empty."""
+    kind: str                      # "cpu", "mps" or "cuda"
     count: int = 1
     gpus: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, device: str = "auto", gpus: str | None = None) -> "DeviceRequest":
-        """From `--device` (auto, cpu, cuda, cuda:N) and `--gpus` (a count like 2, or IDs like 0,2)."""
+        """From `--device` (auto, cpu, cuda, cuda:N, mps) and `--gpus` (a count like 2, or IDs like 0,2)."""
         visible = visible_gpus()
         if gpus:
             if device not in ("auto", "cuda"):
@@ -99,9 +119,9 @@ class DeviceRequest:
                                   f"{', '.join(visible) or 'none'} (a single ID needs a comma: --gpus 2,)")
             return cls("cuda", len(named), named)
         if device == "auto":
-            device = "cuda" if visible else "cpu"
-        if device == "cpu":
-            return cls("cpu")
+            device = "cuda" if visible else "mps" if mps_visible() else "cpu"
+        if device in ("cpu", "mps"):
+            return cls(device)
         if device == "cuda":
             if not visible:
                 raise DeviceError("device cuda: no CUDA GPU is visible here; use --device cpu or auto")
@@ -111,12 +131,12 @@ class DeviceRequest:
             if index >= len(visible):
                 raise DeviceError(f"device {device}: only {len(visible)} GPU(s) here (cuda:0 ...)")
             return cls("cuda", 1, (visible[index],))
-        raise DeviceError(f"device {device!r}: use auto, cpu, cuda or cuda:N (or --gpus)")
+        raise DeviceError(f"device {device!r}: use auto, cpu, cuda, cuda:N or mps (or --gpus)")
 
     def candidates(self) -> list[str]:
-        """Lock names this request may take, in the order they are tried."""
-        if self.kind == "cpu":
-            return ["cpu"]
+        """Devices this request may take, in the order they are tried: "cpu", "mps", or gpu<ID>."""
+        if self.kind in ("cpu", "mps"):
+            return [self.kind]
         return [f"gpu{g}" for g in sorted(self.gpus or visible_gpus(), key=_natural)]
 
 
@@ -140,6 +160,12 @@ def _holder(path: Path) -> str:
     return "another run"
 
 
+def lock_file(folder: Path, name: str, uuids: dict[str, str]) -> Path:
+    """The lock of a device: a GPU's by its UUID where known (the same GPU in every job), else by its name."""
+    gpu = name.removeprefix("gpu")
+    return folder / (f"gpu-{uuids[gpu]}.lock" if name.startswith("gpu") and gpu in uuids else f"{name}.lock")
+
+
 @contextlib.contextmanager
 def hold(request: DeviceRequest, holder: str, should_stop, on_wait) -> Iterator[list[str]]:
     """Wait until `request` can have all its devices, hold them, and yield their IDs (GPU IDs, or
@@ -149,13 +175,15 @@ def hold(request: DeviceRequest, holder: str, should_stop, on_wait) -> Iterator[
     folder.mkdir(parents=True, exist_ok=True)
     held: dict[str, int] = {}
     announced = False
+    uuids = gpu_uuids() if request.kind == "cuda" else {}
+    files = {name: lock_file(folder, name, uuids) for name in request.candidates()}
     try:
         while True:
             busy = []
             for name in request.candidates():
                 if len(held) == request.count:
                     break
-                fd = _try_lock(folder / f"{name}.lock")
+                fd = _try_lock(files[name])
                 if fd is None:
                     busy.append(name)
                 else:
@@ -168,7 +196,7 @@ def hold(request: DeviceRequest, holder: str, should_stop, on_wait) -> Iterator[
             if should_stop():
                 raise StopWaiting
             if not announced:
-                on_wait(", ".join(f"{name} is busy with {_holder(folder / f'{name}.lock')}" for name in busy))
+                on_wait(", ".join(f"{name} is busy with {_holder(files[name])}" for name in busy))
                 announced = True
             time.sleep(POLL_SECONDS)
         for fd in held.values():
@@ -188,7 +216,7 @@ def queue_state() -> list[dict]:
     if folder.is_dir():
         names |= {p.stem for p in folder.glob("*.lock")}
     rows = []
-    for name in sorted(names, key=lambda n: (n != "cpu", _natural(n.removeprefix("gpu")))):
+    for name in sorted(names, key=lambda n: (n != "cpu", n != "mps", _natural(n.removeprefix("gpu")))):
         path = folder / f"{name}.lock"
         fd = _try_lock(path) if path.exists() else None
         if fd is not None or not path.exists():
@@ -250,7 +278,7 @@ def launch_options(device: str, gpus: list[str] = (), cpu_processes: int = 1) ->
     names of the GPUs (cuda:0, ...), one process each; "cpu" as `cpu_processes` processes; or "auto"."""
     if device == "cpu":
         return {"device": "cpu", "processes": [f"--nproc-per-node={cpu_processes}"] if cpu_processes > 1 else []}
-    if device != "cuda":
+    if device != "cuda":  # auto, or mps: one process (no DDP on Apple's GPU)
         return {"device": device}
     if not gpus:
         raise DeviceError("no GPU picked: pick one or more, or train on the CPU")
@@ -263,6 +291,8 @@ def plan(device: str = "auto", gpus: str | None = None, nproc_per_node: int | No
     """What a run asks of this machine (its devices) and of torchrun (its processes). One GPU per
     process: a GPU count or list sets the process count, or the process count sets the GPU count."""
     request = DeviceRequest.parse(device, gpus)
+    if request.kind == "mps" and ((nproc_per_node or 1) > 1 or nodes.get("nnodes", 1) > 1):
+        raise DeviceError("Apple's GPU (mps) trains as one process: torch has no DistributedDataParallel for it")
     if request.kind == "cuda" and nproc_per_node not in (None, request.count):
         if gpus or request.gpus:
             raise DeviceError(f"{request.count} GPU(s) asked for and --nproc-per-node {nproc_per_node}: each "
