@@ -570,6 +570,8 @@ if st.session_state.get(DEVICE) not in kinds:
     st.session_state[DEVICE] = kinds[0]
 device = st.segmented_control("Train on device", kinds, format_func=device_name, required=True, key=DEVICE,
                               **PERSIST)
+for problem in read_machine().get("gpu_problems", []):  # a GPU is there that this torch cannot train on
+    st.warning(problem, icon=":material/memory:")
 if device == "cuda":
     st.session_state.setdefault(GPUS, gpus[:1])
     st.multiselect("GPUs", gpus, format_func=device_name, key=GPUS, **PERSIST,

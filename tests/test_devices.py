@@ -11,10 +11,12 @@ import torch
 from core.errors import StudioError
 from core.nn import gpu
 from core.nn.infer import amp_policy, auto_device, pick_device
-from core.nn.platform import device_name
+from core.measure.probe import find_devices
+from core.nn.platform import device_name, tf32_in_use
 from core.runs import queue
 from core.runs.queue import DeviceRequest, plan
 from core.runs.run import Run
+from core.runs.speeds import device_label
 from conftest import QUICK_ARCH, ROOT, SMALL, core_cli
 
 # Loaded by every Python process started with its folder on PYTHONPATH: with OOM_ABOVE, a training step on more
@@ -239,3 +241,27 @@ def test_gpu_uuids_come_from_cuda(monkeypatch):
     assert queue.gpu_uuids() == {"2": "uuid-0", "3": "uuid-1"}
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # no CUDA: the IDs name the locks
     assert queue.gpu_uuids() == {}
+
+
+@pytest.mark.parametrize("capability, convolutions", [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_tf32_is_recorded_as_cudnn_uses_it(monkeypatch, capability, convolutions):
+    fake_gpu(monkeypatch, capability)
+    assert torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32  # torch's defaults
+    assert tf32_in_use(torch.device("cuda", 0)) == {"convolutions": convolutions, "matmul": False}
+    assert tf32_in_use(torch.device("cpu")) is None
+
+
+def test_a_probe_lists_only_the_gpus_this_torch_can_train_on_and_says_why_not_the_others(monkeypatch):
+    fake_gpu(monkeypatch, (7, 0), count=1)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80"])
+    devices, problems = find_devices()
+    assert devices == {"cpu": "CPU"} and len(problems) == 1 and FIX in problems[0]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    assert find_devices() == ({"cuda:0": "Tesla T4", "cpu": "CPU"}, [])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(gpu, "driver_version", lambda: None)
+    assert find_devices() == ({"mps": "Apple GPU", "cpu": "CPU"}, [])
+    assert device_label("mps", {"mps": "Apple GPU", "cpu": "CPU"}) == "Apple GPU (mps)"

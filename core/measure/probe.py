@@ -1,5 +1,6 @@
-"""The probe: find this machine's training devices and time a few training steps of a reference design on
-each (`python -m core machine`); core.runs.speeds keeps what it finds."""
+"""The probe: find this machine's training devices (CUDA GPUs this torch can run, Apple's mps, the CPU) and time a
+few training steps of a reference design on each (`python -m core machine`); core.runs.speeds keeps what it finds,
+and why a GPU that is there cannot train (core.nn.gpu)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,17 +15,28 @@ from core.files import cache_dir
 from core.runs.speeds import REFERENCE, probe_lock_path, read_machine, record_speed, update_machine
 
 
-PROBE_BATCH = {"cpu": 32, "cuda": 256}
+PROBE_BATCH = {"cpu": 32, "cuda": 256, "mps": 128}
 
 
 PROBE_SECONDS = 2.0                # timed, after the warm-up steps
 
 
-def find_devices() -> dict[str, str]:
+def find_devices() -> tuple[dict[str, str], list[str]]:
+    """The devices that can train here, by torch's names, with what they are; and a line for each GPU that is
+    there but cannot (a driver or a wheel that does not fit it), naming the fix."""
     import torch
 
-    gpus = {f"cuda:{i}": torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}
-    return gpus | {"cpu": "CPU"}
+    from core.nn.gpu import arch_problem, driver_problem, mps_available
+
+    gpus, problems = {}, []
+    for i in range(torch.cuda.device_count()):
+        if problem := arch_problem(i):
+            problems.append(problem)
+        else:
+            gpus[f"cuda:{i}"] = torch.cuda.get_device_name(i)
+    if problem := driver_problem():
+        problems.append(problem)
+    return gpus | ({"mps": "Apple GPU"} if mps_available() else {}) | {"cpu": "CPU"}, problems
 
 
 def measure(device: str, arch_preset: str = REFERENCE, seconds: float = PROBE_SECONDS) -> float:
@@ -63,9 +75,10 @@ def probe(again: bool = False, arch_preset: str = REFERENCE, seconds: float = PR
             return read_machine()
         from core.nn import platform  # torch: the probe's own process only
 
-        devices = find_devices()
+        devices, problems = find_devices()
         cpu = platform.describe()  # which kernels: the same machine is another one under ONEDNN_MAX_CPU_ISA=AVX2
-        update_machine(lambda machine: machine | {"devices": devices, "cpu": cpu, "found": time.time()})
+        update_machine(lambda machine: machine | {"devices": devices, "gpu_problems": problems, "cpu": cpu,
+                                                  "found": time.time()})
         speeds = read_machine().get("speeds", {})
         macs = count(preset_spec(arch_preset)).macs
         for device, name in devices.items():

@@ -57,6 +57,8 @@ def known_devices() -> dict[str, str] | None:
 
 def device_label(device: str, devices: dict[str, str] | None) -> str:
     name = (devices or {}).get(device, "")
+    if device == "mps":
+        return "Apple GPU (mps)"
     return f"GPU {device.split(':')[1]} · {name}" if device.startswith("cuda:") else "CPU"
 
 
