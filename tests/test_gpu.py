@@ -1,9 +1,12 @@
 """The CUDA path on a real GPU: a run launched the way the app launches it (detached process, status,
 metrics, safetensors checkpoints, Stop, Resume), every optimizer path with and without torch.compile in
-bf16 and fp32, evaluate and predict, the bench, and the Train page's GPU list.
+fp32, bf16 and fp16 with its GradScaler, evaluate and predict, the bench, and the Train page's GPU list. What
+"auto" picks follows the GPU (core.nn.infer.amp_policy: bf16 from sm_80 on, fp16 on sm 7.x).
 
 Marked `gpu`, and skipped where torch sees no CUDA device: `pytest -m gpu` runs just these on a GPU
-machine (see docs/PERFORMANCE.md for the one call that does it). Data: the built-in slice.
+machine (see docs/PERFORMANCE.md for the one call that does it). Data: the built-in slice. Everything that is
+not a kernel (which arithmetic and device are chosen, the arch list and driver checks, locks, OOM, mps) is tested
+without a GPU, with torch.cuda mocked: tests/test_devices.py and tests/test_precision.py.
 """
 import json
 
@@ -16,11 +19,16 @@ from core.deploy.predict import Classifier, classify, sample_files
 from core.design.config import RunConfig
 from core.engine.trainer import Trainer
 from core.nn.checkpoint import load_checkpoint, load_model
-from core.nn.infer import evaluate
+from core.nn.infer import evaluate, policy_for
 from core.runs.run import Run, launch, stop
 from conftest import SMALL, core_cli, wait_for
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")]
+
+
+def auto_policy():
+    """What "auto" trains in on this GPU."""
+    return policy_for(torch.device("cuda", 0), "auto")
 
 
 def write_config(tmp_path, name, **train):
@@ -66,19 +74,23 @@ def test_a_detached_cuda_run_reports_saves_stops_on_sigterm_and_resumes(tmp_path
     wait_for(lambda: run.status()["state"] in ("finished", "failed"), timeout=300, what="the resumed run")
     assert run.status()["state"] == "finished", run.log_tail()
     log = run.log_path.read_text()
+    assert f"precision: {auto_policy().name}" in log
     assert "training on cuda:0" in log and f"resumed at epoch {saved.meta['epoch']} step {saved.meta['step']}" in log
     epochs = [m["epoch"] for m in run.metrics() if m["kind"] == "epoch"]
     assert epochs[-1] == total and epochs[-2:] == [total - 1, total]
     results = json.loads(run.results_path.read_text())
     assert results["accuracy"] > 0.2  # chance is 0.1
-    # what the run measured on the GPU (bf16) is what its weights give on the CPU (fp32), to rounding
+    # what the run measured on the GPU (bf16 or fp16) is what its weights give on the CPU (fp32), to rounding
     assert cpu_accuracy(run, "last") == pytest.approx(results["accuracy"], abs=0.015)
 
 
 # Every optimizer path of build_optimizer that is fused on CUDA (and Lookahead around one), EMA, the batched
-# and the per-image augmentations: each in a real training process, with compile on and off, bf16 and fp32.
+# and the per-image augmentations: each in a real training process, with compile on and off, bf16, fp16 and fp32.
 VARIANTS = {
     "sgd-nesterov fp32": {"precision": "fp32", "nesterov": True},
+    "sgd+ema+clip fp16 scaler": {"precision": "fp16", "ema_decay": 0.99, "grad_clip": 1.0},
+    "adamw+lookahead fp16 scaler compiled": {"precision": "fp16", "optimizer": "adamw", "lr": 0.003,
+                                             "lookahead": True, "compile": True},
     "adamw+lookahead+ema bf16": {"precision": "bf16", "optimizer": "adamw", "lr": 0.003, "lookahead": True,
                                  "ema_decay": 0.99},
     "sgd+ema+cutout bf16 compiled": {"precision": "bf16", "compile": True, "ema_decay": 0.99,
@@ -106,7 +118,8 @@ def test_training_on_cuda(tmp_path, name):
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 @pytest.mark.parametrize("lookahead", [False, True])
 def test_cuda_optimizers_are_fused_and_step(optimizer, lookahead):
-    cfg = RunConfig.from_dict(SMALL).replace_train(optimizer=optimizer, lookahead=lookahead, lr=0.01)
+    # fp32: a step fp16's scaler skips would move Lookahead's sync off the fifth step
+    cfg = RunConfig.from_dict(SMALL).replace_train(optimizer=optimizer, lookahead=lookahead, lr=0.01, precision="fp32")
     trainer = Trainer(cfg, torch.device("cuda"))
     inner = trainer.optimizer.optimizer if lookahead else trainer.optimizer
     assert inner.defaults["fused"] is True
@@ -147,9 +160,11 @@ def test_bench_on_cuda_reports_the_share_of_the_measured_peak(compile_flag):
     out = core_cli("bench", "--preset", "resnet20", "--device", "cuda", "--seconds", "3", "--data", "builtin",
                    *compile_flag)
     report = json.loads(out.stdout)
-    assert report["device"] == "cuda:0" and report["peak"]["dtype"] == "bfloat16" and report["peak"]["tflops"] > 1
+    policy = auto_policy()
+    assert report["device"] == "cuda:0" and report["peak"]["tflops"] > 1
+    assert report["peak"]["dtype"] == str(policy.dtype or torch.float32).removeprefix("torch.")
     engine = report["engine"]
-    assert engine["precision"] == "bf16" and engine["compile"] == bool(compile_flag)
+    assert engine["precision"] == policy.name and engine["compile"] == bool(compile_flag)
     assert 0 < engine["fraction_of_peak"] < 1 and report["ratio"] > 0
     assert engine["train_tflops"] == pytest.approx(engine["images_per_s"] * report["train_flops_per_image"] / 1e12)
 
@@ -166,8 +181,9 @@ def test_the_train_page_lists_the_gpu_the_probe_found_and_launches_on_it(tmp_pat
     app = open_page("train", TINY)
     assert_clean(app)
     device = app.get_by_key("train_device")
-    assert device.value == "cuda:0"  # a GPU is the default
-    assert device.options[0] == f"GPU 0 · {torch.cuda.get_device_name(0)}" and device.options[-1] == "CPU"
+    assert device.value == "cuda" and device.options[0] == "GPUs" and device.options[-1] == "CPU"  # GPUs first
+    assert app.get_by_key("train_gpus").value == ["cuda:0"]
+    assert app.get_by_key("train_gpus").options[0] == f"GPU 0 · {torch.cuda.get_device_name(0)}"
     app.get_by_key("train:epochs").set_value(1).run()
     app.get_by_key("train_data").set_value("builtin").run()
     next(box for box in app.text_input if box.label == "Run name").input("on-gpu").run()
