@@ -110,6 +110,9 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
             cfg = RunConfig(cfg.arch, cfg.train, data, cfg.preset, cfg.budget, cfg.allow_over_budget)
         if world.size > 1:  # torchrun started us: our launcher (or the cluster's scheduler) holds the devices
             kind = pick_device(device_request).type
+            if kind == "mps":
+                raise StudioError("Apple's GPU (mps) trains as one process: torch has no DistributedDataParallel "
+                                  "for it; start the run without torchrun")
             device = pick_device(f"cuda:{world.local_rank}") if kind == "cuda" else torch.device("cpu")
             devices = contextlib.nullcontext()
         else:
