@@ -1,6 +1,7 @@
 """Which arithmetic a run trains in (core.nn.infer.amp_policy) on the GPUs students have, with torch.cuda and the
 CPU's ISA mocked, and the fp16 path with its GradScaler trained for real on the CPU: skipped steps on inf
-gradients, unscale before clipping, the scale saved and restored, a run that stops, resumes and finishes."""
+gradients, unscale before clipping, the scale saved and restored, a run that stops, resumes (with another batch)
+and finishes."""
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from core.engine.trainer import Trainer
 from core.nn.checkpoint import load_train_state
 from core.nn import infer
 from core.nn.infer import amp_policy, policy_for
-from core.runs.run import Run, launch, stop
+from core.runs.run import Run, change_batch_size, launch, stop
 from conftest import QUICK_ARCH, SMALL, core_cli, wait_for
 
 BF16, FP16 = torch.bfloat16, torch.float16
@@ -110,7 +111,7 @@ def test_gradients_are_unscaled_before_they_are_clipped():
 
 def test_a_real_fp16_run_with_its_scaler_trains_stops_resumes_and_finishes(tmp_path):
     cfg = json.loads(json.dumps(SMALL)) | {"arch": QUICK_ARCH}
-    cfg["train"] |= {"precision": "fp16", "epochs": 1, "batch_size": 64, "log_every": 5}
+    cfg["train"] |= {"precision": "fp16", "time_limit": 8, "batch_size": 64, "log_every": 5}  # fp16 is slow on a CPU
     path = tmp_path / "fp16.json"
     path.write_text(json.dumps(cfg))
     run = Run(tmp_path / "runs" / "fp16")
@@ -131,10 +132,12 @@ def test_a_real_fp16_run_with_its_scaler_trains_stops_resumes_and_finishes(tmp_p
     assert record["torch"]["precision"] == {"setting": "fp16", "autocast": "fp16", "grad_scaler": True,
                                             "why": "fp16 as the config asks, with a GradScaler against underflow"}
 
+    change_batch_size(run, 32)  # mid-epoch: the images already trained stay trained
     launch(run, "cpu")
     wait_for(lambda: run.status()["state"] in ("finished", "failed"), timeout=300, what="the resumed run")
     assert run.status()["state"] == "finished", run.log_tail()
     log = run.log_path.read_text()
     assert "precision: fp16 with a GradScaler" in log and f"resumed at epoch 0 step {saved['step']}" in log
+    assert f"batch 64 -> 32: continuing at epoch 0 step {2 * saved['step']} of {5000 // 32}" in log
     assert "fp16 loss scale" in log
     assert json.loads(run.results_path.read_text())["accuracy"] > 0.1
