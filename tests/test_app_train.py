@@ -21,6 +21,7 @@ from core.design.budget import BUDGET, count
 from core.design.config import RunConfig, TrainConfig
 from core.design.presets import preset_spec
 from core.design.spec import ArchSpec
+from core.runs.queue import launch_options
 from core.runs.run import Run, process_start_time, stop
 from core.runs.speeds import (estimate, kernels_text, probe_running, read_machine, record_speed,
                               update_machine)
@@ -370,6 +371,18 @@ def test_a_run_that_auto_moved_to_the_cpu_says_why_on_the_page(trained_copy):
     app = open_page("train", TINY)
     assert_clean(app)
     assert note in texts(app.warning)
+
+
+def test_a_mac_trains_on_apple_s_gpu_by_default_and_a_gpu_this_torch_cannot_use_is_named(runs_dir, cache):
+    problem = "GPU 1 (Tesla P100-PCIE-16GB, sm_60) has no kernels in torch ...: install the CUDA 12.6 build"
+    update_machine(lambda machine: machine | {"devices": {"mps": "Apple GPU", "cpu": "CPU"},
+                                              "gpu_problems": [problem]})
+    app = open_page("train", TINY)
+    assert_clean(app)
+    device = app.get_by_key("train_device")
+    assert device.value == "mps" and device.options == ["Apple GPU (mps)", "CPU"]
+    assert problem in texts(app.warning)
+    assert launch_options("mps") == {"device": "mps"}  # one process: no DDP on Apple's GPU
 
 
 def test_open_in_design_clones_the_design_and_the_settings(trained_runs, monkeypatch):
