@@ -406,7 +406,9 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: W
                 "lr": lr, "images_per_s": images_seen / train_time, "elapsed": at.elapsed, "trained": at.trained}
         if world.is_main:
             append_metrics(run, line)
-        if world.size == 1:  # a speed of one device, for estimates; no reason to fail a run
+        # a speed of one device in the arithmetic "auto" gives it, for estimates (fp16 on a CPU would be tenfold
+        # too slow); no reason to fail a run
+        if world.size == 1 and trainer.policy[:2] == policy_for(device, "auto")[:2]:
             with contextlib.suppress(OSError):
                 record_run_speed(str(device), device_name(device), line["images_per_s"], count(cfg.arch).macs,
                                  run.name)
