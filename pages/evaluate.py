@@ -202,11 +202,11 @@ def show_submission(result: Submission, own_tta_flip: bool) -> None:
     shown = list(zip(rows[:PREVIEW], result.test_set.images[:PREVIEW]))
     for start in range(0, len(shown), PREVIEW_COLUMNS):
         for column, (row, image) in zip(st.columns(PREVIEW_COLUMNS), shown[start:start + PREVIEW_COLUMNS]):
-            column.image(enlarge(torch.from_numpy(image), PREVIEW_SCALE),
+            column.image(enlarge(torch.from_numpy(image), PREVIEW_SCALE), width=PREVIEW_SCALE * 32,
                          caption=f"{row['ID']}: {row['class']} · {row['probability']:.0%}")
     st.markdown("**Images per predicted class** :gray[· a test set of CIFAR-10 has about as many of each]")
-    st.bar_chart(pd.Series(summary["histogram"], name="Images"), horizontal=True, x_label="Images",
-                 y_label="Predicted class", sort=False)
+    st.bar_chart(pd.Series(summary["histogram"], name="Images"), horizontal=True, x_label="Predicted class",
+                 y_label="Images", sort=False)  # horizontal: x still names the index, drawn upright
 
 
 st.title("Evaluate")
