@@ -49,3 +49,16 @@ def test_predict_uses_the_runs_own_tta_and_says_so(tmp_path):
     for row, probabilities in zip(own, expected):
         assert list(row["probabilities"].values()) == pytest.approx(probabilities.tolist(), abs=1e-6)
     assert own[0]["probabilities"] != off[0]["probabilities"]
+
+
+def test_an_onnx_export_carries_the_runs_tta_and_its_readers_use_it(tmp_path):
+    model = tmp_path / "laptop.onnx"
+    core_main("export", str(LAPTOP), str(model), "--format", "onnx", "--data", "builtin")
+    own = evaluate("--onnx", str(model))
+    off = evaluate("--onnx", str(model), "--no-tta")
+    assert own["tta_flip"] is True and own["tta"] == "flip (each image averaged with its mirror): the run's own"
+    assert off["tta_flip"] is False and own["accuracy"] != off["accuracy"]
+    assert own["accuracy"] == evaluate("--onnx", str(model), "--tta-flip")["accuracy"]
+    Image.fromarray(load_dataset("builtin").test.images[0].permute(1, 2, 0).numpy()).save(tmp_path / "0.png")
+    rows = json.loads(core_main("predict", "--onnx", str(model), str(tmp_path / "0.png")).stdout)
+    assert rows[0]["tta"] == "flip (each image averaged with its mirror): the run's own"

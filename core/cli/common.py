@@ -40,7 +40,6 @@ def add_tta(p: argparse.ArgumentParser) -> None:
     """--tta-flip / --no-tta; neither: the run's own test-time augmentation (args.tta_flip None)."""
     g = p.add_mutually_exclusive_group()
     g.add_argument("--tta-flip", dest="tta_flip", action="store_const", const=True, default=None,
-                   help="average each image's prediction with its mirror's (default: as the run was tested; an "
-                        "ONNX model: off)")
+                   help="average each image's prediction with its mirror's (default: as the run was tested)")
     g.add_argument("--no-tta", dest="tta_flip", action="store_const", const=False,
                    help="no test-time augmentation, even where the run was tested with it")

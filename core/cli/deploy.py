@@ -19,8 +19,9 @@ def cmd_predict(args) -> int:
         from core.deploy.onnx_model import OnnxModel, classify
         from core.deploy.prediction import tta_words
 
-        flip = bool(args.tta_flip)  # the file does not record the run's test-time augmentation
-        predictions, tta = classify(OnnxModel.load(args.onnx), files, tta_flip=flip), tta_words(flip, None)
+        model = OnnxModel.load(args.onnx)
+        flip = model.tta(args.tta_flip)
+        predictions, tta = classify(model, files, tta_flip=flip), tta_words(flip, model.own_tta_flip)
     else:
         from core.deploy.predict import Classifier, classify
         from core.deploy.prediction import tta_words
@@ -42,9 +43,9 @@ def cmd_evaluate(args) -> int:
         from core.deploy.onnx_model import OnnxModel
 
         model = OnnxModel.load(args.onnx)
-        report = evaluate_onnx(model, resolve_data(args.data), args.mistakes, bool(args.tta_flip))
+        report = evaluate_onnx(model, resolve_data(args.data), args.mistakes, model.tta(args.tta_flip))
         where = {"model": args.onnx, "precision": model.meta.get("precision"),
-                 "checkpoint": model.meta.get("checkpoint"), "tta": tta_words(report.tta_flip, None)}
+                 "checkpoint": model.meta.get("checkpoint"), "tta": tta_words(report.tta_flip, model.own_tta_flip)}
     else:
         classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
         report = evaluate_run(classifier, resolve_data(args.data), args.mistakes, args.tta_flip)
