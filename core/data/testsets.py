@@ -102,7 +102,7 @@ def read_unlabelled(path: str | Path) -> UnlabelledSet:
     if not path.exists():
         raise DataError(f"{path}: no such file or folder. Give {ACCEPTED}")
     if path.is_dir():
-        return _from_images(path, path.name)
+        return _from_images(path, str(path))
     if path.stat().st_size > MAX_FILE_BYTES:
         raise DataError(f"{path}: {path.stat().st_size:,} bytes, more than any test set; refused unread")
     return read_unlabelled_bytes(path.name, path.read_bytes(), str(path))
