@@ -3,7 +3,8 @@
 Pick a run and one of its checkpoints, then drop images. Every image that decodes gets the 32x32
 input the network sees, a Grad-CAM overlay and the probability of all ten classes; a file that
 doesn't gets its own error and the rest go on. The work is in core.deploy.predict; results are cached
-per checkpoint save and files, so moving any control does not decode the images again.
+per checkpoint save and files, so moving any control does not decode the images again. The flip toggle
+starts at the run's own test-time augmentation, again whenever another run is picked.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import streamlit as st
 
 from core.data.images import IMAGE_SUFFIXES
 from core.deploy.predict import Classifier, Prediction, classify, sample_files
+from core.deploy.prediction import tta_words
 from core.nn.visual import cam_overlay, enlarge
 from core.report.charts import PRIMARY
 from pages._ui import (RUN_CHOICE, checkpoint_id, default_run, open_classifier, runs_or_stop, select_checkpoint,
@@ -21,6 +23,8 @@ from pages._ui import (RUN_CHOICE, checkpoint_id, default_run, open_classifier, 
 through_app_shell()
 
 UPLOAD = "classify_upload"
+TTA = "classify_tta"
+TTA_RUN = "classify_tta:run"  # the run whose own test-time augmentation the toggle was last set to
 SAMPLES = "classify_samples"  # the built-in test images, when asked for instead of uploads
 SCALE = 6                     # the 32x32 input is shown 192 px wide, each of its pixels a visible square
 SIDE = SCALE * 32             # the width every image of a prediction is shown at
@@ -100,10 +104,17 @@ with pick_run:
     run = select_run("Run", runs, RUN_CHOICE, default_run(runs))
 with pick_tag:
     tag = select_checkpoint("classify_tag", help="Best: the epoch with the highest accuracy. Last: the newest epoch.")
-tta_flip = pick_tta.toggle("Flip test-time augmentation", key="classify_tta",
-                           help="Average the prediction for each image and its mirror image: often a little more "
-                                "accurate, since CIFAR-10 classes look the same mirrored")
 classifier = open_classifier(run, tag)
+own_tta_flip = classifier is not None and classifier.own_tta_flip
+if st.session_state.get(TTA_RUN) != run.name:  # before the toggle is drawn: a widget's state is set only then
+    st.session_state[TTA] = own_tta_flip
+    st.session_state[TTA_RUN] = run.name
+tta_flip = pick_tta.toggle("Flip test-time augmentation", key=TTA,
+                           help="Average the prediction for each image and its mirror image: often a little more "
+                                "accurate, since CIFAR-10 classes look the same mirrored. It starts as the run was "
+                                "tested.")
+if classifier is not None:
+    st.caption(f"Test-time augmentation: {tta_words(tta_flip, own_tta_flip)}.")
 
 uploads = st.file_uploader("Images", type=[suffix.lstrip(".") for suffix in IMAGE_SUFFIXES],
                            accept_multiple_files=True, key=UPLOAD,

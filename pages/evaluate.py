@@ -1,9 +1,13 @@
-"""Evaluate: how a run does on a whole labelled test set, class by class, and beside another run.
+"""Evaluate: how a run does on a whole labelled test set, class by class, and beside another run; and a
+run's predictions for an unlabelled test set, as the course's submission CSV.
 
 The test data is the built-in slice, a CIFAR-10 copy on disk, or an uploaded archive of class
 folders. Evaluating runs on a button press (10,000 images take seconds on a CPU) and its report is
-cached per checkpoint save, data and flip setting, so asking again, or going back to an earlier
-choice, is instant. The last report of each section stays in session state, named by what it is of.
+cached per checkpoint save, data and test-time augmentation, so asking again, or going back to an earlier
+choice, is instant. The last report of each section stays in session state, named by what it is of, and is
+marked as made with other settings when the controls have changed since. Each run is tested with its own
+test-time augmentation unless the page is told otherwise. The unlabelled set (the course pickle, .npy/.npz or
+a zip of images) is read by core.data.testsets and predicted by core.deploy.submit as soon as it is uploaded.
 """
 from __future__ import annotations
 
@@ -12,9 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+import torch
 
 from core.data.sources import BUILTIN, resolve_data
+from core.data.testsets import read_unlabelled_bytes
 from core.deploy.predict import Classifier, Report, evaluate_archive, evaluate_run
+from core.deploy.prediction import tta_words
+from core.deploy.submit import Submission, predict_test_set
 from core.errors import StudioError
 from core.nn.visual import enlarge
 from core.report.charts import confusion_chart, per_class_chart
@@ -27,7 +35,15 @@ through_app_shell()
 DATA_SOURCE = "evaluate_data"
 DATA_PATH = "evaluate_path"
 DATA_UPLOAD = "evaluate_upload"
-TTA = "evaluate_tta"
+TTA = "evaluate_tta"                # "own", "flip" or "none"
+TTA_CHOICES = {"own": "Each run's own", "flip": "Flip", "none": "None"}
+TTA_FLIP = {"own": None, "flip": True, "none": False}  # what core.deploy.predict takes: None, the run's own
+SUBMIT_UPLOAD = "evaluate_submit_upload"
+SUBMIT_RUN = "evaluate_submit_run"
+SUBMIT_SUFFIXES = ["pkl", "pickle", "npy", "npz", "zip", "tar", "gz", "tgz"]
+PREVIEW = 24                        # the first images of a test set shown with their predicted class
+PREVIEW_COLUMNS = 8
+PREVIEW_SCALE = 3
 REPORT = "evaluate_report"          # the last Evaluated of the One run section
 COMPARISON = "evaluate_comparison"  # the last pair of Evaluated of the Side by side section
 SOURCES = {"builtin": "Built-in test slice", "path": "CIFAR-10 on disk", "upload": "Upload class folders"}
@@ -47,11 +63,12 @@ class TestData:
 class Evaluated:
     label: str   # whose report: run and checkpoint
     report: Report
-    tta_flip: bool
+    own_tta_flip: bool  # the run's own test-time augmentation (report.tta_flip is the one used)
+    made_with: tuple    # the controls it was made with: run, checkpoint, data, TTA choice
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def evaluation(_classifier: Classifier, checkpoint: tuple, data: TestData, tta_flip: bool) -> Report:
+def evaluation(_classifier: Classifier, checkpoint: tuple, data: TestData, tta_flip: bool | None) -> Report:
     """`checkpoint` (checkpoint_id) stands for the classifier in the cache key."""
     if isinstance(data.source, tuple):
         return evaluate_archive(_classifier, *data.source, mistakes=MISTAKES, tta_flip=tta_flip)
@@ -98,11 +115,19 @@ def choose_test_data() -> TestData | None:
     return TestData((upload.name, upload.getvalue()))
 
 
-def evaluate(name: str, run: Run, tag: str, classifier: Classifier, data: TestData, tta_flip: bool) -> Evaluated:
+def evaluate(name: str, run: Run, tag: str, classifier: Classifier, data: TestData, tta: str) -> Evaluated:
     """Raises StudioError, saying what is wrong with the data or checkpoint."""
     with st.spinner(f"Evaluating {run.name}…"):
-        report = evaluation(classifier, checkpoint_id(run, tag, classifier), data, tta_flip)
-    return Evaluated(f"{name}{run.name} · {tag}", report, tta_flip)
+        report = evaluation(classifier, checkpoint_id(run, tag, classifier), data, TTA_FLIP[tta])
+    return Evaluated(f"{name}{run.name} · {tag}", report, classifier.own_tta_flip, (run.name, tag, data, tta))
+
+
+def mark_if_stale(shown: tuple[Evaluated, ...], now: tuple[tuple, ...]) -> None:
+    """A result the controls above no longer describe says so, rather than pass for theirs."""
+    if tuple(e.made_with for e in shown) != now:
+        st.warning("Made with other settings than those above (run, checkpoint, test data or test-time "
+                   "augmentation). Press the button to evaluate with the settings shown.",
+                   icon=":material/history:")
 
 
 def per_class_table(*evaluated: Evaluated) -> pd.DataFrame:
@@ -112,8 +137,8 @@ def per_class_table(*evaluated: Evaluated) -> pd.DataFrame:
 
 def describe(evaluated: Evaluated) -> str:
     report = evaluated.report
-    mirrored = ", each averaged with its mirror image" if evaluated.tta_flip else ""
-    return f"{report.images:,} images of {report.data}{mirrored}"
+    return (f"{report.images:,} images of {report.data} · test-time augmentation: "
+            f"{tta_words(report.tta_flip, evaluated.own_tta_flip)}")
 
 
 def show_report(evaluated: Evaluated) -> None:
@@ -143,7 +168,8 @@ def show_report(evaluated: Evaluated) -> None:
 
 def show_comparison(first: Evaluated, second: Evaluated) -> None:
     st.subheader("A against B", divider="gray")
-    st.caption(describe(first))
+    st.caption(f"A: {describe(first)}")
+    st.caption(f"B: {describe(second)}")
     a, b, _ = st.columns([1, 1, 1])
     a.metric(f"Accuracy of {first.label}", f"{first.report.accuracy:.2%}", border=True, height="stretch")
     difference = 100 * (second.report.accuracy - first.report.accuracy)
@@ -156,6 +182,33 @@ def show_comparison(first: Evaluated, second: Evaluated) -> None:
         column.altair_chart(confusion_chart(evaluated.report.classes, evaluated.report.confusion))
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def submission(_classifier: Classifier, checkpoint: tuple, name: str, data: bytes, tta_flip: bool | None) -> Submission:
+    """`checkpoint` (checkpoint_id) stands for the classifier in the cache key. Raises StudioError."""
+    return predict_test_set(_classifier, read_unlabelled_bytes(name, data), tta_flip)
+
+
+def show_submission(result: Submission, own_tta_flip: bool) -> None:
+    summary = result.summary()
+    st.caption(f"{summary['count']:,} images · read as {summary['layout']} · test-time augmentation: "
+               f"{tta_words(result.tta_flip, own_tta_flip)} · sha256 {summary['sha256'][:16]}…")
+    st.download_button("Download submission.csv", result.csv(), file_name="submission.csv", mime="text/csv",
+                       on_click="ignore", icon=":material/download:", type="primary", key="submit_download",
+                       help="ID,Labels: one row per image in the file's order, the label 0-9 in CIFAR-10's class "
+                            "order")
+    rows = result.rows()
+    st.markdown(f"**The first {min(PREVIEW, len(rows))} images** :gray[· as read from the file, with the predicted "
+                f"class: pictures that look scrambled mean the file's layout was misread]")
+    shown = list(zip(rows[:PREVIEW], result.test_set.images[:PREVIEW]))
+    for start in range(0, len(shown), PREVIEW_COLUMNS):
+        for column, (row, image) in zip(st.columns(PREVIEW_COLUMNS), shown[start:start + PREVIEW_COLUMNS]):
+            column.image(enlarge(torch.from_numpy(image), PREVIEW_SCALE), width=PREVIEW_SCALE * 32,
+                         caption=f"{row['ID']}: {row['class']} · {row['probability']:.0%}")
+    st.markdown("**Images per predicted class** :gray[· a test set of CIFAR-10 has about as many of each]")
+    st.bar_chart(pd.Series(summary["histogram"], name="Images"), horizontal=True, x_label="Predicted class",
+                 y_label="Images", sort=False)  # horizontal: x still names the index, drawn upright
+
+
 st.title("Evaluate")
 st.write("See how a trained network does on a whole labelled test set: where it is right, what it confuses, "
          "the mistakes it is surest of, and how it compares with another run.")
@@ -165,11 +218,14 @@ runs = runs_or_stop("Evaluating")
 data_column, tta_column = st.columns([3, 1], vertical_alignment="top")
 with data_column:
     data = choose_test_data()
-tta_flip = tta_column.toggle("Flip test-time augmentation", key=TTA,
-                             help="Average each image's prediction with its mirror image's")
+tta = tta_column.segmented_control("Test-time augmentation", list(TTA_CHOICES), format_func=TTA_CHOICES.get,
+                                   default="own", required=True, key=TTA,
+                                   help="Each run's own: as it was tested when it trained (flip: each image's "
+                                        "prediction averaged with its mirror image's), which its best accuracy "
+                                        "comes from. Flip or None: the same for every run.")
 waiting = "Choose the test data first" if data is None else None
 
-one_run, side_by_side = st.tabs(["One run", "Side by side"])
+one_run, side_by_side, test_set = st.tabs(["One run", "Side by side", "Predict a test set"])
 
 with one_run:
     pick_run, pick_tag = st.columns([3, 2], vertical_alignment="bottom")
@@ -182,11 +238,12 @@ with one_run:
     if st.button("Evaluate", type="primary", icon=":material/fact_check:", key="evaluate",
                  disabled=classifier is None or data is None, help=waiting):
         try:
-            st.session_state[REPORT] = evaluate("", run, tag, classifier, data, tta_flip)
+            st.session_state[REPORT] = evaluate("", run, tag, classifier, data, tta)
         except StudioError as e:
             st.session_state.pop(REPORT, None)
             st.error(f"Could not evaluate {run.name}: {e}", icon=":material/error:")
     if REPORT in st.session_state:
+        mark_if_stale((st.session_state[REPORT],), ((run.name, tag, data, tta),))
         show_report(st.session_state[REPORT])
 
 with side_by_side:
@@ -206,10 +263,37 @@ with side_by_side:
     if st.button("Compare", type="primary", icon=":material/compare:", key="compare",
                  disabled=any(x is None for x in (classifier_a, classifier_b, data)), help=waiting):
         try:
-            st.session_state[COMPARISON] = (evaluate("A: ", run_a, tag_a, classifier_a, data, tta_flip),
-                                            evaluate("B: ", run_b, tag_b, classifier_b, data, tta_flip))
+            st.session_state[COMPARISON] = (evaluate("A: ", run_a, tag_a, classifier_a, data, tta),
+                                            evaluate("B: ", run_b, tag_b, classifier_b, data, tta))
         except StudioError as e:
             st.session_state.pop(COMPARISON, None)
             st.error(f"Could not compare: {e}", icon=":material/error:")
     if COMPARISON in st.session_state:
+        mark_if_stale(st.session_state[COMPARISON], ((run_a.name, tag_a, data, tta), (run_b.name, tag_b, data, tta)))
         show_comparison(*st.session_state[COMPARISON])
+
+with test_set:
+    st.caption("A test set without labels, such as the course's Kaggle one: each image's predicted class as the "
+               "submission CSV, ID,Labels, in the file's order.")
+    pick_run, pick_tag = st.columns([3, 2], vertical_alignment="bottom")
+    with pick_run:
+        submit_run = select_run("Run", runs, SUBMIT_RUN, default_run(runs))
+    with pick_tag:
+        submit_tag = select_checkpoint("evaluate_submit_tag")
+    submit_classifier = open_classifier(submit_run, submit_tag)
+    unlabelled = st.file_uploader("Unlabelled test set", type=SUBMIT_SUFFIXES, key=SUBMIT_UPLOAD,
+                                  help="The course pickle (a dict of b'data': (N, 3072) CIFAR rows or (N, 32, 32, 3) "
+                                       "uint8, and b'ids'), a .npy/.npz of (N, 32, 32, 3) or (N, 3, 32, 32) uint8, "
+                                       "or a .zip/.tar.gz of images (ID = file name without its suffix). A pickle "
+                                       "is read with numpy arrays and plain containers allowed, nothing else.")
+    if unlabelled is None:
+        st.caption("Upload the test set to see its first images with their predicted class, and to download the CSV.")
+    elif submit_classifier is not None:
+        try:
+            with st.spinner(f"Predicting {unlabelled.name} with {submit_run.name}…"):
+                result = submission(submit_classifier, checkpoint_id(submit_run, submit_tag, submit_classifier),
+                                    unlabelled.name, unlabelled.getvalue(), TTA_FLIP[tta])
+        except StudioError as e:
+            st.error(f"Could not predict {unlabelled.name}: {e}", icon=":material/error:")
+        else:
+            show_submission(result, submit_classifier.own_tta_flip)

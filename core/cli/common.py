@@ -33,4 +33,13 @@ def add_checkpoint(p: argparse.ArgumentParser, onnx: bool = False) -> None:
         p.add_argument("--run", required=True, metavar="runs/NAME")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
+    add_tta(p)
+
+
+def add_tta(p: argparse.ArgumentParser) -> None:
+    """--tta-flip / --no-tta; neither: the run's own test-time augmentation (args.tta_flip None)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--tta-flip", dest="tta_flip", action="store_const", const=True, default=None,
+                   help="average each image's prediction with its mirror's (default: as the run was tested)")
+    g.add_argument("--no-tta", dest="tta_flip", action="store_const", const=False,
+                   help="no test-time augmentation, even where the run was tested with it")

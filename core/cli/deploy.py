@@ -1,12 +1,12 @@
-"""`python -m core` commands for trained runs: predict, evaluate, export (fp16, ONNX), time the exports, and
-import weights trained elsewhere."""
+"""`python -m core` commands for trained runs: predict, evaluate, a submission CSV for an unlabelled test set,
+export (fp16, ONNX), time the exports, and import weights trained elsewhere."""
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
 
-from core.cli.common import add_checkpoint, emit
+from core.cli.common import add_checkpoint, add_tta, emit
 from core.deploy.fp16 import export
 from core.design.config import RunConfig
 from core.design.spec import load_json_file
@@ -17,34 +17,59 @@ def cmd_predict(args) -> int:
     files = [(f, Path(f)) for f in args.images]
     if args.onnx:  # the device path: onnxruntime, numpy and Pillow, never torch
         from core.deploy.onnx_model import OnnxModel, classify
+        from core.deploy.prediction import tta_words
 
-        predictions = classify(OnnxModel.load(args.onnx), files, tta_flip=args.tta_flip)
+        model = OnnxModel.load(args.onnx)
+        flip = model.tta(args.tta_flip)
+        predictions, tta = classify(model, files, tta_flip=flip), tta_words(flip, model.own_tta_flip)
     else:
         from core.deploy.predict import Classifier, classify
+        from core.deploy.prediction import tta_words
 
         classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
         predictions = classify(classifier, files, tta_flip=args.tta_flip)
-    emit([p.to_json(args.top) for p in predictions])
+        tta = tta_words(classifier.tta(args.tta_flip), classifier.own_tta_flip)
+    emit([p.to_json(args.top) | ({"tta": tta} if p.ok else {}) for p in predictions])
     return 0 if all(p.ok for p in predictions) else 1
 
 
 def cmd_evaluate(args) -> int:
     from core.data.sources import resolve_data
     from core.deploy.predict import Classifier, evaluate_onnx, evaluate_run
+    from core.deploy.prediction import tta_words
 
     start = time.perf_counter()
     if args.onnx:
         from core.deploy.onnx_model import OnnxModel
 
         model = OnnxModel.load(args.onnx)
-        report = evaluate_onnx(model, resolve_data(args.data), args.mistakes, args.tta_flip)
+        report = evaluate_onnx(model, resolve_data(args.data), args.mistakes, model.tta(args.tta_flip))
         where = {"model": args.onnx, "precision": model.meta.get("precision"),
-                 "checkpoint": model.meta.get("checkpoint")}
+                 "checkpoint": model.meta.get("checkpoint"), "tta": tta_words(report.tta_flip, model.own_tta_flip)}
     else:
         classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
         report = evaluate_run(classifier, resolve_data(args.data), args.mistakes, args.tta_flip)
-        where = {"checkpoint": args.checkpoint}
+        where = {"checkpoint": args.checkpoint, "tta": tta_words(report.tta_flip, classifier.own_tta_flip)}
     emit(report.to_json() | where | {"seconds": time.perf_counter() - start})
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from core.data.testsets import read_unlabelled
+    from core.deploy.predict import Classifier
+    from core.deploy.submit import check_destination, predict_test_set, write_submission
+
+    out = Path(args.out)
+    check_destination(out)
+    test_set = read_unlabelled(args.test_set)
+    run = Run.at(args.run)
+    classifier = Classifier.load(run, args.checkpoint, args.device)
+    submission = predict_test_set(classifier, test_set, args.tta_flip)
+    write_submission(submission, out)
+    meta = classifier.meta
+    checkpoint = {"run": str(run.dir), "tag": args.checkpoint, "epoch": meta.get("epoch"),
+                  "eval_acc": meta.get("eval_acc"), "eval_split": meta.get("eval_split")}
+    emit({"out": str(out), "test_set": args.test_set} | submission.summary() | {"checkpoint": checkpoint})
     return 0
 
 
@@ -128,6 +153,19 @@ def add_commands(sub) -> None:
     p.add_argument("--data", help="a CIFAR-10 copy (its test split) or a folder/.zip/.tar.gz of class folders")
     p.add_argument("--mistakes", type=int, default=20, help="how many of the most confident mistakes to list")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("submit", help="a Kaggle submission: the class of every image of an unlabelled test set "
+                                      "(the course pickle, .npy/.npz, or a folder/zip of images) as ID,Labels CSV")
+    p.add_argument("run", metavar="runs/NAME")
+    p.add_argument("test_set", metavar="TEST_SET", help="the course's pickle (b'data' as (N, 3072) CIFAR rows or "
+                                                        "(N, 32, 32, 3), and b'ids'), a .npy/.npz of (N, 32, 32, 3) "
+                                                        "or (N, 3, 32, 32) uint8, or a folder/.zip of images (ID = "
+                                                        "file name without its suffix)")
+    p.add_argument("--out", required=True, metavar="submission.csv")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--device", default="cpu")
+    add_tta(p)
+    p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("export", help="a finished run to ship: record + best checkpoint in fp16 (safetensors), "
                                       "one verified ONNX file for devices (--format onnx), or a folder for the "

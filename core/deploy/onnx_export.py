@@ -81,7 +81,8 @@ def with_metadata(proto, classifier: Classifier, run: Run, tag: str, precision: 
     meta = {"classes": json.dumps(classifier.classes), "design": json.dumps(classifier.meta["spec"]),
             "input": INPUT_FORMAT, "mean": json.dumps(classifier.meta["mean"]),
             "std": json.dumps(classifier.meta["std"]), "precision": precision, "run": run.name,
-            "checkpoint": tag, "generation": classifier.meta["generation"], "exported_by": "ResNet Studio"}
+            "checkpoint": tag, "generation": classifier.meta["generation"], "exported_by": "ResNet Studio",
+            "tta_flip": json.dumps(classifier.own_tta_flip)}  # so a device tests as the run did
     del proto.metadata_props[:]
     for node in proto.graph.node:  # the exporter's notes per node (FX names, stack traces with this machine's
         del node.metadata_props[:]  # paths): no use on a device, and about 7% of an fp32 file

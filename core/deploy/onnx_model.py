@@ -2,7 +2,8 @@
 numpy and Pillow, no torch, which is all a device needs.
 
 The model takes uint8 RGB images, NCHW (N, 3, 32, 32), values 0-255, any batch size; it scales and
-normalises them itself and returns logits (N, classes). Its metadata holds the class names and the design.
+normalises them itself and returns logits (N, classes). Its metadata holds the class names, the design and the
+run's test-time augmentation (`tta_flip`), which predictions use unless asked otherwise.
 """
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ class OnnxModel:
     @property
     def classes(self) -> list[str]:
         return json.loads(self.meta["classes"])
+
+    @property
+    def own_tta_flip(self) -> bool | None:
+        """The run's own test-time augmentation; None from an export made before exports recorded it."""
+        return json.loads(self.meta["tta_flip"]) if "tta_flip" in self.meta else None
+
+    def tta(self, tta_flip: bool | None) -> bool:
+        """The flip TTA to use when asked for `tta_flip`: None means the run's own (none where unrecorded)."""
+        return bool(self.own_tta_flip) if tta_flip is None else tta_flip
 
     @classmethod
     def load(cls, source: str | Path | bytes, name: str = "") -> OnnxModel:

@@ -1,4 +1,8 @@
-"""Using a trained run: classify images, explain them with Grad-CAM, evaluate on a test set."""
+"""Using a trained run: classify images, explain them with Grad-CAM, evaluate on a test set.
+
+Every reader of a run tests as the run did: with its own test-time augmentation (the `tta_flip` its
+checkpoint records) unless a caller asks otherwise (`tta_flip` True or False rather than None), and says which
+it used (core.deploy.prediction.tta_words)."""
 from __future__ import annotations
 
 import fcntl
@@ -36,6 +40,15 @@ class Classifier:
     def classes(self) -> list[str]:
         return self.meta["classes"]
 
+    @property
+    def own_tta_flip(self) -> bool:
+        """Whether the run tested with flip TTA; a run imported without that record did not."""
+        return bool(self.meta.get("tta_flip", False))
+
+    def tta(self, tta_flip: bool | None) -> bool:
+        """The flip TTA to use when asked for `tta_flip`: None means the run's own."""
+        return self.own_tta_flip if tta_flip is None else tta_flip
+
     @classmethod
     def load(cls, run: Run, tag: str = "best", device: str = "cpu") -> Classifier:
         run.require()
@@ -43,10 +56,11 @@ class Classifier:
         model, meta = load_model(run.checkpoints, tag, device)
         return cls(model, meta, Normalizer(meta["mean"], meta["std"], device), device)
 
-    def probabilities(self, inputs: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
+    def probabilities(self, inputs: torch.Tensor, tta_flip: bool | None = None) -> torch.Tensor:
         """Class probabilities (N, classes) for uint8 inputs (N, 3, 32, 32), computed exactly as
         evaluation computes them."""
-        return predict_logits(self.model, inputs, self.normalizer, self.device, tta_flip=tta_flip).softmax(1)
+        return predict_logits(self.model, inputs, self.normalizer, self.device,
+                              tta_flip=self.tta(tta_flip)).softmax(1)
 
     def grad_cam(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Grad-CAM (Selvaraju et al. 2017) on the last stage: (N, 32, 32) maps in [0, 1] showing
@@ -63,7 +77,7 @@ class Classifier:
         return (cam / peak).cpu()
 
 
-def classify(classifier: Classifier, files: list[tuple[str, bytes | Path]], tta_flip: bool = False,
+def classify(classifier: Classifier, files: list[tuple[str, bytes | Path]], tta_flip: bool | None = None,
              grad_cam: bool = False) -> list[Prediction]:
     """Classify every file that decodes; a bad file gets its own error and the rest go on."""
     results = read_files(files, lambda image: {"input": torch.from_numpy(to_pixels(image)),
@@ -115,9 +129,11 @@ class Report:
     per_class_accuracy: dict[str, float]
     confusion: list[list[int]]
     mistakes: list[Mistake]
+    tta_flip: bool = False  # whether each image's prediction was averaged with its mirror's
 
     def to_json(self) -> dict:
-        return {"data": self.data, "images": self.images, "accuracy": self.accuracy, "classes": self.classes,
+        return {"data": self.data, "images": self.images, "accuracy": self.accuracy, "tta_flip": self.tta_flip,
+                "classes": self.classes,
                 "per_class_accuracy": self.per_class_accuracy, "confusion": self.confusion,
                 "mistakes": [m.to_json() for m in self.mistakes]}
 
@@ -142,7 +158,7 @@ def labelled_test_set(data: str, classes: list[str]) -> tuple[Split, str]:
     return split, source
 
 
-def evaluate_run(classifier: Classifier, data: str, mistakes: int = 20, tta_flip: bool = False) -> Report:
+def evaluate_run(classifier: Classifier, data: str, mistakes: int = 20, tta_flip: bool | None = None) -> Report:
     return evaluate_split(classifier, *labelled_test_set(data, classifier.classes), mistakes, tta_flip)
 
 
@@ -151,7 +167,7 @@ def evaluate_onnx(model, data: str, mistakes: int = 20, tta_flip: bool = False) 
     Reading the test set still takes torch (core.data.datasets decodes it into tensors)."""
     split, source = labelled_test_set(data, model.classes)
     logits = torch.from_numpy(model.logits(split.images.numpy(), tta_flip))
-    return report(logits, split, model.classes, source, mistakes)
+    return report(logits, split, model.classes, source, mistakes, tta_flip)
 
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
@@ -159,7 +175,7 @@ UPLOAD_DIR = Path(tempfile.gettempdir()) / "resnet-studio-upload"
 
 
 def evaluate_archive(classifier: Classifier, name: str, data: bytes, mistakes: int = 20,
-                     tta_flip: bool = False) -> Report:
+                     tta_flip: bool | None = None) -> Report:
     """Evaluate on an archive of class folders given as bytes (an upload called `name`); errors name it.
 
     The bytes are written to one fixed path, under a lock, for load_class_folders: its decoding cache
@@ -184,15 +200,17 @@ def evaluate_archive(classifier: Classifier, name: str, data: bytes, mistakes: i
 
 
 def evaluate_split(classifier: Classifier, split: Split, source: str, mistakes: int = 20,
-                   tta_flip: bool = False) -> Report:
+                   tta_flip: bool | None = None) -> Report:
     """Accuracy, per-class accuracy, confusion and the `mistakes` most confident mistakes on labelled images
     whose labels index the classifier's classes."""
+    tta_flip = classifier.tta(tta_flip)
     logits = predict_logits(classifier.model, split.images, classifier.normalizer, classifier.device,
                             tta_flip=tta_flip)
-    return report(logits, split, classifier.classes, source, mistakes)
+    return report(logits, split, classifier.classes, source, mistakes, tta_flip)
 
 
-def report(logits: torch.Tensor, split: Split, classes: list[str], source: str, mistakes: int) -> Report:
+def report(logits: torch.Tensor, split: Split, classes: list[str], source: str, mistakes: int,
+           tta_flip: bool) -> Report:
     """The Report of a model's logits on a labelled split, whatever computed them."""
     result = score(logits, split.labels, len(classes))
     probs = result.logits.softmax(1)
@@ -202,4 +220,4 @@ def report(logits: torch.Tensor, split: Split, classes: list[str], source: str, 
     return Report(source, len(split), result.accuracy, classes,
                   dict(zip(classes, result.per_class_accuracy)), result.confusion.tolist(),
                   [Mistake(int(i), classes[split.labels[i]], classes[predicted[i]], float(confidence[i]),
-                           split.images[i]) for i in worst])
+                           split.images[i]) for i in worst], tta_flip)

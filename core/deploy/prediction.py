@@ -1,5 +1,6 @@
 """One image file's prediction and its JSON, the same for a run's checkpoint (core.deploy.predict) and an exported
-ONNX model (core.deploy.onnx_model). No torch here: a device classifies with numpy, Pillow and onnxruntime alone."""
+ONNX model (core.deploy.onnx_model), and the words for the test-time augmentation that made it. No torch here: a
+device classifies with numpy, Pillow and onnxruntime alone."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -45,3 +46,13 @@ def read_files(files: list[tuple[str, bytes | Path]], prepare: Callable[[Image.I
         except StudioError as e:
             results.append(Prediction(name, False, error=str(e)))
     return results
+
+
+def tta_words(tta_flip: bool, own: bool | None) -> str:
+    """Which test-time augmentation made a result, and whether it is the run's own (`own`; None: unknown)."""
+    used = "flip (each image averaged with its mirror)" if tta_flip else "none"
+    if own is None:
+        return used
+    if tta_flip == own:
+        return f"{used}: the run's own"
+    return f"{used}: asked for; the run's own is {'flip' if own else 'none'}"

@@ -79,7 +79,9 @@ def gather(run: Run, data: str | None, mistakes: int) -> RunData:
         source = data or verification_data(run)
         try:
             evaluation = evaluate_run(Classifier.load(run, "best"), source, mistakes)
-            note = f"best checkpoint evaluated on {evaluation.images:,} images of {evaluation.data}"
+            note = (f"best checkpoint evaluated on {evaluation.images:,} images of {evaluation.data}"
+                    + (", each averaged with its mirror (the run's test-time augmentation)" if evaluation.tta_flip
+                       else ""))
         except StudioError as e:
             note = f"best checkpoint not evaluated: {e}"
     return RunData(run, run.config(), run.status(), read_record(run.record_path), steps, epochs,
