@@ -87,7 +87,8 @@ def runs_table(rows: list[dict]) -> pd.DataFrame:
         "State": [r["state"] for r in rows],
         "Parameters": [r["params"] for r in rows],
         "Best accuracy": [r["best_acc"] for r in rows],
-        "Epochs": ["imported" if r["imported_from"] else f"{r['epochs_done']} of {r['epochs']}" for r in rows],
+        "Epochs": [(f"{r['epochs_done']}, imported" if r["epochs_done"] else "imported") if r["imported_from"] else
+                   f"{r['epochs_done']} of {r['epochs']}" for r in rows],
         "Training time": [r["elapsed"] / 60 if r["elapsed"] is not None else None for r in rows],
         "Device": [r["device"] for r in rows],
         "Processes": [r["world_size"] for r in rows],
@@ -246,27 +247,54 @@ def export_section(run: Run) -> None:
 
 
 def import_box() -> None:
-    with st.expander("Import weights trained elsewhere (.pt)", icon=":material/upload_file:"):
-        st.caption("A PyTorch state_dict, read without running anything the file may hold (a file with code in "
-                   "it is refused). Names in kuangliu pytorch-cifar's layout (conv1, layer1.0.conv1, "
-                   "layer1.0.shortcut.0, linear) are matched to ours; give the design it was trained with.")
-        weights = st.file_uploader("Weights (.pt)", type=["pt", "pth"], key="import_weights")
-        source = st.segmented_control("Design", ("current", "file"), default="current", required=True,
-                                      key="import_design_source",
-                                      format_func={"current": "The design on the Design page",
-                                                   "file": "A design file (JSON)"}.get)
-        if source == "file":
-            design_file = st.file_uploader("Design (JSON): a spec or a run config", type=["json"], key="import_design")
-        else:
-            spec, _ = current_design()
-            design_file = None
-            st.caption(f"The design on the Design page: {len(spec.stages)} stages, {count(spec).params:,} parameters.")
-        normalization = st.selectbox("Input normalisation it was trained with", list(NORMALIZATION_LABELS),
-                                     format_func=NORMALIZATION_LABELS.get, key="import_normalization")
+    with st.expander("Import a run or weights trained elsewhere (run.zip, .pt)", icon=":material/upload_file:"):
+        st.caption("The run.zip that an exported train.py wrote (Export as code; Colab, Kaggle) comes back whole: "
+                   "design, recipe, curves and checkpoint. A PyTorch state_dict (.pt) is read without running "
+                   "anything the file may hold (a file with code in it is refused); names in kuangliu "
+                   "pytorch-cifar's layout (conv1, layer1.0.conv1, layer1.0.shortcut.0, linear) are matched to ours; "
+                   "give the design it was trained with.")
+        weights = st.file_uploader("run.zip or weights (.pt)", type=["zip", "pt", "pth"], key="import_weights")
+        run_zip = weights is not None and weights.name.lower().endswith(".zip")
+        design_file, source, normalization = None, "current", None
+        if not run_zip:
+            source = st.segmented_control("Design", ("current", "file"), default="current", required=True,
+                                          key="import_design_source",
+                                          format_func={"current": "The design on the Design page",
+                                                       "file": "A design file (JSON)"}.get)
+            if source == "file":
+                design_file = st.file_uploader("Design (JSON): a spec or a run config", type=["json"],
+                                               key="import_design")
+            else:
+                spec, _ = current_design()
+                st.caption(f"The design on the Design page: {len(spec.stages)} stages, "
+                           f"{count(spec).params:,} parameters.")
+            normalization = st.selectbox("Input normalisation it was trained with", list(NORMALIZATION_LABELS),
+                                         format_func=NORMALIZATION_LABELS.get, key="import_normalization")
         name = st.text_input("Run name", value="imported", key="import_name")
         if st.button("Import", type="primary", icon=":material/upload:", key="import",
                      disabled=weights is None or (source == "file" and design_file is None)):
-            import_weights_now(weights, design_file, normalization, name)
+            if run_zip:
+                import_run_zip_now(weights, name)
+            else:
+                import_weights_now(weights, design_file, normalization, name)
+
+
+def import_run_zip_now(upload, name: str) -> None:
+    from core.deploy.run_zip import import_run_zip  # loads torch: only when asked to import
+
+    try:
+        run = import_run_zip(upload.getvalue(), upload.name, runs_root() / name)
+    except StudioError as e:
+        st.error(f"Not imported: {e}", icon=":material/block:")
+        return
+    show_imported(run, upload.name)
+
+
+def show_imported(run: Run, what: str) -> None:
+    st.session_state[RUN_CHOICE] = run.name
+    st.session_state.pop(f"{RUN_CHOICE}:widget", None)  # so that select_run shows the new run, not the last one
+    st.toast(f"Imported {what} as {run.name}.", icon=":material/check_circle:")
+    st.rerun()
 
 
 def import_weights_now(weights, design_file, normalization: str, name: str) -> None:
@@ -286,10 +314,7 @@ def import_weights_now(weights, design_file, normalization: str, name: str) -> N
     except StudioError as e:
         st.error(f"Not imported: {e}", icon=":material/block:")
         return
-    st.session_state[RUN_CHOICE] = run.name
-    st.session_state.pop(f"{RUN_CHOICE}:widget", None)  # so that select_run shows the new run, not the last one
-    st.toast(f"Imported {weights.name} as {run.name}.", icon=":material/check_circle:")
-    st.rerun()
+    show_imported(run, weights.name)
 
 
 @st.dialog("Delete a run", on_dismiss=cancel_delete)
