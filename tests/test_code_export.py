@@ -195,3 +195,50 @@ def test_a_taken_folder_and_a_bad_zip_are_messages(tmp_path):
     with pytest.raises(RunZipError, match="has no metrics.jsonl"):
         import_run_zip(not_a_zip, "run.zip", tmp_path / "runs" / "b")
     assert not (tmp_path / "runs").exists()
+
+
+def train_py_functions(folder: Path, monkeypatch) -> dict:
+    """train.py's definitions, every cell run but the last (which trains)."""
+    source = (folder / "train.py").read_text()
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    namespace = {"__name__": "train"}
+    exec(compile(source[:source.rindex("# %%")], str(folder / "train.py"), "exec"), namespace)
+    return namespace
+
+
+def test_train_py_picks_the_precision_the_device_allows_and_has_the_studios_schedules_and_augmentation(
+        quick_export, monkeypatch):
+    train = train_py_functions(quick_export, monkeypatch)
+    for capability, precision in (((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16), ((7, 5), torch.float16),
+                                  ((7, 0), torch.float16), ((6, 0), torch.float32)):  # H100, A100, T4, V100, P100
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        assert train["pick_precision"](torch.device("cuda")) == precision, capability
+    assert train["pick_precision"](torch.device("mps")) == train["pick_precision"](torch.device("cpu")) == torch.float32
+    train["T"]["precision"] = "fp32"
+    assert train["pick_precision"](torch.device("cuda")) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train["pick_device"]() == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert train["pick_device"]() == torch.device("mps")
+
+    from core.design.config import TrainConfig
+    from core.engine.optim import lr_at
+
+    for schedule in ("cosine", "onecycle", "step", "constant"):
+        for warmup in (0.0, 1.5):
+            settings = {"schedule": schedule, "warmup_epochs": warmup, "step_epochs": 2, "lr": 0.3}
+            train["T"].update(settings)
+            t = TrainConfig.from_dict(settings)
+            assert [train["lr_at"](s, 500, 50) for s in range(500)] == [lr_at(t, s, 500, 50) for s in range(500)]
+    # the same augmentation as the studio's, draw for draw (the cutout square: the mean colour, 0 once normalised)
+    from core.data.augment import Augment
+
+    train["T"].update({"augment": ["crop", "flip", "cutout"], "crop_padding": 4, "cutout_size": 8})
+    images = load_dataset("builtin").test.images[:64]
+    torch.manual_seed(5)
+    ours = Augment(("crop", "flip", "cutout"), 4, 8, True, torch.device("cpu"))(images)
+    torch.manual_seed(5)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    exported = (train["augment"](images, None, mean) - mean) / std
+    torch.testing.assert_close(exported, ours, atol=1e-5, rtol=1e-5)
