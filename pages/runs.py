@@ -244,6 +244,42 @@ def export_section(run: Run) -> None:
     for column, precision in zip(st.columns(2), PRECISIONS):
         with column.container(border=True):
             export_card(run, precision, generation)
+    code_card(run, generation)
+
+
+CODE_ZIP = "runs_code_zip"  # (run name, checkpoint generation, zip bytes, what the export said)
+
+
+def make_code_zip(run: Run) -> None:
+    from core.deploy.code_export import export_code_zip  # loads torch: only when asked
+
+    try:
+        data, made = export_code_zip(run)
+    except StudioError as e:
+        st.session_state[CODE_ZIP] = (run.name, None, None, str(e))
+        return
+    st.session_state[CODE_ZIP] = (run.name, read_json(run.checkpoints / "best.json")["generation"], data, made)
+
+
+def code_card(run: Run, generation: str) -> None:
+    """The run as code a grader runs with torch alone, and as a notebook for Colab: one zip to download."""
+    with st.container(border=True):
+        st.markdown("**Code for a grader, a notebook for Colab**")
+        st.caption("model.py (the network in plain PyTorch) with weights.pt, train.py (its recipe: prints the "
+                   "parameter count first and the test accuracy last) and the same as notebook.ipynb, needing torch "
+                   "and torchvision alone. What the notebook trains comes back here: Import its run.zip below.")
+        if st.button("Make the code", icon=":material/code:", key="export_code",
+                     disabled=run.status().get("state") != "finished",
+                     help="Only a finished run: its best checkpoint and recipe"):
+            make_code_zip(run)
+        made = st.session_state.get(CODE_ZIP)
+        if made is None or made[0] != run.name:
+            return
+        if made[2] is None:
+            st.error(f"Not exported: {made[3]}", icon=":material/block:")
+        elif made[1] == generation:
+            st.download_button(f"Download {run.name}-code.zip", made[2], file_name=f"{run.name}-code.zip",
+                               mime="application/zip", icon=":material/download:", key="download_code")
 
 
 def import_box() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from streamlit.testing.v1 import AppTest
 
-from conftest import wait_for
+from conftest import ROOT, wait_for
 from core.deploy.importer import OURS, _apply
 from core.deploy.jobs import read_job, start_export
 from core.deploy.onnx_model import OnnxModel, exported_file, report_path
@@ -179,3 +179,17 @@ def test_the_import_box_takes_a_run_zip_with_its_curves_and_refuses_one_with_cod
     assert imported.summary()["best_acc"] == trained.summary()["best_acc"]
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     assert torch.equal(Classifier.load(imported).probabilities(images), Classifier.load(trained).probabilities(images))
+
+
+def test_the_code_card_makes_the_runs_code_as_one_zip_to_download(tmp_path, monkeypatch):
+    shutil.copytree(ROOT / "runs" / "example", tmp_path / "runs" / "example")
+    app = runs_page(monkeypatch, tmp_path / "runs")
+    assert "Download example-code.zip" not in export_downloads(app)
+    app.button(key="export_code").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert "Download example-code.zip" in export_downloads(app)
+    _, _, data, made = app.session_state["runs_code_zip"]
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        assert sorted(z.namelist()) == [f"example-code/{f}" for f in made["files"]] and \
+            "train.py" in made["files"] and "notebook.ipynb" in made["files"]
+        assert "def load_model(" in z.read("example-code/model.py").decode()

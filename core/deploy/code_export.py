@@ -12,7 +12,8 @@ code`); nothing written here imports `core`.
         README.md           the commands and the run's figures
 
 The files are made from the templates in code_template/ (real files, so they read as code). Before anything is
-written, the generated model.py is loaded apart from this studio's code and must give the run's logits.
+written, the generated model.py is loaded apart from this studio's code and must give the run's logits. The Runs page
+downloads the folder as one zip (export_code_zip).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import os
 import pprint
 import re
 import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -111,11 +114,14 @@ def readme(run: Run, cfg, meta: dict, epochs: int) -> str:
         if epochs_done else "not known (imported)"
     rows = "\n".join(f"| {name} | {value} |" for name, value in
                      hyperparameters(cfg, imported=bool(meta.get("imported_from"))).items())
-    time_note = (f" The run trained for {duration_text(cfg.train.time_limit)} and reached {epochs} epochs; "
-                 f"train.py trains {epochs} epochs.") if cfg.train.time_limit else ""
+    reached = epochs_done[-1]["epoch"] if epochs_done else epochs
+    time_note = (f" The run trained for {duration_text(cfg.train.time_limit)} and reached epoch {reached:.3g}; "
+                 f"{TRAIN} trains {epochs} epochs.") if cfg.train.time_limit else ""
     return f"""# {run.name}
 
 A residual network for CIFAR-10 designed in ResNet Studio, as code that needs only `torch` and `torchvision`.
+The accuracy below was measured on the data the run trained on; {TRAIN} downloads torchvision's lossless CIFAR-10
+unless given `--data`, and accuracies on one copy of CIFAR-10 do not carry over exactly to another.
 
 | Figure | Value |
 | --- | --- |
@@ -213,3 +219,15 @@ def export_code(run: Run, out: str | Path, tag: str = "best") -> dict:
     return {"exported": str(out), "files": sorted(p.name for p in out.iterdir()), "format": "code",
             "params": count(cfg.arch).params, "epochs": epochs, "max_logit_difference": difference,
             "eval_accuracy": ckpt.meta.get("eval_acc")}
+
+
+def export_code_zip(run: Run, tag: str = "best") -> tuple[bytes, dict]:
+    """The folder export_code writes, as a zip under a top folder RUN-code/ (the Runs page's download)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / f"{run.name}-code"
+        made = export_code(run, folder, tag)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+            for file in sorted(folder.iterdir()):
+                z.write(file, f"{folder.name}/{file.name}")
+    return buffer.getvalue(), made
