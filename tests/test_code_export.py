@@ -87,8 +87,10 @@ def test_model_py_gives_the_runs_logits_in_a_process_without_core(design, tmp_pa
     test = load_dataset("builtin").test
     torch.save(test.images, tmp_path / "images.pt")
     isolated(f"""
+import os
 import torch
 from model import count_parameters, load_model
+os.chdir({str(tmp_path)!r})  # a relative path is found beside model.py too
 model = load_model("weights.pt")
 assert not model.training
 with torch.no_grad():
@@ -154,6 +156,7 @@ def test_train_py_trains_an_epoch_prints_both_lines_and_its_run_zip_imports_with
     assert status["state"] == "finished" and status["imported_from"].endswith("run.zip")
     assert record["trained_elsewhere"]["precision"] == "float32"
     assert run.config().train.to_dict() == RunConfig.from_dict({"arch": QUICK_ARCH, "train": RECIPE}).train.to_dict()
+    assert run.config().data == str(class_folders) and run.summary()["data"] == str(class_folders)
     # the checkpoint is the EMA's weights, as the studio's runs keep it; it predicts with the run's flip TTA
     assert json.loads(run.results_path.read_text())["accuracy"] * 100 == pytest.approx(accuracy, abs=0.005)
     trained = torch.load(work / "trained.pt", weights_only=True)

@@ -77,8 +77,8 @@ def model_source(run: Run, meta: dict, params: int) -> str:
 def train_source(run: Run, cfg, model_py: str, epochs: int) -> str:
     # model.py without its docstring and imports (train.py imports the same and more)
     lines = model_py.split('"""', 2)[2].lstrip().splitlines()
-    network = "\n".join(lines[next(i for i, line in enumerate(lines) if not line.startswith(("import ", "from ")))
-                              :]).lstrip()
+    first = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith(("import ", "from ")))
+    network = "\n".join(lines[first:])
     run_config = cfg.to_dict() | {"params": count(cfg.arch).params}
     return fill(TRAIN + ".txt", {"NAME": run.name, "RUN": literal(run_config), "EPOCHS": str(epochs),
                                  "MODEL": network.rstrip() + "\n\n"})
