@@ -121,6 +121,9 @@ def class_folders(tmp_path_factory) -> Path:
             folder = root / part / data.classes[split.labels[i]]
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(split.images[i].permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    # and a photo that is not 32x32, which is cropped to its centre and shrunk
+    Image.fromarray(data.train.images[0].permute(1, 2, 0).numpy()).resize((61, 45)).save(
+        root / "train" / data.classes[data.train.labels[0]] / "photo.jpg")
     return root
 
 
@@ -144,7 +147,7 @@ def test_train_py_trains_an_epoch_prints_both_lines_and_its_run_zip_imports_with
     lines = proc.stdout.strip().splitlines()
     params = count(RunConfig.from_dict({"arch": QUICK_ARCH}).arch).params
     assert lines[0] == f"parameters: {params}"
-    assert "(320 train / 100 test images), epochs: 1" in lines[1]
+    assert "(321 train / 100 test images), epochs: 1" in lines[1]
     accuracy = float(re.fullmatch(r"test accuracy: (\d+\.\d\d)%", lines[-1]).group(1))
 
     run = Run(tmp_path / "runs" / "colab")
@@ -209,8 +212,8 @@ def train_py_functions(folder: Path, monkeypatch) -> dict:
     return namespace
 
 
-def test_train_py_picks_the_precision_the_device_allows_and_has_the_studios_schedules_and_augmentation(
-        quick_export, monkeypatch):
+def test_train_py_picks_the_precision_the_device_allows_and_has_the_studios_data_schedules_and_augmentation(
+        quick_export, class_folders, monkeypatch):
     train = train_py_functions(quick_export, monkeypatch)
     for capability, precision in (((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16), ((7, 5), torch.float16),
                                   ((7, 0), torch.float16), ((6, 0), torch.float32)):  # H100, A100, T4, V100, P100
@@ -234,6 +237,14 @@ def test_train_py_picks_the_precision_the_device_allows_and_has_the_studios_sche
             train["T"].update(settings)
             t = TrainConfig.from_dict(settings)
             assert [train["lr_at"](s, 500, 50) for s in range(500)] == [lr_at(t, s, 500, 50) for s in range(500)]
+    # the same images as the studio reads from class folders
+    from core.data.datasets import load_class_folders
+
+    def by_image(images, labels):
+        return sorted(zip(images.reshape(len(images), -1).tolist(), labels.tolist()))
+
+    ours, _ = load_class_folders(class_folders / "train", CLASSES)
+    assert by_image(*train["class_folders"](class_folders / "train")) == by_image(ours.images, ours.labels)
     # the same augmentation as the studio's, draw for draw (the cutout square: the mean colour, 0 once normalised)
     from core.data.augment import Augment
 
