@@ -200,6 +200,12 @@ def test_a_taken_folder_and_a_bad_zip_are_messages(tmp_path):
         z.writestr("config.json", json.dumps(EXAMPLE.config().to_dict()))
     with pytest.raises(RunZipError, match="has no metrics.jsonl"):
         import_run_zip(not_a_zip, "run.zip", tmp_path / "runs" / "b")
+    with zipfile.ZipFile(not_a_zip, "a") as z:
+        z.writestr("metrics.jsonl", '{"kind": "epoch", "epoch": 1, "step": 1, "train_loss": 2.3}\n')
+        z.write(EXAMPLE.checkpoints / "best.json", "checkpoints/best.json")
+        z.write(EXAMPLE.checkpoints / "best.safetensors", "checkpoints/best.safetensors")
+    with pytest.raises(RunZipError, match="line 1 of its metrics.jsonl has no number 'eval_loss'"):
+        import_run_zip(not_a_zip, "run.zip", tmp_path / "runs" / "c")
     assert not (tmp_path / "runs").exists()
 
 

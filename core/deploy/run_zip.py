@@ -38,6 +38,9 @@ from core.runs.run import Run, create_run
 CONFIG, METRICS, RESULTS, RECORD = "config.json", "metrics.jsonl", "results.json", "record.json"
 META, WEIGHTS = "checkpoints/best.json", "checkpoints/best.safetensors"
 NEEDED = (CONFIG, METRICS, META, WEIGHTS)
+# what the pages and reports read of each kind of metrics line (core.runs.progress)
+NUMBERS = {"epoch": ("epoch", "step", "train_loss", "eval_loss", "eval_acc", "lr", "elapsed"),
+           "step": ("epoch", "step", "train_loss", "lr", "elapsed")}
 MAX_MEMBERS = 64
 MAX_JSON_BYTES = 20_000_000           # metrics of thousands of epochs fit many times over
 MAX_WEIGHTS_BYTES = 400_000_000       # 5M parameters are 20 MB in fp32; a design over budget may be larger
@@ -46,16 +49,6 @@ HOW = "an exported train.py writes it (python -m core export RUN DIR --format co
 
 class RunZipError(WeightsError):
     """A run.zip that cannot be imported; the message says why and what to do."""
-
-
-def is_run_zip(data: bytes) -> bool:
-    """Whether the bytes are a zip holding a run's config and checkpoint (else perhaps a .pt, also a zip)."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            names = {_inside(n) for n in z.namelist()}
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return False
-    return CONFIG in names and META in names
 
 
 def _inside(member: str) -> str:
@@ -109,9 +102,14 @@ def _metrics(members: dict[str, bytes], name: str) -> list[dict]:
             row = json.loads(line)
         except ValueError:
             raise RunZipError(f"{name}: line {i} of its {METRICS} is not JSON") from None
-        if not isinstance(row, dict) or row.get("kind") not in ("epoch", "step"):
+        if not isinstance(row, dict) or row.get("kind") not in NUMBERS:
             raise RunZipError(f"{name}: line {i} of its {METRICS} is not a metrics line (an object with "
                               f"\"kind\": \"epoch\" or \"step\")")
+        wrong = next((k for k in NUMBERS[row["kind"]] if isinstance(row.get(k), bool) or
+                      not isinstance(row.get(k), (int, float)) or row[k] != row[k]), None)
+        if wrong is not None or (row["kind"] == "epoch" and not isinstance(row.get("eval_split"), str)):
+            raise RunZipError(f"{name}: line {i} of its {METRICS} has no number {wrong or 'eval_split'!r} "
+                              f"(an {row['kind']} line has {', '.join(NUMBERS[row['kind']])})")
         lines.append(row)
     return lines
 
