@@ -138,6 +138,12 @@ def report_html(runs: list[Run]) -> str:
     return to_html(*build(runs))
 
 
+def paper_zip(runs: list[Run]) -> bytes:
+    from core.report.report import paper_zip  # torch and vl-convert: only when asked for
+
+    return paper_zip(runs)
+
+
 def follow_on_train() -> None:
     st.session_state[FOLLOWED] = chosen_run(RUN_CHOICE).name
 
@@ -413,6 +419,10 @@ else:
                            help="One HTML file that opens offline: the runs' hyperparameters side by side, results, "
                                 "curves, confusion matrices, most confident mistakes and reproducibility records. "
                                 "Making it evaluates each best checkpoint: seconds to a minute.")
+        st.download_button("Tables and figures for a paper", lambda: paper_zip(compared), file_name="paper.zip",
+                           mime="application/zip", icon=":material/article:", on_click="ignore", key="paper",
+                           help="LaTeX: tables.tex (booktabs: architecture and recipe side by side, results) and "
+                                "every chart of the report as a PDF, with figures.tex to include them")
     st.markdown("**Best accuracy against parameters**")
     st.altair_chart(accuracy_vs_parameters(rows))
 

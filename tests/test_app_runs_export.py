@@ -34,8 +34,8 @@ def metric(app: AppTest, label: str, index: int) -> str:
 
 
 def export_downloads(app: AppTest) -> list[str]:
-    """The download buttons of exported models (the Runs page's Report is a download too)."""
-    return [b.label for b in app.download_button if b.key != "report"]
+    """The download buttons of exported models (the Runs page's Report and paper are downloads too)."""
+    return [b.label for b in app.download_button if b.key not in ("report", "paper")]
 
 
 def test_exports_run_in_the_background_with_progress_then_show_size_agreement_and_accuracy(trained, tmp_path,
@@ -185,6 +185,8 @@ def test_the_code_card_makes_the_runs_code_as_one_zip_to_download(tmp_path, monk
     shutil.copytree(ROOT / "runs" / "example", tmp_path / "runs" / "example")
     app = runs_page(monkeypatch, tmp_path / "runs")
     assert "Download example-code.zip" not in export_downloads(app)
+    (paper,) = [b for b in app.download_button if b.key == "paper"]  # beside the Report of the runs compared
+    assert paper.label == "Tables and figures for a paper" and "tables.tex" in paper.help
     app.button(key="export_code").click().run()
     assert not app.exception and not app.error, [e.value for e in app.error]
     assert "Download example-code.zip" in export_downloads(app)

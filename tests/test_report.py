@@ -2,14 +2,17 @@
 Chromium opens with no network request at all, showing the tables, curves, confusion matrix and record; the
 Markdown variant with its PNGs; the LaTeX variant (booktabs tables, charts as PDFs); a comparison of two runs; and
 clear errors."""
+import io
 import json
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 from markdown_it import MarkdownIt
 
 from conftest import ROOT, SCREENSHOTS, core_cli, core_main
+from core.runs.run import Run
 
 EXAMPLE = ROOT / "runs" / "example"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -132,3 +135,12 @@ def test_the_latex_variant_writes_booktabs_tables_and_every_chart_as_a_pdf(train
     file.write_text("")
     taken = core_main("report", str(trained.dir), "--format", "latex", "--out", str(file), check=False)
     assert taken.returncode == 2 and "writes a folder" in taken.stderr
+
+
+def test_the_paper_zip_holds_the_latex_folder():
+    from core.report.report import paper_zip
+
+    with zipfile.ZipFile(io.BytesIO(paper_zip([Run(EXAMPLE)], "builtin"))) as z:
+        names = z.namelist()
+        assert names[:2] == ["paper/tables.tex", "paper/figures.tex"] and "paper/run-confusion.pdf" in names
+        assert r"\toprule" in z.read("paper/tables.tex").decode()

@@ -10,7 +10,10 @@ built-in slice, or `data`); the report says which.
 """
 from __future__ import annotations
 
+import io
+import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -308,3 +311,14 @@ def write_paper(gathered: list[RunData], out: str | Path) -> list[Path]:
               LatexTable(results_table(gathered), "Results: " + "; ".join(
                   f"{r.run.name} on {r.copy}" for r in gathered), "tab:results", "r")]
     return write_latex(tables, charts, out, made_by())
+
+
+def paper_zip(runs: list[Run], data: str | None = None) -> bytes:
+    """write_paper's folder as one zip, under a top folder paper/ (the Runs page's download)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_paper(gather_all(runs, data), Path(tmp) / "paper")
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+            for file in files:
+                z.write(file, f"paper/{file.name}")
+    return buffer.getvalue()
