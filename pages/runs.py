@@ -87,7 +87,8 @@ def runs_table(rows: list[dict]) -> pd.DataFrame:
         "State": [r["state"] for r in rows],
         "Parameters": [r["params"] for r in rows],
         "Best accuracy": [r["best_acc"] for r in rows],
-        "Epochs": ["imported" if r["imported_from"] else f"{r['epochs_done']} of {r['epochs']}" for r in rows],
+        "Epochs": [(f"{r['epochs_done']}, imported" if r["epochs_done"] else "imported") if r["imported_from"] else
+                   f"{r['epochs_done']} of {r['epochs']}" for r in rows],
         "Training time": [r["elapsed"] / 60 if r["elapsed"] is not None else None for r in rows],
         "Device": [r["device"] for r in rows],
         "Processes": [r["world_size"] for r in rows],
@@ -135,6 +136,12 @@ def report_html(runs: list[Run]) -> str:
     from core.report.report import build
 
     return to_html(*build(runs))
+
+
+def paper_zip(runs: list[Run]) -> bytes:
+    from core.report.report import paper_zip  # torch and vl-convert: only when asked for
+
+    return paper_zip(runs)
 
 
 def follow_on_train() -> None:
@@ -243,30 +250,93 @@ def export_section(run: Run) -> None:
     for column, precision in zip(st.columns(2), PRECISIONS):
         with column.container(border=True):
             export_card(run, precision, generation)
+    code_card(run, generation)
+
+
+CODE_ZIP = "runs_code_zip"  # (run name, checkpoint generation, zip bytes, what the export said)
+
+
+def make_code_zip(run: Run) -> None:
+    from core.deploy.code_export import export_code_zip  # loads torch: only when asked
+
+    try:
+        data, made = export_code_zip(run)
+    except StudioError as e:
+        st.session_state[CODE_ZIP] = (run.name, None, None, str(e))
+        return
+    st.session_state[CODE_ZIP] = (run.name, read_json(run.checkpoints / "best.json")["generation"], data, made)
+
+
+def code_card(run: Run, generation: str) -> None:
+    """The run as code a grader runs with torch alone, and as a notebook for Colab: one zip to download."""
+    with st.container(border=True):
+        st.markdown("**Code for a grader, a notebook for Colab**")
+        st.caption("model.py (the network in plain PyTorch) with weights.pt, train.py (its recipe: prints the "
+                   "parameter count first and the test accuracy last) and the same as notebook.ipynb, needing torch "
+                   "and torchvision alone. What the notebook trains comes back here: Import its run.zip below.")
+        if st.button("Make the code", icon=":material/code:", key="export_code",
+                     disabled=run.status().get("state") != "finished",
+                     help="Only a finished run: its best checkpoint and recipe"):
+            make_code_zip(run)
+        made = st.session_state.get(CODE_ZIP)
+        if made is None or made[0] != run.name:
+            return
+        if made[2] is None:
+            st.error(f"Not exported: {made[3]}", icon=":material/block:")
+        elif made[1] == generation:
+            st.download_button(f"Download {run.name}-code.zip", made[2], file_name=f"{run.name}-code.zip",
+                               mime="application/zip", icon=":material/download:", key="download_code")
 
 
 def import_box() -> None:
-    with st.expander("Import weights trained elsewhere (.pt)", icon=":material/upload_file:"):
-        st.caption("A PyTorch state_dict, read without running anything the file may hold (a file with code in "
-                   "it is refused). Names in kuangliu pytorch-cifar's layout (conv1, layer1.0.conv1, "
-                   "layer1.0.shortcut.0, linear) are matched to ours; give the design it was trained with.")
-        weights = st.file_uploader("Weights (.pt)", type=["pt", "pth"], key="import_weights")
-        source = st.segmented_control("Design", ("current", "file"), default="current", required=True,
-                                      key="import_design_source",
-                                      format_func={"current": "The design on the Design page",
-                                                   "file": "A design file (JSON)"}.get)
-        if source == "file":
-            design_file = st.file_uploader("Design (JSON): a spec or a run config", type=["json"], key="import_design")
-        else:
-            spec, _ = current_design()
-            design_file = None
-            st.caption(f"The design on the Design page: {len(spec.stages)} stages, {count(spec).params:,} parameters.")
-        normalization = st.selectbox("Input normalisation it was trained with", list(NORMALIZATION_LABELS),
-                                     format_func=NORMALIZATION_LABELS.get, key="import_normalization")
+    with st.expander("Import a run or weights trained elsewhere (run.zip, .pt)", icon=":material/upload_file:"):
+        st.caption("The run.zip that an exported train.py wrote (Export as code; Colab, Kaggle) comes back whole: "
+                   "design, recipe, curves and checkpoint. A PyTorch state_dict (.pt) is read without running "
+                   "anything the file may hold (a file with code in it is refused); names in kuangliu "
+                   "pytorch-cifar's layout (conv1, layer1.0.conv1, layer1.0.shortcut.0, linear) are matched to ours; "
+                   "give the design it was trained with.")
+        weights = st.file_uploader("run.zip or weights (.pt)", type=["zip", "pt", "pth"], key="import_weights")
+        run_zip = weights is not None and weights.name.lower().endswith(".zip")
+        design_file, source, normalization = None, "current", None
+        if not run_zip:
+            source = st.segmented_control("Design", ("current", "file"), default="current", required=True,
+                                          key="import_design_source",
+                                          format_func={"current": "The design on the Design page",
+                                                       "file": "A design file (JSON)"}.get)
+            if source == "file":
+                design_file = st.file_uploader("Design (JSON): a spec or a run config", type=["json"],
+                                               key="import_design")
+            else:
+                spec, _ = current_design()
+                st.caption(f"The design on the Design page: {len(spec.stages)} stages, "
+                           f"{count(spec).params:,} parameters.")
+            normalization = st.selectbox("Input normalisation it was trained with", list(NORMALIZATION_LABELS),
+                                         format_func=NORMALIZATION_LABELS.get, key="import_normalization")
         name = st.text_input("Run name", value="imported", key="import_name")
         if st.button("Import", type="primary", icon=":material/upload:", key="import",
                      disabled=weights is None or (source == "file" and design_file is None)):
-            import_weights_now(weights, design_file, normalization, name)
+            if run_zip:
+                import_run_zip_now(weights, name)
+            else:
+                import_weights_now(weights, design_file, normalization, name)
+
+
+def import_run_zip_now(upload, name: str) -> None:
+    from core.deploy.run_zip import import_run_zip  # loads torch: only when asked to import
+
+    try:
+        run = import_run_zip(upload.getvalue(), upload.name, runs_root() / name)
+    except StudioError as e:
+        st.error(f"Not imported: {e}", icon=":material/block:")
+        return
+    show_imported(run, upload.name)
+
+
+def show_imported(run: Run, what: str) -> None:
+    st.session_state[RUN_CHOICE] = run.name
+    st.session_state.pop(f"{RUN_CHOICE}:widget", None)  # so that select_run shows the new run, not the last one
+    st.toast(f"Imported {what} as {run.name}.", icon=":material/check_circle:")
+    st.rerun()
 
 
 def import_weights_now(weights, design_file, normalization: str, name: str) -> None:
@@ -286,10 +356,7 @@ def import_weights_now(weights, design_file, normalization: str, name: str) -> N
     except StudioError as e:
         st.error(f"Not imported: {e}", icon=":material/block:")
         return
-    st.session_state[RUN_CHOICE] = run.name
-    st.session_state.pop(f"{RUN_CHOICE}:widget", None)  # so that select_run shows the new run, not the last one
-    st.toast(f"Imported {weights.name} as {run.name}.", icon=":material/check_circle:")
-    st.rerun()
+    show_imported(run, weights.name)
 
 
 @st.dialog("Delete a run", on_dismiss=cancel_delete)
@@ -352,6 +419,10 @@ else:
                            help="One HTML file that opens offline: the runs' hyperparameters side by side, results, "
                                 "curves, confusion matrices, most confident mistakes and reproducibility records. "
                                 "Making it evaluates each best checkpoint: seconds to a minute.")
+        st.download_button("Tables and figures for a paper", lambda: paper_zip(compared), file_name="paper.zip",
+                           mime="application/zip", icon=":material/article:", on_click="ignore", key="paper",
+                           help="LaTeX: tables.tex (booktabs: architecture and recipe side by side, results) and "
+                                "every chart of the report as a PDF, with figures.tex to include them")
     st.markdown("**Best accuracy against parameters**")
     st.altair_chart(accuracy_vs_parameters(rows))
 

@@ -392,9 +392,9 @@ def show_run(run: Run, live: bool) -> None:
     if status.get("device_note"):  # "auto" found a GPU this torch cannot use, and what would fix it
         st.warning(status["device_note"], icon=":material/memory:")
     if imported:
-        st.info(f"Imported from {Path(imported).name}: its weights were trained elsewhere, so it has no curves "
-                f"here. Evaluate or Classify use it; Open in Design trains its design anew.",
-                icon=":material/upload_file:")
+        curves = "its curves below are the ones it recorded there" if rows else "so it has no curves here"
+        st.info(f"Imported from {Path(imported).name}: it was trained elsewhere, {curves}. Evaluate or Classify use "
+                f"it; Open in Design trains its design anew.", icon=":material/upload_file:")
     else:
         st.progress(at.fraction, text=pace_text(at, state in ACTIVE))
     steps, per_epoch = metric_frames(rows)

@@ -1,14 +1,16 @@
 """The Runs page's export buttons and Import box, through Streamlit's AppTest, on a run the engine really
 trained: what the page shows is what the files it wrote say."""
+import io
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
 from streamlit.testing.v1 import AppTest
 
-from conftest import wait_for
+from conftest import ROOT, wait_for
 from core.deploy.importer import OURS, _apply
 from core.deploy.jobs import read_job, start_export
 from core.deploy.onnx_model import OnnxModel, exported_file, report_path
@@ -32,8 +34,8 @@ def metric(app: AppTest, label: str, index: int) -> str:
 
 
 def export_downloads(app: AppTest) -> list[str]:
-    """The download buttons of exported models (the Runs page's Report is a download too)."""
-    return [b.label for b in app.download_button if b.key != "report"]
+    """The download buttons of exported models (the Runs page's Report and paper are downloads too)."""
+    return [b.label for b in app.download_button if b.key not in ("report", "paper")]
 
 
 def test_exports_run_in_the_background_with_progress_then_show_size_agreement_and_accuracy(trained, tmp_path,
@@ -137,3 +139,59 @@ def test_the_import_box_makes_a_run_and_refuses_a_file_with_code(trained, tmp_pa
     assert any("Imported from again.pt" in i.value for i in app.info)  # a second import is shown, not the first
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     assert torch.equal(Classifier.load(imported).probabilities(images), Classifier.load(trained).probabilities(images))
+
+
+def zipped_run(run: Run, path: Path, weights: bytes | None = None) -> Path:
+    """A run folder's config, curves, results and best checkpoint as a run.zip (what an exported train.py writes)."""
+    with zipfile.ZipFile(path, "w") as z:
+        for name in ("config.json", "metrics.jsonl", "results.json", "checkpoints/best.json"):
+            z.write(run.dir / name, name)
+        z.writestr("checkpoints/best.safetensors", weights or (run.checkpoints / "best.safetensors").read_bytes())
+    return path
+
+
+def test_the_import_box_takes_a_run_zip_with_its_curves_and_refuses_one_with_code(trained, tmp_path, monkeypatch):
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    app = runs_page(monkeypatch, runs_dir)
+    marker = tmp_path / "payload-ran"
+    pickled = io.BytesIO()
+    torch.save({"x": Payload(marker)}, pickled)
+    hostile = zipped_run(trained, tmp_path / "evil.zip", weights=pickled.getvalue())
+    app.file_uploader(key="import_weights").set_value(("evil.zip", hostile.read_bytes(), "application/zip")).run()
+    assert "import_design_source" not in [w.key for w in app.segmented_control]  # the zip holds its design
+    app.text_input(key="import_name").input("evil").run()
+    app.button(key="import").click().run()
+    assert any("not a readable safetensors file" in e.value for e in app.error), [e.value for e in app.error]
+    assert not marker.exists() and not (runs_dir / "evil").exists()
+
+    good = zipped_run(trained, tmp_path / "run.zip")
+    app.file_uploader(key="import_weights").set_value(("run.zip", good.read_bytes(), "application/zip")).run()
+    app.text_input(key="import_name").input("colab").run()
+    app.button(key="import").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    imported = Run(runs_dir / "colab")
+    final = json.loads((trained.results_path).read_text())["accuracy"]
+    assert any(f"**{final:.2%}** on the test split" in m.value for m in app.markdown)  # its results, shown
+    assert "imported from run.zip" in " ".join(c.value for c in app.caption)
+    assert [m for m in imported.metrics() if m["kind"] == "epoch"] == \
+        [m for m in trained.metrics() if m["kind"] == "epoch"]  # its curves
+    assert imported.summary()["best_acc"] == trained.summary()["best_acc"]
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(Classifier.load(imported).probabilities(images), Classifier.load(trained).probabilities(images))
+
+
+def test_the_code_card_makes_the_runs_code_as_one_zip_to_download(tmp_path, monkeypatch):
+    shutil.copytree(ROOT / "runs" / "example", tmp_path / "runs" / "example")
+    app = runs_page(monkeypatch, tmp_path / "runs")
+    assert "Download example-code.zip" not in export_downloads(app)
+    (paper,) = [b for b in app.download_button if b.key == "paper"]  # beside the Report of the runs compared
+    assert paper.label == "Tables and figures for a paper" and "tables.tex" in paper.help
+    app.button(key="export_code").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert "Download example-code.zip" in export_downloads(app)
+    _, _, data, made = app.session_state["runs_code_zip"]
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        assert sorted(z.namelist()) == [f"example-code/{f}" for f in made["files"]] and \
+            "train.py" in made["files"] and "notebook.ipynb" in made["files"]
+        assert "def load_model(" in z.read("example-code/model.py").decode()

@@ -1,11 +1,18 @@
 """`python -m core report` on the shipped example and on a run the engine really trained: one HTML file that
 Chromium opens with no network request at all, showing the tables, curves, confusion matrix and record; the
-Markdown variant with its PNGs; a comparison of two runs; and clear errors."""
+Markdown variant with its PNGs; the LaTeX variant (booktabs tables, charts as PDFs); a comparison of two runs; and
+clear errors."""
+import io
 import json
+import re
+import shutil
+import zipfile
+from pathlib import Path
 
 from markdown_it import MarkdownIt
 
 from conftest import ROOT, SCREENSHOTS, core_cli, core_main
+from core.runs.run import Run
 
 EXAMPLE = ROOT / "runs" / "example"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -101,3 +108,39 @@ def test_bad_requests_are_messages(trained, tmp_path):
     assert folder.returncode == 2 and "is a folder" in folder.stderr
     twice = core_main("report", str(trained.dir), str(trained.dir), "--out", str(tmp_path / "r.html"), check=False)
     assert twice.returncode == 2 and "named twice" in twice.stderr
+
+
+def test_the_latex_variant_writes_booktabs_tables_and_every_chart_as_a_pdf(trained, tmp_path):
+    named = tmp_path / "runs" / "seed_2_lr0.1"  # a name with LaTeX's special characters in it
+    shutil.copytree(ROOT / "runs" / "example", named)
+    out = tmp_path / "paper"
+    made = json.loads(core_main("report", str(named), str(trained.dir), "--format", "latex", "--out", str(out),
+                                "--data", "builtin", "--mistakes", "0").stdout)
+    tables = (out / "tables.tex").read_text()
+    assert made["format"] == "latex" and made["files"][:2] == [str(out / "tables.tex"), str(out / "figures.tex")]
+    assert tables.count(r"\toprule") == tables.count(r"\midrule") == tables.count(r"\bottomrule") == 2
+    assert r" & seed\_2\_lr0.1 & small \\" in tables  # the hyperparameter table: a column per run
+    assert r"Total parameters & 272,474 & " in tables and r"Schedule & onecycle & cosine \\" in tables
+    assert re.search(r"\nseed\\_2\\_lr0\.1 & 272,474 & 40\.8 M & 87\.00\\% on test & 87\.00\\% at epoch 30 & 30 of 30 "
+                     r"& 76 min \\\\\n", tables)  # the results table: a row per run
+    assert "_" not in tables.replace(r"\_", "") and "%" not in tables.replace(r"\%", "").split("\n", 2)[2]
+    pdfs = [Path(f) for f in made["files"][2:]]
+    figures = (out / "figures.tex").read_text()
+    # the curves compared, and each run's curves, confusion matrix and per-class accuracy
+    assert {p.name for p in pdfs} >= {"compare-eval-accuracy.pdf", "run1-confusion.pdf", "run2-per-class.pdf",
+                                      "run2-loss.pdf"}
+    for pdf in pdfs:
+        assert pdf.read_bytes().startswith(b"%PDF-") and rf"\includegraphics[width=\linewidth]{{{pdf.stem}}}" in figures
+    file = tmp_path / "paper.tex"
+    file.write_text("")
+    taken = core_main("report", str(trained.dir), "--format", "latex", "--out", str(file), check=False)
+    assert taken.returncode == 2 and "writes a folder" in taken.stderr
+
+
+def test_the_paper_zip_holds_the_latex_folder():
+    from core.report.report import paper_zip
+
+    with zipfile.ZipFile(io.BytesIO(paper_zip([Run(EXAMPLE)], "builtin"))) as z:
+        names = z.namelist()
+        assert names[:2] == ["paper/tables.tex", "paper/figures.tex"] and "paper/run-confusion.pdf" in names
+        assert r"\toprule" in z.read("paper/tables.tex").decode()

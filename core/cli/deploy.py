@@ -74,6 +74,11 @@ def cmd_submit(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.format == "code":
+        from core.deploy.code_export import export_code
+
+        emit(export_code(Run.at(args.run), args.dest, args.checkpoint))
+        return 0
     if args.format == "hub":
         from core.deploy.hub import export_hub
 
@@ -115,6 +120,14 @@ def cmd_import(args) -> int:
     from core.deploy.hub import import_hub, is_hub_folder
     from core.deploy.importer import NORMALIZATIONS, import_weights
 
+    if Path(args.weights).suffix.lower() == ".zip":  # a run.zip from an exported train.py
+        from core.deploy.run_zip import import_run_zip
+
+        run = import_run_zip(Path(args.weights), args.weights, args.run_dir)
+        summary = run.summary()
+        emit({"imported": str(run.dir), "from": args.weights, "params": summary["params"],
+              "epochs": summary["epochs_done"], "best_acc": summary["best_acc"]})
+        return 0
     if is_hub_folder(Path(args.weights)):
         run = import_hub(args.weights, args.run_dir)
         emit({"imported": str(run.dir), "from": args.weights, "params": run.summary()["params"]})
@@ -169,15 +182,16 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("export", help="a finished run to ship: record + best checkpoint in fp16 (safetensors), "
                                       "one verified ONNX file for devices (--format onnx), or a folder for the "
-                                      "Hugging Face Hub with a model card (--format hub)")
+                                      "Hugging Face Hub with a model card (--format hub), or code a grader runs with "
+                                      "torch alone: model.py, weights.pt, train.py, a notebook (--format code)")
     p.add_argument("run", metavar="runs/NAME")
     p.add_argument("dest", metavar="runs/NEW|OUT.onnx|OUT_DIR")
-    p.add_argument("--format", choices=("safetensors", "onnx", "hub"), default="safetensors")
+    p.add_argument("--format", choices=("safetensors", "onnx", "hub", "code"), default="safetensors")
     p.add_argument("--onnx", action="store_true", help="hub: put the verified ONNX file in the folder too")
     p.add_argument("--fp32", action="store_true", help="safetensors: keep fp32 weights")
     p.add_argument("--int8", action="store_true", help="onnx: int8 by static quantization, calibrated on training "
                                                        "images")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="onnx, hub: which checkpoint")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="onnx, hub, code: which checkpoint")
     p.add_argument("--data", help="onnx: CIFAR-10 copy to verify on (its test split) and calibrate int8 with (its "
                                   "training split); default the run's own data if it is here, else the built-in slice")
     p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
@@ -195,8 +209,9 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_bench_export)
 
     p = sub.add_parser("import", help="a PyTorch state_dict (.pt) trained elsewhere, as a run of a given design; "
-                                      "or a folder `export --format hub` wrote")
-    p.add_argument("weights", metavar="WEIGHTS.pt|HUB_DIR")
+                                      "a folder `export --format hub` wrote; or the run.zip of an exported train.py, "
+                                      "with its curves")
+    p.add_argument("weights", metavar="WEIGHTS.pt|HUB_DIR|RUN.zip")
     p.add_argument("--design", metavar="SPEC.json", help="for a .pt file: the network's design, a spec or run config")
     p.add_argument("--run-dir", required=True, metavar="runs/NAME", help="the new run")
     p.add_argument("--normalization", choices=("cifar10", "kuangliu", "none"), default="cifar10",

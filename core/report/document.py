@@ -1,8 +1,9 @@
 """A report as a list of plain blocks (headings, text, tables, figures), written out either as one self-contained
-HTML file (images inside as data: URIs, no script, no font or style from elsewhere: it opens offline) or as
-Markdown with its images in a folder beside it.
+HTML file (images inside as data: URIs, no script, no font or style from elsewhere: it opens offline), as
+Markdown with its images in a folder beside it, or for a paper: LaTeX tables (booktabs) and every chart as a PDF
+in a folder.
 
-Charts become PNGs with vl-convert, which carries its own Vega and renders without a browser or the network.
+Charts become PNGs and PDFs with vl-convert, which carries its own Vega and renders without a browser or the network.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 from core.errors import StudioError
 from core.files import write_atomic
 
-FORMATS = ("html", "md")
+FORMATS = ("html", "md", "latex")
 CHART_SCALE = 2  # PNG pixels per CSS pixel: sharp on high-density screens and in print
 
 
@@ -51,6 +52,7 @@ class Figure:
     png: bytes
     caption: str
     width: int       # CSS pixels the image is shown at
+    chart: object | None = None  # the Altair chart it was rendered from (a PDF for LaTeX); None for a picture
 
 
 @dataclass
@@ -171,8 +173,11 @@ def check_out(out: str | Path, fmt: str) -> None:
     """Raise ReportError, saying what to do, where a report could not be written as `out` in `fmt`."""
     out = Path(out)
     if fmt not in FORMATS:
-        raise ReportError(f"format {fmt!r}: use html or md")
-    if out.is_dir():
+        raise ReportError(f"format {fmt!r}: use html, md or latex")
+    if fmt == "latex":
+        if out.exists() and not out.is_dir():
+            raise ReportError(f"{out}: is a file; --format latex writes a folder (tables.tex and the charts as PDFs)")
+    elif out.is_dir():
         raise ReportError(f"{out}: is a folder; name the report's file, e.g. {out / ('report.' + fmt)}")
     if not out.parent.is_dir():
         raise ReportError(f"{out.parent}: no such folder; create it (mkdir -p {out.parent}) or write elsewhere")
@@ -193,3 +198,57 @@ def write(title: str, blocks: list[Block], out: str | Path, fmt: str) -> list[Pa
         write_atomic(folder / name, png)
     write_atomic(out, text.encode())
     return [out, *(folder / name for name in files)]
+
+
+# ---- LaTeX --------------------------------------------------------------------------------------------
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                 "×": r"$\times$", "→": r"$\rightarrow$", "`": ""}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(c, c) for c in text)
+
+
+@dataclass
+class LatexTable:
+    table: Table
+    caption: str
+    label: str
+    align: str = "l"  # the alignment of every column after the first
+
+
+def to_latex(tables: list[LatexTable], made: str) -> str:
+    """Booktabs tables (\\usepackage{booktabs}), each a `table` float with its caption and label."""
+    def row(cells: list[str]) -> str:
+        return " & ".join(latex_escape(c) for c in cells) + r" \\"
+
+    parts = [f"% {latex_escape(made)}", "% needs \\usepackage{booktabs}", ""]
+    for t in tables:
+        columns = "l" + t.align * (len(t.table.header) - 1)
+        parts += [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(t.caption)}}}",
+                  rf"\label{{{t.label}}}", rf"\begin{{tabular}}{{{columns}}}", r"\toprule", row(t.table.header),
+                  r"\midrule", *(row(cells) for cells in t.table.rows), r"\bottomrule", r"\end{tabular}",
+                  r"\end{table}", ""]
+    return "\n".join(parts)
+
+
+def write_latex(tables: list[LatexTable], figures: list[Figure], out: str | Path, made: str) -> list[Path]:
+    """`out`/tables.tex, every chart as `out`/NAME.pdf and `out`/figures.tex including them; returns the files."""
+    import vl_convert
+
+    check_out(out, "latex")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written, includes = [], [f"% {latex_escape(made)}", "% needs \\usepackage{graphicx}", ""]
+    for figure in figures:
+        pdf = out / f"{figure.name}.pdf"
+        write_atomic(pdf, vl_convert.vegalite_to_pdf(figure.chart.to_dict()))
+        written.append(pdf)
+        includes += [r"\begin{figure}[t]", r"\centering", rf"\includegraphics[width=\linewidth]{{{figure.name}}}",
+                     rf"\caption{{{latex_escape(figure.caption)}}}", rf"\label{{fig:{figure.name}}}",
+                     r"\end{figure}", ""]
+    write_atomic(out / "figures.tex", "\n".join(includes).encode())
+    write_atomic(out / "tables.tex", to_latex(tables, made).encode())
+    return [out / "tables.tex", out / "figures.tex", *written]

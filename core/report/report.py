@@ -3,13 +3,17 @@ seed projects' hyperparameter table for each run side by side, parameters and MA
 training curves, confusion matrix, most confident mistakes, exports, and the reproducibility record.
 
 One run makes a report of it; several make one comparison, their curves overlaid. Charts are the app's own
-(core.report.charts) rendered to PNG. The confusion matrix, per-class accuracy and mistakes come from the best
+(core.report.charts) rendered to PNG; for a paper (`--format latex`), the architecture/recipe and results tables as
+LaTeX and every chart as a PDF. The confusion matrix, per-class accuracy and mistakes come from the best
 checkpoint evaluated when the report is made, on the run's own test data when it is on this machine (else the
 built-in slice, or `data`); the report says which.
 """
 from __future__ import annotations
 
+import io
+import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +26,8 @@ from core.design.table import hyperparameters
 from core.errors import StudioError
 from core.files import read_json
 from core.report.charts import confusion_chart, overlay_chart, per_class_chart, training_charts
-from core.report.document import Block, Figure, Gallery, Heading, Table, Text, chart_png, image_png, write
+from core.report.document import (Block, Figure, Gallery, Heading, LatexTable, Table, Text, chart_png, image_png, write,
+                                  write_latex)
 from core.runs.progress import metric_frames
 from core.runs.record import data_copy, git_state, read_record, summary_lines
 from core.runs.run import Run
@@ -139,6 +144,15 @@ def hyperparameter_table(runs: list[RunData]) -> Table:
     return Table(["", *(r.run.name for r in runs)], [[name, *(c[name] for c in columns)] for name in columns[0]])
 
 
+RESULTS = ("Parameters", "MACs per image", "Accuracy at the end", "Best accuracy", "Epochs trained", "Training time")
+
+
+def results_table(runs: list[RunData]) -> Table:
+    """The summary's figures with a row per run, as a paper's results table has them."""
+    rows = {row[0]: row[1:] for row in summary_table(runs).rows}
+    return Table(["Run", *RESULTS], [[r.run.name, *(rows[name][i] for name in RESULTS)] for i, r in enumerate(runs)])
+
+
 def cost_table(cfg: RunConfig) -> Table:
     cost = count(cfg.arch)
     rows = [["stem", "–", str(cfg.arch.stem.channels), "1", "32×32", f"{cost.stem_params:,}", f"{cost.stem_macs:,}"]]
@@ -165,8 +179,9 @@ def exports_table(run: Run) -> Table | None:
 # ---- the figures ----------------------------------------------------------------------------------------
 
 def figure(name: str, chart, caption: str, width: int | None = None) -> Figure:
-    png, shown = chart_png(chart.properties(width=width) if width else chart)
-    return Figure(name, png, caption, shown)
+    chart = chart.properties(width=width) if width else chart
+    png, shown = chart_png(chart)
+    return Figure(name, png, caption, shown, chart)
 
 
 def curves(r: RunData, prefix: str) -> list[Block]:
@@ -222,20 +237,31 @@ def record_table(r: RunData) -> Table:
 
 # ---- the report -----------------------------------------------------------------------------------------
 
-def build(runs: list[Run], data: str | None = None, mistakes: int = MISTAKES) -> tuple[str, list[Block]]:
-    """(title, blocks) of the report of `runs` (one, or several to compare)."""
+def gather_all(runs: list[Run], data: str | None = None, mistakes: int = MISTAKES) -> list[RunData]:
     if not runs:
         raise StudioError("a report needs at least one run")
     names = [run.name for run in runs]
     if len(set(names)) != len(names):
         raise StudioError(f"a run is named twice: {', '.join(names)}")
-    gathered = [gather(run, data, mistakes) for run in runs]
+    return [gather(run, data, mistakes) for run in runs]
+
+
+def made_by() -> str:
+    git = git_state()
+    return f"Made by ResNet Studio on {time.strftime('%Y-%m-%d %H:%M')}" + (
+        f", code {git['commit'][:12]}{' (with uncommitted changes)' if git['dirty'] else ''}" if git else "") + "."
+
+
+def build(runs: list[Run], data: str | None = None, mistakes: int = MISTAKES) -> tuple[str, list[Block]]:
+    """(title, blocks) of the report of `runs` (one, or several to compare)."""
+    return compose(gather_all(runs, data, mistakes))
+
+
+def compose(gathered: list[RunData]) -> tuple[str, list[Block]]:
+    names = [r.run.name for r in gathered]
     several = len(gathered) > 1
     title = f"Runs compared: {', '.join(names)}" if several else f"Run {names[0]}"
-    git = git_state()
-    made = f"Made by ResNet Studio on {time.strftime('%Y-%m-%d %H:%M')}" + (
-        f", code {git['commit'][:12]}{' (with uncommitted changes)' if git['dirty'] else ''}" if git else "") + "."
-    blocks: list[Block] = [Text(made, note=True), Heading("Summary"), summary_table(gathered)]
+    blocks: list[Block] = [Text(made_by(), note=True), Heading("Summary"), summary_table(gathered)]
     with_curves = {r.run.name: r.epochs for r in gathered if len(r.epochs)}
     if several and with_curves:
         blocks += [Heading("Curves compared"),
@@ -266,8 +292,35 @@ def build(runs: list[Run], data: str | None = None, mistakes: int = MISTAKES) ->
 def write_report(runs: list[Run], out: str | Path, fmt: str = "html", data: str | None = None,
                  mistakes: int = MISTAKES) -> dict:
     start = time.perf_counter()
-    title, blocks = build(runs, data, mistakes)
-    files = write(title, blocks, out, fmt)
+    if fmt == "latex":
+        files = write_paper(gather_all(runs, data, mistakes), out)
+    else:
+        title, blocks = build(runs, data, mistakes)
+        files = write(title, blocks, out, fmt)
     return {"report": str(files[0]), "format": fmt, "runs": [run.name for run in runs],
             "files": [str(f) for f in files], "bytes": sum(f.stat().st_size for f in files),
             "seconds": time.perf_counter() - start}
+
+
+def write_paper(gathered: list[RunData], out: str | Path) -> list[Path]:
+    """For a paper: the folder `out` with tables.tex (the architecture and recipe table, the results table) and every
+    chart of the report as a PDF, with figures.tex including them."""
+    _, blocks = compose(gathered)
+    charts = [b for b in blocks if isinstance(b, Figure) and b.chart is not None]
+    names = ", ".join(r.run.name for r in gathered)
+    tables = [LatexTable(hyperparameter_table(gathered), f"Architecture and training recipe of {names}",
+                         "tab:hyperparameters"),
+              LatexTable(results_table(gathered), "Results: " + "; ".join(
+                  f"{r.run.name} on {r.copy}" for r in gathered), "tab:results", "r")]
+    return write_latex(tables, charts, out, made_by())
+
+
+def paper_zip(runs: list[Run], data: str | None = None) -> bytes:
+    """write_paper's folder as one zip, under a top folder paper/ (the Runs page's download)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_paper(gather_all(runs, data), Path(tmp) / "paper")
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+            for file in files:
+                z.write(file, f"paper/{file.name}")
+    return buffer.getvalue()
