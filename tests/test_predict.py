@@ -77,6 +77,20 @@ def test_evaluate_on_the_builtin_slice_equals_a_direct_count(trained):
     assert all(m.true != m.predicted for m in report.mistakes)
 
 
+def test_evaluate_with_six_test_views_counts_what_the_views_predict(trained):
+    from core.nn.infer import predict_logits
+
+    classifier = Classifier.load(trained, "best")
+    out = core_main("evaluate", "--run", str(trained.dir), "--data", "builtin", "--tta-flip", "--tta-shift",
+                    "--mistakes", "0")
+    test = load_dataset("builtin").test
+    logits = predict_logits(classifier.model, test.images, classifier.normalizer, classifier.device, tta_flip=True,
+                            tta_shift=True)
+    assert json.loads(out.stdout)["accuracy"] == pytest.approx((logits.argmax(1) == test.labels).float().mean().item())
+    refused = core_main("evaluate", "--onnx", "model.onnx", "--data", "builtin", "--tta-shift", check=False)
+    assert refused.returncode == 2 and "--tta-shift is for --run" in refused.stderr
+
+
 def test_evaluate_on_a_custom_zip_and_its_wrong_class_folder(trained, tmp_path):
     test = load_dataset("builtin").test
     good, bad = tmp_path / "custom.zip", tmp_path / "wrong.zip"

@@ -33,6 +33,9 @@ def cmd_evaluate(args) -> int:
     from core.deploy.predict import Classifier, evaluate_onnx, evaluate_run
 
     start = time.perf_counter()
+    if args.tta_shift and args.onnx:
+        print("error: --tta-shift is for --run; an ONNX model is evaluated with --tta-flip at most", file=sys.stderr)
+        return 2
     if args.onnx:
         from core.deploy.onnx_model import OnnxModel
 
@@ -42,7 +45,7 @@ def cmd_evaluate(args) -> int:
                  "checkpoint": model.meta.get("checkpoint")}
     else:
         classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
-        report = evaluate_run(classifier, resolve_data(args.data), args.mistakes, args.tta_flip)
+        report = evaluate_run(classifier, resolve_data(args.data), args.mistakes, args.tta_flip, args.tta_shift)
         where = {"checkpoint": args.checkpoint}
     emit(report.to_json() | where | {"seconds": time.perf_counter() - start})
     return 0
@@ -127,6 +130,8 @@ def add_commands(sub) -> None:
     add_checkpoint(p, onnx=True)
     p.add_argument("--data", help="a CIFAR-10 copy (its test split) or a folder/.zip/.tar.gz of class folders")
     p.add_argument("--mistakes", type=int, default=20, help="how many of the most confident mistakes to list")
+    p.add_argument("--tta-shift", action="store_true", help="also average with the image shifted a pixel up-left "
+                                                            "and down-right (6 views with --tta-flip; --run only)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="a finished run to ship: record + best checkpoint in fp16 (safetensors), "

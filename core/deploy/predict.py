@@ -142,8 +142,9 @@ def labelled_test_set(data: str, classes: list[str]) -> tuple[Split, str]:
     return split, source
 
 
-def evaluate_run(classifier: Classifier, data: str, mistakes: int = 20, tta_flip: bool = False) -> Report:
-    return evaluate_split(classifier, *labelled_test_set(data, classifier.classes), mistakes, tta_flip)
+def evaluate_run(classifier: Classifier, data: str, mistakes: int = 20, tta_flip: bool = False,
+                 tta_shift: bool = False) -> Report:
+    return evaluate_split(classifier, *labelled_test_set(data, classifier.classes), mistakes, tta_flip, tta_shift)
 
 
 def evaluate_onnx(model, data: str, mistakes: int = 20, tta_flip: bool = False) -> Report:
@@ -184,11 +185,11 @@ def evaluate_archive(classifier: Classifier, name: str, data: bytes, mistakes: i
 
 
 def evaluate_split(classifier: Classifier, split: Split, source: str, mistakes: int = 20,
-                   tta_flip: bool = False) -> Report:
+                   tta_flip: bool = False, tta_shift: bool = False) -> Report:
     """Accuracy, per-class accuracy, confusion and the `mistakes` most confident mistakes on labelled images
     whose labels index the classifier's classes."""
     logits = predict_logits(classifier.model, split.images, classifier.normalizer, classifier.device,
-                            tta_flip=tta_flip)
+                            tta_flip=tta_flip, tta_shift=tta_shift)
     return report(logits, split, classifier.classes, source, mistakes)
 
 
