@@ -101,3 +101,16 @@ def test_bad_requests_are_messages(trained, tmp_path):
     assert folder.returncode == 2 and "is a folder" in folder.stderr
     twice = core_main("report", str(trained.dir), str(trained.dir), "--out", str(tmp_path / "r.html"), check=False)
     assert twice.returncode == 2 and "named twice" in twice.stderr
+
+
+def test_a_whitened_stem_s_frozen_filters_show_in_the_cost_table_apart_from_its_parameters():
+    from core.design.budget import count
+    from core.design.config import RunConfig
+    from core.report.report import cost_table
+
+    cfg = RunConfig.from_preset("laptop-speedrun")
+    stem, *_, total = cost_table(cfg).rows
+    assert stem[0] == "whitened stem"
+    assert stem[5] == f"{count(cfg.arch).stem_params:,} (+1,458 frozen: the whitening filters)"
+    assert total[5] == f"{count(cfg.arch).params:,}"  # the trainable parameters, as the budget counts them
+    assert cost_table(RunConfig.from_preset("laptop")).rows[0][:6] == ["stem", "–", "32", "1", "32×32", "928"]
