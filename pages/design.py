@@ -263,7 +263,9 @@ if draft_error:
 params, used, macs, costliest = st.columns(4)
 params.metric("Parameters", params_text(cost.params), margin_text(over),
               delta_color="inverse" if over > 0 else "normal", delta_arrow="off", border=True, height="stretch",
-              help=f"Trainable parameters; the budget is {BUDGET:,}")
+              help=f"Trainable parameters; the budget is {BUDGET:,}"
+                   + (f". Besides them, {cost.frozen_params:,} frozen weights (the whitened stem's filters)"
+                      if cost.frozen_params else ""))
 used.metric("Budget used", f"{cost.params / BUDGET:.1%}", border=True, height="stretch")
 macs.metric("MACs per image", macs_text(cost.macs), border=True, height="stretch",
             help=f"{cost.macs:,} multiply-accumulates for one {square(IMAGE_SIZE)} image, forward pass")
@@ -304,6 +306,11 @@ with stem_column:
     width("Stem channels", ("stem", "channels"), help="Width of the first convolution")
 with stem_kernel_column:
     one_of("Stem kernel", ("stem", "kernel_size"), KERNEL_SIZES, help="Side of its square kernel: 3 means 3×3")
+    draft["stem"].setdefault("whiten", False)  # a draft kept from before whitened stems
+    control(st.toggle, "Whitened stem", ("stem", "whiten"),
+            help="The first convolution whitens the image's patches: its filters are computed from training images "
+                 "when a run starts and never trained (airbench), then a 1×1 convolution gives the stem's channels. "
+                 "Its frozen weights are counted apart from the budget's trainable parameters")
 
 # the budget again where the hands are: colour and what is left, changing with every move of a slider
 gauge, fit_here = st.columns([5, 1], vertical_alignment="center")
@@ -356,7 +363,8 @@ pooled = cost.stages[-1].out_size // spec.pool_size
 st.caption(f"Head: {square(spec.pool_size)} average pool on the {square(cost.stages[-1].out_size)} map, "
            f"then {cost.head_features:,} features ({spec.stages[-1].channels} channels × {square(pooled)}) "
            f"into a linear layer to {spec.num_classes} classes. Total: {cost.params:,} parameters, "
-           f"{cost.macs:,} MACs per image.")
+           + (f"plus {cost.frozen_params:,} frozen (the whitened stem's filters), " if cost.frozen_params else "")
+           + f"{cost.macs:,} MACs per image.")
 
 # -- save and share --
 st.subheader("Save and share", divider="gray")

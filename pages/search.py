@@ -40,7 +40,8 @@ LABELS = {                        # each setting of the space as its control nam
     "growth": "Width growth per stage", "dropout": "Dropout", "kernel_size": "Kernel sizes",
     "se_ratio": "Squeeze-and-excitation ratio (0 = off)", "lr": "Learning rate", "weight_decay": "Weight decay",
     "label_smoothing": "Label smoothing", "batch_size": "Batch sizes", "augment": "Augmentations",
-    "ema_decay": "Weight EMA", "budget": "Parameter budget", "max_macs": "MACs ceiling (millions, 0 = none)",
+    "ema_decay": "Weight EMA", "whiten": "Whitened stem", "budget": "Parameter budget",
+    "max_macs": "MACs ceiling (millions, 0 = none)",
     "objectives": "Objectives", "epochs": "Epochs per trial", "pruner": "Pruner", "device": "Devices", "data": "Data",
 }
 PERSIST = {"persist_state": "session"}
@@ -48,7 +49,7 @@ DEFAULTS = default_ranges()
 LOG_STEPS = {"lr": [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 1.0],
              "weight_decay": [1e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]}
 AUGMENT_SETS = list(dict.fromkeys(["+".join(a) for a in DEFAULTS["augment"]["choices"]] +
-                                  ["crop+flip+cutout", "crop+flip+trivialaugment"]))
+                                  ["crop+flip+cutout", "crop+flip+trivialaugment", "crop+alternating_flip"]))
 OBJECTIVE_SETS = {"accuracy": "Accuracy", "accuracy,params": "Accuracy and parameters",
                   "accuracy,macs": "Accuracy and MACs"}
 STATE_COLOURS = {"finished": PRIMARY, "pruned": "#9ca3af", "running": "#f59e0b", "queued": "#fcd34d",
@@ -102,6 +103,7 @@ def space_controls() -> dict:
         "dropout": float_range(middle, "dropout", 0.0, 0.5, 0.05),
         "kernel_size": choices(right, "kernel_size", list(KERNEL_SIZES), DEFAULTS["kernel_size"]["choices"]),
         "se_ratio": choices(right, "se_ratio", [0, 4, 8, 16, 32], DEFAULTS["se_ratio"]["choices"]),
+        "whiten": choices(left, "whiten", [False, True], [False], format_func=lambda v: "on" if v else "off"),
     }
     st.markdown("**Recipe**")
     left, middle, right = st.columns(3)

@@ -264,3 +264,16 @@ def test_a_link_keeps_every_field_and_leaves_defaults_out():
 def test_a_bad_link_raises_one_clear_spec_error(query, message):
     with pytest.raises(SpecError, match=re.escape(message)):
         from_query(query)
+
+
+def test_a_whitened_stem_is_a_toggle_whose_frozen_filters_are_shown_apart_from_the_budget():
+    app = open_app()
+    app.get_by_key("design:preset").set_value("laptop").run()
+    app.get_by_key("design:stem.whiten").set_value(True).run()
+    assert_clean(app)
+    whitened = ArchSpec.from_dict({**preset_spec("laptop").to_dict(), "stem": {"channels": 32, "whiten": True}})
+    cost = count(whitened)
+    assert shown_params(app) == cost.params and cost.frozen_params == 1_458
+    assert f"{cost.frozen_params:,} frozen weights" in metric(app, "Parameters").help
+    assert any(f"plus {cost.frozen_params:,} frozen (the whitened stem's filters)" in c.value for c in app.caption)
+    assert to_query(whitened)["stem"] == ["32w"] and from_query(to_query(whitened)) == whitened

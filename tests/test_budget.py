@@ -11,10 +11,11 @@ from core.design.spec import ArchSpec, SpecError, conv_out
 from core.nn.model import build_model
 
 
-def built_params(spec: ArchSpec) -> int:
+def built_params(spec: ArchSpec, trainable: bool = True) -> int:
+    """The built model's trainable parameters (what the budget counts), or its frozen ones."""
     with torch.device("meta"):  # shapes only: a 1024-wide, 16-block net costs nothing to build
         model = build_model(spec)
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad == trainable)
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -41,7 +42,8 @@ def random_spec(rng: random.Random) -> ArchSpec:
                        "kernel_size": rng.choice([1, 3, 5, 7]), "shortcut_kernel_size": rng.choice([1, 3]),
                        "stride": stride})
     return ArchSpec.from_dict({
-        "stem": {"channels": rng.randint(4, 200), "kernel_size": rng.choice([1, 3, 5, 7])},
+        "stem": {"channels": rng.randint(4, 200), "kernel_size": rng.choice([1, 3, 5, 7]),
+                 "whiten": rng.random() < 0.2},
         "stages": stages, "batch_norm": rng.random() < 0.7,
         "se_ratio": rng.choice([0, 0, 1, 4, 16, 975]), "dropout": rng.choice([0.0, 0.3]),
         "pool_size": rng.randint(1, size), "num_classes": rng.choice([10, 2, 100]),
@@ -53,6 +55,16 @@ def test_count_equals_built_model_for_250_random_specs():
     for _ in range(250):
         spec = random_spec(rng)
         assert count(spec).params == built_params(spec), spec.to_json()
+        assert count(spec).frozen_params == built_params(spec, trainable=False), spec.to_json()
+
+
+def test_a_whitened_stem_s_frozen_filters_are_counted_apart_from_the_budget():
+    plain = ArchSpec.from_dict({"stem": {"channels": 32}, "stages": [{"blocks": 1, "channels": 64}]})
+    whitened = plain.replace(stem={"channels": 32, "whiten": True})
+    cost = count(whitened)
+    assert cost.frozen_params == 54 * 3 * 3 * 3 and count(plain).frozen_params == 0  # 27 eigenvectors and negatives
+    assert cost.stem_params == 54 * 32 + 2 * 32  # then a trainable 1x1 conv and BatchNorm
+    assert cost.params == count(plain).params - count(plain).stem_params + cost.stem_params
 
 
 def test_macs_agree_with_torch_flop_counter():

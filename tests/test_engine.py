@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.data.augment import Normalizer, cutout, random_crop, random_flip
+from core.data.augment import Normalizer, alternating_flip, cutout, random_crop, random_flip
 from core.data.datasets import load_dataset
 from core.design.config import RunConfig, TrainConfig
-from core.engine.optim import lr_at
-from core.nn.checkpoint import CheckpointError, load_checkpoint, load_model
-from core.nn.infer import evaluate
+from core.design.spec import SpecError
+from core.engine.optim import Lookahead, WeightEMA, load_optimizer_state, lr_at
+from core.engine.trainer import Trainer
+from core.nn.checkpoint import CheckpointError, load_checkpoint, load_model, load_train_state
+from core.nn.infer import evaluate, views
 from core.runs.queue import queue
 from core.runs.run import Run, RunError, create_run, launch, stop
 from conftest import QUICK_ARCH, SMALL, core_cli, core_main, wait_for
@@ -156,6 +158,8 @@ def test_learning_rate_schedules():
     assert peak == pytest.approx(0.2, rel=1e-3) and lr_at(one, 0, 1000, 100) == pytest.approx(0.008)
     step = TrainConfig(lr=0.1, schedule="step", step_epochs=3, step_gamma=0.5)
     assert [lr_at(step, e * 10, 100, 10) for e in (0, 3, 6)] == pytest.approx([0.1, 0.05, 0.025])
+    linear = TrainConfig(lr=0.4, schedule="linear", warmup_epochs=2)  # airbench's: warm-up, then straight to 0
+    assert [lr_at(linear, s, 120, 10) for s in (0, 10, 20, 70, 120)] == pytest.approx([0.04, 0.22, 0.4, 0.2, 0])
 
 
 def test_batched_augmentations():
@@ -168,6 +172,14 @@ def test_batched_augmentations():
     same = (flipped == images).flatten(1).all(1)
     mirrored = (flipped == images.flip(3)).flatten(1).all(1)
     assert (same | mirrored).all() and 10 < mirrored.sum() < 54
+    # alternating flip: each image one way in an epoch and the other way in the next, half of them in each
+    indices = torch.randperm(1000)[:64]
+    even, odd = (alternating_flip(images, indices, 1000, epoch, seed=3) for epoch in (4, 5))
+    mirrored_even = (even == images.flip(3)).flatten(1).all(1)
+    assert torch.equal(torch.where(mirrored_even.view(-1, 1, 1, 1), images.flip(3), images), even)
+    assert torch.equal(torch.where(mirrored_even.view(-1, 1, 1, 1), images, images.flip(3)), odd)
+    assert 10 < mirrored_even.sum() < 54
+    assert torch.equal(alternating_flip(images, indices, 1000, 6, seed=3), even)  # the same half every even epoch
     holes = cutout(torch.ones(64, 3, 32, 32), 8)
     zeros = (holes == 0).flatten(1).sum(1) / 3
     assert zeros.max() == 64 and (zeros <= 64).all() and (zeros > 0).all()
@@ -215,3 +227,169 @@ def test_a_time_limit_trains_for_that_time_with_the_schedule_stretched_over_it(t
     steps = [m for m in run.metrics() if m["kind"] == "step"]
     assert len(steps) >= 2 and all(a["lr"] >= b["lr"] for a, b in zip(steps, steps[1:]))
     assert json.loads((run.checkpoints / "last.json").read_text())["trained"] == pytest.approx(last["trained"])
+
+
+def test_flip_and_alternating_flip_exclude_each_other():
+    with pytest.raises(SpecError, match="choose one"):
+        TrainConfig.from_dict({"augment": ["crop", "flip", "alternating_flip"]})
+
+
+def test_six_view_tta_weighs_the_image_half_and_each_one_pixel_shift_a_quarter():
+    x = torch.randn(4, 3, 32, 32)
+    pixel = lambda batch: batch[:, 0, 10, 5:6]  # noqa: E731  a "model" that reads one pixel: where each view looks
+    shifted = 0.5 * x[:, 0, 10, 5] + 0.25 * x[:, 0, 9, 4] + 0.25 * x[:, 0, 11, 6]  # up-left, down-right
+    assert torch.allclose(views(pixel, x, False, True)[:, 0], shifted)
+    mirror = 0.5 * x[:, 0, 10, 26] + 0.25 * x[:, 0, 9, 25] + 0.25 * x[:, 0, 11, 27]  # each view mirrored
+    assert torch.allclose(views(pixel, x, True, True)[:, 0], (shifted + mirror) / 2)
+    assert torch.equal(views(pixel, x, False, False)[:, 0], x[:, 0, 10, 5])
+
+
+def test_frozen_batchnorm_scale_and_bias_learning_rate_multiplier():
+    cfg = RunConfig.from_dict(QUICK).replace_train(freeze_bn_scale=True, bn_bias_lr_scale=64, weight_decay=5e-4)
+    trainer = Trainer(cfg, torch.device("cpu"))
+    bn = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn and all(not m.weight.requires_grad for m in bn)
+    others, biases = trainer.optimizer.param_groups
+    assert {id(p) for p in biases["params"]} == {id(m.bias) for m in bn}
+    assert not {id(m.weight) for m in bn} & {id(p) for p in others["params"]}
+    assert biases["weight_decay"] == pytest.approx(5e-4 / 64)
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    trainer.step(images, torch.randint(0, 10, (32,)), 0.01)
+    assert (others["lr"], biases["lr"]) == (0.01, pytest.approx(0.64))
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in bn)  # the scale stays 1
+
+
+def test_a_loaded_optimizer_keeps_the_flags_of_its_own_build_not_the_saved_ones():
+    """A run started where the optimizer is not fused (a CPU) and resumed where it is (a GPU): the flags come
+    from the optimizer built for the config and device, the moments from the save."""
+    for kind in (torch.optim.SGD, torch.optim.Adam):
+        params = [torch.nn.Parameter(torch.randn(5))]
+        extra = {"momentum": 0.9} if kind is torch.optim.SGD else {}
+        saved = kind(params, lr=0.1, **extra)
+        params[0].grad = torch.ones(5)
+        saved.step()
+        state = saved.state_dict()
+        fused = kind(params, lr=0.1, fused=True, **extra)  # torch fuses on the CPU too
+        plain_load = kind(params, lr=0.1, fused=True, **extra)
+        plain_load.load_state_dict(state)
+        assert not plain_load.param_groups[0]["fused"]  # torch's own load takes the saved flags: the bug
+        load_optimizer_state(fused, state)
+        assert fused.param_groups[0]["fused"] is True
+        key = "momentum_buffer" if kind is torch.optim.SGD else "exp_avg"
+        assert torch.equal(fused.state[params[0]][key], saved.state[params[0]][key])
+        fused.step()  # a fused step on the loaded state works
+
+
+def test_lookahead_sets_the_lr_of_the_groups_its_optimizer_steps_after_loading():
+    model = torch.nn.Linear(3, 2)
+    first = Lookahead(torch.optim.SGD(model.parameters(), lr=0.1))
+    again = Lookahead(torch.optim.SGD(model.parameters(), lr=0.1))
+    again.load_state_dict(first.state_dict())
+    for group in again.param_groups:
+        group["lr"] = 0.001
+    assert again.optimizer.param_groups[0]["lr"] == 0.001
+
+
+def test_weight_ema_is_averaged_models_math_and_layout_with_a_plain_counter():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    theirs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    mine = WeightEMA(model)
+    for _ in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(8, 3, 6, 6))  # moves BatchNorm's running statistics
+        theirs.update_parameters(model)
+        mine.update(model, 0.9)
+    assert isinstance(mine.updates, int)  # no tensor to test (and sync on) at every update
+    state = mine.state_dict()
+    assert state.keys() == theirs.state_dict().keys()
+    for key, value in theirs.state_dict().items():
+        if value.is_floating_point():  # BatchNorm's batch count: AveragedModel keeps the first, WeightEMA the last
+            assert torch.allclose(state[key], value, atol=1e-6), key
+    loaded = WeightEMA(model)
+    loaded.load_state_dict(theirs.state_dict())  # a checkpoint saved before WeightEMA loads
+    assert loaded.updates == 4
+
+
+def in_process_run(tmp_path, name: str, stop_after: int | None = None, arch: dict | None = None, **train) -> Run:
+    """A run of QUICK (or `arch`) trained by the loop in this process; `stop_after` steps, Stop is pressed (then
+    it is resumed)."""
+    from core.engine.loop import train as train_run
+
+    cfg = RunConfig.from_dict({**QUICK, "arch": arch or QUICK["arch"],
+                               "train": {**QUICK["train"], "precision": "fp32", **train}})
+    run = create_run(cfg, name, tmp_path / "runs")
+    if stop_after is not None:
+        calls = iter(range(10**9))
+        status = train_run(run, "cpu", stop=lambda: next(calls) + 1 >= stop_after)
+        assert status["state"] == "stopped", run.log_tail()
+    assert train_run(run, "cpu", stop=lambda: False)["state"] == "finished", run.log_tail()
+    return run
+
+
+@pytest.mark.kernels
+def test_after_a_resume_lookahead_s_optimizer_follows_the_schedule_step_by_step(tmp_path, monkeypatch):
+    seen, step = [], Trainer.step
+
+    def recording(self, images, labels, lr, progress=1.0):
+        out = step(self, images, labels, lr, progress)
+        seen.append([g["lr"] for g in self.optimizer.optimizer.param_groups])  # what the inner optimizer used
+        return out
+
+    monkeypatch.setattr(Trainer, "step", recording)
+    run = in_process_run(tmp_path, "lookahead", stop_after=10, epochs=2, lookahead=True, schedule="cosine")
+    assert "resumed at epoch 0 step 10" in run.log_path.read_text()
+    t, steps_per_epoch = run.config().train, 5000 // 128
+    total = t.epochs * steps_per_epoch
+    assert len(seen) == total  # every step once: 10 before the stop, the rest after
+    assert [lrs[0] for lrs in seen] == pytest.approx([lr_at(t, s, total, steps_per_epoch) for s in range(total)])
+
+
+WHITENED = {**QUICK_ARCH, "stem": {**QUICK_ARCH["stem"], "kernel_size": 1, "whiten": True}}  # 6 filters: quick
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("arch, recipe", [
+    (WHITENED, {"optimizer": "sgd", "nesterov": True, "ema_decay": 0.9, "averaging_ramp": True, "freeze_bn_scale": True,
+     "bn_bias_lr_scale": 8, "schedule": "linear", "warmup_epochs": 0.5, "label_smoothing": 0.2,
+     "augment": ["crop", "alternating_flip", "cutout"], "tta_flip": True, "tta_shift": True}),
+    (QUICK_ARCH, {"optimizer": "adamw", "lr": 0.003, "lookahead": True, "averaging_ramp": True, "ema_decay": 0.5}),
+], ids=["whitened-sgd-speedrun", "adamw-lookahead-ema"])
+def test_a_run_stopped_at_an_epoch_boundary_and_resumed_ends_with_the_same_weights(tmp_path, arch, recipe):
+    whole = in_process_run(tmp_path, "whole", epochs=2, arch=arch, **recipe)
+    resumed = in_process_run(tmp_path, "resumed", stop_after=5000 // 128, epochs=2, arch=arch, **recipe)
+    assert "resumed at epoch 0 step 39" in resumed.log_path.read_text()
+    a, b = load_checkpoint(whole.checkpoints, "last"), load_checkpoint(resumed.checkpoints, "last")
+    assert a.weights.keys() == b.weights.keys()
+    assert [k for k in a.weights if not torch.equal(a.weights[k], b.weights[k])] == []
+    (ta, pa, _), (tb, pb, _) = load_train_state(whole.checkpoints), load_train_state(resumed.checkpoints)
+    assert ta.keys() == tb.keys() and pa == pb
+    assert [k for k in ta if not torch.equal(ta[k], tb[k])] == []  # model, optimizer, EMA, Lookahead
+    assert json.loads(whole.results_path.read_text())["accuracy"] == json.loads(resumed.results_path.read_text())[
+        "accuracy"]
+
+
+@pytest.mark.kernels
+def test_the_laptop_speedrun_preset_trains_an_epoch_of_the_slice_with_its_tricks(tmp_path):
+    """A sanity check of the candidate, not a measure of it: an epoch of the built-in slice, every trick on."""
+    from core.engine.loop import train
+    from core.nn.model import build_model
+
+    cfg = RunConfig.from_dict(RunConfig.from_preset("laptop-speedrun").to_dict() | {"data": "builtin"})
+    run = create_run(cfg.replace_train(epochs=1, time_limit=0), "speedrun", tmp_path / "runs")
+    assert train(run, "cpu", stop=lambda: False)["state"] == "finished", run.log_tail()
+    epoch = [m for m in run.metrics() if m["kind"] == "epoch"][-1]
+    assert epoch["epoch"] == 1 and 0 < epoch["train_loss"] < 2.5  # not diverged: chance is ln 10 = 2.30
+    last = load_checkpoint(run.checkpoints, "last")
+    assert last.meta["tta_flip"] and last.meta["tta_shift"]
+    # the stem's filters are the whitening of the training images, untouched by training
+    expected = build_model(cfg.arch)
+    train_images = load_dataset("builtin").train.images
+    expected.whiten_stem(Normalizer(last.meta["mean"], last.meta["std"])(train_images))
+    assert torch.allclose(last.weights["stem.0.weight"], expected.stem[0].weight, atol=1e-6)
+    scales = [v for k, v in last.weights.items() if k.endswith(("bn1.weight", "bn2.weight", "stem.3.weight"))]
+    assert scales and all(torch.equal(s, torch.ones_like(s)) for s in scales)  # frozen BatchNorm scales

@@ -134,6 +134,31 @@ def test_cuda_optimizers_are_fused_and_step(optimizer, lookahead):
         assert all(torch.equal(s, p) for s, p in zip(trainer.optimizer.slow, trainer.model.parameters()))
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_cpu_state_resumed_on_cuda_steps_fused_and_a_step_never_syncs(optimizer):
+    """Resume rebuilds the optimizer for the device and loads only the state: a run stopped on a CPU steps fused
+    on the GPU. A step with Lookahead, EMA on the (t/T)^3 ramp and BatchNorm bias groups waits for nothing."""
+    cfg = RunConfig.from_dict(SMALL).replace_train(optimizer=optimizer, lr=0.01, lookahead=True, ema_decay=0.99,
+                                                   averaging_ramp=True, bn_bias_lr_scale=8, freeze_bn_scale=True)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (64,))
+    on_cpu = Trainer(cfg, torch.device("cpu"))
+    on_cpu.step(images, labels, 0.01, 0.5)
+    on_gpu = Trainer(cfg, torch.device("cuda"))
+    on_gpu.load_state(*on_cpu.state())
+    assert all(g["fused"] is True for g in on_gpu.optimizer.param_groups)
+    images, labels = images.cuda(), labels.cuda()
+    on_gpu.step(images, labels, 0.01, 0.5)  # the first step allocates and tunes
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(5):  # Lookahead syncs its slow weights on one of these
+            on_gpu.step(images, labels, 0.01, 0.6 + i / 20)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert on_gpu.ema.updates == 7
+
+
 def test_evaluate_and_predict_on_cuda_agree_with_the_cpu(trained, tmp_path):
     args = ["--run", str(trained.dir), "--data", "builtin", "--mistakes", "0"]
     on_gpu = json.loads(core_cli("evaluate", *args, "--device", "cuda").stdout)

@@ -42,7 +42,7 @@ def test_predict_cli_gives_json_per_file_and_a_clear_error_for_a_bad_one(trained
     assert not rows[1]["ok"] and "notes.png" in rows[1]["error"]
 
 
-@pytest.mark.parametrize("device, message", [("tpu", "device 'tpu': use auto, cpu, cuda or cuda:N"),
+@pytest.mark.parametrize("device, message", [("tpu", "device 'tpu': use auto, cpu, cuda, cuda:N or mps"),
                                             ("cuda", "device cuda: no CUDA GPU is visible to torch here")])
 def test_predict_on_a_device_this_machine_lacks_says_so(trained, device, message):
     if device == "cuda" and torch.cuda.is_available():
@@ -75,6 +75,20 @@ def test_evaluate_on_the_builtin_slice_equals_a_direct_count(trained):
     confidences = [m.confidence for m in report.mistakes]
     assert len(confidences) == 5 and confidences == sorted(confidences, reverse=True)
     assert all(m.true != m.predicted for m in report.mistakes)
+
+
+def test_evaluate_with_six_test_views_counts_what_the_views_predict(trained):
+    from core.nn.infer import predict_logits
+
+    classifier = Classifier.load(trained, "best")
+    out = core_main("evaluate", "--run", str(trained.dir), "--data", "builtin", "--tta-flip", "--tta-shift",
+                    "--mistakes", "0")
+    test = load_dataset("builtin").test
+    logits = predict_logits(classifier.model, test.images, classifier.normalizer, classifier.device, tta_flip=True,
+                            tta_shift=True)
+    assert json.loads(out.stdout)["accuracy"] == pytest.approx((logits.argmax(1) == test.labels).float().mean().item())
+    refused = core_main("evaluate", "--onnx", "model.onnx", "--data", "builtin", "--tta-shift", check=False)
+    assert refused.returncode == 2 and "--tta-shift is for --run" in refused.stderr
 
 
 def test_evaluate_on_a_custom_zip_and_its_wrong_class_folder(trained, tmp_path):

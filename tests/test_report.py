@@ -144,3 +144,16 @@ def test_the_paper_zip_holds_the_latex_folder():
         names = z.namelist()
         assert names[:2] == ["paper/tables.tex", "paper/figures.tex"] and "paper/run-confusion.pdf" in names
         assert r"\toprule" in z.read("paper/tables.tex").decode()
+
+
+def test_a_whitened_stem_s_frozen_filters_show_in_the_cost_table_apart_from_its_parameters():
+    from core.design.budget import count
+    from core.design.config import RunConfig
+    from core.report.report import cost_table
+
+    cfg = RunConfig.from_preset("laptop-speedrun")
+    stem, *_, total = cost_table(cfg).rows
+    assert stem[0] == "whitened stem"
+    assert stem[5] == f"{count(cfg.arch).stem_params:,} (+1,458 frozen: the whitening filters)"
+    assert total[5] == f"{count(cfg.arch).params:,}"  # the trainable parameters, as the budget counts them
+    assert cost_table(RunConfig.from_preset("laptop")).rows[0][:6] == ["stem", "–", "32", "1", "32×32", "928"]

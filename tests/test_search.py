@@ -84,6 +84,22 @@ def test_the_default_space_spans_the_presets_and_holds_resnet20():
     assert resnet20 == preset_spec("resnet20")
 
 
+
+def test_a_whitened_stem_is_searched_only_when_the_space_asks_for_it():
+    assert Space.from_dict({}).ranges["whiten"] is False  # the presets' spaces are as before
+    space = Space.from_dict({"ranges": {"whiten": {"choices": [False, True]}}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    stems = set()
+    for _ in range(20):
+        trial = study.ask()
+        values = space.sample(trial)
+        stems.add((trial.params["whiten"], space.design(values).stem.whiten))
+        study.tell(trial, 0.0)
+    assert stems == {(False, False), (True, True)}
+    with pytest.raises(SpecError, match="space.ranges.whiten"):
+        Space.from_dict({"ranges": {"whiten": "yes"}})
+
+
 def optuna_share_over(space: Space, draws: int = 400) -> float:
     """The share over the budget among designs drawn by Optuna's RandomSampler (TPE's first trials)."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))

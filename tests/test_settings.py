@@ -3,6 +3,7 @@ apply."""
 from dataclasses import fields
 
 from core.design.config import RunConfig, TrainConfig
+from core.design.presets import PRESETS
 from core.design.settings import LABELS, SETTINGS, recipe, settings_error
 
 
@@ -32,3 +33,23 @@ def test_settings_start_from_the_presets_recipe_or_the_defaults():
     assert recipe("resnet10-wide") == RunConfig.from_preset("resnet10-wide").train
     assert recipe(None) == TrainConfig() and recipe("no-such-preset") == TrainConfig()
     assert set(LABELS) == {f.name for f in fields(TrainConfig)}
+
+
+def test_the_speed_run_settings_are_off_in_every_preset_but_the_one_made_for_them():
+    """Issue 29's settings changed no existing preset: each means what its runs were trained with."""
+    for name in PRESETS:
+        cfg = RunConfig.from_preset(name)
+        t = cfg.train
+        tricks = {"whitened stem": cfg.arch.stem.whiten, "alternating flip": "alternating_flip" in t.augment,
+                  "linear schedule": t.schedule == "linear", "ramp": t.averaging_ramp,
+                  "frozen BN scale": t.freeze_bn_scale, "BN bias lr": t.bn_bias_lr_scale != 1,
+                  "shift TTA": t.tta_shift}
+        assert all(tricks.values()) if name == "laptop-speedrun" else not any(tricks.values()), (name, tricks)
+
+
+def test_the_averaging_ramp_applies_only_to_an_average():
+    by_field = {s.field: s for group in SETTINGS.values() for s in group}
+    plain = TrainConfig().to_dict()
+    assert by_field["averaging_ramp"].unused(plain) == "Only weight EMA and Lookahead use it"
+    assert by_field["averaging_ramp"].unused(plain | {"lookahead": True}) is None
+    assert by_field["averaging_ramp"].unused(plain | {"ema_decay": 0.99}) is None

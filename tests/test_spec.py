@@ -45,6 +45,7 @@ def test_omitted_keys_take_defaults():
     ({"stages": [{}], "dropout": 1.5}, "dropout", "0.0 to 0.9"),
     ({"stages": [{}], "batch_norm": "yes"}, "batch_norm", "true or false"),
     ({"stages": [{}], "stem": {"kernel_size": 2}}, "stem.kernel_size", "1, 3, 5, 7"),
+    ({"stages": [{}], "stem": {"whiten": 1}}, "stem.whiten", "true or false"),
     ({"stages": [{"stride": 2}] * 6, "pool_size": 1}, "stages[5].stride", "stride 1"),
     ({"stages": [{}, {}, {}, {}], "pool_size": 8}, "pool_size", "1 to 4"),
     ({}, "stages", "list of 1 to 6"),

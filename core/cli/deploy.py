@@ -39,6 +39,9 @@ def cmd_evaluate(args) -> int:
     from core.deploy.prediction import tta_words
 
     start = time.perf_counter()
+    if args.tta_shift and args.onnx:
+        print("error: --tta-shift is for --run; an ONNX model is evaluated with --tta-flip at most", file=sys.stderr)
+        return 2
     if args.onnx:
         from core.deploy.onnx_model import OnnxModel
 
@@ -48,8 +51,9 @@ def cmd_evaluate(args) -> int:
                  "checkpoint": model.meta.get("checkpoint"), "tta": tta_words(report.tta_flip, model.own_tta_flip)}
     else:
         classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
-        report = evaluate_run(classifier, resolve_data(args.data), args.mistakes, args.tta_flip)
-        where = {"checkpoint": args.checkpoint, "tta": tta_words(report.tta_flip, classifier.own_tta_flip)}
+        report = evaluate_run(classifier, resolve_data(args.data), args.mistakes, args.tta_flip, args.tta_shift)
+        where = {"checkpoint": args.checkpoint, "tta": tta_words(report.tta_flip, classifier.own_tta_flip,
+                                                                 report.tta_shift, classifier.own_tta_shift)}
     emit(report.to_json() | where | {"seconds": time.perf_counter() - start})
     return 0
 
@@ -165,6 +169,9 @@ def add_commands(sub) -> None:
     add_checkpoint(p, onnx=True)
     p.add_argument("--data", help="a CIFAR-10 copy (its test split) or a folder/.zip/.tar.gz of class folders")
     p.add_argument("--mistakes", type=int, default=20, help="how many of the most confident mistakes to list")
+    p.add_argument("--tta-shift", action="store_const", const=True, default=None,
+                   help="also average with the image shifted a pixel up-left and down-right (6 views with the flip; "
+                        "--run only; default: as the run was tested)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("submit", help="a Kaggle submission: the class of every image of an unlabelled test set "

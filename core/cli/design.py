@@ -15,7 +15,8 @@ def budget_report(cfg: RunConfig, budget: int) -> dict:
                f"{macs_text(cost.macs)} MACs per image")
     return {"summary": summary, "params": cost.params, "budget": budget, "within_budget": cost.params <= budget,
             "margin": budget - cost.params, "macs": cost.macs,
-            "stem": {"params": cost.stem_params, "macs": cost.stem_macs},
+            "frozen_params": cost.frozen_params,  # a whitened stem's filters: not trained, not in the budget
+            "stem": {"params": cost.stem_params, "macs": cost.stem_macs, "frozen_params": cost.frozen_params},
             "stages": [{"stage": s.index, "blocks": len(s.blocks), "channels": cfg.arch.stages[s.index].channels,
                         "params": s.params, "macs": s.macs, "out_size": s.out_size,
                         "receptive_field": s.receptive_field} for s in cost.stages],

@@ -1,7 +1,8 @@
 """Augmentation on the training device, on whole batches.
 
 Crop, flip and cutout are a few batched tensor ops on the device that holds the data (the airbench
-way): no DataLoader, no PIL. Perspective, AutoAugment and TrivialAugment come from torchvision and
+way): no DataLoader, no PIL. Alternating flip mirrors a whole epoch's images by the epoch (the loop's
+Batches applies it). Perspective, AutoAugment and TrivialAugment come from torchvision and
 draw their parameters per image, so they loop over the batch: slower, and `bench` says how much.
 """
 from __future__ import annotations
@@ -43,6 +44,16 @@ def random_crop(images: torch.Tensor, padding: int) -> torch.Tensor:
 def random_flip(images: torch.Tensor) -> torch.Tensor:
     flip = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < 0.5
     return torch.where(flip, images.flip(3), images)
+
+
+def alternating_flip(images: torch.Tensor, indices: torch.Tensor, dataset_size: int, epoch: int,
+                     seed: int) -> torch.Tensor:
+    """airbench's alternating flip: a random half of the training set (drawn once from the seed) is mirrored in
+    even epochs and the other half in odd ones, so every two epochs see every image both ways, where random
+    flips would show some one way twice. `indices`: the images' places in the training set."""
+    half = torch.rand(dataset_size, generator=torch.Generator().manual_seed(seed * 7_919 + 17)) < 0.5
+    flip = half[indices] ^ (epoch % 2 == 1)
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
 
 
 def cutout(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -45,9 +45,21 @@ class Classifier:
         """Whether the run tested with flip TTA; a run imported without that record did not."""
         return bool(self.meta.get("tta_flip", False))
 
+    @property
+    def own_tta_shift(self) -> bool:
+        """Whether the run tested with 1-pixel shifts too (airbench's 6 views with the flip)."""
+        return bool(self.meta.get("tta_shift", False))
+
     def tta(self, tta_flip: bool | None) -> bool:
         """The flip TTA to use when asked for `tta_flip`: None means the run's own."""
         return self.own_tta_flip if tta_flip is None else tta_flip
+
+    def shift(self, tta_flip: bool | None, tta_shift: bool | None = None) -> bool:
+        """The shift TTA to use: as asked, else none where no TTA was asked for (`tta_flip` False), else the
+        run's own."""
+        if tta_shift is not None:
+            return tta_shift
+        return False if tta_flip is False else self.own_tta_shift
 
     @classmethod
     def load(cls, run: Run, tag: str = "best", device: str = "cpu") -> Classifier:
@@ -56,11 +68,12 @@ class Classifier:
         model, meta = load_model(run.checkpoints, tag, device)
         return cls(model, meta, Normalizer(meta["mean"], meta["std"], device), device)
 
-    def probabilities(self, inputs: torch.Tensor, tta_flip: bool | None = None) -> torch.Tensor:
+    def probabilities(self, inputs: torch.Tensor, tta_flip: bool | None = None,
+                      tta_shift: bool | None = None) -> torch.Tensor:
         """Class probabilities (N, classes) for uint8 inputs (N, 3, 32, 32), computed exactly as
         evaluation computes them."""
-        return predict_logits(self.model, inputs, self.normalizer, self.device,
-                              tta_flip=self.tta(tta_flip)).softmax(1)
+        return predict_logits(self.model, inputs, self.normalizer, self.device, tta_flip=self.tta(tta_flip),
+                              tta_shift=self.shift(tta_flip, tta_shift)).softmax(1)
 
     def grad_cam(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Grad-CAM (Selvaraju et al. 2017) on the last stage: (N, 32, 32) maps in [0, 1] showing
@@ -130,9 +143,11 @@ class Report:
     confusion: list[list[int]]
     mistakes: list[Mistake]
     tta_flip: bool = False  # whether each image's prediction was averaged with its mirror's
+    tta_shift: bool = False  # and with the image shifted a pixel (6 views with the flip)
 
     def to_json(self) -> dict:
         return {"data": self.data, "images": self.images, "accuracy": self.accuracy, "tta_flip": self.tta_flip,
+                "tta_shift": self.tta_shift,
                 "classes": self.classes,
                 "per_class_accuracy": self.per_class_accuracy, "confusion": self.confusion,
                 "mistakes": [m.to_json() for m in self.mistakes]}
@@ -158,8 +173,9 @@ def labelled_test_set(data: str, classes: list[str]) -> tuple[Split, str]:
     return split, source
 
 
-def evaluate_run(classifier: Classifier, data: str, mistakes: int = 20, tta_flip: bool | None = None) -> Report:
-    return evaluate_split(classifier, *labelled_test_set(data, classifier.classes), mistakes, tta_flip)
+def evaluate_run(classifier: Classifier, data: str, mistakes: int = 20, tta_flip: bool | None = None,
+                 tta_shift: bool | None = None) -> Report:
+    return evaluate_split(classifier, *labelled_test_set(data, classifier.classes), mistakes, tta_flip, tta_shift)
 
 
 def evaluate_onnx(model, data: str, mistakes: int = 20, tta_flip: bool = False) -> Report:
@@ -200,17 +216,17 @@ def evaluate_archive(classifier: Classifier, name: str, data: bytes, mistakes: i
 
 
 def evaluate_split(classifier: Classifier, split: Split, source: str, mistakes: int = 20,
-                   tta_flip: bool | None = None) -> Report:
+                   tta_flip: bool | None = None, tta_shift: bool | None = None) -> Report:
     """Accuracy, per-class accuracy, confusion and the `mistakes` most confident mistakes on labelled images
     whose labels index the classifier's classes."""
-    tta_flip = classifier.tta(tta_flip)
+    tta_flip, tta_shift = classifier.tta(tta_flip), classifier.shift(tta_flip, tta_shift)
     logits = predict_logits(classifier.model, split.images, classifier.normalizer, classifier.device,
-                            tta_flip=tta_flip)
-    return report(logits, split, classifier.classes, source, mistakes, tta_flip)
+                            tta_flip=tta_flip, tta_shift=tta_shift)
+    return report(logits, split, classifier.classes, source, mistakes, tta_flip, tta_shift)
 
 
 def report(logits: torch.Tensor, split: Split, classes: list[str], source: str, mistakes: int,
-           tta_flip: bool) -> Report:
+           tta_flip: bool, tta_shift: bool = False) -> Report:
     """The Report of a model's logits on a labelled split, whatever computed them."""
     result = score(logits, split.labels, len(classes))
     probs = result.logits.softmax(1)
@@ -220,4 +236,4 @@ def report(logits: torch.Tensor, split: Split, classes: list[str], source: str, 
     return Report(source, len(split), result.accuracy, classes,
                   dict(zip(classes, result.per_class_accuracy)), result.confusion.tolist(),
                   [Mistake(int(i), classes[split.labels[i]], classes[predicted[i]], float(confidence[i]),
-                           split.images[i]) for i in worst], tta_flip)
+                           split.images[i]) for i in worst], tta_flip, tta_shift)

@@ -48,11 +48,17 @@ def read_files(files: list[tuple[str, bytes | Path]], prepare: Callable[[Image.I
     return results
 
 
-def tta_words(tta_flip: bool, own: bool | None) -> str:
-    """Which test-time augmentation made a result, and whether it is the run's own (`own`; None: unknown)."""
-    used = "flip (each image averaged with its mirror)" if tta_flip else "none"
+def tta_words(tta_flip: bool, own: bool | None, tta_shift: bool = False, own_shift: bool = False) -> str:
+    """Which test-time augmentation made a result, and whether it is the run's own (`own`, `own_shift`; `own`
+    None: unknown)."""
+    def name(flip: bool, shift: bool) -> str:
+        return {(False, False): "none", (True, False): "flip", (False, True): "1-pixel shifts",
+                (True, True): "flip and 1-pixel shifts (6 views)"}[flip, shift]
+
+    used = "flip (each image averaged with its mirror)" if (tta_flip, tta_shift) == (True, False) \
+        else name(tta_flip, tta_shift)
     if own is None:
         return used
-    if tta_flip == own:
+    if (tta_flip, tta_shift) == (own, own_shift):
         return f"{used}: the run's own"
-    return f"{used}: asked for; the run's own is {'flip' if own else 'none'}"
+    return f"{used}: asked for; the run's own is {name(own, own_shift)}"

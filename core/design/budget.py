@@ -1,14 +1,16 @@
 """Parameters, MACs, resolution and receptive field of an ArchSpec, counted without building it.
 
 Pure arithmetic on the spec, so a slider can call `count` on every move. The tests hold it equal
-to `sum(p.numel())` of the built model, and its MACs to torch's flop counter.
+to `sum(p.numel())` of the built model, and its MACs to torch's flop counter. `params` (what the budget
+limits) are the trainable ones; a whitened stem's frozen filters are `frozen_params`, counted apart.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 
-from core.design.spec import CHANNELS_RANGE, IMAGE_SIZE, IN_CHANNELS, ArchSpec, SpecError, StemSpec, conv_out
+from core.design.spec import (CHANNELS_RANGE, IMAGE_SIZE, IN_CHANNELS, ArchSpec, SpecError, conv_out,
+                              whitening_channels)
 
 BUDGET = 5_000_000
 
@@ -48,6 +50,7 @@ class Cost:
     head_macs: int
     head_features: int    # inputs of the final linear layer
     stages: list[StageCost]
+    frozen_params: int = 0  # not trained, so not in `params`: a whitened stem's filters
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -69,8 +72,15 @@ def count(spec: ArchSpec) -> Cost:
 
     size = IMAGE_SIZE
     k = spec.stem.kernel_size
-    stem_params = conv_params(IN_CHANNELS, spec.stem.channels, k, bias) + bn(spec.stem.channels)
-    stem_macs = IN_CHANNELS * spec.stem.channels * k * k * size * size
+    if spec.stem.whiten:  # frozen kxk whitening conv, then a trainable 1x1 conv
+        whitened = whitening_channels(k)
+        frozen = conv_params(IN_CHANNELS, whitened, k, False)
+        stem_params = conv_params(whitened, spec.stem.channels, 1, bias) + bn(spec.stem.channels)
+        stem_macs = (IN_CHANNELS * k * k + spec.stem.channels) * whitened * size * size
+    else:
+        frozen = 0
+        stem_params = conv_params(IN_CHANNELS, spec.stem.channels, k, bias) + bn(spec.stem.channels)
+        stem_macs = IN_CHANNELS * spec.stem.channels * k * k * size * size
     receptive, jump = k, 1
 
     stages = []
@@ -110,7 +120,7 @@ def count(spec: ArchSpec) -> Cost:
         macs=stem_macs + sum(s.macs for s in stages) + head_macs,
         stem_params=stem_params, stem_macs=stem_macs,
         head_params=head_params, head_macs=head_macs, head_features=head_features,
-        stages=stages,
+        stages=stages, frozen_params=frozen,
     )
 
 
@@ -134,7 +144,7 @@ def scale_widths(spec: ArchSpec, factor: float, multiple_of: int = 1) -> ArchSpe
 
     return dataclasses.replace(
         spec,
-        stem=StemSpec(scaled(spec.stem.channels), spec.stem.kernel_size),
+        stem=dataclasses.replace(spec.stem, channels=scaled(spec.stem.channels)),
         stages=tuple(dataclasses.replace(s, channels=scaled(s.channels)) for s in spec.stages),
     )
 

@@ -2,7 +2,9 @@
 
 `TrainConfig` lists every training hyperparameter with its default (the best seed's recipe:
 SGD momentum 0.9, lr 0.1, cosine, weight decay 5e-4, batch 128). A run folder stores the
-whole `RunConfig` as JSON, so every run says exactly how it was made.
+whole `RunConfig` as JSON, so every run says exactly how it was made. The speed-run tricks of airbench
+(alternating flip, the linear schedule, the (t/T)^3 averaging ramp, frozen BatchNorm scales and a BatchNorm
+bias lr multiplier, 1-pixel-shift TTA) are settings here, each off by default, so no preset changes meaning.
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from core.design.presets import get_preset
 from core.design.spec import ArchSpec, SpecError, check_bool, check_choice, check_float, check_int, check_keys
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
-SCHEDULES = ("cosine", "onecycle", "step", "constant")
-AUGMENTS = ("crop", "flip", "cutout", "perspective", "autoaugment", "trivialaugment")
+SCHEDULES = ("cosine", "onecycle", "step", "constant", "linear")
+AUGMENTS = ("crop", "flip", "alternating_flip", "cutout", "perspective", "autoaugment", "trivialaugment")
 # auto: core.nn.infer.amp_policy (bf16 on sm >= 80 and AMX CPUs, fp16 + GradScaler on sm 7.x and Apple's mps)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -32,18 +34,23 @@ class TrainConfig:
     nesterov: bool = False         # SGD
     weight_decay: float = 5e-4
     lookahead: bool = False        # wrap the optimizer in Lookahead (k=5, alpha=0.5)
-    schedule: str = "cosine"
+    averaging_ramp: bool = False   # EMA decay and Lookahead's slow share grow as (t/T)^3 over the training (airbench)
+    freeze_bn_scale: bool = False  # BatchNorm weights stay 1, not trained (airbench); biases still train
+    bn_bias_lr_scale: float = 1.0  # BatchNorm biases train at lr x this, weight decay / this (airbench: 64)
+    schedule: str = "cosine"       # linear: after the warm-up, straight down to 0 (airbench)
     warmup_epochs: float = 0.0     # linear warm-up from lr/10, before the schedule
     step_epochs: int = 30          # step schedule: multiply lr by step_gamma every step_epochs
     step_gamma: float = 0.1
     grad_clip: float = 0.0         # max gradient norm; 0 = off
     label_smoothing: float = 0.0
     ema_decay: float = 0.0         # weight EMA, e.g. 0.999; 0 = off; evaluated and saved when on
+    # alternating_flip instead of flip: a random half mirrored in even epochs, the other half in odd ones
     augment: tuple[str, ...] = ("crop", "flip")
     crop_padding: int = 4
     cutout_size: int = 8
     normalize: bool = True
     tta_flip: bool = False         # average predictions over the image and its mirror at test time
+    tta_shift: bool = False        # also over the image shifted 1 pixel up-left and down-right (6 views with flip)
     val_fraction: float = 0.0      # carve a validation split from train; 0 = evaluate on test
     seed: int = 0
     precision: str = "auto"
@@ -67,6 +74,8 @@ class TrainConfig:
             raise SpecError(f"train.augment: expected a list drawn from {', '.join(AUGMENTS)}, got {augment!r}")
         for a in augment:
             check_choice("train.augment", a, AUGMENTS)
+        if "flip" in augment and "alternating_flip" in augment:
+            raise SpecError("train.augment: flip and alternating_flip both mirror images; choose one")
         return cls(
             epochs=check_int("train.epochs", d["epochs"], 1, 10_000),
             time_limit=check_float("train.time_limit", d["time_limit"], 0.0, 1e6),
@@ -77,6 +86,9 @@ class TrainConfig:
             nesterov=check_bool("train.nesterov", d["nesterov"]),
             weight_decay=check_float("train.weight_decay", d["weight_decay"], 0.0, 1.0),
             lookahead=check_bool("train.lookahead", d["lookahead"]),
+            averaging_ramp=check_bool("train.averaging_ramp", d["averaging_ramp"]),
+            freeze_bn_scale=check_bool("train.freeze_bn_scale", d["freeze_bn_scale"]),
+            bn_bias_lr_scale=check_float("train.bn_bias_lr_scale", d["bn_bias_lr_scale"], 0.01, 1000.0),
             schedule=check_choice("train.schedule", d["schedule"], SCHEDULES),
             warmup_epochs=check_float("train.warmup_epochs", d["warmup_epochs"], 0.0, 1000.0),
             step_epochs=check_int("train.step_epochs", d["step_epochs"], 1, 10_000),
@@ -89,6 +101,7 @@ class TrainConfig:
             cutout_size=check_int("train.cutout_size", d["cutout_size"], 1, 32),
             normalize=check_bool("train.normalize", d["normalize"]),
             tta_flip=check_bool("train.tta_flip", d["tta_flip"]),
+            tta_shift=check_bool("train.tta_shift", d["tta_shift"]),
             val_fraction=check_float("train.val_fraction", d["val_fraction"], 0.0, 0.5),
             seed=check_int("train.seed", d["seed"], 0, 2**31 - 1),
             precision=check_choice("train.precision", d["precision"], PRECISIONS),

@@ -1,9 +1,9 @@
 """A design as a short, readable link: ?stem=128&stage=3x128s1&stage=3x100s2&pool=2
 
 One `stage` parameter per stage: blocks x channels, then kK (kernel), pP (projection-shortcut
-kernel) and sS (stride). A field at the value ArchSpec.from_dict gives it by default is left
-out, except the stride, whose default depends on the stage's place. Parsing checks the form of
-each value; ArchSpec.from_dict checks the numbers.
+kernel) and sS (stride); `stem` is channels, then kK, then w for a whitened stem. A field at the
+value ArchSpec.from_dict gives it by default is left out, except the stride, whose default depends
+on the stage's place. Parsing checks the form of each value; ArchSpec.from_dict checks the numbers.
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def to_query(spec: ArchSpec) -> dict[str, list[str]]:
         return f"{s.blocks}x{s.channels}{kernel}{shortcut}s{s.stride}"
 
     stem_kernel = f"k{spec.stem.kernel_size}" if spec.stem.kernel_size != DEFAULTS.stem.kernel_size else ""
-    query = {"stem": [f"{spec.stem.channels}{stem_kernel}"], "stage": [stage(s) for s in spec.stages]}
+    whiten = "w" if spec.stem.whiten else ""
+    query = {"stem": [f"{spec.stem.channels}{stem_kernel}{whiten}"], "stage": [stage(s) for s in spec.stages]}
     for key, field in NETWORK_WIDE.items():
         value = getattr(spec, field)
         if value != getattr(DEFAULTS, field):
@@ -49,7 +50,10 @@ def from_query(query: dict[str, list[str]]) -> ArchSpec:
     data = {"stages": [_parts(f"stage {i}", text, STAGE, "3x128s2 or 3x128k5p3s2")
                        for i, text in enumerate(query["stage"])]}
     if query.get("stem"):
-        data["stem"] = _parts("stem", query["stem"][-1], STEM, "64 or 64k3")
+        text = query["stem"][-1]
+        data["stem"] = _parts("stem", text.removesuffix("w"), STEM, "64, 64k3 or 64k3w (whitened)")
+        if text.endswith("w"):
+            data["stem"]["whiten"] = True
     for key, field in NETWORK_WIDE.items():
         if query.get(key):
             data[field] = _value(key, query[key][-1], type(getattr(DEFAULTS, field)))

@@ -100,6 +100,22 @@ PRESETS: dict[str, dict] = {
         "train": {"epochs": 30, "time_limit": 1800, "batch_size": 256, "lr": 0.2, "nesterov": True,
                   "weight_decay": 5e-4, "schedule": "onecycle", "label_smoothing": 0.2, "tta_flip": True},
     },
+    "laptop-speedrun": {
+        "description": ("A candidate successor of laptop, not yet measured: laptop's network with a whitened stem, "
+                        "trained for 10 minutes with airbench's tricks: alternating flip, Nesterov SGD at batch 512 "
+                        "with warm-up then linear decay, Lookahead on a (t/T)^3 ramp, frozen BatchNorm scales with "
+                        "64x lr on their biases, label smoothing 0.2, and 6-view TTA."),
+        "source": ("ours (issue 29), after airbench94 (Keller Jordan, cifar10-airbench: 94% in 9.9 epochs) and "
+                   "David Page's ResNet-9; hyperparameters by reasoning, not by measurement: the equal-time table "
+                   "in docs/PERFORMANCE.md decides whether it replaces laptop"),
+        "arch": {"stem": {"channels": 32, "kernel_size": 3, "whiten": True}, "pool_size": 4,
+                 "stages": [{"blocks": 1, "channels": 64, "stride": 2}, {"blocks": 1, "channels": 128, "stride": 2},
+                            {"blocks": 1, "channels": 256, "stride": 2}]},
+        "train": {"epochs": 10, "time_limit": 600, "batch_size": 512, "lr": 0.4, "nesterov": True,
+                  "weight_decay": 5e-4, "schedule": "linear", "warmup_epochs": 2, "lookahead": True,
+                  "averaging_ramp": True, "freeze_bn_scale": True, "bn_bias_lr_scale": 64, "label_smoothing": 0.2,
+                  "augment": ["crop", "alternating_flip"], "crop_padding": 2, "tta_flip": True, "tta_shift": True},
+    },
 }
 
 

@@ -44,7 +44,8 @@ SETTINGS = {
         Setting("lr", "Learning rate", "The schedule's peak learning rate", step=0.01),
         Setting("schedule", "Schedule", "How the learning rate moves: cosine decays it to 0; onecycle rises from "
                                         "lr/25 over a quarter of the steps, then decays; step multiplies it by the "
-                                        "step factor every few epochs; constant keeps it", options=SCHEDULES),
+                                        "step factor every few epochs; constant keeps it; linear goes straight "
+                                        "down to 0 (airbench's, after a warm-up)", options=SCHEDULES),
         Setting("warmup_epochs", "Warm-up epochs", "Rise linearly from lr/10 to lr over this many epochs before the "
                                                    "schedule; 0 for none", step=0.5),
         Setting("step_epochs", "Step every (epochs)", "Epochs between two drops of the step schedule", step=1,
@@ -64,10 +65,23 @@ SETTINGS = {
         Setting("lookahead", "Lookahead", "Every 5 steps, move a slow copy of the weights halfway to the "
                                           "optimizer's and restart from there (Zhang et al. 2019)"),
         Setting("grad_clip", "Gradient clipping", "Largest gradient norm of a step; 0 for none", step=0.1),
+        Setting("averaging_ramp", "Averaging ramp (t/T)³",
+                "Weight EMA's decay and Lookahead's slow share grow as the cube of the share of training done: "
+                "early weights, soon outdated, are hardly averaged (airbench)",
+                unused=lambda values: None if values["lookahead"] or values["ema_decay"] > 0 else
+                "Only weight EMA and Lookahead use it"),
+        Setting("freeze_bn_scale", "Freeze BatchNorm scale", "BatchNorm's scales stay 1 and only its biases train: "
+                                                             "the next layer's weights absorb the scale (airbench)"),
+        Setting("bn_bias_lr_scale", "BatchNorm bias lr ×", "BatchNorm's biases train at the learning rate times "
+                                                           "this, with the weight decay divided by it (so the decay "
+                                                           "per step stays the same); airbench uses 64, 1 for none",
+                step=1.0),
     ],
     "Regularization": [
         Setting("augment", "Augmentation", "Random changes to every training image. crop: pad, then take a 32×32 "
-                                           "window; flip: mirror half of them; cutout: blank a square; perspective: "
+                                           "window; flip: mirror half of them; alternating_flip: mirror a random "
+                                           "half in even epochs and the other half in odd ones, so two epochs show "
+                                           "every image both ways (airbench); cutout: blank a square; perspective: "
                                            "tilt; autoaugment and trivialaugment: learned or random policies, drawn "
                                            "per image (slower)", options=AUGMENTS),
         Setting("crop_padding", "Crop padding", "Pixels of padding before the crop: the largest shift", step=1,
@@ -86,6 +100,9 @@ SETTINGS = {
                                                     "it instead of the test split, so that no choice is made on test "
                                                     "images; 0 evaluates on test", step=0.05),
         Setting("tta_flip", "Flip at test time", "Average each prediction over the image and its mirror"),
+        Setting("tta_shift", "Shift at test time", "Also average over the image shifted by one pixel up-left and "
+                                                   "down-right, each with half the weight of the image itself; with "
+                                                   "the flip, 6 views (airbench)"),
         Setting("precision", "Precision", "auto: bf16 where the hardware computes it natively (GPUs from sm_80 "
                                           "on: A100, H100, RTX 30xx; CPUs with AMX), fp16 with a gradient scaler "
                                           "on V100, T4, RTX 20xx and Apple silicon, else fp32. fp16 also runs on "

@@ -80,10 +80,19 @@ def conv_out(size: int, stride: int) -> int:
 
 # ---- the spec ----------------------------------------------------------------------------------
 
+def whitening_channels(kernel_size: int) -> int:
+    """Filters of a whitened stem's frozen conv: each eigenvector of the kxk patches' covariance, and its
+    negative (a ReLU after it then keeps both signs)."""
+    return 2 * IN_CHANNELS * kernel_size * kernel_size
+
+
 @dataclass(frozen=True)
 class StemSpec:
     channels: int = 64
     kernel_size: int = 3
+    # whiten: a frozen kxk conv that whitens the image's patches (computed from training images when a run
+    # starts; airbench), a ReLU, then a trainable 1x1 conv to `channels`, instead of one trainable kxk conv
+    whiten: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,8 @@ class ArchSpec:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["stages"] = list(d["stages"])
+        if not self.stem.whiten:  # designs without it read as they did before it existed
+            del d["stem"]["whiten"]
         return d
 
     def to_json(self) -> str:
@@ -141,10 +152,11 @@ class ArchSpec:
             raise SpecError(f"stages: expected a list of {STAGES_RANGE[0]} to {STAGES_RANGE[1]} stages, got {n}")
         stages = tuple(_stage_from_dict(i, s) for i, s in enumerate(raw_stages))
 
-        stem_raw = check_keys("stem", data.get("stem", {}), ("channels", "kernel_size"))
+        stem_raw = check_keys("stem", data.get("stem", {}), ("channels", "kernel_size", "whiten"))
         stem = StemSpec(
             channels=check_int("stem.channels", stem_raw.get("channels", stages[0].channels), *CHANNELS_RANGE),
             kernel_size=check_choice("stem.kernel_size", stem_raw.get("kernel_size", 3), KERNEL_SIZES),
+            whiten=check_bool("stem.whiten", stem_raw.get("whiten", False)),
         )
         spec = cls(
             stem=stem,

@@ -22,7 +22,9 @@ def hyperparameters(cfg: RunConfig, imported: bool = False) -> dict[str, str]:
     schedule = t.schedule + (f", warm-up {t.warmup_epochs:g} epochs" if t.warmup_epochs else "") + \
         (f", ×{t.step_gamma:g} every {t.step_epochs} epochs" if t.schedule == "step" else "")
     optimizer = t.optimizer + (f", momentum {t.momentum:g}" if t.optimizer in ("sgd", "rmsprop") else "") + \
-        (", Nesterov" if t.nesterov and t.optimizer == "sgd" else "") + (", Lookahead" if t.lookahead else "")
+        (", Nesterov" if t.nesterov and t.optimizer == "sgd" else "") + (", Lookahead" if t.lookahead else "") + \
+        (" on a (t/T)³ ramp" if t.lookahead and t.averaging_ramp else "") + \
+        (f", BatchNorm biases at lr ×{t.bn_bias_lr_scale:g}" if t.bn_bias_lr_scale != 1 else "")
     augment = ", ".join(f"{name} ({t.crop_padding} px)" if name == "crop" else
                         f"{name} ({t.cutout_size} px)" if name == "cutout" else name for name in t.augment)
     architecture = {
@@ -30,10 +32,11 @@ def hyperparameters(cfg: RunConfig, imported: bool = False) -> dict[str, str]:
         "Blocks per layer": each([s.blocks for s in stages]),
         "Kernel sizes": each([s.kernel_size for s in stages]),
         "Shortcut kernel sizes": each([s.shortcut_kernel_size for s in stages]),
-        "Channels": f"stem {a.stem.channels}; " + ", ".join(str(s.channels) for s in stages),
+        "Channels": f"stem {a.stem.channels}{' (whitened)' if a.stem.whiten else ''}; "
+                    + ", ".join(str(s.channels) for s in stages),
         "Strides": each([s.stride for s in stages]),
         "Pool size": str(a.pool_size),
-        "Batch norm": "yes" if a.batch_norm else "no",
+        "Batch norm": ("yes, scales frozen" if t.freeze_bn_scale else "yes") if a.batch_norm else "no",
         "Squeeze-excitation": f"ratio {a.se_ratio}" if a.se_ratio else "no",
         "Dropout": f"{a.dropout:g}",
     }
@@ -47,7 +50,7 @@ def hyperparameters(cfg: RunConfig, imported: bool = False) -> dict[str, str]:
         "Batch size": str(t.batch_size),
         "Epochs": f"as many as {duration_text(t.time_limit)} of training allow" if t.time_limit else str(t.epochs),
         "Label smoothing": f"{t.label_smoothing:g}",
-        "EMA": f"decay {t.ema_decay:g}" if t.ema_decay else "no",
+        "EMA": (f"decay {t.ema_decay:g}" + (" on a (t/T)³ ramp" if t.averaging_ramp else "")) if t.ema_decay else "no",
         "Precision": t.precision,
         "Seed": str(t.seed),
     }

@@ -5,7 +5,9 @@ channels_last (NCHW on Apple's mps), in the arithmetic core.nn.infer.amp_policy 
 with a GradScaler, or fp32; the log and record.json say which and why), with a fused optimizer
 step on CUDA. SIGTERM (Stop) lets
 the current step finish, saves `last`, and ends the run as `stopped`; resuming continues at the
-saved epoch and step, with the same data order. With `time_limit` the run trains for that many seconds
+saved epoch and step, with the same data order, flips and augmentation draws, the optimizer rebuilt from
+the config for this device and its state loaded: a run of epochs stopped and resumed ends with the weights
+of one that was not (tests/test_engine.py, on the CPU). With `time_limit` the run trains for that many seconds
 instead of its epochs, and the schedule drawn over its epochs is stretched over that time. Under torchrun
 the same loop runs in every process, with DistributedDataParallel; core/engine/distributed.py says what that
 means for batch, order and stop. A resume may change the batch (`--resume --batch-size N`, after running out of
@@ -27,6 +29,7 @@ from typing import Protocol
 
 import torch
 
+from core.data.augment import alternating_flip
 from core.data.datasets import Dataset, Split, load_dataset, split_validation
 from core.design.budget import count
 from core.design.config import RunConfig, TrainConfig
@@ -235,6 +238,7 @@ class Batches:
     split: Split
     batch_size: int          # global, over all processes
     world: World
+    flip_alternately: bool = False  # the alternating_flip augmentation: mirrored by the epoch's parity
 
     @property
     def steps_per_epoch(self) -> int:
@@ -246,11 +250,14 @@ class Batches:
 
     def epoch(self, epoch: int, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's images and labels for an epoch, in step order, on the device. The order depends
-        only on (seed, epoch), so a resumed epoch replays it, with any world size."""
+        only on (seed, epoch), so a resumed epoch replays it, with any world size; so do alternating flips."""
         order = torch.randperm(len(self.split), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         mine = order[:self.steps_per_epoch * self.batch_size].view(
             self.steps_per_epoch, self.world.size, self.local_batch)[:, self.world.rank].reshape(-1)
-        return self.split.images[mine].to(device), self.split.labels[mine].to(device)
+        images = self.split.images[mine]
+        if self.flip_alternately:
+            images = alternating_flip(images, mine, len(self.split), epoch, seed)
+        return images.to(device), self.split.labels[mine].to(device)
 
 
 class EpochTally:
@@ -272,6 +279,11 @@ class EpochTally:
         loss, right, images = world.sum(torch.stack([
             self.loss, self.correct.float(), torch.tensor(float(self.images), device=self.device)])).tolist()
         return loss / max(images, 1), right / max(images, 1), int(images)
+
+
+def progress(t: TrainConfig, global_step: int, trained: float, total_steps: int) -> float:
+    """The share of the training done (0 to 1): of its steps, or with a time limit, of its time."""
+    return min(1.0, trained / t.time_limit if t.time_limit else global_step / total_steps)
 
 
 def learning_rate(t: TrainConfig, global_step: int, trained: float, total_steps: int, steps_per_epoch: int) -> float:
@@ -306,7 +318,7 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: W
     # data: the training split on the host, cut into batches; each epoch, this process's shard goes to the device
     dataset = load_dataset(cfg.data)
     train_split, eval_split, eval_name = evaluation_split(dataset, t)
-    batches = Batches(train_split, min(t.batch_size, len(train_split)), world)
+    batches = Batches(train_split, min(t.batch_size, len(train_split)), world, "alternating_flip" in t.augment)
     check(cfg.replace_train(batch_size=batches.batch_size), device.type, world.size)
     steps_per_epoch, local = batches.steps_per_epoch, batches.local_batch
     total_steps = t.epochs * steps_per_epoch
@@ -314,7 +326,7 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: W
                     f"{eval_name} images" + (f"; {local} of each batch of {batches.batch_size} per process"
                                              if world.size > 1 else ""))
 
-    trainer = Trainer(cfg, device, world)
+    trainer = Trainer(cfg, device, world, train_split.images)
     at = Position()
     if (run.checkpoints / "last.json").exists():  # resume where `last` left off
         tensors, plain, meta = load_train_state(run.checkpoints, "last")
@@ -328,13 +340,13 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: W
             log(run, world, f"batch {saved_batch} -> {batches.batch_size}: continuing at epoch {at.epoch} step "
                             f"{at.step} of {steps_per_epoch}")
     run_meta = {"spec": cfg.arch.to_dict(), "classes": list(dataset.classes), **trainer.augment.normalizer.stats,
-                "eval_split": eval_name, "tta_flip": t.tta_flip, "data": dataset.source}
+                "eval_split": eval_name, "tta_flip": t.tta_flip, "tta_shift": t.tta_shift, "data": dataset.source}
 
     def evaluate_now() -> Evaluation:
         beat.phase("evaluating", epoch=at.epoch, step=at.step)
         return evaluate(trainer.eval_model, eval_split.images, eval_split.labels, trainer.augment.normalizer,
                         device, len(dataset.classes), t.tta_flip, t.precision,
-                        on_batch=lambda: beat.step(at.epoch, at.step))
+                        on_batch=lambda: beat.step(at.epoch, at.step), tta_shift=t.tta_shift)
 
     def checkpoint(tag: str, acc: float | None) -> None:
         beat.phase("saving", epoch=at.epoch, step=at.step)
@@ -361,7 +373,7 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: W
             x, y = images[step * local:(step + 1) * local], labels[step * local:(step + 1) * local]
             trained_now = at.trained + time.perf_counter() - epoch_start  # host clock: no sync
             lr = learning_rate(t, global_step, trained_now, total_steps, steps_per_epoch)
-            loss, logits = trainer.step(x, y, lr)
+            loss, logits = trainer.step(x, y, lr, progress(t, global_step, trained_now, total_steps))
             tally.add(loss, logits, y)
             steps_this_session += 1
             if steps_this_session == WARMUP_STEPS:

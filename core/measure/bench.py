@@ -105,7 +105,7 @@ def share_of_peak(images_per_s: float, flops_per_image: int, peak: dict) -> dict
 
 def bench_engine(cfg: RunConfig, split: Split, device: torch.device, seconds: float,
                  cudnn_benchmark: bool = True) -> dict:
-    trainer = Trainer(cfg, device)
+    trainer = Trainer(cfg, device, train_images=split.images)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = cudnn_benchmark  # the engine turns it on; off only to measure its gain
     images, labels = split.images.to(device), split.labels.to(device)

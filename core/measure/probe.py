@@ -50,10 +50,10 @@ def measure(device: str, arch_preset: str = REFERENCE, seconds: float = PROBE_SE
     cfg = RunConfig.from_preset(arch_preset)
     where = torch.device(device)
     batch_size = PROBE_BATCH[where.type]
-    trainer = Trainer(RunConfig(cfg.arch, dataclasses.replace(cfg.train, batch_size=batch_size, compile=False)),
-                      where)
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=generator).to(where)
+    trainer = Trainer(RunConfig(cfg.arch, dataclasses.replace(cfg.train, batch_size=batch_size, compile=False)),
+                      where, train_images=images)
     labels = torch.randint(0, cfg.arch.num_classes, (batch_size,), generator=generator).to(where)
 
     def step() -> int:

@@ -1,5 +1,6 @@
-"""Running a trained model over uint8 images: logits, accuracy, confusion matrix; which device that runs on
-(`pick_device`) and in which arithmetic (`amp_policy`: autocast dtype and GradScaler, for training too)."""
+"""Running a trained model over uint8 images: logits (with test-time augmentation: flip, 1-pixel shifts),
+accuracy, confusion matrix; which device that runs on (`pick_device`) and in which arithmetic (`amp_policy`:
+autocast dtype and GradScaler, for training too)."""
 from __future__ import annotations
 
 import contextlib
@@ -132,22 +133,37 @@ def autocast_for(device: torch.device, precision: str):
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, normalizer: Normalizer, device: torch.device,
                    batch_size: int = 1000, tta_flip: bool = False, precision: str = "auto",
-                   on_batch: Callable[[], None] | None = None) -> torch.Tensor:
+                   on_batch: Callable[[], None] | None = None, tta_shift: bool = False) -> torch.Tensor:
     """Float32 logits (N, classes) on the CPU for uint8 images (N, 3, 32, 32) on any device; `on_batch()` after
-    each batch (a run's heartbeat)."""
+    each batch (a run's heartbeat). `tta_flip`, `tta_shift`: test-time augmentation (`views`)."""
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         x = normalizer(images[i:i + batch_size].to(device, non_blocking=True))
         x = x.contiguous(memory_format=torch.channels_last)
         with autocast_for(device, precision):
-            logits = model(x).float()
-            if tta_flip:  # average the image with its mirror: CIFAR classes are left-right symmetric
-                logits = (logits + model(x.flip(3)).float()) / 2
+            logits = views(model, x, tta_flip, tta_shift)
         out.append(logits.cpu())
         if on_batch is not None:
             on_batch()
     return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def views(model: torch.nn.Module, x: torch.Tensor, tta_flip: bool, tta_shift: bool) -> torch.Tensor:
+    """Float logits of a normalised batch averaged over its test-time views. tta_flip: the image and its mirror
+    (CIFAR classes are left-right symmetric). tta_shift: airbench's translations, half the weight on the image,
+    a quarter on each of its 1-pixel shifts up-left and down-right (edges reflected); 6 views with the flip."""
+    def mirrored(batch: torch.Tensor) -> torch.Tensor:
+        logits = model(batch).float()
+        return (logits + model(batch.flip(3)).float()) / 2 if tta_flip else logits
+
+    logits = mirrored(x)
+    if tta_shift:
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifted = (mirrored(padded[:, :, :-2, :-2].contiguous(memory_format=torch.channels_last))
+                   + mirrored(padded[:, :, 2:, 2:].contiguous(memory_format=torch.channels_last))) / 2
+        logits = (logits + shifted) / 2
+    return logits
 
 
 @dataclass
@@ -164,9 +180,10 @@ class Evaluation:
 
 
 def evaluate(model, images, labels, normalizer, device, num_classes: int, tta_flip: bool = False,
-             precision: str = "auto", on_batch: Callable[[], None] | None = None) -> Evaluation:
+             precision: str = "auto", on_batch: Callable[[], None] | None = None,
+             tta_shift: bool = False) -> Evaluation:
     logits = predict_logits(model, images, normalizer, device, tta_flip=tta_flip, precision=precision,
-                            on_batch=on_batch)
+                            on_batch=on_batch, tta_shift=tta_shift)
     return score(logits, labels, num_classes)
 
 

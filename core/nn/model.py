@@ -1,11 +1,12 @@
-"""Build an `nn.Module` from an ArchSpec, in the manner of torchvision's resnet.py."""
+"""Build an `nn.Module` from an ArchSpec, in the manner of torchvision's resnet.py; and set a whitened stem's
+frozen filters from training images."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.design.spec import IN_CHANNELS, ArchSpec, StageSpec
+from core.design.spec import IN_CHANNELS, ArchSpec, StageSpec, whitening_channels
 
 
 # oneDNN's 1x1 convolutions with a stride and fewer input channels than this hang, crash or return wrong
@@ -77,8 +78,15 @@ class ResNet(nn.Module):
         super().__init__()
         self.spec = spec
         bn = spec.batch_norm
-        self.stem = nn.Sequential(conv(IN_CHANNELS, spec.stem.channels, spec.stem.kernel_size, 1, bias=not bn),
-                                  norm(spec.stem.channels, bn), nn.ReLU(inplace=True))
+        if spec.stem.whiten:
+            k, whitened = spec.stem.kernel_size, whitening_channels(spec.stem.kernel_size)
+            whiten = nn.Conv2d(IN_CHANNELS, whitened, k, padding=k // 2, bias=False)
+            whiten.weight.requires_grad_(False)  # frozen: set by whiten_stem, never trained
+            self.stem = nn.Sequential(whiten, nn.ReLU(inplace=True), conv(whitened, spec.stem.channels, 1, 1, not bn),
+                                      norm(spec.stem.channels, bn), nn.ReLU(inplace=True))
+        else:
+            self.stem = nn.Sequential(conv(IN_CHANNELS, spec.stem.channels, spec.stem.kernel_size, 1, bias=not bn),
+                                      norm(spec.stem.channels, bn), nn.ReLU(inplace=True))
         in_ch = spec.stem.channels
         stages = []
         for stage in spec.stages:
@@ -97,6 +105,24 @@ class ResNet(nn.Module):
                                      stage.stride if i == 0 else 1, stage.kernel_size,
                                      stage.shortcut_kernel_size, s.batch_norm, s.se_ratio, s.dropout))
         return nn.Sequential(*blocks)
+
+    @torch.no_grad()
+    def whiten_stem(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set a whitened stem's frozen filters from normalised training images (N, 3, 32, 32), as airbench
+        does: the eigenvectors of the kxk patches' second moments, each scaled by 1/sqrt(its eigenvalue + eps),
+        and their negatives; so the stem's output has (about) unit variance in every direction of patch space."""
+        whiten = self.stem[0]
+        k = whiten.kernel_size[0]
+        dims = IN_CHANNELS * k * k
+        moments, patches = torch.zeros(dims, dims, dtype=torch.float64), 0
+        for chunk in images.split(256):  # unfolded patches of 5,000 images would take 0.5 GB at once
+            flat = F.unfold(chunk.float().cpu(), k).transpose(1, 2).reshape(-1, dims).double()
+            moments += flat.T @ flat
+            patches += len(flat)
+        eigenvalues, eigenvectors = torch.linalg.eigh(moments / patches)
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp(min=0) + eps).view(-1, 1)).flip(0)
+        filters = filters.reshape(dims, IN_CHANNELS, k, k)  # unfold's order is the conv weight's: (c, row, col)
+        whiten.weight.copy_(torch.cat([filters, -filters]).to(whiten.weight))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map (what Grad-CAM looks at)."""

@@ -155,7 +155,10 @@ def results_table(runs: list[RunData]) -> Table:
 
 def cost_table(cfg: RunConfig) -> Table:
     cost = count(cfg.arch)
-    rows = [["stem", "–", str(cfg.arch.stem.channels), "1", "32×32", f"{cost.stem_params:,}", f"{cost.stem_macs:,}"]]
+    frozen = f" (+{cost.frozen_params:,} frozen: the whitening filters)" if cost.frozen_params else ""
+    stem = "whitened stem" if cfg.arch.stem.whiten else "stem"
+    rows = [[stem, "–", str(cfg.arch.stem.channels), "1", "32×32", f"{cost.stem_params:,}{frozen}",
+             f"{cost.stem_macs:,}"]]
     for spec, stage in zip(cfg.arch.stages, cost.stages):
         rows.append([f"layer {stage.index + 1}", str(spec.blocks), str(spec.channels), str(spec.stride),
                      f"{stage.out_size}×{stage.out_size}", f"{stage.params:,}", f"{stage.macs:,}"])
