@@ -163,6 +163,40 @@ def no_runs_yet(purpose: str) -> None:
         st.switch_page("pages/train.py")
 
 
+# ---- widgets that show a value kept elsewhere (the Design page's draft) ----------------------------------
+#
+# A page never deletes a drawn widget's key, and a callback never sets one: it changes the value the widget shows,
+# and the widget is set to show it just before it is drawn (show_value). The browser sends every widget's value with
+# each interaction, and a quick hand (three arrow presses) sends the next one before the rerun the last one caused
+# has drawn every widget again: Streamlit then stops that rerun, and a widget not yet drawn anew still had its key
+# deleted. Its value from the browser, unchanged, then counted as changed, its callback ran and read the deleted
+# key: a KeyError in place of the page (issue 27). Or it wrote that stale value back.
+
+NOTHING = object()  # no value: the widget's key is gone, or it was not moved
+WIDGETS_SHOWN = "widgets_shown"  # {key: the value the widget showed when last drawn}
+
+
+def show_value(key: str, value: object) -> str:
+    """`key`, for a widget about to be drawn, set to show `value` when it is missing (a page switch forgot it) or
+    shows another (another control, a preset or a link changed the value)."""
+    if st.session_state.get(key, NOTHING) != value:
+        st.session_state[key] = value
+    return key
+
+
+def drawn(key: str, value: object) -> object:
+    """Note what the widget keyed `key` shows now that it is drawn, for moved(); returns it."""
+    st.session_state.setdefault(WIDGETS_SHOWN, {})[key] = value
+    return value
+
+
+def moved(key: str) -> object:
+    """In a widget's callback: the value a person moved it to, or NOTHING when its key is gone or it holds what it
+    showed when last drawn (the browser sent it again, ahead of a redraw that would have shown another)."""
+    value = st.session_state.get(key, NOTHING)
+    return NOTHING if value is NOTHING or value == st.session_state.get(WIDGETS_SHOWN, {}).get(key, NOTHING) else value
+
+
 # ---- the design and its recipe in session state: Design edits the design, Train trains it with the recipe ----
 
 DRAFT = "design_draft"           # what the Design page's controls show, as a spec dict; may be invalid
@@ -170,7 +204,7 @@ DESIGN = "design"                # the last valid design, ArchSpec.to_dict()
 PRESET = "design_preset"         # the preset the design started from, or None (RunConfig.preset)
 RECIPE = "design_recipe"         # training settings that came with the design: {"name", "train"}, or None (the
                                  # preset's recipe then): a search trial's, opened in Design
-DESIGN_CONTROL = "design:"       # key prefix of the Design page's controls, re-read from the draft when forgotten
+DESIGN_CONTROL = "design:"       # key prefix of the Design page's controls, each showing the draft (show_value)
 DEFAULT_PRESET = "resnet26-seed"  # the best seed's network, within budget
 SETTING = "train:"               # key prefix of the Train page's settings: "train:" + TrainConfig field
 SETTINGS_FROM = "train_settings_from"  # the recipe the settings were loaded from (None: the defaults)
@@ -188,7 +222,6 @@ def load_design(spec: ArchSpec, preset: str | None, recipe_with: tuple[str, Trai
     st.session_state[DESIGN] = spec.to_dict()
     st.session_state[PRESET] = preset
     st.session_state[RECIPE] = {"name": recipe_with[0], "train": recipe_with[1].to_dict()} if recipe_with else None
-    forget_controls(DESIGN_CONTROL)
 
 
 def load_settings(train: TrainConfig, source: str | None) -> None:
@@ -196,11 +229,6 @@ def load_settings(train: TrainConfig, source: str | None) -> None:
     for name, value in train.to_dict().items():
         st.session_state[SETTING + name] = value
     st.session_state[SETTINGS_FROM] = source
-
-
-def forget_controls(prefix: str) -> None:
-    for key in [k for k in st.session_state if str(k).startswith(prefix)]:
-        del st.session_state[key]
 
 
 def matching_preset(spec: ArchSpec) -> str | None:

@@ -23,9 +23,9 @@ from core.design.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DROPOUT_RANGE, IMAGE
                               SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, ArchSpec, SpecError, conv_out)
 from core.design.link import to_query
 from core.units import macs_text, margin_text, params_text
-from pages._ui import (DESIGN, DESIGN_CONTROL as CONTROL, DRAFT, LINK_ERROR, PRESET, forget_controls, keep_link,
-                       load_design, matching_preset, origin_text, own_recipe, remember, start_design,
-                       through_app_shell)
+from pages._ui import (DESIGN, DESIGN_CONTROL as CONTROL, DRAFT, LINK_ERROR, NOTHING, PRESET, drawn, keep_link,
+                       load_design, matching_preset, moved, origin_text, own_recipe, remember, show_value,
+                       start_design, through_app_shell)
 
 through_app_shell()
 
@@ -59,23 +59,24 @@ def map_sizes(stages: list[dict]) -> list[int]:
     return sizes
 
 
-# ---- callbacks: they run before the page, so they may reset the controls' state ----------------
+# ---- callbacks: they change the draft; the controls show it when next drawn (pages._ui.show_value) ------------
 
 def store(path: tuple, key: str) -> None:
-    draft = st.session_state[DRAFT]
-    reduce(getitem, path[:-1], draft)[path[-1]] = st.session_state[key]
-    other = key.removesuffix(EXACT) if key.endswith(EXACT) else key + EXACT
-    st.session_state.pop(other, None)  # a width's slider and exact box: the other re-reads the draft
+    value = moved(key)
+    if value is NOTHING:
+        return
+    reduce(getitem, path[:-1], st.session_state[DRAFT])[path[-1]] = value
     keep_pool_within_map()
 
 
 def set_stage_count(key: str) -> None:
+    wanted = moved(key)
+    if wanted is NOTHING:
+        return
     stages = st.session_state[DRAFT]["stages"]
-    wanted = st.session_state[key]
     del stages[wanted:]
     while len(stages) < wanted:  # a new stage repeats the last one, halving the map while it can
         stages.append({**stages[-1], "stride": 2 if map_sizes(stages)[-1] > 1 else 1})
-    forget_controls(CONTROL + "stages.")
     keep_pool_within_map()
 
 
@@ -85,13 +86,12 @@ def keep_pool_within_map() -> None:
     last = map_sizes(draft["stages"])[-1]
     if draft["pool_size"] > last:
         draft["pool_size"] = last
-        st.session_state.pop(CONTROL + "pool_size", None)
         st.toast(f"Pool size lowered to {last}: the last feature map is now {last}×{last}.")
 
 
 def choose_preset() -> None:
-    name = st.session_state[CONTROL + "preset"]
-    if name is not None:
+    name = moved(CONTROL + "preset")
+    if name not in (NOTHING, None):
         load_design(preset_spec(name), name)
 
 
@@ -129,10 +129,8 @@ def load_uploaded_design() -> None:
 
 def control(widget, label: str, path: tuple, key_suffix: str = "", **kwargs):
     """`widget` showing the draft's value at `path`; moving it writes the value back."""
-    key = CONTROL + ".".join(map(str, path)) + key_suffix
-    if key not in st.session_state:
-        st.session_state[key] = reduce(getitem, path, st.session_state[DRAFT])
-    return widget(label, key=key, on_change=store, args=(path, key), **kwargs)
+    key = show_value(CONTROL + ".".join(map(str, path)) + key_suffix, reduce(getitem, path, st.session_state[DRAFT]))
+    return drawn(key, widget(label, key=key, on_change=store, args=(path, key), **kwargs))
 
 
 def whole_number(label: str, path: tuple, bounds: tuple[int, int], **kwargs):
@@ -244,9 +242,9 @@ if LINK_ERROR in st.session_state:
 preset = st.session_state[PRESET]
 modified = preset is not None and draft != preset_spec(preset).to_dict()
 picker, about = st.columns([2, 3], vertical_alignment="bottom")
-st.session_state.setdefault(CONTROL + "preset", preset)
-picker.selectbox("Start from a preset", list(PRESETS), key=CONTROL + "preset", format_func=preset_label,
-                 placeholder="Your own design", on_change=choose_preset)
+drawn(CONTROL + "preset", picker.selectbox(
+    "Start from a preset", list(PRESETS), key=show_value(CONTROL + "preset", preset), format_func=preset_label,
+    placeholder="Your own design", on_change=choose_preset))
 if preset is not None:
     about.markdown(f"{PRESETS[preset]['description']}  \n:gray[Source: {PRESETS[preset]['source']}]")
 elif own_recipe() is not None:
@@ -297,9 +295,10 @@ if FIT_REPORT in st.session_state:
 st.subheader("Architecture", divider="gray")
 sizes = map_sizes(draft["stages"])
 count_column, stem_column, stem_kernel_column = st.columns(3)
-st.session_state.setdefault(CONTROL + "stage_count", len(draft["stages"]))
-count_column.segmented_control("Stages", range(STAGES_RANGE[0], STAGES_RANGE[1] + 1), key=CONTROL + "stage_count",
-                               required=True, on_change=set_stage_count, args=(CONTROL + "stage_count",))
+drawn(CONTROL + "stage_count", count_column.segmented_control(
+    "Stages", range(STAGES_RANGE[0], STAGES_RANGE[1] + 1),
+    key=show_value(CONTROL + "stage_count", len(draft["stages"])), required=True, on_change=set_stage_count,
+    args=(CONTROL + "stage_count",)))
 with stem_column:
     width("Stem channels", ("stem", "channels"), help="Width of the first convolution")
 with stem_kernel_column:

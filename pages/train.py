@@ -33,9 +33,10 @@ from core.runs.speeds import (device_label, estimate, kernels_text, known_device
 from core.data.sources import (BUILTIN, CHOICES, CIFAR10_DOWNLOAD_BYTES, DEFAULT_DIR, chosen_data, image_counts,
                                resolve_data)
 from core.units import bytes_text, duration_text, macs_text, margin_text, params_text, rate_text
-from pages._ui import (FOLLOWED, LINK_ERROR, SETTING, SETTINGS_FROM, current_design, data_label, design_origin,
-                       design_recipe, keep_link, load_design, load_settings, matching_preset, origin_text, plural,
-                       recipe_named, remember, restored_settings, state_badge, through_app_shell)
+from pages._ui import (FOLLOWED, LINK_ERROR, NOTHING, SETTING, SETTINGS_FROM, current_design, data_label,
+                       design_origin, design_recipe, drawn, keep_link, load_design, load_settings, matching_preset,
+                       moved, origin_text, plural, recipe_named, remember, restored_settings, state_badge,
+                       through_app_shell)
 
 through_app_shell()
 
@@ -261,7 +262,8 @@ def renew(name: str) -> None:
 
 
 def pick_followed(key: str) -> None:
-    st.session_state[FOLLOWED] = st.session_state[SHOWN] = st.session_state[key]
+    if (name := moved(key)) is not NOTHING:  # not a value the browser sent again ahead of a redraw (pages._ui)
+        st.session_state[FOLLOWED] = st.session_state[SHOWN] = name
 
 
 def launch_run() -> None:
@@ -647,8 +649,9 @@ else:
         st.session_state[SHOWN] = st.session_state[FOLLOWED]
     follow_key = widget_key(FOLLOW)
     st.session_state.setdefault(follow_key, st.session_state[FOLLOWED])
-    followed = st.selectbox("Run", list(states), key=follow_key, on_change=pick_followed, args=(follow_key,),
-                            help="Newest first; until you pick one, the newest active run")
+    followed = drawn(follow_key, st.selectbox("Run", list(states), key=follow_key, on_change=pick_followed,
+                                              args=(follow_key,),
+                                              help="Newest first; until you pick one, the newest active run"))
     live = states[followed] in ACTIVE
     st.fragment(show_run, run_every=REFRESH_S if live else None)(Run.named(followed), live)
 if st.session_state.pop(GO_TO_RUN, False):  # just launched: down to the run it started, which the page now follows

@@ -148,6 +148,24 @@ def test_moving_sliders_shows_the_count_core_params_gives(tmp_path):
     assert app.session_state["design"]["stages"][3]["blocks"] == 5
 
 
+def test_a_width_moved_again_before_the_page_redrew_its_exact_box_never_raises():
+    """Issue 27: three quick presses of the right arrow on a Channels slider. The browser sends the next press with
+    the exact box's value from before the last redraw: the slider's callback once deleted the box's key, and the
+    box's callback, run in the same rerun, then raised KeyError in place of the page."""
+    app = open_app()
+    slider, exact = stage_control(app, 2, "channels"), app.get_by_key("design:stages.2.channels:exact")
+    before = exact.value
+    slider.set_value(208).run()
+    assert_clean(app)
+    stage_control(app, 2, "channels").set_value(216)
+    app.get_by_key("design:stages.2.channels:exact").set_value(before)  # what the browser still held
+    app.run()
+    assert_clean(app)
+    width = app.session_state["design"]["stages"][2]["channels"]
+    assert stage_control(app, 2, "channels").value == app.get_by_key("design:stages.2.channels:exact").value == width
+    assert shown_params(app) == count(with_stage(preset_spec(DEFAULT), 2, channels=width)).params
+
+
 def test_over_or_under_budget_shows_in_colour_beside_the_sliders():
     app = open_app()
     gauge = app.get("progress")[0].proto

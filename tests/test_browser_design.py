@@ -1,0 +1,46 @@
+"""The Design page in a real browser, as a quick hand uses it: keys pressed and clicks made faster than the page
+redraws, on every slider, in fresh sessions (issue 27, item 1: a KeyError once replaced the page)."""
+import pytest
+
+from conftest import EXCEPTION, assert_no_exception, open_app_page, wait_until_settled
+
+SESSIONS = 8
+
+
+def quick_hands(page) -> None:
+    """On every slider of the page: focus it and press the right arrow three times, then click its track three
+    times, each without waiting for the page to redraw. A slider the redraw replaced meanwhile is found again."""
+    from playwright.sync_api import Error
+
+    sliders = page.get_by_role("slider")
+    for i in range(sliders.count()):
+        for _ in range(3):
+            if page.locator(EXCEPTION).count():
+                return
+            try:
+                thumb = sliders.nth(i)
+                thumb.scroll_into_view_if_needed(timeout=10_000)
+                track = thumb.locator("xpath=..").bounding_box(timeout=10_000)
+                thumb.focus(timeout=10_000)
+                for _ in range(3):
+                    thumb.press("ArrowRight", delay=0, timeout=10_000)
+                for share in (0.3, 0.5, 0.7):
+                    page.mouse.click(track["x"] + track["width"] * share, track["y"] + track["height"] / 2)
+                break
+            except Error:  # the redraw replaced the slider between two steps: once more, on the new one
+                continue
+
+
+@pytest.mark.parametrize("session", range(SESSIONS))
+def test_quick_keys_and_clicks_on_every_slider_never_show_an_exception(browser, app_url, session):
+    context = browser.new_context(base_url=app_url, viewport={"width": 1440, "height": 1000})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        open_app_page(page, "")
+        assert page.get_by_role("slider").count() >= 10  # stem, 4 stages × (blocks, channels), dropout, pool
+        quick_hands(page)
+        wait_until_settled(page)
+        assert_no_exception(page)
+    finally:
+        context.close()
