@@ -248,19 +248,28 @@ def link_design() -> ArchSpec | None:
 
 def start_design() -> None:
     """A session's first design: the link's (a design in the address bar), else the last one worked on (on
-    disk, with its training settings), else the default preset. ORIGIN says which, for the pages to show."""
+    disk, with its training settings), else the default preset. ORIGIN says which, for the pages to show.
+
+    The last design's own recipe (a search trial's) comes along only with that design, so a new tab never pairs
+    a design with another's settings: the last settings are restored with it when they followed a preset, the
+    defaults or that recipe; a trial's settings are not restored for another design."""
     spec, last, saved = link_design(), read_last(), None
     if spec is not None:
-        load_design(spec, matching_preset(spec))
+        own = last.recipe if last is not None and last.arch == spec else None
+        load_design(spec, matching_preset(spec), own)
         how = "link"
     elif last is not None:
-        load_design(last.arch, last.preset if last.preset in PRESETS else matching_preset(last.arch))
+        own = last.recipe
+        load_design(last.arch, last.preset if last.preset in PRESETS else matching_preset(last.arch), own)
         how, saved = "saved", last.saved
     else:
+        own = None
         load_design(preset_spec(DEFAULT_PRESET), DEFAULT_PRESET)
         how = "default"
     if last is not None and last.train is not None:
-        st.session_state[RESTORED] = (last.train, last.settings_from if last.settings_from in PRESETS else None)
+        source = last.settings_from
+        if source is None or source in PRESETS or (own is not None and source == own[0]):
+            st.session_state[RESTORED] = (last.train, source)
     st.session_state[ORIGIN] = {"how": how, "saved": saved, "design": st.session_state[DESIGN]}
     st.session_state[REMEMBERED] = last.to_dict() if last is not None else None
 
@@ -323,22 +332,28 @@ def keep_link(spec: ArchSpec) -> None:
 
 
 def remember() -> None:
-    """Keep the design, and the training settings once the Train page has them, on disk for the next reload or
-    tab (core.design.last); written only when they change. Settings that are not valid are not kept."""
+    """Keep the design, its own recipe, and the training settings once the Train page has them, on disk for the
+    next reload or tab (core.design.last); written only when they change. Settings that are not valid are not
+    kept. Settings that follow another recipe than the design's (a trial's design just opened in Design) are
+    kept as the Train page will show them: the design's recipe."""
     previous = st.session_state.get(REMEMBERED) or {}
     train, source = previous.get("train"), previous.get("settings_from")
     if all(SETTING + name in st.session_state for name in LABELS):
         with contextlib.suppress(SpecError):
             train = TrainConfig.from_dict({name: st.session_state[SETTING + name] for name in LABELS}).to_dict()
             source = st.session_state.get(SETTINGS_FROM)
+    follows = design_recipe()
+    if follows is not None and follows != source:
+        train, source = recipe_named(follows).to_dict(), follows
     if design_origin() == "default" and train in (None, recipe(DEFAULT_PRESET).to_dict()):
         return  # nothing chosen yet: a new tab should still say it shows the default
     record = {"arch": st.session_state[DESIGN], "preset": st.session_state.get(PRESET), "train": train,
-              "settings_from": source}
+              "settings_from": source, "recipe": st.session_state.get(RECIPE)}
     if record != previous:
+        own = own_recipe()
         with contextlib.suppress(OSError):  # a read-only cache: the app works on, it just can't remember
             save_last(LastDesign(ArchSpec.from_dict(record["arch"]), record["preset"],
-                                 TrainConfig.from_dict(train) if train else None, source))
+                                 TrainConfig.from_dict(train) if train else None, source, recipe=own))
         st.session_state[REMEMBERED] = record
 
 
