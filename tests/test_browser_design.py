@@ -1,5 +1,6 @@
 """The Design page in a real browser, as a quick hand uses it: keys pressed and clicks made faster than the page
-redraws, on every slider, in fresh sessions (issue 27, item 1: a KeyError once replaced the page)."""
+redraws, on every slider, in fresh sessions (issue 27, item 1: a KeyError once replaced the page); and every page
+offline (item 16)."""
 import pytest
 
 from conftest import EXCEPTION, assert_no_exception, open_app_page, wait_until_settled
@@ -44,3 +45,18 @@ def test_quick_keys_and_clicks_on_every_slider_never_show_an_exception(browser, 
         assert_no_exception(page)
     finally:
         context.close()
+
+
+def test_no_page_asks_anything_of_another_host(page):
+    """Issue 27, item 16: the app works offline. Every page's favicon, a :material/...: icon, was fetched from
+    fonts.gstatic.com (ERR_NAME_NOT_RESOLVED offline, the tab showing "Λ")."""
+    from urllib.parse import urlparse
+
+    elsewhere = []
+    page.on("request", lambda request: elsewhere.append(request.url)
+            if urlparse(request.url).hostname not in ("127.0.0.1", "localhost") and
+            not request.url.startswith("data:") else None)
+    for path in ("", "train", "runs", "search", "evaluate", "classify"):
+        open_app_page(page, path)
+        page.wait_for_timeout(500)  # the favicon is set once the page has drawn
+    assert elsewhere == []
