@@ -11,7 +11,7 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from core.design.config import TrainConfig
 from core.design.last import LastDesign, read_last, save_last
-from core.design.link import KEYS as LINK_KEYS, from_query, to_query
+from core.design.link import KEYS as LINK_KEYS, PRESET as LINK_PRESET, from_query, to_query
 from core.design.presets import PRESETS, preset_spec
 from core.design.settings import LABELS, recipe
 from core.design.spec import ArchSpec, SpecError
@@ -246,6 +246,12 @@ def link_design() -> ArchSpec | None:
         return None
 
 
+def linked_preset() -> str | None:
+    """The preset the link's design started from, when the link names one this app knows."""
+    name = st.query_params.get(LINK_PRESET)
+    return name if name in PRESETS else None
+
+
 def start_design() -> None:
     """A session's first design: the link's (a design in the address bar), else the last one worked on (on
     disk, with its training settings), else the default preset. ORIGIN says which, for the pages to show.
@@ -256,7 +262,7 @@ def start_design() -> None:
     spec, last, saved = link_design(), read_last(), None
     if spec is not None:
         own = last.recipe if last is not None and last.arch == spec else None
-        load_design(spec, matching_preset(spec), own)
+        load_design(spec, linked_preset() or matching_preset(spec), own)
         how = "link"
     elif last is not None:
         own = last.recipe
@@ -324,9 +330,10 @@ def restored_settings() -> tuple[TrainConfig, str | None] | None:
     return st.session_state.pop(RESTORED, None)
 
 
-def keep_link(spec: ArchSpec) -> None:
-    """The address bar links to `spec`, so that a reload, a bookmark or a shared link opens it again."""
-    link = to_query(spec)
+def keep_link(spec: ArchSpec, preset: str | None) -> None:
+    """The address bar links to `spec` and the preset it started from, so that a reload, a bookmark or a shared
+    link opens it again."""
+    link = to_query(spec, preset)
     if {key: st.query_params.get_all(key) for key in st.query_params} != link:
         st.query_params.from_dict(link)
 

@@ -34,6 +34,7 @@ UPLOAD_ERROR = "design_upload_error"
 FIT_REPORT = "design_fit_report"  # (st element name, markdown), shown once under the Fit button
 EXACT = ":exact"                  # key suffix of a width's exact box, beside its slider
 WIDTH_STEP = 8
+OVER_COLOUR = "#dc2626"          # red: over budget
 SLIDER_WIDTHS = 512               # one 3×3 block of 512 channels is 4.7M parameters; of 1,024, 18.9M
 
 
@@ -97,7 +98,7 @@ def choose_preset() -> None:
 
 def fit_design() -> None:
     try:
-        fit = fit_to_budget(ArchSpec.from_dict(st.session_state[DESIGN]))
+        fit = fit_to_budget(ArchSpec.from_dict(st.session_state[DESIGN]), multiple_of=WIDTH_STEP)  # slider steps
     except SpecError as e:
         st.session_state[FIT_REPORT] = ("error", str(e))
         return
@@ -105,10 +106,11 @@ def fit_design() -> None:
     if fit.changes:
         changes = "\n".join(f"- `{change}`" for change in fit.changes)
         st.session_state[FIT_REPORT] = (
-            "success", f"Every width scaled by {fit.factor:.3f}: {fit.params_before:,} → "
-                       f"{fit.params_after:,} parameters.\n\n{changes}")
+            "success", f"Every width scaled by {fit.factor:.3f}, to a multiple of {WIDTH_STEP} (the sliders' step): "
+                       f"{fit.params_before:,} → {fit.params_after:,} parameters.\n\n{changes}")
     else:
-        st.session_state[FIT_REPORT] = ("info", "No width can change by a whole channel and stay within budget.")
+        st.session_state[FIT_REPORT] = ("info", f"No width can change by a step of {WIDTH_STEP} channels and "
+                                                f"stay within budget.")
 
 
 def load_uploaded_design() -> None:
@@ -190,6 +192,7 @@ def breakdown(spec: ArchSpec, cost: Cost) -> pd.DataFrame:
 
 
 ROW_HEIGHT = 35  # pixels per table row; the chart's bars line up with it
+CHART_WIDTH = 420  # pixels: beside the table on a wide page, below it on a narrow one
 BREAKDOWN_COLUMNS = {
     "Blocks": st.column_config.NumberColumn(format="%d"),
     "Channels": st.column_config.NumberColumn(format="%d", help="Output channels"),
@@ -226,15 +229,15 @@ except SpecError as e:
     draft_error = str(e)
     spec = ArchSpec.from_dict(st.session_state[DESIGN])
 cost = count(spec)
-link = to_query(spec)
-keep_link(spec)
+link = to_query(spec, st.session_state[PRESET])
+keep_link(spec, st.session_state[PRESET])
 remember()
 
 st.title("Design")
 st.write(f"Shape a residual network for {square(IMAGE_SIZE)} CIFAR-10 images within {BUDGET:,} trainable "
          f"parameters. Every number is counted from the design as you change it.")
-if origin := origin_text():
-    st.caption(f"Showing {origin}.")
+# always a line here: vanishing at the first change, it moved every control up
+st.caption(f"Showing {origin_text() or 'the design as you changed it here; the address bar links to it'}.")
 if LINK_ERROR in st.session_state:
     st.error(f"The design in this link can't be used: {st.session_state.pop(LINK_ERROR)}  \n"
              f"Showing {origin_text() or 'another design'} instead.")
@@ -249,9 +252,10 @@ if preset is not None:
     about.markdown(f"{PRESETS[preset]['description']}  \n:gray[Source: {PRESETS[preset]['source']}]")
 elif own_recipe() is not None:
     about.markdown(f"From **{own_recipe()[0]}**  \n:gray[Train starts from its training settings]")
-if modified:
-    about.button(f"Modified: revert to {preset}", type="tertiary", icon=":material/undo:",
-                 on_click=load_design, args=(preset_spec(preset), preset))
+if preset is not None:  # always there (greyed while unchanged): appearing, it moved every control down
+    about.button(f"Modified: revert to {preset}" if modified else f"Unchanged from {preset}", type="tertiary",
+                 icon=":material/undo:", disabled=not modified, on_click=load_design,
+                 args=(preset_spec(preset), preset))
 
 # -- budget --
 over = cost.params - BUDGET
@@ -268,9 +272,14 @@ macs.metric("MACs per image", macs_text(cost.macs), border=True, height="stretch
 largest = cost.largest_stage()
 costliest.metric("Costliest stage", f"Stage {largest.index}", f"{largest.params / cost.params:.0%} of parameters",
                  delta_color="off", delta_arrow="off", border=True, height="stretch")
+# always a line here, so that the controls below stay where they are when the design goes over budget
+share = f"Stage {largest.index} costs the most: {largest.params:,} parameters"
 if over > 0:
-    st.error(f"Over budget by {over:,} parameters. Stage {largest.index} costs the most: {largest.params:,} "
-             f"parameters. Narrow it, give it fewer blocks, or let Fit to budget scale every width.")
+    st.error(f"Over budget by {over:,} parameters. {share}. Narrow it, give it fewer blocks, or let Fit to "
+             f"budget scale every width.")
+else:
+    st.success(f"Within budget, {-over:,} parameters to spare. {share}, {largest.params / cost.params:.0%} of "
+               f"the design: widen or deepen it within budget.")
 
 if draft_error:
     train_blocked = "Can't train: the design can't be built; see the error above."
@@ -278,15 +287,16 @@ elif over > 0:
     train_blocked = f"Can't train: the design is {over:,} parameters over budget."
 else:
     train_blocked = None
-train, fit, reason = st.columns([1, 1, 4], vertical_alignment="center")
-if train.button("Train this design", type="primary", icon=":material/play_arrow:", disabled=bool(train_blocked),
-                help=train_blocked, width="stretch"):
+# buttons as wide as their labels, side by side (at 800 px, columns cut them), the reason beside them
+buttons = st.container(horizontal=True, vertical_alignment="center")
+if buttons.button("Train this design", type="primary", icon=":material/play_arrow:", disabled=bool(train_blocked),
+                help=train_blocked, width="content"):
     st.switch_page("pages/train.py")
-fit.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design, disabled=bool(draft_error),
-           width="stretch",
-           help=f"Scale every width by one factor, the largest that keeps the design within {BUDGET:,} parameters")
+buttons.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design, disabled=bool(draft_error),
+               width="content", help=f"Scale every width by one factor, the largest that keeps the design within "
+                                     f"{BUDGET:,} parameters")
 if train_blocked:
-    reason.caption(train_blocked)
+    buttons.caption(train_blocked)
 if FIT_REPORT in st.session_state:
     kind, report = st.session_state.pop(FIT_REPORT)
     getattr(st, kind)(report)
@@ -304,14 +314,19 @@ with stem_column:
 with stem_kernel_column:
     one_of("Stem kernel", ("stem", "kernel_size"), KERNEL_SIZES, help="Side of its square kernel: 3 means 3×3")
 
+# the bar in red over budget (st.progress takes the theme's blue, which said nothing)
+st.html(f"<style>.st-key-design_gauge_over [data-testid='stProgressBarTrack'] > div "
+        f"{{background-color: {OVER_COLOUR}}}</style>")
 # the budget again where the hands are: colour and what is left, changing with every move of a slider
-gauge, fit_here = st.columns([5, 1], vertical_alignment="center")
-gauge.progress(min(cost.params / BUDGET, 1.0),
-               text=f":{'red' if over > 0 else 'green'}[**{params_text(cost.params)} parameters** · "
-                    f"{margin_text(over)} · {cost.params / BUDGET:.1%} of {params_text(BUDGET)}]")
-if over > 0:
-    fit_here.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design, disabled=bool(draft_error),
-                    key="design_fit_near_controls", width="stretch")
+# the button is always there (greyed within budget): appearing, it made the row taller and moved the controls
+gauge = st.container(horizontal=True, vertical_alignment="center")
+gauge.container(key="design_gauge_over" if over > 0 else "design_gauge").progress(
+    min(cost.params / BUDGET, 1.0), text=f":{'red' if over > 0 else 'green'}[**{params_text(cost.params)} "
+                                         f"parameters** · {margin_text(over)} · {cost.params / BUDGET:.1%} of "
+                                         f"{params_text(BUDGET)}]")
+gauge.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design,
+             disabled=bool(draft_error) or over <= 0, key="design_fit_near_controls", width="content",
+             help="Within budget already" if over <= 0 else None)
 
 in_channels = draft["stem"]["channels"]
 stages = len(draft["stages"])
@@ -348,9 +363,12 @@ with pool:
 # -- breakdown --
 st.subheader("Where the parameters go", divider="gray")
 table = breakdown(spec, cost)
-listing, chart = st.columns([3, 2])
-listing.dataframe(table, hide_index=True, column_config=BREAKDOWN_COLUMNS, placeholder="", row_height=ROW_HEIGHT)
-chart.altair_chart(parameter_chart(table), height=ROW_HEIGHT * (len(table) + 1))
+# the table as wide as its columns and the chart beside it, below it where the page is too narrow for both (in
+# columns, at 800 px, the table scrolled sideways)
+with st.container(horizontal=True, wrap=True, gap="medium"):
+    st.dataframe(table, hide_index=True, column_config=BREAKDOWN_COLUMNS, placeholder="", row_height=ROW_HEIGHT,
+                 width="content")
+    st.altair_chart(parameter_chart(table), height=ROW_HEIGHT * (len(table) + 1), width=CHART_WIDTH)
 pooled = cost.stages[-1].out_size // spec.pool_size
 st.caption(f"Head: {square(spec.pool_size)} average pool on the {square(cost.stages[-1].out_size)} map, "
            f"then {cost.head_features:,} features ({spec.stages[-1].channels} channels × {square(pooled)}) "

@@ -460,7 +460,7 @@ def show_queue() -> None:
 spec, preset = current_design()
 cost = count(spec)
 follows = design_recipe()  # the preset's recipe, or the one that came with the design (a search trial's)
-keep_link(spec)  # a reload of this page opens the same design
+keep_link(spec, preset)  # a reload of this page opens the same design
 if any(SETTING + name not in st.session_state for name in LABELS):
     restored = restored_settings()  # the last ones used, unless they were another recipe's
     load_settings(*(restored if restored and (follows is None or restored[1] == follows)

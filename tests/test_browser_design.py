@@ -60,3 +60,48 @@ def test_no_page_asks_anything_of_another_host(page):
         open_app_page(page, path)
         page.wait_for_timeout(500)  # the favicon is set once the page has drawn
     assert elsewhere == []
+
+
+def cut(locator) -> list[str]:
+    """The elements in `locator` whose content is wider than they are (cut with an ellipsis, or scrolling)."""
+    return locator.evaluate("e => [e, ...e.querySelectorAll('*')].filter(x => x.scrollWidth > x.clientWidth + 1)"
+                            ".map(x => `${x.className} ${x.scrollWidth}/${x.clientWidth}`)")
+
+
+def test_design_at_800_px_cuts_no_button_scrolls_no_table_and_turns_the_bar_red_over_budget(browser, app_url):
+    """Issue 27, item 14: at 800 px Train this design and Fit to budget were cut and the breakdown table scrolled
+    sideways; the budget bar stayed blue over budget; and the controls moved down when the design went over
+    budget (a click meant for a width landed on Kernel 5)."""
+    from playwright.sync_api import expect
+
+    from conftest import screenshot
+
+    context = browser.new_context(base_url=app_url, viewport={"width": 800, "height": 1000})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        open_app_page(page, "")  # resnet26-seed: within budget
+        kernel = page.locator(".st-key-design-stages-0-kernel_size")
+        title = page.locator("h1").first
+
+        def below_title() -> float:  # the page scrolls: where the control is on the page, not in the window
+            return kernel.bounding_box()["y"] - title.bounding_box()["y"]
+
+        top_within = below_title()
+        fill = page.locator("[data-testid='stProgressBarTrack'] > div").first
+        within_colour = fill.evaluate("e => getComputedStyle(e).backgroundColor")
+        channels = page.locator(".st-key-design-stages-3-channels-exact input")
+        channels.fill("512")
+        channels.press("Enter")
+        expect(page.get_by_text("Over budget by")).to_be_visible(timeout=60_000)
+        wait_until_settled(page)
+        assert_no_exception(page)
+        assert below_title() == top_within  # nothing above the controls grew
+        assert fill.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(220, 38, 38)" != within_colour
+        for label in ("Train this design", "Fit to budget"):
+            for button in page.get_by_role("button", name=label).all():
+                assert cut(button) == [], label
+        assert cut(page.get_by_test_id("stDataFrame").first) == []
+        screenshot(page, "design-800px")
+    finally:
+        context.close()
