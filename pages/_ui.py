@@ -18,6 +18,7 @@ from core.design.spec import ArchSpec, SpecError
 from core.errors import StudioError
 from core.runs.record import read_record, summary_lines
 from core.runs.run import ACTIVE, Run, list_runs
+from core.units import significant
 
 # core.nn.checkpoint and core.deploy.predict load torch, which takes seconds: they are imported where a page
 # uses a network, so the Design page, which never does, opens without that wait.
@@ -221,7 +222,15 @@ def load_design(spec: ArchSpec, preset: str | None, recipe_with: tuple[str, Trai
     st.session_state[DRAFT] = spec.to_dict()
     st.session_state[DESIGN] = spec.to_dict()
     st.session_state[PRESET] = preset
-    st.session_state[RECIPE] = {"name": recipe_with[0], "train": recipe_with[1].to_dict()} if recipe_with else None
+    st.session_state[RECIPE] = ({"name": recipe_with[0], "train": rounded(recipe_with[1]).to_dict()} if recipe_with
+                                else None)
+
+
+def rounded(train: TrainConfig) -> TrainConfig:
+    """Settings a search drew, to 3 significant figures: what the Train page shows is what a run trains, and
+    nobody reads lr 0.12524567764709546 (a difference far below what training notices)."""
+    return TrainConfig.from_dict({name: significant(value) if isinstance(value, float) else value
+                                  for name, value in train.to_dict().items()})
 
 
 def load_settings(train: TrainConfig, source: str | None) -> None:
@@ -384,3 +393,8 @@ def plural(n: int, thing: str) -> str:
 def data_label(data: str | None) -> str:
     """A run's data in a few words: the built-in slice, or the name of the folder or archive."""
     return "built-in slice" if data in (None, "builtin") else Path(data).name
+
+
+def data_words(data: str | None) -> str:
+    """data_label in a sentence: "on {data_words(data)}" reads "on the built-in slice", "on cifar10-jpg.tar.gz"."""
+    return "the built-in slice" if data in (None, "builtin") else data_label(data)
