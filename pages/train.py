@@ -444,7 +444,21 @@ def show_run(run: Run, live: bool) -> None:
                           help="Finish the current step, save a checkpoint, and stop; Resume continues"):
             stop(run)
             st.toast(f"Stopping {run.name}: it saves a checkpoint first.", icon=":material/stop_circle:")
-    elif (cannot := resume_problem(run)) is None:
+    elif (cannot := resume_problem(run)) is None and at.time_limit:
+        # its length is its time, not its epochs: "Epochs in all: 30" offered what a resume would never train
+        if state == "finished":
+            st.caption(f"It trained its whole time budget, {duration_text(at.time_limit)}. To train it longer: "
+                       f"Open in Design, then Launch with a longer time budget.")
+        elif actions.button("Resume", type="primary", icon=":material/play_arrow:",
+                            help=f"Continue from the last checkpoint on {devices_text()}, to the end of its "
+                                 f"{duration_text(at.time_limit)} budget"):
+            try:
+                launch(run, **devices_chosen())
+            except StudioError as e:
+                st.error(str(e), icon=":material/error:")
+            else:
+                st.rerun()
+    elif cannot is None:
         done = int(per_epoch["epoch"].max()) if len(per_epoch) else 0
         more = actions.number_input("Epochs in all", min_value=max(1, done), value=max(epochs, done, 1), step=1,
                                     key=f"train_resume_epochs:{run.name}", width=160,

@@ -566,6 +566,19 @@ def test_a_time_budget_run_never_reads_as_done_early_and_its_charts_span_what_it
     assert any(m.label == "Time so far" for m in app.metric)
 
 
+def test_a_finished_time_budget_run_offers_no_epochs_it_would_never_train(trained_copy):
+    """Issue 27, item 10: a 2-minute run offered "Epochs in all: 30" and Train longer, which its budget, spent,
+    would end at once."""
+    cfg = json.loads(trained_copy.config_path.read_text())
+    cfg["train"] |= {"time_limit": 120.0, "epochs": 30}
+    trained_copy.config_path.write_text(json.dumps(cfg))
+    app = open_page("train", TINY)
+    assert_clean(app)
+    assert not any(n.label == "Epochs in all" for n in app.number_input)
+    assert not any(b.label == "Train longer" for b in app.button)
+    assert any(c.value.startswith("It trained its whole time budget, 2 min.") for c in app.caption)
+
+
 def test_a_time_limited_runs_progress_is_its_time_not_its_epochs(trained_copy):
     cfg = json.loads(trained_copy.config_path.read_text())
     cfg["train"] |= {"time_limit": 60.0, "epochs": 30}
