@@ -33,6 +33,7 @@ UPLOAD = "design_upload"
 UPLOAD_ERROR = "design_upload_error"
 FIT_REPORT = "design_fit_report"  # (st element name, markdown), shown once under the Fit button
 EXACT = ":exact"                  # key suffix of a width's exact box, beside its slider
+EXACT_BOX_WIDTH = 76              # pixels: a width of 4 digits, whole
 WIDTH_STEP = 8
 OVER_COLOUR = "#dc2626"          # red: over budget
 SLIDER_WIDTHS = 512               # one 3×3 block of 512 channels is 4.7M parameters; of 1,024, 18.9M
@@ -148,12 +149,12 @@ def width_options(current: int) -> list[int]:
 def width(label: str, path: tuple, **kwargs) -> None:
     """A width as a slider over width_options, with a small box beside it for an exact number."""
     current = reduce(getitem, path, st.session_state[DRAFT])
-    slider, exact = st.columns([4, 1], vertical_alignment="bottom", gap="small")
-    with slider:
-        control(st.select_slider, label, path, options=width_options(current), **kwargs)
-    with exact:
+    # the box as wide as 4 digits, the slider the rest: in columns, a card at 800 px left the box too narrow to
+    # show its number
+    with st.container(horizontal=True, vertical_alignment="bottom", gap="small"):
+        control(st.select_slider, label, path, options=width_options(current), width="stretch", **kwargs)
         control(st.number_input, f"Exact {label.lower()}", path, key_suffix=EXACT, min_value=CHANNELS_RANGE[0],
-                max_value=CHANNELS_RANGE[1], step=1, label_visibility="collapsed",
+                max_value=CHANNELS_RANGE[1], step=1, label_visibility="collapsed", width=EXACT_BOX_WIDTH,
                 help=f"Any width from {CHANNELS_RANGE[0]} to {CHANNELS_RANGE[1]}")
 
 
