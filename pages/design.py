@@ -263,7 +263,7 @@ over = cost.params - BUDGET
 st.subheader("Budget", divider="gray")
 if draft_error:
     st.error(f"This design can't be built. {draft_error}  \nThe numbers below are for the last valid design.")
-params, used, macs, costliest = st.columns(4)
+params, used, macs, costliest = st.columns([5, 4, 4, 4])  # room for 11,173,962 at 800 px
 params.metric("Parameters", params_text(cost.params), margin_text(over),
               delta_color="inverse" if over > 0 else "normal", delta_arrow="off", border=True, height="stretch",
               help=f"Trainable parameters; the budget is {BUDGET:,}")

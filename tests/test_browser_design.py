@@ -102,6 +102,8 @@ def test_design_at_800_px_cuts_no_button_scrolls_no_table_and_turns_the_bar_red_
             for button in page.get_by_role("button", name=label).all():
                 assert cut(button) == [], label
         assert cut(page.get_by_test_id("stDataFrame").first) == []
+        for value in page.get_by_test_id("stMetricValue").all():  # 15,494,458 once read "15,494,…"
+            assert cut(value) == [], value.inner_text()
         for exact in page.locator("[class*='channels-exact'] input").all():  # each width's number, whole
             assert exact.evaluate("e => e.scrollWidth <= e.clientWidth"), exact.input_value()
         screenshot(page, "design-800px")
