@@ -1,7 +1,9 @@
 """ResNet Studio: design, train and use residual networks for CIFAR-10 under a 5M-parameter budget."""
 import streamlit as st
 
-st.set_page_config(page_title="ResNet Studio", layout="wide")
+# an emoji favicon is drawn in the browser: a :material/...: one is fetched from fonts.gstatic.com, which an offline
+# machine cannot reach (every page logged ERR_NAME_NOT_RESOLVED, and the tab showed "Λ")
+st.set_page_config(page_title="ResNet Studio", page_icon="🧠", layout="wide")
 
 st.navigation([
     st.Page("pages/design.py", title="Design", icon=":material/architecture:", default=True),

@@ -42,6 +42,19 @@ def duration_text(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def duration_of_text(done: float, whole: float) -> str:
+    """How much of a duration is done, never reading as all of it before it is: 86 s of 2 min, 1.6 min of 2 min."""
+    done_text, whole_text = duration_text(done), duration_text(whole)
+    if done < whole and done_text == whole_text:
+        done_text = f"{done / 60:.1f} min" if done >= 90 else f"{done:.1f} s"
+    return f"{done_text} of {whole_text}"
+
+
+def significant(x: float, digits: int = 3) -> float:
+    """`x` to `digits` significant figures, for a value a search drew (lr 0.12524567764709546 -> 0.125)."""
+    return float(f"{x:.{digits}g}") if x else x
+
+
 def margin_text(over: int) -> str:
     """How far a design is from its parameter budget, given its parameters over it (negative: under)."""
     return f"{params_text(over)} over budget" if over > 0 else f"{params_text(-over)} to spare"

@@ -11,13 +11,14 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from core.design.config import TrainConfig
 from core.design.last import LastDesign, read_last, save_last
-from core.design.link import KEYS as LINK_KEYS, from_query, to_query
+from core.design.link import KEYS as LINK_KEYS, PRESET as LINK_PRESET, from_query, to_query
 from core.design.presets import PRESETS, preset_spec
 from core.design.settings import LABELS, recipe
 from core.design.spec import ArchSpec, SpecError
 from core.errors import StudioError
 from core.runs.record import read_record, summary_lines
 from core.runs.run import ACTIVE, Run, list_runs
+from core.units import significant
 
 # core.nn.checkpoint and core.deploy.predict load torch, which takes seconds: they are imported where a page
 # uses a network, so the Design page, which never does, opens without that wait.
@@ -163,6 +164,40 @@ def no_runs_yet(purpose: str) -> None:
         st.switch_page("pages/train.py")
 
 
+# ---- widgets that show a value kept elsewhere (the Design page's draft) ----------------------------------
+#
+# A page never deletes a drawn widget's key, and a callback never sets one: it changes the value the widget shows,
+# and the widget is set to show it just before it is drawn (show_value). The browser sends every widget's value with
+# each interaction, and a quick hand (three arrow presses) sends the next one before the rerun the last one caused
+# has drawn every widget again: Streamlit then stops that rerun, and a widget not yet drawn anew still had its key
+# deleted. Its value from the browser, unchanged, then counted as changed, its callback ran and read the deleted
+# key: a KeyError in place of the page (issue 27). Or it wrote that stale value back.
+
+NOTHING = object()  # no value: the widget's key is gone, or it was not moved
+WIDGETS_SHOWN = "widgets_shown"  # {key: the value the widget showed when last drawn}
+
+
+def show_value(key: str, value: object) -> str:
+    """`key`, for a widget about to be drawn, set to show `value` when it is missing (a page switch forgot it) or
+    shows another (another control, a preset or a link changed the value)."""
+    if st.session_state.get(key, NOTHING) != value:
+        st.session_state[key] = value
+    return key
+
+
+def drawn(key: str, value: object) -> object:
+    """Note what the widget keyed `key` shows now that it is drawn, for moved(); returns it."""
+    st.session_state.setdefault(WIDGETS_SHOWN, {})[key] = value
+    return value
+
+
+def moved(key: str) -> object:
+    """In a widget's callback: the value a person moved it to, or NOTHING when its key is gone or it holds what it
+    showed when last drawn (the browser sent it again, ahead of a redraw that would have shown another)."""
+    value = st.session_state.get(key, NOTHING)
+    return NOTHING if value is NOTHING or value == st.session_state.get(WIDGETS_SHOWN, {}).get(key, NOTHING) else value
+
+
 # ---- the design and its recipe in session state: Design edits the design, Train trains it with the recipe ----
 
 DRAFT = "design_draft"           # what the Design page's controls show, as a spec dict; may be invalid
@@ -170,7 +205,7 @@ DESIGN = "design"                # the last valid design, ArchSpec.to_dict()
 PRESET = "design_preset"         # the preset the design started from, or None (RunConfig.preset)
 RECIPE = "design_recipe"         # training settings that came with the design: {"name", "train"}, or None (the
                                  # preset's recipe then): a search trial's, opened in Design
-DESIGN_CONTROL = "design:"       # key prefix of the Design page's controls, re-read from the draft when forgotten
+DESIGN_CONTROL = "design:"       # key prefix of the Design page's controls, each showing the draft (show_value)
 DEFAULT_PRESET = "resnet26-seed"  # the best seed's network, within budget
 SETTING = "train:"               # key prefix of the Train page's settings: "train:" + TrainConfig field
 SETTINGS_FROM = "train_settings_from"  # the recipe the settings were loaded from (None: the defaults)
@@ -187,8 +222,15 @@ def load_design(spec: ArchSpec, preset: str | None, recipe_with: tuple[str, Trai
     st.session_state[DRAFT] = spec.to_dict()
     st.session_state[DESIGN] = spec.to_dict()
     st.session_state[PRESET] = preset
-    st.session_state[RECIPE] = {"name": recipe_with[0], "train": recipe_with[1].to_dict()} if recipe_with else None
-    forget_controls(DESIGN_CONTROL)
+    st.session_state[RECIPE] = ({"name": recipe_with[0], "train": rounded(recipe_with[1]).to_dict()} if recipe_with
+                                else None)
+
+
+def rounded(train: TrainConfig) -> TrainConfig:
+    """Settings a search drew, to 3 significant figures: what the Train page shows is what a run trains, and
+    nobody reads lr 0.12524567764709546 (a difference far below what training notices)."""
+    return TrainConfig.from_dict({name: significant(value) if isinstance(value, float) else value
+                                  for name, value in train.to_dict().items()})
 
 
 def load_settings(train: TrainConfig, source: str | None) -> None:
@@ -196,11 +238,6 @@ def load_settings(train: TrainConfig, source: str | None) -> None:
     for name, value in train.to_dict().items():
         st.session_state[SETTING + name] = value
     st.session_state[SETTINGS_FROM] = source
-
-
-def forget_controls(prefix: str) -> None:
-    for key in [k for k in st.session_state if str(k).startswith(prefix)]:
-        del st.session_state[key]
 
 
 def matching_preset(spec: ArchSpec) -> str | None:
@@ -218,21 +255,36 @@ def link_design() -> ArchSpec | None:
         return None
 
 
+def linked_preset() -> str | None:
+    """The preset the link's design started from, when the link names one this app knows."""
+    name = st.query_params.get(LINK_PRESET)
+    return name if name in PRESETS else None
+
+
 def start_design() -> None:
     """A session's first design: the link's (a design in the address bar), else the last one worked on (on
-    disk, with its training settings), else the default preset. ORIGIN says which, for the pages to show."""
+    disk, with its training settings), else the default preset. ORIGIN says which, for the pages to show.
+
+    The last design's own recipe (a search trial's) comes along only with that design, so a new tab never pairs
+    a design with another's settings: the last settings are restored with it when they followed a preset, the
+    defaults or that recipe; a trial's settings are not restored for another design."""
     spec, last, saved = link_design(), read_last(), None
     if spec is not None:
-        load_design(spec, matching_preset(spec))
+        own = last.recipe if last is not None and last.arch == spec else None
+        load_design(spec, linked_preset() or matching_preset(spec), own)
         how = "link"
     elif last is not None:
-        load_design(last.arch, last.preset if last.preset in PRESETS else matching_preset(last.arch))
+        own = last.recipe
+        load_design(last.arch, last.preset if last.preset in PRESETS else matching_preset(last.arch), own)
         how, saved = "saved", last.saved
     else:
+        own = None
         load_design(preset_spec(DEFAULT_PRESET), DEFAULT_PRESET)
         how = "default"
     if last is not None and last.train is not None:
-        st.session_state[RESTORED] = (last.train, last.settings_from if last.settings_from in PRESETS else None)
+        source = last.settings_from
+        if source is None or source in PRESETS or (own is not None and source == own[0]):
+            st.session_state[RESTORED] = (last.train, source)
     st.session_state[ORIGIN] = {"how": how, "saved": saved, "design": st.session_state[DESIGN]}
     st.session_state[REMEMBERED] = last.to_dict() if last is not None else None
 
@@ -287,30 +339,37 @@ def restored_settings() -> tuple[TrainConfig, str | None] | None:
     return st.session_state.pop(RESTORED, None)
 
 
-def keep_link(spec: ArchSpec) -> None:
-    """The address bar links to `spec`, so that a reload, a bookmark or a shared link opens it again."""
-    link = to_query(spec)
+def keep_link(spec: ArchSpec, preset: str | None) -> None:
+    """The address bar links to `spec` and the preset it started from, so that a reload, a bookmark or a shared
+    link opens it again."""
+    link = to_query(spec, preset)
     if {key: st.query_params.get_all(key) for key in st.query_params} != link:
         st.query_params.from_dict(link)
 
 
 def remember() -> None:
-    """Keep the design, and the training settings once the Train page has them, on disk for the next reload or
-    tab (core.design.last); written only when they change. Settings that are not valid are not kept."""
+    """Keep the design, its own recipe, and the training settings once the Train page has them, on disk for the
+    next reload or tab (core.design.last); written only when they change. Settings that are not valid are not
+    kept. Settings that follow another recipe than the design's (a trial's design just opened in Design) are
+    kept as the Train page will show them: the design's recipe."""
     previous = st.session_state.get(REMEMBERED) or {}
     train, source = previous.get("train"), previous.get("settings_from")
     if all(SETTING + name in st.session_state for name in LABELS):
         with contextlib.suppress(SpecError):
             train = TrainConfig.from_dict({name: st.session_state[SETTING + name] for name in LABELS}).to_dict()
             source = st.session_state.get(SETTINGS_FROM)
+    follows = design_recipe()
+    if follows is not None and follows != source:
+        train, source = recipe_named(follows).to_dict(), follows
     if design_origin() == "default" and train in (None, recipe(DEFAULT_PRESET).to_dict()):
         return  # nothing chosen yet: a new tab should still say it shows the default
     record = {"arch": st.session_state[DESIGN], "preset": st.session_state.get(PRESET), "train": train,
-              "settings_from": source}
+              "settings_from": source, "recipe": st.session_state.get(RECIPE)}
     if record != previous:
+        own = own_recipe()
         with contextlib.suppress(OSError):  # a read-only cache: the app works on, it just can't remember
             save_last(LastDesign(ArchSpec.from_dict(record["arch"]), record["preset"],
-                                 TrainConfig.from_dict(train) if train else None, source))
+                                 TrainConfig.from_dict(train) if train else None, source, recipe=own))
         st.session_state[REMEMBERED] = record
 
 
@@ -334,3 +393,8 @@ def plural(n: int, thing: str) -> str:
 def data_label(data: str | None) -> str:
     """A run's data in a few words: the built-in slice, or the name of the folder or archive."""
     return "built-in slice" if data in (None, "builtin") else Path(data).name
+
+
+def data_words(data: str | None) -> str:
+    """data_label in a sentence: "on {data_words(data)}" reads "on the built-in slice", "on cifar10-jpg.tar.gz"."""
+    return "the built-in slice" if data in (None, "builtin") else data_label(data)

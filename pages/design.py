@@ -23,9 +23,9 @@ from core.design.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DROPOUT_RANGE, IMAGE
                               SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, ArchSpec, SpecError, conv_out)
 from core.design.link import to_query
 from core.units import macs_text, margin_text, params_text
-from pages._ui import (DESIGN, DESIGN_CONTROL as CONTROL, DRAFT, LINK_ERROR, PRESET, forget_controls, keep_link,
-                       load_design, matching_preset, origin_text, own_recipe, remember, start_design,
-                       through_app_shell)
+from pages._ui import (DESIGN, DESIGN_CONTROL as CONTROL, DRAFT, LINK_ERROR, NOTHING, PRESET, drawn, keep_link,
+                       load_design, matching_preset, moved, origin_text, own_recipe, remember, show_value,
+                       start_design, through_app_shell)
 
 through_app_shell()
 
@@ -33,7 +33,9 @@ UPLOAD = "design_upload"
 UPLOAD_ERROR = "design_upload_error"
 FIT_REPORT = "design_fit_report"  # (st element name, markdown), shown once under the Fit button
 EXACT = ":exact"                  # key suffix of a width's exact box, beside its slider
+EXACT_BOX_WIDTH = 76              # pixels: a width of 4 digits, whole
 WIDTH_STEP = 8
+OVER_COLOUR = "#dc2626"          # red: over budget
 SLIDER_WIDTHS = 512               # one 3×3 block of 512 channels is 4.7M parameters; of 1,024, 18.9M
 
 
@@ -59,23 +61,24 @@ def map_sizes(stages: list[dict]) -> list[int]:
     return sizes
 
 
-# ---- callbacks: they run before the page, so they may reset the controls' state ----------------
+# ---- callbacks: they change the draft; the controls show it when next drawn (pages._ui.show_value) ------------
 
 def store(path: tuple, key: str) -> None:
-    draft = st.session_state[DRAFT]
-    reduce(getitem, path[:-1], draft)[path[-1]] = st.session_state[key]
-    other = key.removesuffix(EXACT) if key.endswith(EXACT) else key + EXACT
-    st.session_state.pop(other, None)  # a width's slider and exact box: the other re-reads the draft
+    value = moved(key)
+    if value is NOTHING:
+        return
+    reduce(getitem, path[:-1], st.session_state[DRAFT])[path[-1]] = value
     keep_pool_within_map()
 
 
 def set_stage_count(key: str) -> None:
+    wanted = moved(key)
+    if wanted is NOTHING:
+        return
     stages = st.session_state[DRAFT]["stages"]
-    wanted = st.session_state[key]
     del stages[wanted:]
     while len(stages) < wanted:  # a new stage repeats the last one, halving the map while it can
         stages.append({**stages[-1], "stride": 2 if map_sizes(stages)[-1] > 1 else 1})
-    forget_controls(CONTROL + "stages.")
     keep_pool_within_map()
 
 
@@ -85,19 +88,18 @@ def keep_pool_within_map() -> None:
     last = map_sizes(draft["stages"])[-1]
     if draft["pool_size"] > last:
         draft["pool_size"] = last
-        st.session_state.pop(CONTROL + "pool_size", None)
         st.toast(f"Pool size lowered to {last}: the last feature map is now {last}×{last}.")
 
 
 def choose_preset() -> None:
-    name = st.session_state[CONTROL + "preset"]
-    if name is not None:
+    name = moved(CONTROL + "preset")
+    if name not in (NOTHING, None):
         load_design(preset_spec(name), name)
 
 
 def fit_design() -> None:
     try:
-        fit = fit_to_budget(ArchSpec.from_dict(st.session_state[DESIGN]))
+        fit = fit_to_budget(ArchSpec.from_dict(st.session_state[DESIGN]), multiple_of=WIDTH_STEP)  # slider steps
     except SpecError as e:
         st.session_state[FIT_REPORT] = ("error", str(e))
         return
@@ -105,10 +107,11 @@ def fit_design() -> None:
     if fit.changes:
         changes = "\n".join(f"- `{change}`" for change in fit.changes)
         st.session_state[FIT_REPORT] = (
-            "success", f"Every width scaled by {fit.factor:.3f}: {fit.params_before:,} → "
-                       f"{fit.params_after:,} parameters.\n\n{changes}")
+            "success", f"Every width scaled by {fit.factor:.3f}, to a multiple of {WIDTH_STEP} (the sliders' step): "
+                       f"{fit.params_before:,} → {fit.params_after:,} parameters.\n\n{changes}")
     else:
-        st.session_state[FIT_REPORT] = ("info", "No width can change by a whole channel and stay within budget.")
+        st.session_state[FIT_REPORT] = ("info", f"No width can change by a step of {WIDTH_STEP} channels and "
+                                                f"stay within budget.")
 
 
 def load_uploaded_design() -> None:
@@ -129,10 +132,8 @@ def load_uploaded_design() -> None:
 
 def control(widget, label: str, path: tuple, key_suffix: str = "", **kwargs):
     """`widget` showing the draft's value at `path`; moving it writes the value back."""
-    key = CONTROL + ".".join(map(str, path)) + key_suffix
-    if key not in st.session_state:
-        st.session_state[key] = reduce(getitem, path, st.session_state[DRAFT])
-    return widget(label, key=key, on_change=store, args=(path, key), **kwargs)
+    key = show_value(CONTROL + ".".join(map(str, path)) + key_suffix, reduce(getitem, path, st.session_state[DRAFT]))
+    return drawn(key, widget(label, key=key, on_change=store, args=(path, key), **kwargs))
 
 
 def whole_number(label: str, path: tuple, bounds: tuple[int, int], **kwargs):
@@ -148,12 +149,12 @@ def width_options(current: int) -> list[int]:
 def width(label: str, path: tuple, **kwargs) -> None:
     """A width as a slider over width_options, with a small box beside it for an exact number."""
     current = reduce(getitem, path, st.session_state[DRAFT])
-    slider, exact = st.columns([4, 1], vertical_alignment="bottom", gap="small")
-    with slider:
-        control(st.select_slider, label, path, options=width_options(current), **kwargs)
-    with exact:
+    # the box as wide as 4 digits, the slider the rest: in columns, a card at 800 px left the box too narrow to
+    # show its number
+    with st.container(horizontal=True, vertical_alignment="bottom", gap="small"):
+        control(st.select_slider, label, path, options=width_options(current), width="stretch", **kwargs)
         control(st.number_input, f"Exact {label.lower()}", path, key_suffix=EXACT, min_value=CHANNELS_RANGE[0],
-                max_value=CHANNELS_RANGE[1], step=1, label_visibility="collapsed",
+                max_value=CHANNELS_RANGE[1], step=1, label_visibility="collapsed", width=EXACT_BOX_WIDTH,
                 help=f"Any width from {CHANNELS_RANGE[0]} to {CHANNELS_RANGE[1]}")
 
 
@@ -192,6 +193,7 @@ def breakdown(spec: ArchSpec, cost: Cost) -> pd.DataFrame:
 
 
 ROW_HEIGHT = 35  # pixels per table row; the chart's bars line up with it
+CHART_WIDTH = 420  # pixels: beside the table on a wide page, below it on a narrow one
 BREAKDOWN_COLUMNS = {
     "Blocks": st.column_config.NumberColumn(format="%d"),
     "Channels": st.column_config.NumberColumn(format="%d", help="Output channels"),
@@ -228,15 +230,15 @@ except SpecError as e:
     draft_error = str(e)
     spec = ArchSpec.from_dict(st.session_state[DESIGN])
 cost = count(spec)
-link = to_query(spec)
-keep_link(spec)
+link = to_query(spec, st.session_state[PRESET])
+keep_link(spec, st.session_state[PRESET])
 remember()
 
 st.title("Design")
 st.write(f"Shape a residual network for {square(IMAGE_SIZE)} CIFAR-10 images within {BUDGET:,} trainable "
          f"parameters. Every number is counted from the design as you change it.")
-if origin := origin_text():
-    st.caption(f"Showing {origin}.")
+# always a line here: vanishing at the first change, it moved every control up
+st.caption(f"Showing {origin_text() or 'the design as you changed it here; the address bar links to it'}.")
 if LINK_ERROR in st.session_state:
     st.error(f"The design in this link can't be used: {st.session_state.pop(LINK_ERROR)}  \n"
              f"Showing {origin_text() or 'another design'} instead.")
@@ -244,23 +246,24 @@ if LINK_ERROR in st.session_state:
 preset = st.session_state[PRESET]
 modified = preset is not None and draft != preset_spec(preset).to_dict()
 picker, about = st.columns([2, 3], vertical_alignment="bottom")
-st.session_state.setdefault(CONTROL + "preset", preset)
-picker.selectbox("Start from a preset", list(PRESETS), key=CONTROL + "preset", format_func=preset_label,
-                 placeholder="Your own design", on_change=choose_preset)
+drawn(CONTROL + "preset", picker.selectbox(
+    "Start from a preset", list(PRESETS), key=show_value(CONTROL + "preset", preset), format_func=preset_label,
+    placeholder="Your own design", on_change=choose_preset))
 if preset is not None:
     about.markdown(f"{PRESETS[preset]['description']}  \n:gray[Source: {PRESETS[preset]['source']}]")
 elif own_recipe() is not None:
     about.markdown(f"From **{own_recipe()[0]}**  \n:gray[Train starts from its training settings]")
-if modified:
-    about.button(f"Modified: revert to {preset}", type="tertiary", icon=":material/undo:",
-                 on_click=load_design, args=(preset_spec(preset), preset))
+if preset is not None:  # always there (greyed while unchanged): appearing, it moved every control down
+    about.button(f"Modified: revert to {preset}" if modified else f"Unchanged from {preset}", type="tertiary",
+                 icon=":material/undo:", disabled=not modified, on_click=load_design,
+                 args=(preset_spec(preset), preset))
 
 # -- budget --
 over = cost.params - BUDGET
 st.subheader("Budget", divider="gray")
 if draft_error:
     st.error(f"This design can't be built. {draft_error}  \nThe numbers below are for the last valid design.")
-params, used, macs, costliest = st.columns(4)
+params, used, macs, costliest = st.columns([5, 4, 4, 4])  # room for 11,173,962 at 800 px
 params.metric("Parameters", params_text(cost.params), margin_text(over),
               delta_color="inverse" if over > 0 else "normal", delta_arrow="off", border=True, height="stretch",
               help=f"Trainable parameters; the budget is {BUDGET:,}"
@@ -272,9 +275,14 @@ macs.metric("MACs per image", macs_text(cost.macs), border=True, height="stretch
 largest = cost.largest_stage()
 costliest.metric("Costliest stage", f"Stage {largest.index}", f"{largest.params / cost.params:.0%} of parameters",
                  delta_color="off", delta_arrow="off", border=True, height="stretch")
+# always a line here, so that the controls below stay where they are when the design goes over budget
+share = f"Stage {largest.index} costs the most: {largest.params:,} parameters"
 if over > 0:
-    st.error(f"Over budget by {over:,} parameters. Stage {largest.index} costs the most: {largest.params:,} "
-             f"parameters. Narrow it, give it fewer blocks, or let Fit to budget scale every width.")
+    st.error(f"Over budget by {over:,} parameters. {share}. Narrow it, give it fewer blocks, or let Fit to "
+             f"budget scale every width.")
+else:
+    st.success(f"Within budget, {-over:,} parameters to spare. {share}, {largest.params / cost.params:.0%} of "
+               f"the design: widen or deepen it within budget.")
 
 if draft_error:
     train_blocked = "Can't train: the design can't be built; see the error above."
@@ -282,15 +290,16 @@ elif over > 0:
     train_blocked = f"Can't train: the design is {over:,} parameters over budget."
 else:
     train_blocked = None
-train, fit, reason = st.columns([1, 1, 4], vertical_alignment="center")
-if train.button("Train this design", type="primary", icon=":material/play_arrow:", disabled=bool(train_blocked),
-                help=train_blocked, width="stretch"):
+# buttons as wide as their labels, side by side (at 800 px, columns cut them), the reason beside them
+buttons = st.container(horizontal=True, vertical_alignment="center")
+if buttons.button("Train this design", type="primary", icon=":material/play_arrow:", disabled=bool(train_blocked),
+                help=train_blocked, width="content"):
     st.switch_page("pages/train.py")
-fit.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design, disabled=bool(draft_error),
-           width="stretch",
-           help=f"Scale every width by one factor, the largest that keeps the design within {BUDGET:,} parameters")
+buttons.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design, disabled=bool(draft_error),
+               width="content", help=f"Scale every width by one factor, the largest that keeps the design within "
+                                     f"{BUDGET:,} parameters")
 if train_blocked:
-    reason.caption(train_blocked)
+    buttons.caption(train_blocked)
 if FIT_REPORT in st.session_state:
     kind, report = st.session_state.pop(FIT_REPORT)
     getattr(st, kind)(report)
@@ -299,9 +308,10 @@ if FIT_REPORT in st.session_state:
 st.subheader("Architecture", divider="gray")
 sizes = map_sizes(draft["stages"])
 count_column, stem_column, stem_kernel_column = st.columns(3)
-st.session_state.setdefault(CONTROL + "stage_count", len(draft["stages"]))
-count_column.segmented_control("Stages", range(STAGES_RANGE[0], STAGES_RANGE[1] + 1), key=CONTROL + "stage_count",
-                               required=True, on_change=set_stage_count, args=(CONTROL + "stage_count",))
+drawn(CONTROL + "stage_count", count_column.segmented_control(
+    "Stages", range(STAGES_RANGE[0], STAGES_RANGE[1] + 1),
+    key=show_value(CONTROL + "stage_count", len(draft["stages"])), required=True, on_change=set_stage_count,
+    args=(CONTROL + "stage_count",)))
 with stem_column:
     width("Stem channels", ("stem", "channels"), help="Width of the first convolution")
 with stem_kernel_column:
@@ -312,14 +322,19 @@ with stem_kernel_column:
                  "when a run starts and never trained (airbench), then a 1×1 convolution gives the stem's channels. "
                  "Its frozen weights are counted apart from the budget's trainable parameters")
 
+# the bar in red over budget (st.progress takes the theme's blue, which said nothing)
+st.html(f"<style>.st-key-design_gauge_over [data-testid='stProgressBarTrack'] > div "
+        f"{{background-color: {OVER_COLOUR}}}</style>")
 # the budget again where the hands are: colour and what is left, changing with every move of a slider
-gauge, fit_here = st.columns([5, 1], vertical_alignment="center")
-gauge.progress(min(cost.params / BUDGET, 1.0),
-               text=f":{'red' if over > 0 else 'green'}[**{params_text(cost.params)} parameters** · "
-                    f"{margin_text(over)} · {cost.params / BUDGET:.1%} of {params_text(BUDGET)}]")
-if over > 0:
-    fit_here.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design, disabled=bool(draft_error),
-                    key="design_fit_near_controls", width="stretch")
+# the button is always there (greyed within budget): appearing, it made the row taller and moved the controls
+gauge = st.container(horizontal=True, vertical_alignment="center")
+gauge.container(key="design_gauge_over" if over > 0 else "design_gauge").progress(
+    min(cost.params / BUDGET, 1.0), text=f":{'red' if over > 0 else 'green'}[**{params_text(cost.params)} "
+                                         f"parameters** · {margin_text(over)} · {cost.params / BUDGET:.1%} of "
+                                         f"{params_text(BUDGET)}]")
+gauge.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design,
+             disabled=bool(draft_error) or over <= 0, key="design_fit_near_controls", width="content",
+             help="Within budget already" if over <= 0 else None)
 
 in_channels = draft["stem"]["channels"]
 stages = len(draft["stages"])
@@ -356,9 +371,12 @@ with pool:
 # -- breakdown --
 st.subheader("Where the parameters go", divider="gray")
 table = breakdown(spec, cost)
-listing, chart = st.columns([3, 2])
-listing.dataframe(table, hide_index=True, column_config=BREAKDOWN_COLUMNS, placeholder="", row_height=ROW_HEIGHT)
-chart.altair_chart(parameter_chart(table), height=ROW_HEIGHT * (len(table) + 1))
+# the table as wide as its columns and the chart beside it, below it where the page is too narrow for both (in
+# columns, at 800 px, the table scrolled sideways)
+with st.container(horizontal=True, wrap=True, gap="medium"):
+    st.dataframe(table, hide_index=True, column_config=BREAKDOWN_COLUMNS, placeholder="", row_height=ROW_HEIGHT,
+                 width="content")
+    st.altair_chart(parameter_chart(table), height=ROW_HEIGHT * (len(table) + 1), width=CHART_WIDTH)
 pooled = cost.stages[-1].out_size // spec.pool_size
 st.caption(f"Head: {square(spec.pool_size)} average pool on the {square(cost.stages[-1].out_size)} map, "
            f"then {cost.head_features:,} features ({spec.stages[-1].channels} channels × {square(pooled)}) "

@@ -9,6 +9,7 @@ the design's preset, and every check on them is TrainConfig's. A run's length is
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -30,12 +31,14 @@ from core.runs.run import (ACTIVE, Run, RunError, change_batch_size, check_name,
 from core.runs.watch import read_heartbeat
 from core.runs.speeds import (device_label, estimate, kernels_text, known_devices, probe_running, read_machine,
                               start_probe)
-from core.data.sources import (BUILTIN, CHOICES, CIFAR10_DOWNLOAD_BYTES, DEFAULT_DIR, chosen_data, image_counts,
-                               resolve_data)
-from core.units import bytes_text, duration_text, macs_text, margin_text, params_text, rate_text
-from pages._ui import (FOLLOWED, LINK_ERROR, SETTING, SETTINGS_FROM, current_design, data_label, design_origin,
-                       design_recipe, keep_link, load_design, load_settings, matching_preset, origin_text, plural,
-                       recipe_named, remember, restored_settings, state_badge, through_app_shell)
+from core.data.sources import (BUILTIN, CHOICES, CIFAR10_DOWNLOAD_BYTES, DEFAULT_DIR, HOW_TO_GET_DATA, chosen_data,
+                               image_counts, resolve_data)
+from core.units import (bytes_text, duration_of_text, duration_text, macs_text, margin_text, params_text,
+                        rate_text)
+from pages._ui import (FOLLOWED, LINK_ERROR, NOTHING, SETTING, SETTINGS_FROM, current_design, data_label, data_words,
+                       design_origin, design_recipe, drawn, keep_link, load_design, load_settings, matching_preset,
+                       moved, origin_text, plural, recipe_named, remember, restored_settings, state_badge,
+                       through_app_shell)
 
 through_app_shell()
 
@@ -149,6 +152,15 @@ def data_choice() -> tuple[str | None, str | None]:
     return chosen_data(st.session_state[DATA_CHOICE], st.session_state[DATA_PATH], st.session_state[DOWNLOAD_DIR])
 
 
+PAGE_DATA_ADVICE = ("Without internet here, choose **A copy on this machine** above and give the full path of a "
+                    "CIFAR-10 copy (a folder or archive), or train on the **Built-in slice**.")
+
+
+def in_page_terms(problem: str) -> str:
+    """A data problem as the page says it: core's advice names command-line flags and variables."""
+    return problem.replace(HOW_TO_GET_DATA, PAGE_DATA_ADVICE)
+
+
 def download_data(folder: str) -> None:
     from core.data.datasets import load_dataset
 
@@ -156,7 +168,10 @@ def download_data(folder: str) -> None:
         with st.spinner(f"Downloading CIFAR-10 into {folder} ({bytes_text(CIFAR10_DOWNLOAD_BYTES)})…"):
             load_dataset(folder, download=True)
     except StudioError as e:
-        st.error(f"The download failed: {e}", icon=":material/cloud_off:")
+        message = in_page_terms(str(e))
+        if PAGE_DATA_ADVICE not in message:
+            message += f" {PAGE_DATA_ADVICE}"
+        st.error(f"The download failed: {message}", icon=":material/cloud_off:")
         return
     st.success(f"CIFAR-10 is in {folder}: ready to train on.", icon=":material/check_circle:")
 
@@ -261,7 +276,8 @@ def renew(name: str) -> None:
 
 
 def pick_followed(key: str) -> None:
-    st.session_state[FOLLOWED] = st.session_state[SHOWN] = st.session_state[key]
+    if (name := moved(key)) is not NOTHING:  # not a value the browser sent again ahead of a redraw (pages._ui)
+        st.session_state[FOLLOWED] = st.session_state[SHOWN] = name
 
 
 def launch_run() -> None:
@@ -325,6 +341,14 @@ def run_charts(steps: pd.DataFrame, per_epoch: pd.DataFrame, split: str, epochs:
     lr_column.altair_chart(lr)
 
 
+def epochs_drawn(at: Progress, epochs: int) -> int:
+    """The epochs the charts span: a time-budget run's as many as its time holds at its pace (a 2-minute run
+    drawn over its recipe's 30 epochs was a line squeezed into a corner), else its epochs."""
+    if not at.time_limit or at.fraction <= 0 or at.epoch <= 0:
+        return epochs
+    return max(1, math.ceil(at.epoch / at.fraction - 1e-6))
+
+
 def epoch_text(epoch: float) -> str:
     """Epochs done as a reader wants them: 0.13, 1.5, 3."""
     return f"{epoch:.2f}".rstrip("0").rstrip(".")
@@ -336,10 +360,11 @@ def pace_text(at: Progress, active: bool) -> str:
     doing = PHASES.get(at.phase) if active else None
     if doing and not at.step and at.epoch == 0:
         return doing
-    where = (f"Epoch {epoch_text(at.epoch)} · {duration_text(at.trained_s)} of {duration_text(at.time_limit)} "
-             f"trained" if at.time_limit else f"Epoch {epoch_text(at.epoch)} of {at.epochs}")
+    where = (f"Epoch {epoch_text(at.epoch)} · {duration_of_text(at.trained_s, at.time_limit)} trained"
+             if at.time_limit else f"Epoch {epoch_text(at.epoch)} of {at.epochs}")
     parts = [where]
-    if active and at.step is not None and at.phase in ("warming up", "training"):
+    # within an epoch only: "step 0 of 19" and "step 19 of 19" said nothing the epoch did not, or contradicted it
+    if active and at.step and at.step < (at.steps_per_epoch or 0) and at.phase in ("warming up", "training"):
         parts.append(f"step {at.step} of {at.steps_per_epoch}")
     if doing:
         parts.append(doing[0].lower() + doing[1:])
@@ -405,10 +430,12 @@ def show_run(run: Run, live: bool) -> None:
                     border=True)
         loss.metric(f"Last {split} loss", f"{per_epoch['eval_loss'].iloc[-1]:.3f}" if len(per_epoch) else "–",
                     border=True)
-        elapsed.metric("Training time", duration_text(at.elapsed_s), border=True)
+        elapsed.metric("Time so far", duration_text(at.elapsed_s), border=True,
+                       help="Since the run started: loading, training and evaluation" +
+                            ("; its time budget counts training steps alone" if at.time_limit else ""))
         left.metric("Time left", "done" if state == "finished" else duration_text(at.eta_s)
                     if state in ACTIVE and at.eta_s is not None else "–", border=True)
-        run_charts(steps, per_epoch, split, epochs)
+        run_charts(steps, per_epoch, split, epochs_drawn(at, epochs))
 
     with st.expander("Log", expanded=state == "failed", icon=":material/terminal:"):
         st.code(run.log_tail(30) or "(nothing yet)", language=None)
@@ -419,7 +446,21 @@ def show_run(run: Run, live: bool) -> None:
                           help="Finish the current step, save a checkpoint, and stop; Resume continues"):
             stop(run)
             st.toast(f"Stopping {run.name}: it saves a checkpoint first.", icon=":material/stop_circle:")
-    elif (cannot := resume_problem(run)) is None:
+    elif (cannot := resume_problem(run)) is None and at.time_limit:
+        # its length is its time, not its epochs: "Epochs in all: 30" offered what a resume would never train
+        if state == "finished":
+            st.caption(f"It trained its whole time budget, {duration_text(at.time_limit)}. To train it longer: "
+                       f"Open in Design, then Launch with a longer time budget.")
+        elif actions.button("Resume", type="primary", icon=":material/play_arrow:",
+                            help=f"Continue from the last checkpoint on {devices_text()}, to the end of its "
+                                 f"{duration_text(at.time_limit)} budget"):
+            try:
+                launch(run, **devices_chosen())
+            except StudioError as e:
+                st.error(str(e), icon=":material/error:")
+            else:
+                st.rerun()
+    elif cannot is None:
         done = int(per_epoch["epoch"].max()) if len(per_epoch) else 0
         more = actions.number_input("Epochs in all", min_value=max(1, done), value=max(epochs, done, 1), step=1,
                                     key=f"train_resume_epochs:{run.name}", width=160,
@@ -456,7 +497,7 @@ def show_queue() -> None:
     busy = [f"{row['device'].upper()} is busy with {Path(row['held_by']).name}" for row in held["devices"]
             if row["held_by"]]
     st.caption("Queue: " + ("; ".join(busy) if busy else "every device is free") +
-               "".join(f"; {row['run']} waits" for row in held["waiting"]) +
+               "".join(f"; {Path(row['run']).name} waits" for row in held["waiting"]) +
                ". A run starts when all its devices are free.")
 
 
@@ -465,7 +506,7 @@ def show_queue() -> None:
 spec, preset = current_design()
 cost = count(spec)
 follows = design_recipe()  # the preset's recipe, or the one that came with the design (a search trial's)
-keep_link(spec)  # a reload of this page opens the same design
+keep_link(spec, preset)  # a reload of this page opens the same design
 if any(SETTING + name not in st.session_state for name in LABELS):
     restored = restored_settings()  # the last ones used, unless they were another recipe's
     load_settings(*(restored if restored and (follows is None or restored[1] == follows)
@@ -545,7 +586,7 @@ elif choice == "path":
             try:
                 found_data = data_summary(data, modified(data))
             except StudioError as e:
-                st.error(str(e), icon=":material/error:")
+                st.error(in_page_terms(str(e)), icon=":material/error:")
             else:
                 st.success(f"{found_data['source']}: {found_data['train']:,} training and {found_data['test']:,} "
                            f"test images.", icon=":material/check_circle:")
@@ -637,10 +678,10 @@ if blocked:
 else:  # what a click starts, in full: no run of the wrong design or length by accident
     length = (f"for {duration_text(values['time_limit'])} of training" if values["time_limit"] else
               f"for {plural(values['epochs'], 'epoch')}")
-    st.caption(f"Launch trains **{preset or 'your own design'}** ({cost.params:,} parameters) {length} on the "
-               f"{data_label(data)}, on {devices_text()}.")
+    st.caption(f"Launch trains **{preset or 'your own design'}** ({cost.params:,} parameters) {length} on "
+               f"{data_words(data)}, on {devices_text()}.")
 if LAUNCH_ERROR in st.session_state:
-    st.error(f"Could not launch: {st.session_state.pop(LAUNCH_ERROR)}", icon=":material/error:")
+    st.error(f"Could not launch: {in_page_terms(st.session_state.pop(LAUNCH_ERROR))}", icon=":material/error:")
 
 # -- the followed run --
 st.subheader("Follow a run", divider="gray")
@@ -656,8 +697,9 @@ else:
         st.session_state[SHOWN] = st.session_state[FOLLOWED]
     follow_key = widget_key(FOLLOW)
     st.session_state.setdefault(follow_key, st.session_state[FOLLOWED])
-    followed = st.selectbox("Run", list(states), key=follow_key, on_change=pick_followed, args=(follow_key,),
-                            help="Newest first; until you pick one, the newest active run")
+    followed = drawn(follow_key, st.selectbox("Run", list(states), key=follow_key, on_change=pick_followed,
+                                              args=(follow_key,),
+                                              help="Newest first; until you pick one, the newest active run"))
     live = states[followed] in ACTIVE
     st.fragment(show_run, run_every=REFRESH_S if live else None)(Run.named(followed), live)
 if st.session_state.pop(GO_TO_RUN, False):  # just launched: down to the run it started, which the page now follows

@@ -227,6 +227,31 @@ def test_open_in_design_brings_the_trials_recipe_to_train(in_searched):
     assert any("the recipe of trial 1 of done" in c.value for c in app.caption)
 
 
+def test_a_new_tab_trains_the_trials_design_with_the_trials_settings_and_says_so(in_searched):
+    """Issue 27, item 3: Open in Design after the laptop preset's settings, then Train in a new tab (a new
+    session, with the design's link or with none): the trial's design came with laptop's settings, captioned
+    "laptop preset's recipe", or with the trial's captioned "the defaults". The recipe travels with the design."""
+    app = AppTest.from_file(APP, default_timeout=300).run()
+    app.selectbox(key="design:preset").select("laptop").run()
+    app.switch_page("pages/train.py").run()
+    assert app.session_state["train:time_limit"] == 1800  # laptop's recipe: a half-hour budget
+    app.switch_page("pages/search.py").run()
+    next(b for b in app.button if b.label == "Open in Design").click().run()
+    app.switch_page("pages/design.py").run()
+    assert_clean(app)
+    trial, link = app.session_state["design"], {key: app.query_params[key] for key in app.query_params}
+    for query in (link, {}):  # the new tab opened with the link of the design, or with none (a nav link)
+        tab = AppTest.from_file(APP, default_timeout=300)
+        tab.query_params.update(query)
+        tab.run().switch_page("pages/train.py").run()
+        assert_clean(tab)
+        assert tab.session_state["design"] == trial
+        settings = {name: tab.session_state[f"train:{name}"] for name in ("lr", "batch_size", "augment")}
+        assert settings == RECIPE and tab.session_state["train:time_limit"] == 0
+        assert any("They start from the recipe of trial 1 of done." in c.value for c in tab.caption), \
+            [c.value for c in tab.caption]
+
+
 def test_a_study_whose_database_is_down_does_not_take_the_page_down(runs_dir, postgres):
     """The newest study lives in a PostgreSQL that is down: the page opens, says so in that study's place, and
     the other study is one pick away; when the database is back, the study shows again."""

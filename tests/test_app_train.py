@@ -6,6 +6,7 @@ start real training processes and wait for them.
 """
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import fields
@@ -299,6 +300,32 @@ def test_a_download_without_internet_says_so(runs_dir, offline):
     assert_clean(app)
     assert "The download failed" in texts(app.error) and "could not download CIFAR-10" in texts(app.error)
     assert button(app, "Launch").disabled
+    # issue 27, item 15: advice in the page's terms, not the command line's
+    assert "A copy on this machine" in texts(app.error)
+    assert not re.search(r"--data|CIFAR10_DATA|\.\./shared", texts(app.error)), texts(app.error)
+
+
+def test_a_failed_download_gives_the_pages_advice_not_the_command_lines(runs_dir):
+    """Issue 27, item 15, where the machine is online too: a folder that can't be created fails the download."""
+    blocker = runs_dir.parent / "a-file"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a folder")
+    app = open_page("train", TINY)
+    app.get_by_key("train_data").set_value("download").run()
+    app.get_by_key("train_download_dir").input(str(blocker / "cifar")).run()
+    button(app, "Download").click().run()
+    assert_clean(app)
+    shown = texts(app.error)
+    assert "The download failed" in shown and "A copy on this machine" in shown
+    assert not re.search(r"--data|CIFAR10_DATA|\.\./shared", shown), shown
+
+
+def test_the_launch_line_names_a_copy_without_a_stray_article(runs_dir):
+    app = open_page("train", TINY)
+    app.get_by_key("train_data").set_value("path").run()
+    app.get_by_key("train_data_path").input(str(BUILTIN_ARCHIVE)).run()
+    launch_line = next(c.value for c in app.caption if c.value.startswith("Launch trains"))
+    assert f" on {BUILTIN_ARCHIVE.name}, on " in launch_line and " on the " not in launch_line
 
 
 def test_an_over_budget_design_cannot_be_launched_and_leads_back_to_design(runs_dir):
@@ -548,6 +575,45 @@ def test_before_its_first_line_a_run_says_what_it_does_then_step_by_step_with_a_
     assert_clean(app)
     text = progress_text(app)
     assert text.startswith("Epoch 0.13 of 2 · step 5 of 39 · 256 images/s · about ") and text.endswith(" left")
+
+
+def test_a_time_budget_run_never_reads_as_done_early_and_its_charts_span_what_its_time_holds(trained_copy):
+    """Issue 27, item 10: "Epoch 1 · step 0 of 19", "step 19 of 19" beside a fractional epoch, "2 min of 2 min
+    trained · about 26 s left", and a 2-minute run's charts spanning its recipe's 30 epochs."""
+    cfg = json.loads(trained_copy.config_path.read_text())
+    cfg["train"] |= {"time_limit": 120.0, "epochs": 30}
+    trained_copy.config_path.write_text(json.dumps(cfg))
+    lines = [json.loads(line) for line in trained_copy.metrics_path.read_text().splitlines()]
+    for line in lines:  # the two epochs took 94 s of training
+        line["elapsed"] = line.get("elapsed", 0) * 0 + 47 * line.get("epoch", 0)
+        if line.get("kind") == "epoch":
+            line["trained"] = 47 * line["epoch"]
+    trained_copy.metrics_path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    fake_state(trained_copy, state="running")
+    beat(trained_copy, epoch=2, step=0, step_time=0.5)
+    app = open_page("train", TINY)
+    assert_clean(app)
+    text = progress_text(app)
+    assert text.startswith("Epoch 2 · 1.6 min of 2 min trained") and "step 0" not in text, text
+    beat(trained_copy, epoch=1, step=39, step_time=0.5)
+    app.run()
+    assert "step 39 of 39" not in progress_text(app)
+    epochs_axis = [spec for spec in chart_specs(app) if "Loss" in str(spec.get("title"))][0]
+    assert "30" not in json.dumps(epochs_axis.get("layer", [{}])[0].get("encoding", {}).get("x", {}))
+    assert any(m.label == "Time so far" for m in app.metric)
+
+
+def test_a_finished_time_budget_run_offers_no_epochs_it_would_never_train(trained_copy):
+    """Issue 27, item 10: a 2-minute run offered "Epochs in all: 30" and Train longer, which its budget, spent,
+    would end at once."""
+    cfg = json.loads(trained_copy.config_path.read_text())
+    cfg["train"] |= {"time_limit": 120.0, "epochs": 30}
+    trained_copy.config_path.write_text(json.dumps(cfg))
+    app = open_page("train", TINY)
+    assert_clean(app)
+    assert not any(n.label == "Epochs in all" for n in app.number_input)
+    assert not any(b.label == "Train longer" for b in app.button)
+    assert any(c.value.startswith("It trained its whole time budget, 2 min.") for c in app.caption)
 
 
 def test_a_time_limited_runs_progress_is_its_time_not_its_epochs(trained_copy):

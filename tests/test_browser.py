@@ -61,6 +61,7 @@ def test_dragging_a_blocks_slider_changes_the_parameter_count(page):
     total = metric_value(page, "Parameters")
     before = total.inner_text()
     value = page.locator(".st-key-design-stages-3-blocks input[type=range]")  # hidden; its thumb holds it
+    value.locator("xpath=../..").scroll_into_view_if_needed()  # the mouse acts within the window only
     box = value.locator("xpath=../..").bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.down()

@@ -89,6 +89,53 @@ def test_a_design_launched_from_the_browser_is_followed_live_from_its_first_step
             delete(run)
 
 
+def test_a_time_budget_run_reads_its_time_honestly_while_it_trains(page, trained_runs):
+    """Issue 27, item 10, live: a half-minute budget, its progress in its time (never all of it before its end),
+    the step only within an epoch; photographed during the run at 1100 px."""
+    from playwright.sync_api import expect
+
+    name = f"budget-{time.strftime('%H%M%S')}"
+    run = Run.named(name, trained_runs)
+    page.set_viewport_size({"width": 1100, "height": 1000})
+    open_app_page(page, "train?" + urlencode(to_query(SLOWER), doseq=True))
+    page.get_by_role("radio", name="Built-in slice").click()
+    wait_until_settled(page)
+    page.get_by_role("radio", name="A time budget").click()
+    wait_until_settled(page)
+    box = page.locator(".st-key-train_minutes input")
+    box.fill("0.5")
+    box.press("Enter")
+    wait_until_settled(page)
+    run_name = page.get_by_role("textbox", name="Run name")
+    run_name.fill(name)
+    run_name.press("Enter")
+    wait_until_settled(page)
+    launch = page.get_by_role("button", name="Launch")
+    expect(launch).to_be_enabled(timeout=SLOW)
+    launch.dispatch_event("click")
+    try:
+        progress = page.get_by_test_id("stProgress")
+        under_way = re.compile(r"Epoch 0\.\d+ · [1-9][\d.]* s of 30 s trained · step \d+ of 39")
+        expect(progress).to_contain_text(under_way, timeout=240_000)
+        text = progress.inner_text()
+        assert "30 s of 30 s trained · about" not in text and "step 0 of" not in text, text
+        trainer = run.status()["pid"]
+        os.kill(trainer, signal.SIGSTOP)  # held mid-budget for the picture
+        try:
+            wait_until_settled(page)
+            screenshot(page, "train-time-budget-1100")
+        finally:
+            os.kill(trainer, signal.SIGCONT)
+        assert_no_exception(page)
+    finally:
+        if run.exists():
+            stop(run)
+            deadline = time.monotonic() + 60
+            while run.status()["state"] in ("queued", "running") and time.monotonic() < deadline:
+                time.sleep(0.5)
+            delete(run)
+
+
 def test_a_reload_and_a_new_tab_keep_the_design_and_its_settings(page):
     from playwright.sync_api import expect
 

@@ -89,6 +89,16 @@ def test_a_time_limited_run_has_its_limit_left_not_its_epochs():
     assert at.trained_s == 26 and at.eta_s == 34 and at.fraction == pytest.approx(26 / 60)
 
 
+def test_a_time_budget_counts_the_steps_since_the_last_line_at_their_pace():
+    """Issue 27, item 10: "Epoch 0.08 · 0 s of 30 s trained · step 3 of 39" before the first line."""
+    limited = TrainConfig(epochs=30, batch_size=128, time_limit=30)
+    at = progress([], limited, "builtin", {"phase": "training", "epoch": 0, "step": 3, "step_time": 0.5})
+    assert at.step == 3 and at.trained_s == pytest.approx(1.5)
+    later = progress([step(20 / 39, 20, 15.0)], limited, "builtin",
+                     {"phase": "training", "epoch": 0, "step": 24, "step_time": 0.5})
+    assert later.trained_s == pytest.approx(15.0 + 4 * 0.5) and later.eta_s == pytest.approx(30 - 17.0)
+
+
 def test_a_validation_split_is_what_an_epoch_evaluates_and_leaves_fewer_steps():
     held_out = TrainConfig(epochs=1, batch_size=128, val_fraction=0.1)
     at = progress([], held_out, "builtin", {"phase": "training", "epoch": 0, "step": 1, "step_time": 1.0})

@@ -48,3 +48,24 @@ def test_the_cli_summary_writes_a_design_as_the_pages_do():
                                                  f"({margin_text(cost.params - BUDGET)}), {macs_text(cost.macs)} "
                                                  f"MACs per image")
     assert json.loads(out.stdout)["summary"] == "4,978,810 parameters (21,190 to spare), 1.18 G MACs per image"
+
+
+def test_a_duration_under_way_never_reads_as_all_of_it():
+    """Issue 27, item 10: "2 min of 2 min trained · about 26 s left"."""
+    from core.units import duration_of_text
+
+    assert duration_of_text(94, 120) == "1.6 min of 2 min"
+    assert duration_of_text(86, 120) == "86 s of 2 min" and duration_of_text(120, 120) == "2 min of 2 min"
+    assert duration_of_text(59.6, 60) == "59.6 s of 60 s"
+
+
+def test_a_searched_setting_reads_to_three_figures():
+    """Issue 27, item 9: lr 0.12524567764709546 and weight decay 0.00008006122927666534 on the Train page."""
+    from core.design.config import TrainConfig
+    from core.units import significant
+    from pages._ui import rounded
+
+    assert significant(0.12524567764709546) == 0.125 and significant(0.00008006122927666534) == 0.0000801
+    assert significant(0.0) == 0.0 and significant(1800.0) == 1800.0
+    drawn = rounded(TrainConfig(lr=0.12524567764709546, weight_decay=0.00008006122927666534, epochs=7))
+    assert (drawn.lr, drawn.weight_decay, drawn.epochs) == (0.125, 0.0000801, 7)

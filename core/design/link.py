@@ -4,6 +4,8 @@ One `stage` parameter per stage: blocks x channels, then kK (kernel), pP (projec
 kernel) and sS (stride); `stem` is channels, then kK, then w for a whitened stem. A field at the
 value ArchSpec.from_dict gives it by default is left out, except the stride, whose default depends
 on the stage's place. Parsing checks the form of each value; ArchSpec.from_dict checks the numbers.
+`preset=NAME` names the preset the design started from (a reload or a shared link still says so once
+the design was changed); the design is in the other parameters.
 """
 from __future__ import annotations
 
@@ -15,13 +17,15 @@ DEFAULTS = ArchSpec.from_dict({"stages": [{}]})  # what from_dict fills in for a
 NETWORK_WIDE = {"bn": "batch_norm", "se": "se_ratio", "dropout": "dropout", "pool": "pool_size",
                 "classes": "num_classes"}
 KEYS = ("stem", "stage", *NETWORK_WIDE)
+PRESET = "preset"
 STEM = re.compile(r"(?P<channels>\d+)(?:k(?P<kernel_size>\d+))?")
 STAGE = re.compile(r"(?P<blocks>\d+)x(?P<channels>\d+)(?:k(?P<kernel_size>\d+))?"
                    r"(?:p(?P<shortcut_kernel_size>\d+))?(?:s(?P<stride>\d+))?")
 
 
-def to_query(spec: ArchSpec) -> dict[str, list[str]]:
-    """The link's parameters, each a list of values as st.query_params.get_all gives them."""
+def to_query(spec: ArchSpec, preset: str | None = None) -> dict[str, list[str]]:
+    """The link's parameters, each a list of values as st.query_params.get_all gives them; `preset`: the preset
+    the design started from."""
     default_stage = DEFAULTS.stages[0]
 
     def stage(s) -> str:
@@ -37,12 +41,12 @@ def to_query(spec: ArchSpec) -> dict[str, list[str]]:
         value = getattr(spec, field)
         if value != getattr(DEFAULTS, field):
             query[key] = [f"{value:g}" if isinstance(value, float) else str(int(value))]  # True -> "1"
-    return query
+    return query | ({PRESET: [preset]} if preset else {})
 
 
 def from_query(query: dict[str, list[str]]) -> ArchSpec:
     """The spec a link names; a SpecError says which parameter is wrong and how it should look."""
-    unknown = sorted(set(query) - set(KEYS))
+    unknown = sorted(set(query) - {*KEYS, PRESET})
     if unknown:
         raise SpecError(f"{unknown[0]}: not a design parameter; a design link uses {', '.join(KEYS)}")
     if not query.get("stage"):

@@ -70,8 +70,8 @@ PRESETS: dict[str, dict] = {
                         "(80, 160, 320 channels), downsampling early so that most parameters sit where they cost "
                         "few MACs; batch 512 at a linearly scaled lr with warm-up, label smoothing, weight EMA, "
                         "cutout and flip TTA."),
-        "source": ("ours, chosen by reasoning and not yet measured (issue 11 measures it against resnet26-seed at "
-                   "equal training time): ResNet-18's first three stages, wider, at 55% of resnet26-seed's "
+        "source": ("ours, chosen by reasoning and not yet measured against resnet26-seed at equal training "
+                   "time: ResNet-18's first three stages, wider, at 55% of resnet26-seed's "
                    "MACs and half its depth, so about twice the images per second; lr 0.1 at batch 128 scaled "
                    "to 0.4 at 512 with 2 epochs of warm-up (Goyal et al. 2017); label smoothing 0.1 (Szegedy "
                    "et al. 2016); cutout 16 (DeVries & Taylor 2017, CIFAR-10); batched augmentations only, "
@@ -86,11 +86,11 @@ PRESETS: dict[str, dict] = {
     },
     "laptop": {
         "description": ("The most accuracy for a fixed time on a CPU without a GPU: a ResNet-9-like net narrowed to "
-                        "1.2M parameters and 45M MACs a image (a 32-channel stem, then one block per stage at 64, "
+                        "1.2M parameters and 45M MACs an image (a 32-channel stem, then one block per stage at 64, "
                         "128 and 256 channels, each halving the map), trained for 30 minutes, not for epochs, with "
                         "label smoothing 0.2 and flip TTA."),
-        "source": ("ours (issue 23), chosen by measurement on the JPEG copy on a 2-core Xeon (docs/PERFORMANCE.md, "
-                   "CPU section): in a fixed CPU time fewer, cheaper layers that see more epochs win (this net "
+        "source": ("ours, chosen by measurement on the JPEG copy of CIFAR-10 on a 2-core Xeon: in a fixed "
+                   "CPU time fewer, cheaper layers that see more epochs win (this net "
                    "for 7 epochs 82.9% against the 96/192/384-channel one for 3 epochs 75.9% in about the same "
                    "time); shape after David Page's ResNet-9 (DAWNBench) and airbench94; progressive resizing "
                    "and a whitened stem were tried and left out: no gain shown at equal time"),

@@ -104,6 +104,8 @@ def progress(rows: list[dict], train: TrainConfig, data: str | None = None, beat
     if beat and beat.get("step_time") and phase == "training":
         speed = batch / beat["step_time"]  # the median of the recent steps: warm-up and pauses left out
     trained = trained_time(path)
+    if beat and beat.get("step_time") and step is not None:  # the steps since the last line, at their pace: a
+        trained += max(0.0, epoch - last["epoch"]) * per_epoch * beat["step_time"]  # budget read "0 s" at step 3
 
     if train.time_limit:
         eta = max(0.0, train.time_limit - trained) if path else None
