@@ -24,9 +24,9 @@ from core.files import read_json
 from core.report.charts import confusion_chart, legend_columns, overlay_chart, per_class_chart
 from core.runs.progress import metric_frames
 from core.runs.run import ACTIVE, Run, delete, list_runs, runs_root
-from core.units import duration_text
+from core.units import duration_text, epoch_text, epochs_done_text
 from pages._ui import (FOLLOWED, RUN_CHOICE, chosen_run, current_design, data_label, default_run, has_checkpoint,
-                       plural, select_run, show_record, state_badge, through_app_shell)
+                       select_run, show_record, state_badge, through_app_shell)
 
 through_app_shell()
 
@@ -81,13 +81,18 @@ RUN_COLUMNS = {
 }
 
 
+def epochs_of(row: dict, unit: bool = False) -> str:
+    """A summary row's epochs trained against its length: "16 of 30", "24.5 in a time budget of 30 min"."""
+    return epochs_done_text(row["epochs_done"], row["epochs"], row["time_limit"], unit)
+
+
 def runs_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame({
         "Run": [r["name"] for r in rows],
         "State": [r["state"] for r in rows],
         "Parameters": [r["params"] for r in rows],
         "Best accuracy": [r["best_acc"] for r in rows],
-        "Epochs": ["imported" if r["imported_from"] else f"{r['epochs_done']} of {r['epochs']}" for r in rows],
+        "Epochs": ["imported" if r["imported_from"] else epochs_of(r) for r in rows],
         "Training time": [r["elapsed"] / 60 if r["elapsed"] is not None else None for r in rows],
         "Device": [r["device"] for r in rows],
         "Processes": [r["world_size"] for r in rows],
@@ -363,7 +368,7 @@ with st.container(horizontal=True, vertical_alignment="center"):
     state_badge(row["state"])
     facts = [f"{row['params']:,} parameters", row["preset"] or "custom design",
              *([f"imported from {Path(row['imported_from']).name}"] if row["imported_from"] else
-               [data_label(row["data"]), f"{row['epochs_done']} of {plural(row['epochs'], 'epoch')}"])]
+               [data_label(row["data"]), epochs_of(row, unit=True)])]
     where = [f"{row['device']} × {row['world_size']} processes" if row["world_size"] > 1 else row["device"]]
     st.caption(" · ".join(facts + (where if row["device"] else [])))
 try:
@@ -388,8 +393,9 @@ elif row["state"] in ACTIVE:
     st.info("Its confusion matrix and per-class accuracy appear when it finishes; follow it live on the Train page.",
             icon=":material/hourglass_top:")
 elif row["state"] == "pruned":
-    st.info(f"Search {row['search']} pruned it after epoch {row['epochs_done']}: its validation accuracy trailed the "
-            f"other trials'. Its checkpoints are kept; the Search page has the study.", icon=":material/content_cut:")
+    st.info(f"Search {row['search']} pruned it after epoch {epoch_text(row['epochs_done'])}: its validation accuracy "
+            f"trailed the other trials'. Its checkpoints are kept; the Search page has the study.",
+            icon=":material/content_cut:")
 else:
     st.info(f"It {row['state']} before its last epoch, so it has no final results. Resume it on the Train page.",
             icon=":material/info:")

@@ -25,8 +25,8 @@ from core.report.charts import confusion_chart, overlay_chart, per_class_chart, 
 from core.report.document import Block, Figure, Gallery, Heading, Table, Text, chart_png, image_png, write
 from core.runs.progress import metric_frames
 from core.runs.record import data_copy, git_state, read_record, summary_lines
-from core.runs.run import Run
-from core.units import duration_text
+from core.runs.run import Run, epochs_trained
+from core.units import duration_text, epoch_text, epochs_done_text
 
 MISTAKES = 20
 MISTAKE_SCALE = 3       # mistakes shown 96 px wide, each pixel a crisp square
@@ -92,11 +92,6 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.2%}"
 
 
-def epoch_text(epoch: float) -> str:
-    """24.4564 -> "24.5" (a time budget ends within an epoch), 30.0 -> "30"."""
-    return f"{epoch:.0f}" if epoch == int(epoch) else f"{epoch:.1f}"
-
-
 def summary_table(runs: list[RunData]) -> Table:
     def row(name: str, value) -> list[str]:
         return [name, *(value(r) for r in runs)]
@@ -108,9 +103,8 @@ def summary_table(runs: list[RunData]) -> Table:
     def trained(r: RunData) -> str:
         if r.imported:
             return "imported"
-        done = epoch_text(r.status.get("epoch") or (r.epochs["epoch"].iloc[-1] if len(r.epochs) else 0))
-        limit = r.cfg.train.time_limit
-        return f"{done} in a time budget of {duration_text(limit)}" if limit else f"{done} of {r.cfg.train.epochs}"
+        return epochs_done_text(epochs_trained(r.status, r.epochs.to_dict("records")), r.cfg.train.epochs,
+                                r.cfg.train.time_limit)
 
     def device(r: RunData) -> str:
         where = r.status.get("device_name") or r.status.get("device") or "–"

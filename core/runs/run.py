@@ -176,18 +176,32 @@ class Run:
             return ""
 
     def summary(self) -> dict:
-        """One row of the runs table."""
+        """One row of the runs table. `epochs_done` is epochs_trained to one decimal; `time_limit` (seconds, or
+        None) says its length was a time budget, not `epochs`."""
         status, cfg_raw = self.status(), read_json(self.config_path, default={})
         epochs = [m for m in self.metrics() if m.get("kind") == "epoch"]
         best = max((m["eval_acc"] for m in epochs), default=None)
+        train = cfg_raw.get("train", {})
         return {"name": self.name, "state": status.get("state"), "params": cfg_raw.get("params"),
                 "preset": cfg_raw.get("preset"), "best_acc": best,
-                "epochs_done": len(epochs), "epochs": cfg_raw.get("train", {}).get("epochs"),
+                "epochs_done": epochs_trained(status, epochs), "epochs": train.get("epochs"),
+                "time_limit": train.get("time_limit") or None,
                 "elapsed": epochs[-1]["elapsed"] if epochs else None, "device": status.get("device"),
                 "world_size": status.get("world_size") or 1,
                 "created": status.get("created"), "error": status.get("error"), "data": cfg_raw.get("data"),
                 "imported_from": status.get("imported_from"),
                 "search": (status.get("search") or {}).get("study")}
+
+
+def epochs_trained(status: dict, epoch_lines: list[dict]) -> float | int:
+    """How many epochs a run has trained, to one decimal (24.5: a time budget ends within an epoch; 30: whole).
+    The training process writes it to the status at each epoch's end; the count of epoch lines is not it (a run
+    evaluated every few epochs has fewer), so older runs without it take the last epoch line's epoch."""
+    done = status.get("epoch")
+    if not isinstance(done, (int, float)):
+        done = epoch_lines[-1].get("epoch", len(epoch_lines)) if epoch_lines else 0
+    done = round(float(done), 1)
+    return int(done) if done == int(done) else done
 
 
 def resume_problem(run: Run) -> str | None:
