@@ -9,6 +9,7 @@
         heartbeat.json      the training process's phase, epoch and step, rewritten every second (core.runs.watch)
         checkpoints/        last.* and best.* (see core.nn.checkpoint)
         results.json        per-class accuracy and confusion matrix, written at the end
+        familiarity.json    per checkpoint, the score below which an image is out of distribution (core.deploy.predict)
         record.json         what made it: origin, command, commit, machine, libraries, seeds, data (core.runs.record)
         reproduces.json     for a run made by `core reproduce`: how it compares with the run it reproduces
         exports/            ONNX files for devices, each with its verification (see core.deploy.onnx_export)
@@ -127,6 +128,7 @@ class Run:
     heartbeat_path = property(lambda self: self.dir / "heartbeat.json")
     checkpoints = property(lambda self: self.dir / "checkpoints")
     results_path = property(lambda self: self.dir / "results.json")
+    familiarity_path = property(lambda self: self.dir / "familiarity.json")
     exports = property(lambda self: self.dir / "exports")
     record_path = property(lambda self: self.dir / "record.json")
     reproduction_path = property(lambda self: self.dir / "reproduces.json")
