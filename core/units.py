@@ -58,3 +58,9 @@ def epochs_done_text(done: float, epochs: int | None, time_limit: float | None, 
     if time_limit:
         return f"{epoch_text(done)}{' epochs' if unit else ''} in a time budget of {duration_text(time_limit)}"
     return f"{epoch_text(done)} of {epochs}{' epochs' if unit else ''}"
+
+
+def points_change_text(points: float, against: str) -> str:
+    """A change in accuracy points against something, as a metric's delta: "+0.35 points vs fp32"; a change that
+    rounds to nothing is "no change vs fp32", never "-0.00"."""
+    return f"no change vs {against}" if round(points, 2) == 0 else f"{points:+.2f} points vs {against}"
