@@ -173,6 +173,26 @@ def curves(r: RunData, prefix: str) -> list[Block]:
     return shown
 
 
+def two_figures(r: RunData, report) -> str:
+    """Why the best checkpoint's accuracy here differs from the accuracy at the end of training, when it does."""
+    if not r.results or round(r.results["accuracy"], 4) == round(report.accuracy, 4):
+        return ""
+    reasons = []
+    found, last = r.best_epoch(), (float(r.epochs["epoch"].iloc[-1]) if len(r.epochs) else None)
+    if found and last is not None and found[1] != last:
+        reasons.append(f"it holds the weights of epoch {epoch_text(found[1])}, the best by accuracy during training, "
+                       f"and the figure at the end those of the last epoch ({epoch_text(last)})")
+    else:
+        reasons.append("it was measured again now, with this machine's arithmetic" +
+                       (", from weights saved in half precision since" if r.status.get("half") else ""))
+    end_images = sum(map(sum, r.results.get("confusion") or []))
+    if end_images != report.images or r.results.get("data") not in (None, report.data):
+        reasons.append(f"it was measured on {report.images:,} images of {report.data}, the figure at the end on "
+                       f"{end_images:,} images of the {r.results['eval_split']} split")
+    return (f" It differs from the {r.results['accuracy']:.2%} at the end of training because "
+            f"{'; and '.join(reasons)}.")
+
+
 def results_blocks(r: RunData, prefix: str) -> list[Block]:
     blocks: list[Block] = []
     if r.results:
@@ -186,7 +206,7 @@ def results_blocks(r: RunData, prefix: str) -> list[Block]:
         return blocks
     hardest = min(report.per_class_accuracy, key=report.per_class_accuracy.get)
     blocks.append(Text(f"Best checkpoint: {report.accuracy:.2%} on {report.images:,} images; hardest class "
-                       f"{hardest} ({report.per_class_accuracy[hardest]:.1%})."))
+                       f"{hardest} ({report.per_class_accuracy[hardest]:.1%}).{two_figures(r, report)}"))
     totals = [sum(row) for row in report.confusion]
     blocks.append(Table(["Class", "Accuracy", "Images"], [[name, f"{acc:.1%}", f"{n:,}"] for (name, acc), n in
                                                           zip(report.per_class_accuracy.items(), totals)]))
