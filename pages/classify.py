@@ -115,6 +115,8 @@ tta_flip = pick_tta.toggle("Flip test-time augmentation", key="classify_tta", pe
                                 "accurate, since CIFAR-10 classes look the same mirrored")
 classifier = open_classifier(run, tag)
 
+# the uploader's list of files scrolls inside two rows of chips, which reads as cut off: it shows them all
+st.html("<style>.st-key-classify_upload [data-testid='stFileChips'] { max-height: none; }</style>")
 uploads = st.file_uploader("Images", type=[suffix.lstrip(".") for suffix in IMAGE_SUFFIXES],
                            accept_multiple_files=True, key=UPLOAD,
                            help="PNG, JPEG, WebP, BMP, GIF or TIFF, any size or colour mode. The network sees the "

@@ -35,7 +35,7 @@ def test_classify_says_when_an_image_does_not_look_like_its_training_images(brow
             open_app_page(page, "classify")
             page.locator(".st-key-classify_upload input[type=file]").set_input_files(
                 files=[{"name": name, "mimeType": "image/png", "buffer": data} for name, data in odd + real])
-            expect(page.locator("h4").filter(has_text="%")).to_have_count(4)
+            expect(page.locator("h4").filter(has_text="%")).to_have_count(4, timeout=120_000)
             wait_until_settled(page)
             assert_no_exception(page)
             alerts = page.locator('[data-testid="stAlert"]')
@@ -44,5 +44,14 @@ def test_classify_says_when_an_image_does_not_look_like_its_training_images(brow
             expect(alerts.filter(has_text="like noise")).to_have_count(1)
             expect(alerts.filter(has_text="nearly flat")).to_have_count(1)
             screenshot(page, "classify-odd-images")
+
+            many = sample_files(2)[:14]  # added to the four: the uploader listed two rows of files and hid the rest
+            page.locator(".st-key-classify_upload input[type=file]").set_input_files(
+                files=[{"name": name, "mimeType": "image/png", "buffer": data} for name, data in many])
+            expect(page.locator("h4").filter(has_text="%")).to_have_count(18, timeout=120_000)
+            wait_until_settled(page)
+            chips = page.locator('.st-key-classify_upload [data-testid="stFileChips"]')
+            height, shown = chips.evaluate("e => [e.scrollHeight, e.clientHeight]")
+            assert height <= shown + 1, (height, shown)  # every file's chip in sight, none scrolled away
         finally:
             context.close()
