@@ -124,8 +124,6 @@ uploads = st.file_uploader("Images", type=[suffix.lstrip(".") for suffix in IMAG
 if uploads:
     files = st.session_state[KEPT] = tuple((upload.name, upload.getvalue()) for upload in uploads)
     st.session_state.pop(SAMPLES, None)
-    if len(files) > 3:  # the uploader lists three a page: all of them are classified below
-        st.caption(f"{len(files)} files: each has its answer below.")
 elif st.session_state.get(KEPT):
     files = st.session_state[KEPT]
     kept, clear = st.columns([4, 1], vertical_alignment="center")
