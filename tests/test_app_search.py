@@ -268,3 +268,13 @@ def test_the_study_reads_as_people_read_it(in_searched):
     assert app.segmented_control(key="search:data_choice").value == "builtin"
     app.segmented_control(key="search:data_choice").set_value("path").run()
     assert app.text_input(key="search:data").value == ""  # a copy on this machine, as Train asks for it
+
+
+def test_trials_in_flight_are_not_counted_as_done(runs_dir):
+    """Issue 27: "Trials 3 of 3" read while trial 2 was still queued."""
+    study = optuna.load_study(study_name="live", storage=start_study(fixed_space(), "live", None, 2))
+    study.ask()  # a trial begun, its run not yet trained: in flight, counted toward the 2 but not done
+    app = open_search()
+    assert_clean(app)
+    (trials,) = [m for m in app.metric if m.label == "Trials done"]
+    assert trials.value == "0 of 2" and trials.proto.delta == "1 running"
