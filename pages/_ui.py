@@ -19,6 +19,7 @@ from core.design.spec import ArchSpec, SpecError
 from core.errors import StudioError
 from core.runs.record import read_record, summary_lines
 from core.runs.run import ACTIVE, Run, list_runs
+from core.units import epoch_text
 
 # core.nn.checkpoint and core.deploy.predict load torch, which takes seconds: they are imported where a page
 # uses a network, so the Design page, which never does, opens without that wait.
@@ -144,7 +145,8 @@ def open_classifier(run: Run, tag: str) -> Classifier | None:
         return None
     saved = classifier.meta
     if saved.get("eval_acc") is not None:
-        st.caption(f"{tag.capitalize()} checkpoint: epoch {saved.get('epoch')}, "
+        epoch = run.checkpoint_epoch(saved)
+        st.caption(f"{tag.capitalize()} checkpoint: epoch {'?' if epoch is None else epoch_text(epoch)}, "
                    f"{saved['eval_acc']:.1%} on its {saved.get('eval_split', 'evaluation')} split.")
     return classifier
 

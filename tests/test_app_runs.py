@@ -74,3 +74,12 @@ def test_a_run_has_one_colour_in_every_chart_and_trials_say_what_their_accuracy_
     assert dict(zip(dots["color"]["scale"]["domain"], dots["color"]["scale"]["range"]))["laptop"] == curve_colour
     assert dots["shape"]["legend"] is not None  # a trial among the dots: the shapes are named
     assert any("Triangles are search trials" in c.value for c in app.caption)
+
+
+def test_classify_names_a_time_budgeted_runs_checkpoint_by_the_epochs_it_trained(tmp_path, monkeypatch):
+    runs_dir = shipped_runs(tmp_path, "laptop")
+    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(runs_dir))
+    app = AppTest.from_file(APP, default_timeout=300).run()
+    app.switch_page("pages/classify.py").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert "Best checkpoint: epoch 24.5, 88.1% on its test split." in [c.value for c in app.caption]  # not epoch 24

@@ -168,6 +168,14 @@ class Run:
                     rows.append(json.loads(line))
         return rows
 
+    def checkpoint_epoch(self, meta: dict) -> float | None:
+        """The epoch a checkpoint was saved at as epochs trained (24.5), from the epoch line of its evaluation (the
+        same elapsed time); its meta alone has the whole epochs before it (24)."""
+        for line in reversed(self.metrics()):
+            if line.get("kind") == "epoch" and meta.get("elapsed") is not None and line.get("elapsed") == meta["elapsed"]:
+                return line["epoch"]
+        return meta.get("epoch")
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             with open(self.log_path, "rb") as f:
