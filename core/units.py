@@ -58,3 +58,22 @@ def significant(x: float, digits: int = 3) -> float:
 def margin_text(over: int) -> str:
     """How far a design is from its parameter budget, given its parameters over it (negative: under)."""
     return f"{params_text(over)} over budget" if over > 0 else f"{params_text(-over)} to spare"
+
+
+def epoch_text(epoch: float) -> str:
+    """An epoch count or position: 24.4564 -> "24.5" (a time budget ends within an epoch), 30.0 -> "30"."""
+    return f"{epoch:.0f}" if epoch == int(epoch) else f"{epoch:.1f}"
+
+
+def epochs_done_text(done: float, epochs: int | None, time_limit: float | None, unit: bool = False) -> str:
+    """Epochs trained against the run's length: "16 of 30" (" epochs" with `unit`), or, for a time-budgeted
+    run, "24.5 in a time budget of 30 min"."""
+    if time_limit:
+        return f"{epoch_text(done)}{' epochs' if unit else ''} in a time budget of {duration_text(time_limit)}"
+    return f"{epoch_text(done)} of {epochs}{' epochs' if unit else ''}"
+
+
+def points_change_text(points: float, against: str) -> str:
+    """A change in accuracy points against something, as a metric's delta: "+0.35 points vs fp32"; a change that
+    rounds to nothing is "no change vs fp32", never "-0.00"."""
+    return f"no change vs {against}" if round(points, 2) == 0 else f"{points:+.2f} points vs {against}"

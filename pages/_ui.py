@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pandas as pd
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
@@ -18,7 +19,7 @@ from core.design.spec import ArchSpec, SpecError
 from core.errors import StudioError
 from core.runs.record import read_record, summary_lines
 from core.runs.run import ACTIVE, Run, list_runs
-from core.units import significant
+from core.units import epoch_text, significant
 
 # core.nn.checkpoint and core.deploy.predict load torch, which takes seconds: they are imported where a page
 # uses a network, so the Design page, which never does, opens without that wait.
@@ -74,17 +75,34 @@ def default_run(runs: list[Run]) -> Run:
 
 def select_run(label: str, runs: list[Run], remember: str, default: Run, **kwargs) -> Run:
     """A choice of run kept under `remember` across pages (Streamlit forgets the state of a widget its page
-    does not render); a run that has gone since falls back to `default`. The best run says so."""
+    does not render); a run that has gone since falls back to `default`. The best run says so, and a caption says
+    when the run shown is not `default` because it was picked on another page, or fell back because it is gone."""
     by_name = {run.name: run for run in runs}
-    widget = remember + ":widget"
+    widget, picked_on = remember + ":widget", remember + ":picked_on"
+    here = this_page()
+    gone = None
     if st.session_state.get(widget) not in by_name:
         remembered = st.session_state.get(remember)
         st.session_state[widget] = remembered if remembered in by_name else default.name
+        gone = remembered if remembered is not None and remembered not in by_name else None
     best = best_run(runs)
     name = st.selectbox(label, list(by_name), key=widget, format_func=lambda n: run_label(by_name[n], best),
-                        **kwargs)
+                        on_change=lambda: st.session_state.__setitem__(picked_on, this_page()), **kwargs)
+    # what the page opens on, when not its default, is said, never silently: a run gone, or one picked elsewhere
+    if gone:
+        st.caption(f"{gone}, the run picked before, is gone: this is {default.name}, the default.")
+    elif name != default.name and st.session_state.get(picked_on) not in (None, here):
+        st.caption(f"Picked on another page; the default here is {default.name}.")
     st.session_state[remember] = name
     return by_name[name]
+
+
+def this_page() -> str:
+    """Which page this script run draws (its script's hash)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.page_script_hash if ctx else ""
 
 
 def chosen_run(remember: str) -> Run:
@@ -97,7 +115,7 @@ def select_checkpoint(key: str, default: str = "best", **kwargs) -> str:
     from core.nn.checkpoint import TAGS
 
     return st.segmented_control("Checkpoint", TAGS, default=default, required=True, key=key,
-                                format_func=str.capitalize, **kwargs)
+                                format_func=str.capitalize, persist_state="session", **kwargs)
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint…", max_entries=8)
@@ -118,7 +136,7 @@ def open_classifier(run: Run, tag: str) -> Classifier | None:
                     f"uses it as soon as it does.", icon=":material/hourglass_top:")
         else:
             st.warning(f"**{run.name}** has no {tag} checkpoint: it is {state} and never finished an epoch. "
-                       f"Resume it on the Runs page, or pick another run.", icon=":material/warning:")
+                       f"Resume it on the Train page, or pick another run.", icon=":material/warning:")
         return None
     try:
         classifier = load_classifier(str(run.dir), tag, meta.stat().st_mtime)
@@ -127,7 +145,8 @@ def open_classifier(run: Run, tag: str) -> Classifier | None:
         return None
     saved = classifier.meta
     if saved.get("eval_acc") is not None:
-        st.caption(f"{tag.capitalize()} checkpoint: epoch {saved.get('epoch')}, "
+        epoch = run.checkpoint_epoch(saved)
+        st.caption(f"{tag.capitalize()} checkpoint: epoch {'?' if epoch is None else epoch_text(epoch)}, "
                    f"{saved['eval_acc']:.1%} on its {saved.get('eval_split', 'evaluation')} split.")
     return classifier
 
@@ -136,7 +155,8 @@ def show_record(run: Run) -> None:
     """The run's reproducibility record, folded: what made it, on which code, machine, libraries and data."""
     with st.expander("Reproducibility record", icon=":material/fingerprint:"):
         rows = summary_lines(read_record(run.record_path))
-        st.dataframe([{"Fact": fact, "Value": str(value)} for fact, value in rows], hide_index=True, width="stretch")
+        # a static table: it wraps a long value (a command, a path, a hash) where a data frame's cell cuts it off
+        st.table(pd.DataFrame([{"Fact": fact, "Value": str(value)} for fact, value in rows]).set_index("Fact"))
 
 
 def checkpoint_id(run: Run, tag: str, classifier: Classifier) -> tuple[str, str, str]:

@@ -2,9 +2,11 @@
 
 Pick a run and one of its checkpoints, then drop images. Every image that decodes gets the 32x32
 input the network sees, a Grad-CAM overlay and the probability of all ten classes; a file that
-doesn't gets its own error and the rest go on. The work is in core.deploy.predict; results are cached
-per checkpoint save and files, so moving any control does not decode the images again. The flip toggle
-starts at the run's own test-time augmentation, again whenever another run is picked.
+doesn't gets its own error and the rest go on. An image unlike the network's training images (its score below
+the run's threshold: core.deploy.prediction) is said to be so, in words, beside its answer. The work is in
+core.deploy.predict; results are cached per checkpoint save and files, so moving any control does not decode the
+images again. The images, checkpoint and TTA stay in session state across a page switch. The flip toggle starts at
+the run's own test-time augmentation, again whenever another run is picked.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from core.data.images import IMAGE_SUFFIXES
-from core.deploy.predict import Classifier, Prediction, classify, sample_files
+from core.deploy.predict import Classifier, Prediction, classify, prediction_rows, predictions_csv, sample_files
 from core.deploy.prediction import tta_words
 from core.nn.visual import cam_overlay, enlarge
 from core.report.charts import PRIMARY
@@ -25,6 +27,7 @@ through_app_shell()
 UPLOAD = "classify_upload"
 TTA = "classify_tta"
 TTA_RUN = "classify_tta:run"  # the run whose own test-time augmentation the toggle was last set to
+KEPT = "classify_files"       # the last uploads' (name, bytes): a file uploader forgets them on a page switch
 SAMPLES = "classify_samples"  # the built-in test images, when asked for instead of uploads
 SCALE = 6                     # the 32x32 input is shown 192 px wide, each of its pixels a visible square
 SIDE = SCALE * 32             # the width every image of a prediction is shown at
@@ -57,19 +60,23 @@ def try_samples() -> None:
     st.session_state[SAMPLES] = tuple(sample_files())
 
 
+TRAINED_ON = "what the network was trained on (small photos of the ten CIFAR-10 classes)"
+
+
+def why_unfamiliar(result: Prediction) -> str:
+    pixels = result.pixels
+    if pixels["contrast"] < pixels["contrast_low"]:
+        return "it is nearly flat, almost one colour, flatter than nearly all of the run's test images"
+    if pixels["roughness"] > pixels["roughness_high"]:
+        return "it is grainier than nearly all of the run's test images, like noise"
+    return (f"the network's evidence for every class (energy {result.score:.2f}) is weaker than for 96% of the run's "
+            f"own test images (the threshold is {result.threshold:.2f})")
+
+
 def summary_table(results: list[Prediction], classes: list[str]) -> pd.DataFrame:
-    """One row per file: its top two classes and every class's probability, or why it could not be read."""
-    rows = []
-    for result in results:
-        row = dict.fromkeys(["File", "Top class", "Probability", "Second class", "Second probability", *classes])
-        row["File"] = result.file
-        if result.ok:
-            first, second = result.top(2)
-            row |= {"Top class": first["class"], "Probability": first["probability"],
-                    "Second class": second["class"], "Second probability": second["probability"]}
-            row |= result.probabilities
-        rows.append(row | {"Error": result.error})
-    return pd.DataFrame(rows)
+    """prediction_rows as a table: a missing number is an empty cell, not None."""
+    table = pd.DataFrame(prediction_rows(results, classes))
+    return table.astype(dict.fromkeys(["Probability", "Second probability", "OOD score", *classes], "Float64"))
 
 
 def show_prediction(result: Prediction) -> None:
@@ -77,6 +84,9 @@ def show_prediction(result: Prediction) -> None:
     with st.container(border=True):
         st.markdown(f"#### {first['class']} · {first['probability']:.0%}")
         st.caption(f"{result.file} · next: {second['class']} {second['probability']:.0%}")
+        if result.ood:
+            st.warning(f"This image does not look like {TRAINED_ON}: {why_unfamiliar(result)}. Its answer is a guess "
+                       f"among those ten classes, whatever the image shows.", icon=":material/help:")
         width, height = result.size
         if max(width, height) > ASPECT_LIMIT * min(width, height):
             side = min(width, height)
@@ -109,20 +119,30 @@ own_tta_flip = classifier is not None and classifier.own_tta_flip
 if st.session_state.get(TTA_RUN) != run.name:  # before the toggle is drawn: a widget's state is set only then
     st.session_state[TTA] = own_tta_flip
     st.session_state[TTA_RUN] = run.name
-tta_flip = pick_tta.toggle("Flip test-time augmentation", key=TTA,
+tta_flip = pick_tta.toggle("Flip test-time augmentation", key=TTA, persist_state="session",
                            help="Average the prediction for each image and its mirror image: often a little more "
                                 "accurate, since CIFAR-10 classes look the same mirrored. It starts as the run was "
                                 "tested.")
 if classifier is not None:
     st.caption(f"Test-time augmentation: {tta_words(tta_flip, own_tta_flip)}.")
 
+# the uploader's list of files scrolls inside two rows of chips, which reads as cut off: it shows them all
+st.html("<style>.st-key-classify_upload [data-testid='stFileChips'] { max-height: none; }</style>")
 uploads = st.file_uploader("Images", type=[suffix.lstrip(".") for suffix in IMAGE_SUFFIXES],
                            accept_multiple_files=True, key=UPLOAD,
                            help="PNG, JPEG, WebP, BMP, GIF or TIFF, any size or colour mode. The network sees the "
                                 "central square, shrunk to 32×32.")
 if uploads:
-    files = tuple((upload.name, upload.getvalue()) for upload in uploads)
+    files = st.session_state[KEPT] = tuple((upload.name, upload.getvalue()) for upload in uploads)
     st.session_state.pop(SAMPLES, None)
+elif st.session_state.get(KEPT):
+    files = st.session_state[KEPT]
+    kept, clear = st.columns([4, 1], vertical_alignment="center")
+    kept.caption(f"{len(files)} image{'s' if len(files) > 1 else ''} you uploaded before: "
+                 f"{', '.join(name for name, _ in files[:5])}{', …' if len(files) > 5 else ''}. "
+                 f"Drop images above to classify others.")
+    clear.button("Clear them", icon=":material/close:", width="stretch",
+                 on_click=lambda: st.session_state.pop(KEPT, None))
 elif SAMPLES in st.session_state:
     files = st.session_state[SAMPLES]
     st.caption("Built-in CIFAR-10 test images, one per class; each file is named after its true class.")
@@ -140,12 +160,19 @@ if files and classifier is not None:
             st.error(result.error, icon=":material/broken_image:")
     if len(results) > MANY:
         table = summary_table(results, classifier.classes)
-        errors = ["Error"] if table["Error"].notna().any() else []
-        shown = table[["File", "Top class", "Probability", "Second class", *errors]]
+        errors = ["Error"] if table["Error"].astype(bool).any() else []
+        shown = table[["File", "Top class", "Probability", "Second class", "Looks like its training images", *errors]]
         st.dataframe(shown.assign(Probability=100 * shown["Probability"]), hide_index=True, column_config={
             "Probability": st.column_config.ProgressColumn(format="%.1f%%", min_value=0, max_value=100)})
-        st.download_button("Download all predictions as CSV", table.to_csv(index=False), file_name="predictions.csv",
+        made = predictions_csv(results, classifier.classes, run.name, tag, tta_flip)
+        st.download_button("Download all predictions as CSV", made,
+                           file_name=f"predictions-{run.name}-{tag}{'-tta' if tta_flip else ''}.csv",
                            mime="text/csv", on_click="ignore", icon=":material/download:")
+    unfamiliar = [result.file for result in results if result.ood]
+    if unfamiliar:
+        st.warning(f"{len(unfamiliar)} of {len(results)} images {'does' if len(unfamiliar) == 1 else 'do'} not look "
+                   f"like {TRAINED_ON}: {', '.join(unfamiliar[:8])}{', …' if len(unfamiliar) > 8 else ''}. Their "
+                   f"answers are guesses; each says why below.", icon=":material/help:")
     for result in results:
         if result.ok:
             show_prediction(result)

@@ -5,9 +5,10 @@ The test data is the built-in slice, a CIFAR-10 copy on disk, or an uploaded arc
 folders. Evaluating runs on a button press (10,000 images take seconds on a CPU) and its report is
 cached per checkpoint save, data and test-time augmentation, so asking again, or going back to an earlier
 choice, is instant. The last report of each section stays in session state, named by what it is of, and is
-marked as made with other settings when the controls have changed since. Each run is tested with its own
-test-time augmentation unless the page is told otherwise. The unlabelled set (the course pickle, .npy/.npz or
-a zip of images) is read by core.data.testsets and predicted by core.deploy.submit as soon as it is uploaded.
+marked as made with other settings when the controls have changed since; so do the data source, path, upload and
+TTA across a page switch. Each run is tested with its own test-time augmentation unless the page is told otherwise.
+The unlabelled set (the course pickle, .npy/.npz or a zip of images) is read by core.data.testsets and predicted by
+core.deploy.submit as soon as it is uploaded.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ SUBMIT_SUFFIXES = ["pkl", "pickle", "npy", "npz", "zip", "tar", "gz", "tgz"]
 PREVIEW = 24                        # the first images of a test set shown with their predicted class
 PREVIEW_COLUMNS = 8
 PREVIEW_SCALE = 3
+KEPT_UPLOAD = "evaluate_upload_kept"  # the last upload's (name, bytes), kept across a page switch
+PERSIST = {"persist_state": "session"}  # the data source, path and TTA, as left, after a visit to another page
 REPORT = "evaluate_report"          # the last Evaluated of the One run section
 COMPARISON = "evaluate_comparison"  # the last pair of Evaluated of the Side by side section
 SOURCES = {"builtin": "Built-in test slice", "path": "CIFAR-10 on disk", "upload": "Upload class folders"}
@@ -86,7 +89,7 @@ def suggested_path() -> str:
 def choose_test_data() -> TestData | None:
     """The test data the controls describe, or None (with a word on what is missing) until it is given."""
     source = st.segmented_control("Test data", list(SOURCES), format_func=SOURCES.get, default="builtin",
-                                  required=True, key=DATA_SOURCE)
+                                  required=True, key=DATA_SOURCE, **PERSIST)
     if source == "builtin":
         st.caption("The 1,000 test images shipped with the app, 100 of each class, from the JPEG copy of CIFAR-10.")
         return TestData(BUILTIN)
@@ -96,7 +99,7 @@ def choose_test_data() -> TestData | None:
                              help="torchvision's cifar-10-batches-py/ folder, or train/<class>/ and test/<class>/ "
                                   "folders as a folder, .tar.gz or .zip: its test split is used. Or a folder or "
                                   "archive of class folders alone. The first read decodes every image, then a "
-                                  "cache makes it instant.").strip()
+                                  "cache makes it instant.", **PERSIST).strip()
         if not path:
             st.caption("Give the path of a CIFAR-10 copy on this machine.")
             return None
@@ -109,10 +112,17 @@ def choose_test_data() -> TestData | None:
                               help="A .zip, .tar.gz or .tar holding <class>/<image> folders named after CIFAR-10 "
                                    "classes (all ten or some), under one top folder or none. An archive with "
                                    "train/ and test/ is evaluated on test/.")
-    if upload is None:
+    if upload is not None:
+        st.session_state[KEPT_UPLOAD] = (upload.name, upload.getvalue())
+    elif KEPT_UPLOAD in st.session_state:  # a file uploader forgets its file on a page switch: this page does not
+        name, data = st.session_state[KEPT_UPLOAD]
+        kept, clear = st.columns([4, 1], vertical_alignment="center")
+        kept.caption(f"{name}, uploaded before ({len(data) / 1e6:.1f} MB). Upload another to replace it.")
+        clear.button("Clear it", icon=":material/close:", on_click=lambda: st.session_state.pop(KEPT_UPLOAD, None))
+    if KEPT_UPLOAD not in st.session_state:
         st.caption("Upload a .zip, .tar.gz or .tar of folders named after the classes, e.g. cat/, dog/, ship/.")
         return None
-    return TestData((upload.name, upload.getvalue()))
+    return TestData(st.session_state[KEPT_UPLOAD])
 
 
 def evaluate(name: str, run: Run, tag: str, classifier: Classifier, data: TestData, tta: str) -> Evaluated:
@@ -219,7 +229,7 @@ data_column, tta_column = st.columns([3, 1], vertical_alignment="top")
 with data_column:
     data = choose_test_data()
 tta = tta_column.segmented_control("Test-time augmentation", list(TTA_CHOICES), format_func=TTA_CHOICES.get,
-                                   default="own", required=True, key=TTA,
+                                   default="own", required=True, key=TTA, **PERSIST,
                                    help="Each run's own: as it was tested when it trained (flip: each image's "
                                         "prediction averaged with its mirror image's), which its best accuracy "
                                         "comes from. Flip or None: the same for every run.")

@@ -21,12 +21,12 @@ from core.design.budget import BUDGET, count
 from core.design.config import RunConfig
 from core.errors import StudioError
 from core.files import read_json
-from core.report.charts import confusion_chart, legend_columns, overlay_chart, per_class_chart
+from core.report.charts import confusion_chart, legend_columns, overlay_chart, per_class_chart, run_colours
 from core.runs.progress import metric_frames
 from core.runs.run import ACTIVE, Run, delete, list_runs, runs_root
-from core.units import duration_text
+from core.units import duration_text, epoch_text, epochs_done_text, points_change_text
 from pages._ui import (FOLLOWED, RUN_CHOICE, chosen_run, current_design, data_label, default_run, has_checkpoint,
-                       plural, select_run, show_record, state_badge, through_app_shell)
+                       select_run, show_record, state_badge, through_app_shell)
 
 through_app_shell()
 
@@ -81,6 +81,11 @@ RUN_COLUMNS = {
 }
 
 
+def epochs_of(row: dict, unit: bool = False) -> str:
+    """A summary row's epochs trained against its length: "16 of 30", "24.5 in a time budget of 30 min"."""
+    return epochs_done_text(row["epochs_done"], row["epochs"], row["time_limit"], unit)
+
+
 def runs_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame({
         "Run": [r["name"] for r in rows],
@@ -88,7 +93,7 @@ def runs_table(rows: list[dict]) -> pd.DataFrame:
         "Parameters": [r["params"] for r in rows],
         "Best accuracy": [r["best_acc"] for r in rows],
         "Epochs": [(f"{r['epochs_done']}, imported" if r["epochs_done"] else "imported") if r["imported_from"] else
-                   f"{r['epochs_done']} of {r['epochs']}" for r in rows],
+                   epochs_of(r) for r in rows],
         "Training time": [r["elapsed"] / 60 if r["elapsed"] is not None else None for r in rows],
         "Device": [r["device"] for r in rows],
         "Processes": [r["world_size"] for r in rows],
@@ -105,24 +110,35 @@ def show_table(live: bool) -> None:
     st.dataframe(runs_table(rows), hide_index=True, column_config=RUN_COLUMNS, placeholder=NOT_KNOWN)
 
 
-def overlay(runs: list[Run], column: str, title: str, value_format: str) -> alt.Chart:
-    return overlay_chart({run.name: epoch_lines(run) for run in runs}, column, title, value_format)
+def overlay(runs: list[Run], column: str, title: str, value_format: str, colours: dict[str, str]) -> alt.Chart:
+    return overlay_chart({run.name: epoch_lines(run) for run in runs}, column, title, value_format, colours)
+
+
+TRIAL_SPLIT = "validation split, a search trial's few epochs"
 
 
 def accuracy_vs_parameters(rows: list[dict]) -> alt.Chart:
     points = pd.DataFrame([{"Run": r["name"], "Parameters": r["params"], "Best accuracy": r["best_acc"],
-                            "State": r["state"]} for r in rows if r["best_acc"] is not None])
+                            "State": r["state"], "Measured on": TRIAL_SPLIT if r["search"] else "test split"}
+                           for r in rows if r["best_acc"] is not None])
     x = alt.X("Parameters:Q", axis=alt.Axis(format="~s", grid=False), title="Parameters (log scale)",
               scale=alt.Scale(type="log", domain=[points["Parameters"].min() / 2,
                                                   max(BUDGET, points["Parameters"].max()) * 1.5]))
     # runs named by colour, not by labels beside their dots: runs of similar size and accuracy would overlap
-    colour = alt.Color("Run:N", scale=alt.Scale(scheme="tableau20"), sort=list(points["Run"]),
+    colours = run_colours([r["name"] for r in rows])  # as in the curves above: one run, one colour
+    colour = alt.Color("Run:N", scale=alt.Scale(domain=list(points["Run"]), range=[colours[n] for n in points["Run"]]),
+                       sort=list(points["Run"]),
                        legend=alt.Legend(orient="bottom", title=None, columns=legend_columns(list(points["Run"])),
                                          labelLimit=0, symbolLimit=0))
     base = alt.Chart(points).encode(x=x, y=alt.Y("Best accuracy:Q", axis=alt.Axis(format="%")),
                                     tooltip=["Run", "State", alt.Tooltip("Parameters:Q", format=","),
-                                             alt.Tooltip("Best accuracy:Q", format=".2%")])
-    dots = base.mark_circle(size=90, opacity=0.9).encode(color=colour)
+                                             alt.Tooltip("Best accuracy:Q", format=".2%"), "Measured on"])
+    # a search trial's accuracy is on a validation split after its few epochs: another shape, named in the legend
+    shape = alt.Shape("Measured on:N", scale=alt.Scale(domain=["test split", TRIAL_SPLIT],
+                                                       range=["circle", "triangle-up"]),
+                      legend=alt.Legend(orient="bottom", title=None, labelLimit=0)
+                      if (points["Measured on"] == TRIAL_SPLIT).any() else None)
+    dots = base.mark_point(size=90, opacity=0.9, filled=True).encode(color=colour, shape=shape)
     budget = alt.Chart(pd.DataFrame({"Parameters": [BUDGET], "label": [f"{BUDGET / 1e6:g}M budget"]}))
     rule = budget.mark_rule(color="#dc2626", strokeDash=[6, 4]).encode(x="Parameters:Q")
     rule_label = budget.mark_text(align="right", baseline="top", dx=-4, dy=4, color="#dc2626").encode(
@@ -162,7 +178,7 @@ ALLOWED_DROP = "Allowed accuracy drop (points)"  # int8's limit against fp32; er
 MAX_DROP = "export_max_drop"
 EXPORT_ERROR = "runs_export_error:"               # + precision: why an export could not start
 PRECISIONS = {"fp32": "The network as trained, in one file.",
-              "int8": "About a third of the size and faster on a CPU; calibrated on training images."}
+              "int8": "About a quarter of the size and faster on a CPU; calibrated on training images."}
 NORMALIZATION_LABELS = {"cifar10": "CIFAR-10 mean and std (as this studio trains)",
                         "kuangliu": "kuangliu pytorch-cifar's (std 0.2023, 0.1994, 0.2010)",
                         "none": "None: plain [0, 1] pixels"}
@@ -224,12 +240,14 @@ def export_card(run: Run, precision: str, generation: str) -> None:
         return
     size, agreement, accuracy = st.columns(3)
     size.metric("Size", f"{report['bytes'] / 1e6:.2f} MB",
-                delta=f"{report['bytes'] / report['fp32_bytes'] - 1:.0%} vs fp32" if precision == "int8" else None,
-                delta_color="inverse")
+                delta=f"{report['bytes'] / report['fp32_bytes']:.0%} of fp32's size" if precision == "int8" else None,
+                delta_color="off", delta_arrow="off")
     agreement.metric("Agrees with PyTorch", f"{report['agreement']:.2%}", help="Share of test images where it "
                      "picks the class PyTorch picks")
-    accuracy.metric("Accuracy", f"{report['accuracy']:.2%}",
-                    delta=f"{-report['accuracy_drop']:+.2f} points vs fp32" if precision == "int8" else None)
+    change = round(-report["accuracy_drop"], 2) if precision == "int8" else 0.0
+    accuracy.metric("Accuracy", f"{report['accuracy']:.2%}",  # no change: no colour, no arrow
+                    delta=points_change_text(change, "fp32") if precision == "int8" else None,
+                    delta_color="normal" if change else "off", delta_arrow="auto" if change else "off")
     st.caption(f"On {report['images']:,} test images of {report['data']}; "
                f"largest logit difference from PyTorch {report['max_logit_diff']:.1e}.")
     if report["generation"] != generation:
@@ -412,8 +430,9 @@ else:
     if chosen:
         compared = [run for run in runs if run.name in chosen]
         accuracy_column, loss_column = st.columns(2)
-        accuracy_column.altair_chart(overlay(compared, "eval_acc", "Accuracy on the evaluation split", ".1~%"))
-        loss_column.altair_chart(overlay(compared, "eval_loss", "Loss on the evaluation split", "~g"))
+        colours = run_colours([row["name"] for row in rows])
+        accuracy_column.altair_chart(overlay(compared, "eval_acc", "Accuracy on the evaluation split", ".1~%", colours))
+        loss_column.altair_chart(overlay(compared, "eval_loss", "Loss on the evaluation split", "~g", colours))
         st.download_button("Report", lambda: report_html(compared), file_name=f"report-{'-'.join(chosen)}.html"[:120],
                            mime="text/html", icon=":material/summarize:", on_click="ignore", key="report",
                            help="One HTML file that opens offline: the runs' hyperparameters side by side, results, "
@@ -425,6 +444,10 @@ else:
                                 "every chart of the report as a PDF, with figures.tex to include them")
     st.markdown("**Best accuracy against parameters**")
     st.altair_chart(accuracy_vs_parameters(rows))
+    if any(row["search"] and row["best_acc"] is not None for row in rows):
+        st.caption("Triangles are search trials: their accuracy is measured on a validation split held out of the "
+                   "training images, after the few epochs a trial trains, so it reads lower than a full run's test "
+                   "accuracy (circles) and is not comparable with it.")
 
 # -- one run --
 st.subheader("One run", divider="gray")
@@ -434,7 +457,7 @@ with st.container(horizontal=True, vertical_alignment="center"):
     state_badge(row["state"])
     facts = [f"{row['params']:,} parameters", row["preset"] or "custom design",
              *([f"imported from {Path(row['imported_from']).name}"] if row["imported_from"] else
-               [data_label(row["data"]), f"{row['epochs_done']} of {plural(row['epochs'], 'epoch')}"])]
+               [data_label(row["data"]), epochs_of(row, unit=True)])]
     where = [f"{row['device']} × {row['world_size']} processes" if row["world_size"] > 1 else row["device"]]
     st.caption(" · ".join(facts + (where if row["device"] else [])))
 try:
@@ -459,8 +482,9 @@ elif row["state"] in ACTIVE:
     st.info("Its confusion matrix and per-class accuracy appear when it finishes; follow it live on the Train page.",
             icon=":material/hourglass_top:")
 elif row["state"] == "pruned":
-    st.info(f"Search {row['search']} pruned it after epoch {row['epochs_done']}: its validation accuracy trailed the "
-            f"other trials'. Its checkpoints are kept; the Search page has the study.", icon=":material/content_cut:")
+    st.info(f"Search {row['search']} pruned it after epoch {epoch_text(row['epochs_done'])}: its validation accuracy "
+            f"trailed the other trials'. Its checkpoints are kept; the Search page has the study.",
+            icon=":material/content_cut:")
 else:
     st.info(f"It {row['state']} before its last epoch, so it has no final results. Resume it on the Train page.",
             icon=":material/info:")

@@ -33,6 +33,7 @@ through_app_shell()
 STUDY = "search_study"            # the study the page follows
 LAUNCH_ERROR = "search_launch_error"
 CONTROL = "search:"               # key prefix of the space's controls
+DATA_SOURCES = {BUILTIN: "Built-in slice", "path": "A copy on this machine"}  # as the Train page names them
 REFRESH_S = 2                     # how often a live study is re-read
 AWAY_REFRESH_S = 10               # ... and how often one whose database is away is tried again
 LABELS = {                        # each setting of the space as its control names it: errors speak the page's terms
@@ -45,6 +46,11 @@ LABELS = {                        # each setting of the space as its control nam
     "objectives": "Objectives", "epochs": "Epochs per trial", "pruner": "Pruner", "device": "Devices", "data": "Data",
 }
 PERSIST = {"persist_state": "session"}
+# a trial's settings as the trials table's column headers: short, never cut
+SETTING_COLUMNS = {"stages": "Stages", "blocks": "Blocks", "width": "Width", "growth": "Growth", "dropout": "Dropout",
+                   "kernel_size": "Kernel", "se_ratio": "SE ratio", "lr": "Learning rate",
+                   "weight_decay": "Weight decay", "label_smoothing": "Label smoothing", "batch_size": "Batch size",
+                   "augment": "Augmentations", "ema_decay": "EMA"}
 DEFAULTS = default_ranges()
 LOG_STEPS = {"lr": [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 1.0],
              "weight_decay": [1e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]}
@@ -137,6 +143,7 @@ def study_controls() -> tuple[dict, str, int]:
     left, middle, right = st.columns(3)
     budget = left.number_input(LABELS["budget"], 1_000, BUDGET, BUDGET, step=50_000, key=CONTROL + "budget",
                                **PERSIST)
+    left.caption(f"{int(budget):,} parameters")  # the box shows digits alone
     max_macs = middle.number_input(LABELS["max_macs"], 0, 100_000, 0, key=CONTROL + "max_macs", **PERSIST)
     objectives = right.segmented_control(LABELS["objectives"], list(OBJECTIVE_SETS), format_func=OBJECTIVE_SETS.get,
                                          default="accuracy", required=True, key=CONTROL + "objectives", wrap=True,
@@ -153,23 +160,38 @@ def study_controls() -> tuple[dict, str, int]:
                                     key=CONTROL + "device", wrap=True, **PERSIST,
                                     format_func=lambda d: "Every GPU (else CPU)" if d == "auto" else "CPU",
                                     help="One trial at a time on each device")
-    data = middle.text_input(LABELS["data"], BUILTIN, key=CONTROL + "data", **PERSIST,
-                             help="'builtin' (the slice in the repo) or a CIFAR-10 folder or archive")
+    with middle:
+        data = data_controls()
     st.session_state.setdefault(CONTROL + "name", f"search-{time.strftime('%m%d-%H%M')}")  # set once: a default
     # that moved would reset it; and no rerun when it changes, so Launch clicked just after typing is not lost to
     # a redraw under the pointer
     name = right.text_input("Study name", key=CONTROL + "name", on_change="ignore", **PERSIST)
     fixed = {"objectives": objectives.split(","), "budget": int(budget),
              "max_macs": int(max_macs * 1e6) if max_macs else None, "epochs": int(epochs),
-             "pruner": "none" if several else pruner, "device": device, "data": data.strip() or BUILTIN}
+             "pruner": "none" if several else pruner, "device": device, "data": data}
     return fixed, name.strip(), int(trials)
+
+
+def data_controls() -> str:
+    """The data every trial trains on, chosen as on the Train page: the built-in slice or a copy on this machine
+    (checked at launch by checked_data)."""
+    choice = st.segmented_control(LABELS["data"], list(DATA_SOURCES), format_func=DATA_SOURCES.get, default=BUILTIN,
+                                  required=True, key=CONTROL + "data_choice", **PERSIST)
+    if choice == BUILTIN:
+        st.caption("5,000 training images of the JPEG copy, shipped with the app: trials of seconds.")
+        return BUILTIN
+    path = st.text_input("Folder or archive", key=CONTROL + "data", placeholder="/path/to/cifar10-jpg.tar.gz",
+                         help="torchvision's CIFAR-10 (a folder holding cifar-10-batches-py/), or train/<class>/ and "
+                              "test/<class>/ folders of images, as a folder, .tar.gz, .tgz, .tar or .zip", **PERSIST)
+    return path.strip() or "path:"  # nothing given yet: checked_data says so at launch
 
 
 def checked_data(data: str) -> str:
     """The data every trial trains on, as an absolute path (a worker's trials start elsewhere), or builtin."""
-    found, missing = (BUILTIN, None) if data == BUILTIN else chosen_data("path", data, "")
+    found, missing = (BUILTIN, None) if data == BUILTIN else chosen_data("path", data.removeprefix("path:"), "")
     if missing:
-        raise StudioError(f"**{LABELS['data']}**: {missing} Give a CIFAR-10 folder or archive, or `builtin`.")
+        raise StudioError(f"**{LABELS['data']}**: {missing} Give a CIFAR-10 folder or archive, or pick the "
+                          f"built-in slice.")
     return found
 
 
@@ -231,8 +253,14 @@ TRIAL_COLUMNS = {
 }
 
 
-def settings_text(row: dict) -> str:
-    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row["settings"].items())
+def setting_columns(rows: list[dict]) -> dict[str, list[str]]:
+    """Each setting a trial chose in a column of its own, named and rounded: one column of them all was cut off."""
+    names = list(dict.fromkeys(k for r in rows for k in r["settings"]))
+    return {SETTING_COLUMNS.get(k, k): [setting_text(r["settings"].get(k)) for r in rows] for k in names}
+
+
+def setting_text(value) -> str:
+    return "" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def trials_table(rows: list[dict], epochs: int) -> pd.DataFrame:
@@ -245,8 +273,7 @@ def trials_table(rows: list[dict], epochs: int) -> pd.DataFrame:
         "Val accuracy": pd.array([r["accuracy"] for r in rows], dtype="Float64"),  # none yet: an empty cell
         "Epochs": [f"{r['epochs_done'] or 0} of {epochs}" for r in rows],
         "Run": [r["run"] or "" for r in rows],
-        "Settings": [settings_text(r) for r in rows],
-    })
+    } | setting_columns(rows))
 
 
 def not_counted_table(rows: list[dict]) -> pd.DataFrame:
@@ -256,8 +283,7 @@ def not_counted_table(rows: list[dict]) -> pd.DataFrame:
         "Why": [f"over the limit: {r['rejected']}" if r["rejected"] else
                 f"failed, retried as trial {r['retried_as']}" for r in rows],
         "Parameters": [r["params"] for r in rows],
-        "Settings": [settings_text(r) for r in rows],
-    })
+    } | setting_columns(rows))
 
 
 def trade_off_chart(rows: list[dict], cost: str, limit: int | None) -> alt.Chart:
@@ -277,14 +303,27 @@ def trade_off_chart(rows: list[dict], cost: str, limit: int | None) -> alt.Chart
     layers = [dots]
     edge = pd.DataFrame([{title: r[cost], "Val accuracy": r["accuracy"]} for r in pareto_front(rows, cost)])
     if not edge.empty:
-        layers.append(alt.Chart(edge).mark_line(interpolate="step-after", color=PRIMARY, strokeDash=[2, 2])
-                      .encode(x=x, y=y))
+        layers += [alt.Chart(edge).mark_line(interpolate="step-after", color=PRIMARY, strokeDash=[2, 2], strokeWidth=2)
+                   .encode(x=x, y=y),
+                   alt.Chart(edge).mark_point(size=260, color=PRIMARY, strokeWidth=1.5).encode(x=x, y=y)]
     if limit:
         rule = alt.Chart(pd.DataFrame({title: [limit], "label": [f"budget {limit:,}"]}))
         layers += [rule.mark_rule(color="#dc2626", strokeDash=[6, 4]).encode(x=f"{title}:Q"),
                    rule.mark_text(align="right", baseline="top", dx=-4, dy=4, color="#dc2626")
                    .encode(x=f"{title}:Q", y=alt.value(0), text="label")]
     return alt.layer(*layers).properties(height=340)
+
+
+def front_words(size: int, cost: str) -> str:
+    """What the chart draws of the Pareto front, as it draws it."""
+    smaller = "smaller" if cost == "params" else "cheaper"
+    if size == 0:
+        return "The Pareto front appears when a trial finishes."
+    if size == 1:
+        return (f"The ringed trial is the Pareto front so far: no other finished trial is both more accurate and "
+                f"{smaller}. A dotted step line joins the front once it holds two trials.")
+    return (f"The ringed trials joined by the dotted step line are the Pareto front: no other finished trial is both "
+            f"more accurate and {smaller}.")
 
 
 def importance_chart(importances: dict[str, float]) -> alt.Chart:
@@ -312,9 +351,13 @@ def show_study(name: str, live: bool) -> None:
     rows = [r for r in study["trials"] if r["counted"]]
     others = [r for r in study["trials"] if not r["counted"]]
     columns = st.columns(5)
-    columns[0].metric("Trials", f"{study['counted']} of {target}",
-                      help="Trials toward the study's number: designs over the budget are rejected without training "
-                           "and not counted, so the study asks until it has its trials")
+    waiting = {state: sum(r["state"] == state for r in rows) for state in ("running", "queued")}
+    in_flight = ", ".join(f"{n} {state}" for state, n in waiting.items() if n)
+    columns[0].metric("Trials done", f"{study['counted'] - sum(waiting.values())} of {target}",
+                      delta=in_flight or None, delta_color="off", delta_arrow="off",
+                      help="Trials toward the study's number that have ended (finished, pruned or failed); those "
+                           "running or queued are below. Designs over the budget are rejected without training and "
+                           "not counted, so the study asks until it has its trials")
     columns[1].metric("Finished", done)
     columns[2].metric("Pruned", pruned)
     columns[3].metric("Rejected (over budget)", states.get("rejected", 0))
@@ -342,8 +385,8 @@ def show_study(name: str, live: bool) -> None:
                                     key="search_cost", **PERSIST)
         limit = study["space"]["budget"] if cost == "params" else study["space"]["max_macs"]
         st.altair_chart(trade_off_chart(rows, cost, limit), key="search_trade_off")
-        st.caption("The dotted step line is the Pareto front: no other finished trial is both more accurate and "
-                   "smaller. Designs over the budget never trained, so they have no accuracy to show.")
+        st.caption(f"{front_words(len(pareto_front(rows, cost)), cost)} Designs over the budget never trained, so "
+                   f"they have no accuracy to show.")
     with importance_column:
         st.markdown("**Which settings mattered most**")
         if study["importances"]:

@@ -4,6 +4,7 @@ runs folder holding a run the engine really trained.
 Every expected prediction and accuracy comes from core.deploy.predict on the same bytes and checkpoint, so the
 pages are held to what the CLI would say.
 """
+import csv
 import io
 import json
 import os
@@ -16,8 +17,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.data.datasets import load_dataset
-from core.deploy.predict import Classifier, classify, evaluate_run, sample_files
+from core.data.datasets import CLASSES, load_dataset
+from core.deploy.predict import Classifier, classify, evaluate_run, predictions_csv, sample_files
 from core.runs.run import Run
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -211,7 +212,7 @@ def test_a_very_long_image_says_only_its_central_square_was_seen(trained_runs, t
     files = [("strip.png", encoded(strip, "PNG")), ("wide.png", encoded(picture(5).resize((96, 40)), "PNG"))]
     app = upload(open_page("classify"), "classify_upload", files)
     assert_clean(app)
-    assert [w.value for w in app.warning] == [
+    assert [w.value for w in app.warning if "look like" not in w.value] == [  # the flat strip is odd too: it says so
         "Only the central 10×10 square of this 20,000×10 image was seen: the network takes a square. Crop the part "
         "that matters to a square, or read this answer as about that square alone."]  # 96×40 is within 3:1: no word
 
@@ -321,3 +322,109 @@ def test_side_by_side_with_one_run_compares_its_best_and_last_checkpoints(traine
     assert metric(app, "Accuracy of A: small · best").value == f"{best:.2%}"
     assert metric(app, "Accuracy of B: small · last").value == f"{last:.2%}"
     assert metric(app, "Accuracy of B: small · last").delta == f"{100 * (last - best):+.2f} points against A"
+
+
+# ---- what the network does not know, and what the page keeps -----------------------------------------------
+
+def odd_images() -> list[tuple[str, bytes]]:
+    rng = np.random.default_rng(0)
+    return [("noise32.png", encoded(Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)), "PNG")),
+            ("one-pixel.png", encoded(Image.new("RGB", (1, 1), (200, 30, 40)), "PNG"))]
+
+
+def test_odd_images_are_said_in_words_not_to_look_like_the_training_images(trained_runs, trained, monkeypatch):
+    use_runs(monkeypatch, trained_runs)
+    files = odd_images() + [(f"image-{i}.png", encoded(picture(i * 101), "PNG")) for i in range(5)] + \
+        [("empty.png", b"")]
+    expected = classify(Classifier.load(trained, "best"), files)
+    assert [p.ood for p in expected[:2]] == [True, True]
+    app = upload(open_page("classify"), "classify_upload", files)
+    assert_clean(app)
+    warnings = [w.value for w in app.warning]
+    flagged = sum(bool(p.ood) for p in expected)
+    assert any(w.startswith(f"{flagged} of 8 images do not look like what the network was trained on") for w in
+               warnings), warnings
+    assert any("noise32.png" in w for w in warnings)
+    assert any("grainier than nearly all of the run's test images, like noise" in w for w in warnings)
+    assert any("nearly flat, almost one colour" in w for w in warnings)
+    table = app.dataframe[0].value
+    assert list(table["Looks like its training images"][:2]) == ["no: unlike its training images"] * 2
+    assert "None" not in table.astype(str).to_numpy().ravel().tolist()  # a file that could not be read: empty cells
+    assert table["Top class"].iloc[-1] == "" and "empty.png" in table["Error"].iloc[-1]
+
+
+def test_the_csv_says_which_run_checkpoint_and_tta_made_it(trained):
+    files = odd_images() + [("image.png", encoded(picture(3), "PNG")), ("empty.png", b"")]
+    results = classify(Classifier.load(trained, "last"), files, tta_flip=True)
+    rows = list(csv.DictReader(io.StringIO(predictions_csv(results, CLASSES, "small", "last", True))))
+    assert [row["File"] for row in rows] == [name for name, _ in files]
+    assert {(row["Run"], row["Checkpoint"], row["TTA"]) for row in rows} == {("small", "last", "flip")}
+    assert rows[0]["Looks like its training images"] == "no: unlike its training images"
+    assert rows[-1]["Top class"] == "" and "empty" in rows[-1]["Error"] and "None" not in rows[-1].values()
+
+
+def test_images_checkpoint_and_tta_survive_a_page_switch(trained_runs, trained, monkeypatch):
+    use_runs(monkeypatch, trained_runs)
+    files = [(f"image-{i}.png", encoded(picture(i * 97), "PNG")) for i in range(3)]
+    app = upload(open_page("classify"), "classify_upload", files)
+    app.toggle(key="classify_tta").set_value(True).run()
+    app.segmented_control(key="classify_tag").set_value("last").run()
+    before = headings(app)
+    app.switch_page("pages/runs.py").run()
+    app.switch_page("pages/classify.py").run()
+    assert_clean(app)
+    assert app.toggle(key="classify_tta").value is True and app.segmented_control(key="classify_tag").value == "last"
+    assert headings(app) == before == [expected_heading(p) for p in
+                                       classify(Classifier.load(trained, "last"), files, tta_flip=True)]
+    assert any("3 images you uploaded before" in c.value for c in app.caption)
+
+
+def test_a_run_picked_on_another_page_is_said_to_be_so_on_classify(trained, tmp_path, monkeypatch):
+    runs_dir = tmp_path / "runs"
+    copy_run(trained, runs_dir, "good")
+    weak = copy_run(trained, runs_dir, "trial-3")
+    weak.metrics_path.write_text(json.dumps({"kind": "epoch", "epoch": 1, "step": 39, "train_loss": 2.2,
+                                             "train_acc": 0.15, "eval_split": "test", "eval_loss": 2.1,
+                                             "eval_acc": 0.11, "lr": 0.1, "images_per_s": 100.0,
+                                             "elapsed": 30.0}) + "\n")
+    use_runs(monkeypatch, runs_dir)
+    app = open_page("runs")
+    app.selectbox(key="run_choice:widget").set_value("trial-3").run()
+    app.switch_page("pages/classify.py").run()
+    assert_clean(app)
+    assert app.selectbox(key="run_choice:widget").value == "trial-3"
+    assert "Picked on another page; the default here is good." in [c.value for c in app.caption]
+    app.selectbox(key="run_choice:widget").set_value("good").run()
+    app.selectbox(key="run_choice:widget").set_value("trial-3").run()  # picked here: nothing to explain
+    assert "Picked on another page; the default here is good." not in [c.value for c in app.caption]
+
+
+def test_evaluate_keeps_its_data_upload_tta_and_report_across_a_page_switch(trained_runs, trained, monkeypatch):
+    use_runs(monkeypatch, trained_runs)
+    app = open_page("evaluate")
+    app.segmented_control(key="evaluate_data").set_value("upload").run()
+    upload(app, "evaluate_upload", [("mine.zip", class_folders_zip(lambda name: name))], "application/zip")
+    app.toggle(key="evaluate_tta").set_value(True).run()
+    app.button(key="evaluate").click().run()
+    accuracy = metric(app, "Accuracy").value
+    app.switch_page("pages/classify.py").run()
+    app.switch_page("pages/evaluate.py").run()
+    assert_clean(app)
+    assert app.segmented_control(key="evaluate_data").value == "upload" and app.toggle(key="evaluate_tta").value
+    assert any(c.value.startswith("mine.zip, uploaded before") for c in app.caption)
+    assert metric(app, "Accuracy").value == accuracy and not app.button(key="evaluate").disabled
+    app.button(key="evaluate").click().run()  # the kept upload evaluates as the upload did
+    assert_clean(app)
+    assert metric(app, "Accuracy").value == accuracy
+
+
+def test_a_run_without_a_checkpoint_points_to_resume_on_the_train_page(trained, tmp_path, monkeypatch):
+    runs_dir = tmp_path / "runs"
+    copy_run(trained, runs_dir, "good")
+    broken = copy_run(trained, runs_dir, "stopped-early", state="stopped")
+    shutil.rmtree(broken.checkpoints)
+    use_runs(monkeypatch, runs_dir)
+    app = open_page("evaluate")
+    app.selectbox(key="run_choice:widget").set_value("stopped-early").run()
+    warnings = [w.value for w in app.warning]
+    assert any("Resume it on the Train page" in w for w in warnings) and not any("Runs page" in w for w in warnings)

@@ -11,8 +11,9 @@ APP = Path(__file__).resolve().parents[1] / "app.py"
 
 def record_shown(app: AppTest) -> dict:
     (expander,) = [e for e in app.expander if e.label == "Reproducibility record"]
-    table = expander.dataframe[0].value
-    return dict(zip(table["Fact"], table["Value"]))
+    assert not expander.dataframe  # a data frame cuts long values off: a table wraps them
+    table = expander.table[0].value
+    return dict(zip(table.index, table["Value"]))
 
 
 def test_runs_and_evaluate_show_the_record_and_runs_offers_the_report(trained_runs, trained, monkeypatch):

@@ -65,6 +65,14 @@ def test_exports_run_in_the_background_with_progress_then_show_size_agreement_an
         assert metric(app, "Agrees with PyTorch", index) == f"{report['agreement']:.2%}"
         assert metric(app, "Accuracy", index) == f"{report['accuracy']:.2%}"
         assert OnnxModel.load(path).classes == Classifier.load(run).classes
+    size, accuracy = (next(m for i, m in enumerate(m for m in app.metric if m.label == label) if i == 1)
+                      for label in ("Size", "Accuracy"))
+    int8 = json.loads(report_path(exported_file(run, "int8")).read_text())
+    assert size.proto.delta == f"{int8['bytes'] / int8['fp32_bytes']:.0%} of fp32's size"  # said one way, not "-74%"
+    drop = round(int8["accuracy_drop"], 2)
+    said = "no change vs fp32" if drop == 0 else f"{-int8['accuracy_drop']:+.2f} points vs fp32"
+    assert accuracy.proto.delta == said
+    assert "-0.00" not in accuracy.proto.delta
     assert export_downloads(app) == ["Download small-fp32.onnx", "Download small-int8.onnx"]
     assert [b.label for b in app.button if b.key in ("export_fp32", "export_int8")] == ["Export again"] * 2
 
@@ -93,7 +101,7 @@ def test_five_runs_compared_keep_their_names_whole(trained, tmp_path, monkeypatc
     legend = overlays[0]["layer"][0]["encoding"]["color"]["legend"]
     assert legend["labelLimit"] == 0 and 1 <= legend["columns"] < 5  # wrapped, never cut
     scatter = next(spec for spec in specs if "Best accuracy" in json.dumps(spec) and "layer" in spec
-                   and any(layer.get("mark", {}).get("type") == "circle" for layer in spec["layer"]))
+                   and any(layer.get("mark", {}).get("type") == "point" for layer in spec["layer"]))
     assert not any(layer.get("mark", {}).get("type") == "text" and layer["encoding"].get("text", {}).get("field")
                    == "Run" for layer in scatter["layer"])  # no names beside the dots to overlap
     assert scatter["layer"][-1]["encoding"]["color"]["legend"]["labelLimit"] == 0

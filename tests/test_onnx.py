@@ -187,3 +187,24 @@ def test_bench_export_times_pytorch_and_both_onnx_models_side_by_side(trained):
             assert row[f"{name}_ms"] > 0
             assert row[f"{name}_ms_per_image"] == pytest.approx(row[f"{name}_ms"] / row["batch"])
         assert row["onnx_int8_speedup"] == pytest.approx(row["pytorch_ms"] / row["onnx_int8_ms"])
+
+
+def test_an_exported_model_carries_the_runs_thresholds_and_flags_odd_images_without_torch(trained, exported,
+                                                                                           tmp_path):
+    known = Classifier.load(trained).familiarity()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "noise32.png")
+    Image.new("RGB", (1, 1), (200, 30, 40)).save(tmp_path / "one-pixel.png")
+    files = [str(tmp_path / "noise32.png"), str(tmp_path / "one-pixel.png")]
+    for precision in ("fp32", "int8"):
+        model = OnnxModel.load(exported[precision])
+        assert json.loads(model.meta["familiarity"]) == known.to_json()
+        script = ("import sys; sys.modules['torch'] = None; from core.cli import main; "
+                  f"sys.exit(main(['predict', '--onnx', {str(exported[precision])!r}, *{files!r}]))")
+        device = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert device.returncode == 0, device.stderr
+        rows = json.loads(device.stdout)
+        assert [row["ood"] for row in rows] == [True, True], rows
+        assert rows[0]["ood_score"]["threshold"] == pytest.approx(known.threshold, abs=1e-4)
+        assert rows[0]["pixels"]["roughness"] > rows[0]["pixels"]["roughness_high"]  # noise: rougher than any photo
+        assert rows[1]["pixels"]["contrast"] == 0  # one pixel, enlarged: flat

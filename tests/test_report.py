@@ -157,3 +157,16 @@ def test_a_whitened_stem_s_frozen_filters_show_in_the_cost_table_apart_from_its_
     assert stem[5] == f"{count(cfg.arch).stem_params:,} (+1,458 frozen: the whitening filters)"
     assert total[5] == f"{count(cfg.arch).params:,}"  # the trainable parameters, as the budget counts them
     assert cost_table(RunConfig.from_preset("laptop")).rows[0][:6] == ["stem", "–", "32", "1", "32×32", "928"]
+
+
+def test_the_best_checkpoints_figure_says_why_it_differs_from_the_one_at_the_end():
+    """Issue 27: "72.60% at the end" beside "Best checkpoint: 71.00% on 1,000 images", unexplained."""
+    from core.report.document import Text
+    from core.report.report import gather, results_blocks
+    from core.runs.run import Run
+
+    laptop = gather(Run(ROOT / "runs" / "laptop"), "builtin", 5)  # its data is the JPEG copy's 10,000 test images
+    texts = [b.text for b in results_blocks(laptop, "laptop") if isinstance(b, Text)]
+    best = next(t for t in texts if t.startswith("Best checkpoint: "))
+    assert f"It differs from the {laptop.results['accuracy']:.2%} at the end of training because" in best
+    assert "measured on 1,000 images of" in best and "the figure at the end on 10,000 images of the test split" in best

@@ -65,9 +65,15 @@ def read_weights(data: bytes, name: str) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{name}: holds a whole pickled object ({what}), a model rather than its weights, which "
                            f"only running code from the file could rebuild. Refused; nothing in it ran. Save "
                            f"model.state_dict() instead: torch.save(model.state_dict(), 'weights.pt')") from None
-    except Exception as e:  # torch.load's ways of failing on a file that is not a checkpoint vary by version
-        raise WeightsError(f"{name}: not a PyTorch weights file torch.load can read ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    except Exception:  # torch.load's ways of failing on a file that is not a checkpoint vary by version
+        # not a zip archive: torch.load reads it as an old-style pickle, and the unpickler takes its bytes for
+        # opcodes; text such as "this is ..." fails inside the unpickler (IndexError: pop from empty list),
+        # which says nothing to a user
+        kind = "a zip archive, but not one torch.save wrote, or a damaged one" if data[:4] == b"PK\x03\x04" else \
+            "neither the zip archive torch.save writes nor an older PyTorch pickle: text, another format, or a " \
+            "damaged or cut-short download"
+        raise WeightsError(f"{name}: not a PyTorch weights file: it is {kind}. Save the weights with "
+                           f"torch.save(model.state_dict(), 'weights.pt') and import that file") from None
     return _state_dict(loaded, name)
 
 

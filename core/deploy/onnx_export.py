@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from core.data.datasets import load_dataset
-from core.data.sources import BUILTIN
 from core.deploy.onnx_model import INPUT, INPUT_FORMAT, OUTPUT, OnnxModel, report_path
 from core.deploy.predict import Classifier
+from core.deploy.predict import run_test_data as verification_data  # the run's data, else the built-in slice
 from core.errors import StudioError
 from core.files import write_atomic, write_json
 from core.host import describe
@@ -83,6 +83,9 @@ def with_metadata(proto, classifier: Classifier, run: Run, tag: str, precision: 
             "std": json.dumps(classifier.meta["std"]), "precision": precision, "run": run.name,
             "checkpoint": tag, "generation": classifier.meta["generation"], "exported_by": "ResNet Studio",
             "tta_flip": json.dumps(classifier.own_tta_flip)}  # so a device tests as the run did
+    known = classifier.familiarity()
+    if known is not None:  # the run's out-of-distribution thresholds, for predictions on a device
+        meta["familiarity"] = json.dumps(known.to_json())
     del proto.metadata_props[:]
     for node in proto.graph.node:  # the exporter's notes per node (FX names, stack traces with this machine's
         del node.metadata_props[:]  # paths): no use on a device, and about 7% of an fp32 file
@@ -120,12 +123,6 @@ def quantize_int8(fp32: bytes, calibration: np.ndarray, classifier: Classifier, 
         quantize_static(prepared, int8_path, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True)
         return with_metadata(onnx.load(int8_path), classifier, run, tag, "int8")
-
-
-def verification_data(run: Run) -> str:
-    """The run's own data when it is on this machine, else the built-in slice."""
-    data = run.config().data
-    return data if data in (None, BUILTIN) or Path(data).expanduser().exists() else BUILTIN
 
 
 def compare(onnx_logits: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:

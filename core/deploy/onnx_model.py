@@ -3,7 +3,8 @@ numpy and Pillow, no torch, which is all a device needs.
 
 The model takes uint8 RGB images, NCHW (N, 3, 32, 32), values 0-255, any batch size; it scales and
 normalises them itself and returns logits (N, classes). Its metadata holds the class names, the design and the
-run's test-time augmentation (`tta_flip`), which predictions use unless asked otherwise.
+run's test-time augmentation (`tta_flip`), which predictions use unless asked otherwise, and its out-of-distribution
+thresholds (`familiarity`, see core.deploy.prediction).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data.images import to_pixels
-from core.deploy.prediction import Prediction, read_files
+from core.deploy.prediction import Familiarity, Prediction, read_files, unjudged
 from core.errors import StudioError
 
 INPUT = "images"
@@ -55,6 +56,13 @@ class OnnxModel:
         """The flip TTA to use when asked for `tta_flip`: None means the run's own (none where unrecorded)."""
         return bool(self.own_tta_flip) if tta_flip is None else tta_flip
 
+    def familiarity(self) -> Familiarity | None:
+        """The run's thresholds as exported; None for a model exported before they were."""
+        try:
+            return Familiarity.from_json(json.loads(self.meta["familiarity"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
     @classmethod
     def load(cls, source: str | Path | bytes, name: str = "") -> OnnxModel:
         """An exported model from its file or bytes; `name` is how errors call it."""
@@ -90,9 +98,13 @@ class OnnxModel:
         return logits
 
     def probabilities(self, images: np.ndarray, tta_flip: bool = False) -> np.ndarray:
-        logits = self.logits(images, tta_flip).astype(np.float64)
-        exp = np.exp(logits - logits.max(1, keepdims=True))
-        return exp / exp.sum(1, keepdims=True)
+        return softmax(self.logits(images, tta_flip))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    exp = np.exp(logits - logits.max(1, keepdims=True))
+    return exp / exp.sum(1, keepdims=True)
 
 
 def classify(model: OnnxModel, files: list[tuple[str, bytes | Path]], tta_flip: bool = False) -> list[Prediction]:
@@ -100,7 +112,12 @@ def classify(model: OnnxModel, files: list[tuple[str, bytes | Path]], tta_flip: 
     results = read_files(files, lambda image: {"input": to_pixels(image)})
     good = [pred for pred in results if pred.ok]
     if good:
-        probabilities = model.probabilities(np.stack([pred.input for pred in good]), tta_flip)
-        for pred, row in zip(good, probabilities):
+        logits = model.logits(np.stack([pred.input for pred in good]), tta_flip)
+        for pred, row in zip(good, softmax(logits)):
             pred.probabilities = dict(zip(model.classes, row.tolist()))
+        known = model.familiarity()
+        if known is None:
+            unjudged(good, logits)
+        else:
+            known.judge(good, logits, tta_flip)
     return results

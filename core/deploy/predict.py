@@ -1,14 +1,17 @@
-"""Using a trained run: classify images, explain them with Grad-CAM, evaluate on a test set.
+"""Using a trained run: classify images, say which look unlike its training images (core.deploy.prediction's
+Familiarity, measured here once per checkpoint on the run's test split and kept in its folder), explain them with
+Grad-CAM, evaluate on a test set.
 
-Every reader of a run tests as the run did: with its own test-time augmentation (the `tta_flip` its
+Every reader of a run tests as the run did: with its own test-time augmentation (the `tta_flip` and `tta_shift` its
 checkpoint records) unless a caller asks otherwise (`tta_flip` True or False rather than None), and says which
 it used (core.deploy.prediction.tta_words)."""
 from __future__ import annotations
 
+import csv
 import fcntl
 import io
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,8 +22,9 @@ from core.data.augment import Normalizer
 from core.data.datasets import Split, load_class_folders, load_dataset
 from core.data.images import to_pixels
 from core.data.sources import BUILTIN, DataError
-from core.deploy.prediction import Prediction, read_files
+from core.deploy.prediction import Familiarity, Prediction, read_files, unjudged
 from core.errors import StudioError
+from core.files import read_json, update_json
 from core.nn.checkpoint import load_model
 from core.nn.infer import pick_device, predict_logits, score
 from core.nn.model import ResNet
@@ -35,6 +39,9 @@ class Classifier:
     meta: dict
     normalizer: Normalizer
     device: torch.device
+    run: Run | None = None
+    tag: str = "best"
+    _familiarity: list = field(default_factory=list, repr=False)  # [Familiarity | None] once known
 
     @property
     def classes(self) -> list[str]:
@@ -66,7 +73,13 @@ class Classifier:
         run.require()
         device = pick_device(device)
         model, meta = load_model(run.checkpoints, tag, device)
-        return cls(model, meta, Normalizer(meta["mean"], meta["std"], device), device)
+        return cls(model, meta, Normalizer(meta["mean"], meta["std"], device), device, run, tag)
+
+    def familiarity(self) -> Familiarity | None:
+        """The checkpoint's out-of-distribution thresholds (see `familiarity`); None for a model without a run."""
+        if not self._familiarity:
+            self._familiarity.append(familiarity(self) if self.run is not None else None)
+        return self._familiarity[0]
 
     def probabilities(self, inputs: torch.Tensor, tta_flip: bool | None = None,
                       tta_shift: bool | None = None) -> torch.Tensor:
@@ -98,12 +111,88 @@ def classify(classifier: Classifier, files: list[tuple[str, bytes | Path]], tta_
     good = [pred for pred in results if pred.ok]
     if good:
         inputs = torch.stack([p.input for p in good])
-        probs = classifier.probabilities(inputs, tta_flip)
+        logits = predict_logits(classifier.model, inputs, classifier.normalizer, classifier.device, tta_flip=tta_flip)
+        probs = logits.softmax(1)
         cams = classifier.grad_cam(inputs, probs.argmax(1)) if grad_cam else [None] * len(good)
         for pred, row, cam in zip(good, probs, cams):
             pred.probabilities = dict(zip(classifier.classes, row.tolist()))
             pred.cam = cam
+        known = classifier.familiarity()
+        if known is None:
+            unjudged(good, logits.numpy())
+        else:
+            known.judge(good, logits.numpy(), tta_flip)
     return results
+
+
+def familiar_text(prediction: Prediction) -> str:
+    """Whether an image looks like the network's training images, in a table's words."""
+    if not prediction.ok:
+        return ""
+    return {True: "no: unlike its training images", False: "yes", None: "not known"}[prediction.ood]
+
+
+def prediction_rows(results: list[Prediction], classes: list[str]) -> list[dict]:
+    """One row per file for a table: its top two classes, whether it looks like the training images, its OOD score
+    and every class's probability, or why it could not be read. A file that could not be read has empty text cells
+    and None numbers."""
+    rows = []
+    for result in results:
+        row = {"File": result.file, "Top class": "", "Probability": None, "Second class": "",
+               "Looks like its training images": familiar_text(result), "Second probability": None,
+               "OOD score": result.score, **dict.fromkeys(classes)}
+        if result.ok:
+            first, second = result.top(2)
+            row |= {"Top class": first["class"], "Probability": first["probability"],
+                    "Second class": second["class"], "Second probability": second["probability"]}
+            row |= result.probabilities
+        rows.append(row | {"Error": result.error or ""})
+    return rows
+
+
+def predictions_csv(results: list[Prediction], classes: list[str], run_name: str, tag: str, tta_flip: bool) -> str:
+    """prediction_rows as CSV, with what made them in every row: the run, its checkpoint, flip TTA on or off."""
+    out = io.StringIO()
+    made_by = {"Run": run_name, "Checkpoint": tag, "TTA": "flip" if tta_flip else "off"}
+    rows = [row | made_by for row in prediction_rows(results, classes)]
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else list(made_by), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def run_test_data(run: Run) -> str:
+    """The data a run's checkpoints are measured on: its own when it is on this machine, else the built-in slice."""
+    data = run.config().data
+    return data if data in (None, BUILTIN) or Path(data).expanduser().exists() else BUILTIN
+
+
+def familiarity(classifier: Classifier, data: str | None = None) -> Familiarity | None:
+    """The classifier's checkpoint's thresholds, from the run's familiarity.json when they were measured for this
+    save (its generation), else measured now on the run's test split (run_test_data; the built-in slice when that
+    cannot be read) and kept there. None when no test split with the model's classes is at hand. With `data`,
+    measured anew on its test split."""
+    run, tag, generation = classifier.run, classifier.tag, classifier.meta.get("generation")
+    try:
+        kept = read_json(run.familiarity_path, default={}).get(tag) or {}
+    except (StudioError, AttributeError):  # a damaged cache: measured again, written anew
+        run.familiarity_path.unlink(missing_ok=True)
+        kept = {}
+    if kept.get("generation") == generation and generation is not None and data is None:
+        return Familiarity.from_json(kept)
+    for candidate in dict.fromkeys([data or run_test_data(run), BUILTIN]):
+        try:
+            split, source = labelled_test_set(candidate, classifier.classes)
+            break
+        except StudioError:
+            continue
+    else:
+        return None
+    plain, tta = (predict_logits(classifier.model, split.images, classifier.normalizer, classifier.device,
+                                 tta_flip=flip).numpy() for flip in (False, True))
+    measured = Familiarity.measure(plain, tta, split.images.numpy(), source)
+    update_json(run.familiarity_path, lambda kept: kept | {tag: measured.to_json() | {"generation": generation}})
+    return measured
 
 
 def sample_files(per_class: int = 1) -> list[tuple[str, bytes]]:

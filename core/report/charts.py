@@ -11,6 +11,10 @@ import pandas as pd
 
 PRIMARY = "#2563eb"             # the theme's primary colour (.streamlit/config.toml)
 RUN_COLOURS = [PRIMARY, "#f59e0b"]  # side by side: blue, then amber
+# many runs: Vega's tableau10, colours far apart, then tableau20's lighter ones
+RUN_PALETTE = ["#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d",
+               "#bab0ac", "#9ecae9", "#ffbf79", "#88d27a", "#f2cf5b", "#83bcb6", "#ff9d98", "#d67195", "#d6a5c9",
+               "#d8b5a5", "#79706e"]
 CELL = 34                       # pixels per class in a confusion matrix
 
 
@@ -133,9 +137,16 @@ def training_charts(steps: pd.DataFrame, per_epoch: pd.DataFrame, split: str, ep
             epoch_chart(lr, "Learning rate", epochs, colours, thin=("learning rate",)))
 
 
-def overlay_chart(lines: dict[str, pd.DataFrame], column: str, title: str, value_format: str) -> alt.Chart:
+def run_colours(names: list[str]) -> dict[str, str]:
+    """Each run's colour by its place in `names`, every run a page lists: a run has one colour in all its charts,
+    whichever of the runs each chart shows."""
+    return {name: RUN_PALETTE[i % len(RUN_PALETTE)] for i, name in enumerate(dict.fromkeys(names))}
+
+
+def overlay_chart(lines: dict[str, pd.DataFrame], column: str, title: str, value_format: str,
+                  colours: dict[str, str] | None = None) -> alt.Chart:
     """One curve per run of an epoch-line `column` (eval_acc, eval_loss, ...), overlaid; `lines`: run -> its epoch
-    lines."""
+    lines; `colours`: run -> colour (run_colours), else tableau10 in the order of `lines`."""
     curves = pd.concat([pd.DataFrame({"Epoch": frame["epoch"], "Value": frame[column], "Curve": name})
                         for name, frame in lines.items()])
-    return epoch_chart(curves, title, curves["Epoch"].max(), value_format=value_format)
+    return epoch_chart(curves, title, curves["Epoch"].max(), colours, value_format=value_format)

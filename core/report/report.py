@@ -30,8 +30,8 @@ from core.report.document import (Block, Figure, Gallery, Heading, LatexTable, T
                                   write_latex)
 from core.runs.progress import metric_frames
 from core.runs.record import data_copy, git_state, read_record, summary_lines
-from core.runs.run import Run
-from core.units import duration_text
+from core.runs.run import Run, epochs_trained
+from core.units import duration_text, epoch_text, epochs_done_text
 
 MISTAKES = 20
 MISTAKE_SCALE = 3       # mistakes shown 96 px wide, each pixel a crisp square
@@ -99,11 +99,6 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{value:.2%}"
 
 
-def epoch_text(epoch: float) -> str:
-    """24.4564 -> "24.5" (a time budget ends within an epoch), 30.0 -> "30"."""
-    return f"{epoch:.0f}" if epoch == int(epoch) else f"{epoch:.1f}"
-
-
 def summary_table(runs: list[RunData]) -> Table:
     def row(name: str, value) -> list[str]:
         return [name, *(value(r) for r in runs)]
@@ -115,9 +110,8 @@ def summary_table(runs: list[RunData]) -> Table:
     def trained(r: RunData) -> str:
         if r.imported:
             return "imported"
-        done = epoch_text(r.status.get("epoch") or (r.epochs["epoch"].iloc[-1] if len(r.epochs) else 0))
-        limit = r.cfg.train.time_limit
-        return f"{done} in a time budget of {duration_text(limit)}" if limit else f"{done} of {r.cfg.train.epochs}"
+        return epochs_done_text(epochs_trained(r.status, r.epochs.to_dict("records")), r.cfg.train.epochs,
+                                r.cfg.train.time_limit)
 
     def device(r: RunData) -> str:
         where = r.status.get("device_name") or r.status.get("device") or "–"
@@ -199,6 +193,26 @@ def curves(r: RunData, prefix: str) -> list[Block]:
     return shown
 
 
+def two_figures(r: RunData, report) -> str:
+    """Why the best checkpoint's accuracy here differs from the accuracy at the end of training, when it does."""
+    if not r.results or round(r.results["accuracy"], 4) == round(report.accuracy, 4):
+        return ""
+    reasons = []
+    found, last = r.best_epoch(), (float(r.epochs["epoch"].iloc[-1]) if len(r.epochs) else None)
+    if found and last is not None and found[1] != last:
+        reasons.append(f"it holds the weights of epoch {epoch_text(found[1])}, the best by accuracy during training, "
+                       f"and the figure at the end those of the last epoch ({epoch_text(last)})")
+    else:
+        reasons.append("it was measured again now, with this machine's arithmetic" +
+                       (", from weights saved in half precision since" if r.status.get("half") else ""))
+    end_images = sum(map(sum, r.results.get("confusion") or []))
+    if end_images != report.images or r.results.get("data") not in (None, report.data):
+        reasons.append(f"it was measured on {report.images:,} images of {report.data}, the figure at the end on "
+                       f"{end_images:,} images of the {r.results['eval_split']} split")
+    return (f" It differs from the {r.results['accuracy']:.2%} at the end of training because "
+            f"{'; and '.join(reasons)}.")
+
+
 def results_blocks(r: RunData, prefix: str) -> list[Block]:
     blocks: list[Block] = []
     if r.results:
@@ -212,7 +226,7 @@ def results_blocks(r: RunData, prefix: str) -> list[Block]:
         return blocks
     hardest = min(report.per_class_accuracy, key=report.per_class_accuracy.get)
     blocks.append(Text(f"Best checkpoint: {report.accuracy:.2%} on {report.images:,} images; hardest class "
-                       f"{hardest} ({report.per_class_accuracy[hardest]:.1%})."))
+                       f"{hardest} ({report.per_class_accuracy[hardest]:.1%}).{two_figures(r, report)}"))
     totals = [sum(row) for row in report.confusion]
     blocks.append(Table(["Class", "Accuracy", "Images"], [[name, f"{acc:.1%}", f"{n:,}"] for (name, acc), n in
                                                           zip(report.per_class_accuracy.items(), totals)]))

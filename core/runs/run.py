@@ -9,6 +9,7 @@
         heartbeat.json      the training process's phase, epoch and step, rewritten every second (core.runs.watch)
         checkpoints/        last.* and best.* (see core.nn.checkpoint)
         results.json        per-class accuracy and confusion matrix, written at the end
+        familiarity.json    per checkpoint, the score below which an image is out of distribution (core.deploy.predict)
         record.json         what made it: origin, command, commit, machine, libraries, seeds, data (core.runs.record)
         reproduces.json     for a run made by `core reproduce`: how it compares with the run it reproduces
         exports/            ONNX files for devices, each with its verification (see core.deploy.onnx_export)
@@ -127,6 +128,7 @@ class Run:
     heartbeat_path = property(lambda self: self.dir / "heartbeat.json")
     checkpoints = property(lambda self: self.dir / "checkpoints")
     results_path = property(lambda self: self.dir / "results.json")
+    familiarity_path = property(lambda self: self.dir / "familiarity.json")
     exports = property(lambda self: self.dir / "exports")
     record_path = property(lambda self: self.dir / "record.json")
     reproduction_path = property(lambda self: self.dir / "reproduces.json")
@@ -166,6 +168,14 @@ class Run:
                     rows.append(json.loads(line))
         return rows
 
+    def checkpoint_epoch(self, meta: dict) -> float | None:
+        """The epoch a checkpoint was saved at as epochs trained (24.5), from the epoch line of its evaluation (the
+        same elapsed time); its meta alone has the whole epochs before it (24)."""
+        for line in reversed(self.metrics()):
+            if line.get("kind") == "epoch" and meta.get("elapsed") is not None and line.get("elapsed") == meta["elapsed"]:
+                return line["epoch"]
+        return meta.get("epoch")
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             with open(self.log_path, "rb") as f:
@@ -176,18 +186,32 @@ class Run:
             return ""
 
     def summary(self) -> dict:
-        """One row of the runs table."""
+        """One row of the runs table. `epochs_done` is epochs_trained to one decimal; `time_limit` (seconds, or
+        None) says its length was a time budget, not `epochs`."""
         status, cfg_raw = self.status(), read_json(self.config_path, default={})
         epochs = [m for m in self.metrics() if m.get("kind") == "epoch"]
         best = max((m["eval_acc"] for m in epochs), default=None)
+        train = cfg_raw.get("train", {})
         return {"name": self.name, "state": status.get("state"), "params": cfg_raw.get("params"),
                 "preset": cfg_raw.get("preset"), "best_acc": best,
-                "epochs_done": len(epochs), "epochs": cfg_raw.get("train", {}).get("epochs"),
+                "epochs_done": epochs_trained(status, epochs), "epochs": train.get("epochs"),
+                "time_limit": train.get("time_limit") or None,
                 "elapsed": epochs[-1]["elapsed"] if epochs else None, "device": status.get("device"),
                 "world_size": status.get("world_size") or 1,
                 "created": status.get("created"), "error": status.get("error"), "data": cfg_raw.get("data"),
                 "imported_from": status.get("imported_from"),
                 "search": (status.get("search") or {}).get("study")}
+
+
+def epochs_trained(status: dict, epoch_lines: list[dict]) -> float | int:
+    """How many epochs a run has trained, to one decimal (24.5: a time budget ends within an epoch; 30: whole).
+    The training process writes it to the status at each epoch's end; the count of epoch lines is not it (a run
+    evaluated every few epochs has fewer), so older runs without it take the last epoch line's epoch."""
+    done = status.get("epoch")
+    if not isinstance(done, (int, float)):
+        done = epoch_lines[-1].get("epoch", len(epoch_lines)) if epoch_lines else 0
+    done = round(float(done), 1)
+    return int(done) if done == int(done) else done
 
 
 def resume_problem(run: Run) -> str | None:
