@@ -404,13 +404,14 @@ def test_evaluate_keeps_its_data_upload_tta_and_report_across_a_page_switch(trai
     app = open_page("evaluate")
     app.segmented_control(key="evaluate_data").set_value("upload").run()
     upload(app, "evaluate_upload", [("mine.zip", class_folders_zip(lambda name: name))], "application/zip")
-    app.toggle(key="evaluate_tta").set_value(True).run()
+    app.segmented_control(key="evaluate_tta").set_value("flip").run()  # not the run's own (none)
     app.button(key="evaluate").click().run()
     accuracy = metric(app, "Accuracy").value
     app.switch_page("pages/classify.py").run()
     app.switch_page("pages/evaluate.py").run()
     assert_clean(app)
-    assert app.segmented_control(key="evaluate_data").value == "upload" and app.toggle(key="evaluate_tta").value
+    assert app.segmented_control(key="evaluate_data").value == "upload"
+    assert app.segmented_control(key="evaluate_tta").value == "flip"
     assert any(c.value.startswith("mine.zip, uploaded before") for c in app.caption)
     assert metric(app, "Accuracy").value == accuracy and not app.button(key="evaluate").disabled
     app.button(key="evaluate").click().run()  # the kept upload evaluates as the upload did

@@ -58,6 +58,15 @@ def test_both_layouts_give_evaluates_accuracy_with_the_runs_own_tta(shuffled, ru
         assert list(summary["histogram"]) == list(CLASSES)
         assert summary["histogram"]["cat"] == sum(r[1] == "3" for r in rows[1:])
         assert summary["checkpoint"]["tag"] == "best" and summary["sha256"] and "own" in summary["tta"]
+        assert 0 < summary["ood"] <= 100  # real test images: about 5% look unlike the training images (issue 27)
+
+
+def test_noise_in_a_test_set_is_counted_as_unlike_the_training_images(tmp_path):
+    noise = np.random.default_rng(27).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    file = tmp_path / "noise.npy"
+    np.save(file, noise)
+    summary = json.loads(core_main("submit", str(LAPTOP), str(file), "--out", str(tmp_path / "noise.csv")).stdout)
+    assert summary["count"] == 20 and summary["ood"] == 20
 
 
 def test_submit_through_a_real_process_without_tta(shuffled, tmp_path):

@@ -111,7 +111,9 @@ def classify(classifier: Classifier, files: list[tuple[str, bytes | Path]], tta_
     good = [pred for pred in results if pred.ok]
     if good:
         inputs = torch.stack([p.input for p in good])
-        logits = predict_logits(classifier.model, inputs, classifier.normalizer, classifier.device, tta_flip=tta_flip)
+        tta_flip, tta_shift = classifier.tta(tta_flip), classifier.shift(tta_flip)
+        logits = predict_logits(classifier.model, inputs, classifier.normalizer, classifier.device, tta_flip=tta_flip,
+                                tta_shift=tta_shift)
         probs = logits.softmax(1)
         cams = classifier.grad_cam(inputs, probs.argmax(1)) if grad_cam else [None] * len(good)
         for pred, row, cam in zip(good, probs, cams):

@@ -2,7 +2,8 @@
 predicts it, in the set's order, written as the course's Kaggle CSV: the header `ID,Labels`, one row per image,
 the label an integer 0-9 in CIFAR-10's class order. The run's own test-time augmentation unless asked otherwise.
 
-`Submission.rows` holds everything known per image (its ID, label, class, probability); the CSV takes the
+`Submission.rows` holds everything known per image (its ID, label, class, probability, and `ood`: whether it looks
+unlike the run's training images, core.deploy.prediction's Familiarity); the CSV takes the
 columns of CSV_COLUMNS from them, so a field added per image reaches the page and the JSON without changing the
 file graders read.
 """
@@ -19,7 +20,8 @@ import torch
 from core.data.datasets import CLASSES
 from core.data.testsets import UnlabelledSet
 from core.deploy.predict import Classifier
-from core.deploy.prediction import tta_words
+from core.deploy.prediction import ood_scores, tta_words
+from core.nn.infer import predict_logits
 from core.errors import StudioError
 from core.files import write_atomic
 
@@ -36,6 +38,7 @@ class Submission:
     probabilities: torch.Tensor   # (N, 10) in CIFAR-10's class order
     tta_flip: bool
     own_tta_flip: bool
+    ood: list[bool | None]        # per image: unlike the run's training images; None where the run has no thresholds
 
     @property
     def labels(self) -> list[int]:
@@ -44,8 +47,8 @@ class Submission:
     def rows(self) -> list[dict]:
         """One dict per image, in the test set's order."""
         confidence = self.probabilities.max(1).values.tolist()
-        return [{"ID": image_id, "Labels": label, "class": CLASSES[label], "probability": p}
-                for image_id, label, p in zip(self.test_set.ids, self.labels, confidence)]
+        return [{"ID": image_id, "Labels": label, "class": CLASSES[label], "probability": p, "ood": ood}
+                for image_id, label, p, ood in zip(self.test_set.ids, self.labels, confidence, self.ood)]
 
     def csv(self) -> bytes:
         out = io.StringIO()
@@ -62,7 +65,8 @@ class Submission:
     def summary(self) -> dict:
         return {"count": len(self.test_set), "histogram": self.histogram(), "tta_flip": self.tta_flip,
                 "tta": tta_words(self.tta_flip, self.own_tta_flip), "sha256": self.test_set.sha256,
-                "layout": self.test_set.layout}
+                "layout": self.test_set.layout,
+                "ood": None if None in self.ood else sum(self.ood)}  # how many look unlike the training images
 
 
 def predict_test_set(classifier: Classifier, test_set: UnlabelledSet, tta_flip: bool | None = None) -> Submission:
@@ -73,10 +77,14 @@ def predict_test_set(classifier: Classifier, test_set: UnlabelledSet, tta_flip: 
         raise SubmissionError(f"the run's classes include {', '.join(foreign)}, which are not CIFAR-10's: a "
                               f"submission labels images 0-9 in CIFAR-10's order ({', '.join(CLASSES)})")
     flip = classifier.tta(tta_flip)
-    probabilities = classifier.probabilities(torch.from_numpy(test_set.images), flip).float().cpu()
+    logits = predict_logits(classifier.model, torch.from_numpy(test_set.images), classifier.normalizer,
+                            classifier.device, tta_flip=flip, tta_shift=classifier.shift(flip)).float().cpu()
     in_cifar_order = torch.zeros(len(test_set), len(CLASSES))
-    in_cifar_order[:, [CLASSES.index(name) for name in classifier.classes]] = probabilities
-    return Submission(test_set, in_cifar_order, flip, classifier.own_tta_flip)
+    in_cifar_order[:, [CLASSES.index(name) for name in classifier.classes]] = logits.softmax(1)
+    known = classifier.familiarity()
+    ood = [None] * len(test_set) if known is None else \
+        known.flags(ood_scores(logits.numpy(), known.score), test_set.images, flip).tolist()
+    return Submission(test_set, in_cifar_order, flip, classifier.own_tta_flip, ood)
 
 
 def write_submission(submission: Submission, out: Path) -> None:
