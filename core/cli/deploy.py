@@ -22,7 +22,7 @@ def cmd_predict(args) -> int:
     else:
         from core.deploy.predict import Classifier, classify
 
-        classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
+        classifier = Classifier.load(Run.at(args.run).intact(), args.checkpoint, args.device)
         predictions = classify(classifier, files, tta_flip=args.tta_flip)
     emit([p.to_json(args.top) for p in predictions])
     return 0 if all(p.ok for p in predictions) else 1
@@ -41,7 +41,7 @@ def cmd_evaluate(args) -> int:
         where = {"model": args.onnx, "precision": model.meta.get("precision"),
                  "checkpoint": model.meta.get("checkpoint")}
     else:
-        classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
+        classifier = Classifier.load(Run.at(args.run).intact(), args.checkpoint, args.device)
         report = evaluate_run(classifier, resolve_data(args.data), args.mistakes, args.tta_flip)
         where = {"checkpoint": args.checkpoint}
     emit(report.to_json() | where | {"seconds": time.perf_counter() - start})
@@ -52,7 +52,7 @@ def cmd_export(args) -> int:
     if args.format == "hub":
         from core.deploy.hub import export_hub
 
-        emit(export_hub(Run.at(args.run), args.dest, args.checkpoint, args.onnx, args.data))
+        emit(export_hub(Run.at(args.run).intact(), args.dest, args.checkpoint, args.onnx, args.data))
         return 0
     if args.onnx:
         print("error: --onnx is for --format hub (--format onnx writes the ONNX file alone)", file=sys.stderr)
@@ -62,8 +62,8 @@ def cmd_export(args) -> int:
         from core.deploy.onnx_export import DropTooLarge, ExportError, export_onnx
 
         def work(on_stage) -> dict:
-            return export_onnx(Run.at(args.run), args.dest, args.checkpoint, args.int8, args.data, args.max_drop,
-                               args.calibration_images, on_stage)
+            return export_onnx(Run.at(args.run).intact(), args.dest, args.checkpoint, args.int8, args.data,
+                               args.max_drop, args.calibration_images, on_stage)
 
         try:
             emit(run_job(Path(args.progress), work) if args.progress else work(lambda stage, fraction: None))
@@ -73,7 +73,7 @@ def cmd_export(args) -> int:
     if args.int8:
         print("error: --int8 is for --format onnx; the safetensors export is fp16 (or --fp32)", file=sys.stderr)
         return 2
-    dest = export(Run.at(args.run), Run.at(args.dest), half=not args.fp32)
+    dest = export(Run.at(args.run).intact(), Run.at(args.dest), half=not args.fp32)
     emit({"exported": str(dest.dir), "files": sorted(str(p.relative_to(dest.dir)) for p in dest.dir.rglob("*")
                                                      if p.is_file())})
     return 0
@@ -82,7 +82,7 @@ def cmd_export(args) -> int:
 def cmd_bench_export(args) -> int:
     from core.measure.latency import bench_export
 
-    emit(bench_export(Run.at(args.run).require(), args.checkpoint, args.data, args.seconds))
+    emit(bench_export(Run.at(args.run).intact(), args.checkpoint, args.data, args.seconds))
     return 0
 
 
