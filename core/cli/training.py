@@ -17,7 +17,7 @@ from core.runs.reproduce import finish, reproduce
 from core.runs.run import (Run, RunError, StopFlag, claim, create_run, delete, launch, repair, resume_problem,
                            run_lock, scan_runs, stop)
 from core.runs.speeds import REFERENCE
-from core.runs.watch import watch
+from core.runs.watch import watch, watched_by
 
 
 def cmd_train(args) -> int:
@@ -26,6 +26,8 @@ def cmd_train(args) -> int:
     stop_flag = StopFlag() if args.watched or not (args.detach or watching) else None  # before the slow imports
     if args.resume:
         run = Run.at(args.resume).intact()
+        if args.watched:
+            watched_by(run)  # its watcher's death stops it: no run trains unwatched
         if problem := resume_problem(run):
             raise RunError(f"{problem} (python -m core train --config {run.config_path})")
     else:

@@ -85,12 +85,13 @@ class StopRequested(Exception):
 
 
 class StopFlag:
-    """Turns SIGTERM/SIGINT into a flag the training loop checks between steps. The training process sets it
-    up first thing, before its slow imports, so that a Stop right after Launch finds it listening."""
+    """Turns SIGTERM/SIGINT/SIGHUP into a flag the training loop checks between steps. The training process sets it
+    up first thing, before its slow imports, so that a Stop right after Launch finds it listening; SIGHUP (the
+    terminal of a foreground run closed) saves and stops it too, instead of killing it mid-step."""
 
     def __init__(self):
         self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._set)
 
     def _set(self, *_):
