@@ -50,6 +50,10 @@ def read_json(path: Path, default=None):
         raise FileError(f"{path}: unreadable ({e}); the run folder is damaged") from None
 
 
+JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "true/false",
+              type(None): "null"}
+
+
 def json_problem(data: bytes, kind: type = dict) -> str | None:
     """What is wrong with `data` as a JSON file holding a `kind` (an object by default), in words; None if nothing.
     Tells apart the ways a file gets damaged: empty, not text, cut short or not JSON, JSON of another type."""
@@ -64,7 +68,7 @@ def json_problem(data: bytes, kind: type = dict) -> str | None:
     except ValueError as e:
         return f"not valid JSON, cut short or garbled ({e})"
     if not isinstance(value, kind):
-        return f"holds a JSON {type(value).__name__}, not a JSON {kind.__name__}"
+        return f"holds a JSON {JSON_TYPES.get(type(value), 'value')}, not a JSON {JSON_TYPES[kind]}"
     return None
 
 

@@ -3,6 +3,7 @@ a copy cut short, a sync tool, a hand edit or a full disk elsewhere leaves it, i
 of runs/example; the damaged run is listed as damaged, with the file and what is wrong, by `core runs` and on every
 page (AppTest), the healthy runs work as before, and the damaged run can be repaired where it can be, or deleted."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, core_main
+from core.errors import StudioError
 from core.runs.run import Run, delete, find_damage, repair, scan_runs
 
 APP = ROOT / "app.py"
@@ -137,3 +139,58 @@ def test_commands_that_read_runs_work_on_the_healthy_run_and_name_the_damage(tmp
                 assert Path(file).name in out.stderr or Path(file).stem in out.stderr, (command, out.stderr)
                 refused.add(file)
     assert {"config.json", "status.json", "checkpoints/best.safetensors", "checkpoints/best.json"} <= refused
+
+
+# ---- the app's own state files ------------------------------------------------------------------------------
+
+def spoil(path: Path, way: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes({"cut short": data[:len(data) // 2], "empty": b"", "binary garbage": bytes(range(256)) * 4,
+                      "wrong type": b"[1, 2, 3]\n"}[way])
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_damaged_state_files_of_the_app_give_a_clear_line_and_a_fallback(tmp_path, monkeypatch, way):
+    """The last design, the machine's timings, a device's lock file, a study's note and a study's SQLite file, each
+    damaged: the pages that read them open (Design, Train, Search), with defaults or a line that says what is
+    damaged; nothing raises."""
+    import sqlite3
+
+    from core.design.last import LastDesign, last_design_path, read_last, save_last
+    from core.design.presets import preset_spec
+    from core.runs.queue import lock_dir, queue_state
+    from core.runs.speeds import machine_path, read_machine
+    from core.search.report import study_status
+    from core.search.study import record_path, search_dir
+
+    monkeypatch.setenv("RESNET_STUDIO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(runs_folder(tmp_path / "runs", {})))
+    save_last(LastDesign(preset_spec("resnet20"), "resnet20", None, None))
+    machine_path().write_text(json.dumps({"devices": {"cpu": "CPU"}, "speeds": {"cpu": {
+        "macs_per_s": 1e9, "images_per_s": 100.0, "macs": 1e7, "name": "CPU", "source": "test", "when": 0.0}}}))
+    lock_dir().mkdir(parents=True, exist_ok=True)
+    (lock_dir() / "cpu.lock").write_text(str(tmp_path / "runs" / "healthy"))
+    search_dir().mkdir(parents=True)
+    database = search_dir() / "spoilt-db.db"
+    with sqlite3.connect(database) as db:
+        db.execute("create table t (x text)")
+        db.executemany("insert into t values (?)", [("x" * 500,)] * 100)
+    db.close()
+    record_path("spoilt-db").write_text(json.dumps({"storage": f"sqlite:///{database}"}))
+    record_path("spoilt-note").write_text(json.dumps({"storage": f"sqlite:///{search_dir() / 'other.db'}"}))
+    for path in (last_design_path(), machine_path(), lock_dir() / "cpu.lock", database, record_path("spoilt-note")):
+        spoil(path, way)
+
+    assert read_last() is None and read_machine().get("speeds", {}) == {}
+    assert [row["device"] for row in queue_state()] == ["cpu"]
+    for study in ("spoilt-db", "spoilt-note"):  # an empty SQLite file is a new database, without the study
+        with pytest.raises(StudioError, match="damaged|no study named"):
+            study_status(study)
+    app = AppTest.from_file(APP, default_timeout=300).run()
+    for page in ("pages/design.py", "pages/train.py", "pages/search.py"):
+        app.switch_page(page).run()
+        assert not app.exception, (page, [e.value for e in app.exception])
+    for study in ("spoilt-db", "spoilt-note"):
+        app.selectbox(key="search_study").set_value(study).run()
+        assert not app.exception and any(re.search("damaged|no study named", e.value) for e in app.error), \
+            [e.value for e in app.error]
