@@ -28,6 +28,8 @@ def cmd_train(args) -> int:
         run = Run.at(args.resume).intact()
         if args.watched:
             watched_by(run)  # its watcher's death stops it: no run trains unwatched
+        elif "TORCHELASTIC_RUN_ID" in os.environ:
+            watched_by(run, os.getppid())  # a torchrun worker: its machine's agent's death stops it
         if problem := resume_problem(run):
             raise RunError(f"{problem} (python -m core train --config {run.config_path})")
     else:

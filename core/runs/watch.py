@@ -238,11 +238,12 @@ def stopped_by_force(run: Run, beat: dict) -> Ending:
 # ---- the training process's side: never unwatched ---------------------------------------------------------
 
 
-def watched_by(run: Run) -> None:
+def watched_by(run: Run, watcher: int | None = None) -> None:
     """Called first thing by a training process a watcher started: when the watcher dies, save and stop (the
     StopFlag's SIGTERM), and end for good if that takes longer than the stop grace. Without a watcher (a
-    process started otherwise), nothing."""
-    watcher = int(os.environ.get(WATCHER_ENV) or 0)
+    process started otherwise), nothing. A torchrun worker passes its parent, the torchrun agent of its
+    machine: a run across machines has no watcher of ours, but no worker outlives its machine's agent."""
+    watcher = watcher or int(os.environ.get(WATCHER_ENV) or 0)
     if not watcher:
         return
     set_parent_death_signal(signal.SIGTERM)
@@ -266,7 +267,7 @@ def guard(run: Run, watcher: int) -> None:
         time.sleep(POLL)
     with contextlib.suppress(FileError, OSError):
         run.update_status(stop_requested=True)  # so that however it ends, it reads as stopped, to resume
-    say(run, f"stopping: the watcher (pid {watcher}) is gone, and no run trains unwatched; resume it to continue")
+    say(run, f"stopping: its watcher (pid {watcher}) is gone, and no run trains unwatched; resume it to continue")
     os.kill(os.getpid(), signal.SIGTERM)  # the StopFlag: finish the step, save, stop
     grace = stop_grace(read_heartbeat(run))
     time.sleep(grace)
