@@ -144,8 +144,8 @@ def checkpoint_id(run: Run, tag: str, classifier: Classifier) -> tuple[str, str,
 
 
 def usable_runs() -> list[Run]:
-    """The runs that read well, newest first. A damaged run is shown here instead, with what is wrong and what
-    can be done (repair, delete): never dropped in silence, and never in the way of the others."""
+    """The runs that can be used, newest first. A damaged run is shown here, with what is wrong and what can be
+    done (repair, delete): never dropped in silence, and never in the way of the others."""
     if note := st.session_state.pop(DAMAGE_NOTE, None):
         (st.success if note[0] else st.error)(note[1], icon=":material/build:")
     runs, damaged = scan_runs()
@@ -159,8 +159,9 @@ DAMAGE_NOTE = "damage_note"  # how the last repair or delete of a damaged run we
 
 def show_damaged(run: Run, damage: Damage) -> None:
     with st.container(border=True, horizontal=True, vertical_alignment="center"):
-        st.markdown(f":material/broken_image: **{run.name}** is damaged: `{damage.file}` is {damage.problem}. "
-                    f"The other runs are not affected.")
+        st.markdown(f":material/broken_image: **{run.name}** is damaged: `{damage.file}` is {damage.problem}. " +
+                    ("The run is still listed; that checkpoint can't be loaded." if damage.usable else
+                     "The other runs are not affected."))
         if damage.repair:
             st.button("Repair", key=f"repair:{run.name}", on_click=mend_damaged, args=(run.name, repair),
                       help=f"Repair: {damage.repair}.")
@@ -179,11 +180,11 @@ def mend_damaged(name: str, action) -> None:
 
 
 def damage_shown(run: Run) -> bool:
-    """Show `run` as damaged if it has become so since the page listed it; True if it was."""
+    """Show `run` as damaged if it has become so since the page listed it; True if it can't be used."""
     damage = find_damage(run)
-    if damage is not None:
+    if damage is not None and not damage.usable:
         show_damaged(run, damage)
-    return damage is not None
+    return damage is not None and not damage.usable
 
 
 def runs_or_stop(purpose: str) -> list:

@@ -64,8 +64,8 @@ def name_of(file: str, way: str) -> str:
 def test_a_damaged_file_lists_its_run_as_damaged_and_the_others_as_before(tmp_path, monkeypatch, file, way):
     root = runs_folder(tmp_path / "runs", {"broken": (file, way)})
     monkeypatch.setenv("RESNET_STUDIO_RUNS", str(root))
-    healthy, damaged = scan_runs()
-    assert [run.name for run in healthy] == ["healthy"]
+    usable, damaged = scan_runs()
+    assert {run.name for run in usable} == {"healthy"} | ({"broken"} if file.endswith(".safetensors") else set())
     ((run, found),) = damaged
     assert run.name == "broken" and found.file == file and found.problem, found
     listed = {row["name"]: row for row in json.loads(core_main("runs").stdout)}
@@ -104,8 +104,9 @@ def test_every_page_shows_damaged_runs_and_works_on_the_healthy_one(tmp_path, mo
         shown = " ".join(m.value for m in app.markdown)
         for name, (file, _) in damaged.items():
             assert f"**{name}** is damaged: `{file}`" in shown, (page, name)
-        (box,) = [box for box in app.selectbox if box.label == "Run"]
-        assert [option.split(" · ")[0] for option in box.options] == ["healthy"], (page, box.options)
+        (box,) = [box for box in app.selectbox if box.label == "Run"]  # damaged weights: the other checkpoint is
+        usable = {"healthy", name_of("checkpoints/best.safetensors", way)}     # still of use
+        assert {option.split(" · ")[0] for option in box.options} == usable, (page, box.options)
     # the damaged runs can be deleted (or repaired) from the page, and the page goes on
     app.switch_page("pages/runs.py").run()
     app.button(key=f"delete-damaged:{name_of('config.json', way)}").click().run()

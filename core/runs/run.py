@@ -72,12 +72,14 @@ class Damage:
     file: str
     problem: str
     repair: str | None
+    usable: bool = False  # the run can still be used: only a checkpoint's weights are damaged, and loading them
+                          # says so (the other checkpoint may be intact)
 
     def __str__(self) -> str:
         return f"{self.file} is damaged: {self.problem}"
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "problem": self.problem, "repair": self.repair}
+        return {"file": self.file, "problem": self.problem, "repair": self.repair, "usable": self.usable}
 
 
 class StopRequested(Exception):
@@ -165,9 +167,10 @@ class Run:
         return self
 
     def intact(self) -> "Run":
-        """This run, when every file of it reads well (find_damage); else a RunError naming the damaged file and
-        what to do: for the commands that read a run (evaluate, export, report, resume)."""
-        if (damage := find_damage(self.require())) is not None:
+        """This run, when its files read well (find_damage; damaged weights of a checkpoint are said by whoever
+        loads them); else a RunError naming the damaged file and what to do: for the commands that read a run
+        (evaluate, export, report, resume)."""
+        if (damage := find_damage(self.require())) is not None and not damage.usable:
             fix = f"python -m core repair {self.dir}" if damage.repair else f"restore it, or python -m core delete " \
                                                                            f"{self.dir} --yes"
             raise RunError(f"{self.name}: {damage}; {fix} (the Runs page offers the same)")
@@ -270,19 +273,20 @@ def all_runs(runs_dir: Path | None = None) -> list[Run]:
 
 
 def scan_runs(runs_dir: Path | None = None) -> tuple[list[Run], list[tuple[Run, Damage]]]:
-    """The runs that read well, and the damaged ones with what is wrong with each; both newest first."""
-    healthy, damaged = [], []
+    """The runs that can be used, and the damaged ones with what is wrong with each; both newest first. A run whose
+    only damage is a checkpoint's weights (Damage.usable) is in both."""
+    usable, damaged = [], []
     for run in all_runs(runs_dir):
         damage = find_damage(run)
-        if damage is None:
-            healthy.append(run)
-        else:
+        if damage is None or damage.usable:
+            usable.append(run)
+        if damage is not None:
             damaged.append((run, damage))
-    return healthy, damaged
+    return usable, damaged
 
 
 def list_runs(runs_dir: Path | None = None) -> list[Run]:
-    """The runs that read well, newest first; whoever shows runs shows scan_runs's damaged ones too."""
+    """The runs that can be used, newest first; whoever shows runs shows scan_runs's damaged ones too."""
     return scan_runs(runs_dir)[0]
 
 
@@ -333,7 +337,7 @@ def _file_damage(run: Run, path: Path) -> Damage | None:
         problem = json_problem(data) or _content_problem(run, path, json.loads(data))
     if problem is None:
         return None
-    return Damage(name, problem, _repair_text(run, path))
+    return Damage(name, problem, _repair_text(run, path), usable=path.suffix == ".safetensors")
 
 
 def _content_problem(run: Run, path: Path, obj: dict) -> str | None:
