@@ -195,3 +195,24 @@ def test_damaged_state_files_of_the_app_give_a_clear_line_and_a_fallback(tmp_pat
         app.selectbox(key="search_study").set_value(study).run()
         assert not app.exception and any(re.search("damaged|no study named", e.value) for e in app.error), \
             [e.value for e in app.error]
+
+
+def test_the_damaged_status_of_a_live_run_is_rebuilt_from_its_process_and_it_stops_as_ever(tmp_path, monkeypatch):
+    from conftest import QUICK_ARCH, wait_for
+    from core.design.config import RunConfig, TrainConfig
+    from core.design.spec import ArchSpec
+    from core.runs.run import create_run, launch, stop
+
+    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(tmp_path / "runs"))
+    run = create_run(RunConfig(ArchSpec.from_dict(QUICK_ARCH), TrainConfig(epochs=300, batch_size=64)), "live")
+    launch(run, "cpu")
+    wait_for(lambda: run.status()["state"] == "running" and run.metrics(), 120, "the run to train")
+    trainer = run.status()["pid"]
+    damage(run, "status.json", "cut short")  # its watcher finds it so within a second, and rebuilds it
+    wait_for(lambda: find_damage(run) is None, 30, "the watcher to rebuild the status")
+    status = run.status()
+    assert "rebuilt" in status, status
+    assert status["state"] == "running" and status["pid"] == trainer and status["watcher_pid"], status
+    stop(run)
+    assert wait_for(lambda: run.status()["state"] not in ("queued", "running") and run.status(), 120,
+                    "the run to stop")["state"] == "stopped"

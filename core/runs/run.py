@@ -45,7 +45,8 @@ from core.errors import StudioError
 import psutil
 from filelock import FileLock, Timeout
 
-from core.files import PROJECT_DIR, FileError, json_problem, read_object, update_json, write_atomic, write_json
+from core.files import (PROJECT_DIR, FileError, json_problem, locked, read_object, update_json, write_atomic,
+                        write_json)
 from core.runs.record import write_origin
 
 
@@ -192,8 +193,15 @@ class Run:
 
     def update_status(self, **fields) -> dict:
         """Set some fields of status.json. The launcher and the training process both write it: each change
-        is a read-change-write under the file's lock, so that neither undoes the other's."""
-        return update_json(self.status_path, lambda status: status | fields)
+        is a read-change-write under the file's lock, so that neither undoes the other's. A status damaged from
+        outside while the run lives is rebuilt first (rebuilt_status), so that the run goes on and says how."""
+        try:
+            return update_json(self.status_path, lambda status: status | fields)
+        except FileError as e:
+            with locked(self.status_path):
+                status = rebuilt_status(self, str(e)) | fields
+                write_json(self.status_path, status)
+                return status
 
     # -- metrics --
     def metrics(self) -> list[dict]:
@@ -412,7 +420,7 @@ def repair(run: Run) -> list[str]:
                 raise RunError(f"{run.name}: {damage}; it cannot be rebuilt: restore {damage.file} from a copy, "
                                f"or delete the run")
             if path == run.status_path:
-                write_json(path, rebuilt_status(run, damage))
+                write_json(path, rebuilt_status(run, damage.problem))
             elif path == run.heartbeat_path:
                 path.unlink()
             elif path == run.metrics_path:
@@ -431,15 +439,19 @@ def write_atomic_lines(path: Path, rows: list[dict]) -> None:
     write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows).encode())
 
 
-def rebuilt_status(run: Run, damage: Damage) -> dict:
+def rebuilt_status(run: Run, problem: str) -> dict:
     """A status for a run whose status.json is damaged: running, when a training process of this run is alive
     (its pid is then known again); else finished, when it has results; else stopped, to resume from its last
     checkpoint (or from the start)."""
-    note = f"status.json was damaged ({damage.problem}) and rebuilt on {time.strftime('%Y-%m-%d %H:%M')}"
+    note = f"status.json was damaged ({problem}) and rebuilt on {time.strftime('%Y-%m-%d %H:%M')}"
     created = run.config_path.stat().st_mtime
     if (pid := training_pid(run)) is not None:
+        watcher = None
+        with contextlib.suppress(psutil.Error):  # its watcher, if it has one, goes on watching it
+            parent = psutil.Process(pid).parent()
+            watcher = parent.pid if parent is not None and "train" in parent.cmdline() else None
         return {"state": "running", "pid": pid, "pid_start": process_start_time(pid), "created": created,
-                "rebuilt": note}
+                "watcher_pid": watcher, "rebuilt": note}
     if run.results_path.exists() and _file_damage(run, run.results_path) is None:
         return {"state": "finished", "pid": None, "created": created, "ended": run.results_path.stat().st_mtime,
                 "rebuilt": note}
@@ -453,7 +465,7 @@ def training_pid(run: Run) -> int | None:
     folder, found = run.dir.resolve(), []
     for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
         cmd = proc.info.get("cmdline") or []
-        if proc.info["pid"] == os.getpid() or "core" not in cmd or "--resume" not in cmd[:-1]:
+        if "core" not in cmd or "--resume" not in cmd[:-1]:
             continue
         target = Path(proc.info.get("cwd") or PROJECT_DIR) / cmd[cmd.index("--resume") + 1]
         if target.resolve() == folder:
@@ -585,7 +597,9 @@ def claim(run: Run, pid: int | None = None) -> None:
     at the same moment the second finds the first's pid and is told so. The last session's watcher, if any, then
     leaves the status alone."""
     status = run.status()
-    if status.get("state") in ACTIVE and status.get("pid") not in (None, pid):  # pid: launch started this watcher
+    if pid is not None and status.get("pid") == pid:
+        return  # launch claimed it for this watcher already; a stop asked for since then must stand
+    if status.get("state") in ACTIVE and status.get("pid") is not None:
         raise RunError(f"{run.name} is already {status['state']} (pid {status['pid']}); stop it first")
     run.update_status(state="queued", pid=pid, pid_start=process_start_time(pid) if pid else None, watcher_pid=None,
                       error=None, waiting_for=None, stop_requested=False)

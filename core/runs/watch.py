@@ -182,7 +182,11 @@ def watch(run: Run, command: list[str], configured_limit: float = 0.0) -> int:
     ending = None
     while child.poll() is None:
         time.sleep(POLL)
-        status, beat = run.status(), read_heartbeat(run) or {}
+        try:
+            status = run.status()
+        except FileError:  # damaged from outside: rebuilt from the process we watch, and watched on
+            status = run.update_status()
+        beat = read_heartbeat(run) or {}
         if child.poll() is not None or status.get("watcher_pid") != os.getpid():
             continue  # it has ended, or the run was launched again: the status is another session's
         if status.get("state") not in ACTIVE:
@@ -204,7 +208,10 @@ def watch(run: Run, command: list[str], configured_limit: float = 0.0) -> int:
             kill_tree(child.pid)
             child.wait()
             return 0 if ending.fields["state"] == "stopped" else 1
-    status = run.status()  # a training process that died without a word is marked failed now, not when read
+    try:
+        status = run.status()  # a training process that died without a word is marked failed now, not when read
+    except FileError:
+        status = run.update_status()
     if status.get("state") in ACTIVE and status.get("watcher_pid") == os.getpid() and \
             status.get("pid") in (None, os.getpid(), child.pid):
         run.update_status(**ended_by_death(status))  # it died before it could say it was running
