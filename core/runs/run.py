@@ -39,12 +39,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.design.budget import count
-from core.design.config import RunConfig
-from core.errors import StudioError
 import psutil
 from filelock import FileLock, Timeout
 
+from core.design.budget import count
+from core.design.config import RunConfig
+from core.errors import StudioError
 from core.files import (PROJECT_DIR, FileError, json_problem, locked, read_object, update_json, write_atomic,
                         write_json)
 from core.runs.record import write_origin
