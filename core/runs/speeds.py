@@ -50,8 +50,9 @@ def read_machine() -> dict:
     except FileError as e:
         return damaged_machine(str(e))
     kept = {key: value for key, value in machine.items() if isinstance(value, MACHINE_SHAPE.get(key, object))}
-    kept["speeds"] = {device: figure for device, figure in kept.get("speeds", {}).items() if usable_speed(figure)}
-    if kept != machine | {"speeds": machine.get("speeds", {})}:
+    if "speeds" in kept:
+        kept["speeds"] = {device: figure for device, figure in kept["speeds"].items() if usable_speed(figure)}
+    if kept != machine:
         damaged_machine(f"{machine_path()}: parts of it are of the wrong shape")
     return kept
 
