@@ -135,3 +135,29 @@ def test_a_foreground_run_whose_watcher_dies_or_terminal_closes_saves_and_stops(
         for proc in training_processes(run):
             with contextlib.suppress(psutil.Error):
                 proc.kill()
+
+
+def test_the_workers_of_a_run_on_several_processes_stop_when_their_agent_dies(runs, tmp_path):
+    """torchrun's workers start in sessions of their own: killed with kill -9, their agent (the watched process,
+    or on a machine of a run across machines, the process `core train --nnodes` runs) would leave them training
+    on, unwatched. Each worker watches its agent, saves and stops."""
+    config = tmp_path / "long.json"
+    config.write_text(json.dumps({"arch": QUICK_ARCH, "data": "builtin",
+                                  "train": {"epochs": 500, "batch_size": 64, "log_every": 5}}))
+    run = Run(runs / "agentless")
+    watcher = subprocess.Popen([sys.executable, "-m", "core", "train", "--config", str(config), "--run-dir",
+                                str(run.dir), "--device", "cpu", "--nproc-per-node", "2"], cwd=ROOT,
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: in_phase(run, "training"), 180, "the run to train")
+        (agent,) = psutil.Process(watcher.pid).children()
+        workers = agent.children()
+        assert len(workers) == 2
+        agent.kill()
+        psutil.wait_procs(workers, timeout=60)
+        assert training_processes(run) == [], "a worker was left training unwatched"
+        assert run.status()["state"] in ("stopped", "failed") and (run.checkpoints / "last.json").exists()
+    finally:
+        for proc in training_processes(run):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
