@@ -304,21 +304,24 @@ def list_runs(runs_dir: Path | None = None) -> list[Run]:
 SET_ASIDE = "the file is set aside (renamed *.damaged) and the run used without it"
 RESULT_KEYS = {"accuracy": (int, float), "classes": list, "confusion": list, "per_class_accuracy": dict,
                "eval_split": str}
-_checked: dict[tuple, Damage | None] = {}  # what find_damage found, by the files' sizes and times
+_checked: dict[tuple, Damage | None] = {}  # what _file_damage found, by file, size and time of change
 
 
 def find_damage(run: Run) -> Damage | None:
-    """The first damaged file of `run` and what is wrong with it, or None when every file reads well. The
-    answer is kept until one of the files changes, so listing runs again costs a stat per file."""
+    """The first damaged file of `run` and what is wrong with it, or None when every file reads well. What a file
+    was found to be is kept until it changes, so listing runs again costs a stat per file."""
     files = [run.config_path, run.status_path, run.results_path, run.record_path, run.heartbeat_path,
              run.metrics_path, *sorted(run.exports.glob("*.json")), *sorted(run.checkpoints.glob("*.json")),
              *sorted(run.checkpoints.glob("*.safetensors"))]
-    key = (str(run.dir), *(_stamp(path) for path in files))
-    if key not in _checked:
-        if len(_checked) > 10_000:
-            _checked.clear()
-        _checked[key] = next(filter(None, (_file_damage(run, path) for path in files)), None)
-    return _checked[key]
+    for path in files:
+        key = (str(path), _stamp(path))
+        if key not in _checked:
+            if len(_checked) > 10_000:
+                _checked.clear()
+            _checked[key] = _file_damage(run, path)
+        if _checked[key] is not None:
+            return _checked[key]
+    return None
 
 
 def _stamp(path: Path) -> tuple | None:
@@ -326,23 +329,22 @@ def _stamp(path: Path) -> tuple | None:
         info = path.stat()
     except OSError:
         return None
-    return info.st_size, info.st_mtime_ns
+    return info.st_size, info.st_mtime_ns, info.st_ino
 
 
 def _file_damage(run: Run, path: Path) -> Damage | None:
     name = path.relative_to(run.dir).as_posix()
     try:
-        data = path.read_bytes()
+        if path.suffix == ".safetensors":
+            problem = _safetensors_problem(path)
+        else:
+            data = path.read_bytes()
+            problem = _metrics_problem(data) if path == run.metrics_path else \
+                json_problem(data) or _content_problem(run, path, json.loads(data))
     except FileNotFoundError:
         return None if path != run.config_path else Damage(name, "missing", None)
     except OSError as e:
         return Damage(name, f"unreadable ({e.strerror})", None)
-    if path.suffix == ".safetensors":
-        problem = _safetensors_problem(data)
-    elif path == run.metrics_path:
-        problem = _metrics_problem(data)
-    else:
-        problem = json_problem(data) or _content_problem(run, path, json.loads(data))
     if problem is None:
         return None
     return Damage(name, problem, _repair_text(run, path), usable=path.suffix == ".safetensors")
@@ -382,19 +384,23 @@ def _metrics_problem(data: bytes) -> str | None:
     return None
 
 
-def _safetensors_problem(data: bytes) -> str | None:
-    """A weights file's header read without torch: its length, its JSON, and data that is all there."""
-    if len(data) < 8:
-        return "empty" if not data else "cut short"
-    size = int.from_bytes(data[:8], "little")
-    if size > len(data) - 8:
-        return "cut short, or not a safetensors file"
-    if problem := json_problem(data[8:8 + size]):
+def _safetensors_problem(path: Path) -> str | None:
+    """A weights file's header read without torch (and without reading the weights): its length, its JSON, and
+    tensors that end within the file."""
+    with open(path, "rb") as f:
+        length = os.fstat(f.fileno()).st_size
+        if length < 8:
+            return "empty" if not length else "cut short"
+        size = int.from_bytes(f.read(8), "little")
+        if size > length - 8:
+            return "cut short, or not a safetensors file"
+        data = f.read(size)
+    if problem := json_problem(data):
         return f"its header is {problem}"
-    header = json.loads(data[8:8 + size])
-    ends = [info.get("data_offsets", [0, 0])[1] for key, info in header.items()
-            if key != "__metadata__" and isinstance(info, dict)]
-    return "cut short: its tensors end past the file's end" if max(ends, default=0) > len(data) - 8 - size else None
+    ends = [offsets[1] for key, info in json.loads(data).items() if key != "__metadata__"
+            for offsets in [info.get("data_offsets") if isinstance(info, dict) else None]
+            if isinstance(offsets, list) and len(offsets) == 2 and isinstance(offsets[1], int)]
+    return "cut short: its tensors end past the file's end" if max(ends, default=0) > length - 8 - size else None
 
 
 def _repair_text(run: Run, path: Path) -> str | None:
