@@ -123,7 +123,10 @@ class StudyStorage(optuna.storages.RDBStorage):
 def alive_here(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether the trial's run trains (or is telling the study how it ended) in a process of this machine."""
     run = trial_run(trial)
-    status = run.status() if run is not None else {}
+    try:
+        status = run.status() if run is not None else {}
+    except FileError:
+        status = {}  # its status is damaged: whether it lives is not known here; its heartbeat in the study says
     return status.get("host") in (None, socket.gethostname()) and \
         process_alive(status.get("pid"), status.get("pid_start"))
 
