@@ -50,6 +50,42 @@ def read_json(path: Path, default=None):
         raise FileError(f"{path}: unreadable ({e}); the run folder is damaged") from None
 
 
+JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "true/false",
+              type(None): "null"}
+
+
+def json_problem(data: bytes, kind: type = dict) -> str | None:
+    """What is wrong with `data` as a JSON file holding a `kind` (an object by default), in words; None if nothing.
+    Tells apart the ways a file gets damaged: empty, not text, cut short or not JSON, JSON of another type."""
+    if not data.strip():
+        return "empty"
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return "not text (binary garbage)"
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        return f"not valid JSON, cut short or garbled ({e})"
+    if not isinstance(value, kind):
+        return f"holds a JSON {JSON_TYPES.get(type(value), 'value')}, not a JSON {JSON_TYPES[kind]}"
+    return None
+
+
+def read_object(path: Path, default=None) -> dict:
+    """The JSON object at `path` (`default` when there is no file); a FileError saying what is wrong when the
+    file is damaged or holds something else than an object."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return default
+    except OSError as e:
+        raise FileError(f"{path}: unreadable ({e.strerror})") from None
+    if problem := json_problem(data):
+        raise FileError(f"{path}: damaged: {problem}")
+    return json.loads(data)
+
+
 def append_line(path: Path, obj) -> None:
     """One write() of a whole line with O_APPEND: a crash leaves at most a torn last line."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -75,9 +111,10 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def update_json(path: Path, change: Callable[[dict], dict]) -> dict:
-    """Read the JSON object at `path` (or {}), change it and write it back, all under its lock."""
+    """Read the JSON object at `path` (or {}), change it and write it back, all under its lock. A damaged file
+    raises FileError: it is not overwritten by a change made to nothing."""
     with locked(path):
-        obj = change(read_json(path, default={}))
+        obj = change(read_object(path, default={}))
         write_json(path, obj)
         return obj
 

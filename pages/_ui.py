@@ -18,7 +18,7 @@ from core.design.settings import LABELS, recipe
 from core.design.spec import ArchSpec, SpecError
 from core.errors import StudioError
 from core.runs.record import read_record, summary_lines
-from core.runs.run import ACTIVE, Run, list_runs
+from core.runs.run import ACTIVE, Damage, Run, delete, find_damage, repair, scan_runs
 from core.units import epoch_text, significant
 
 # core.nn.checkpoint and core.deploy.predict load torch, which takes seconds: they are imported where a page
@@ -164,10 +164,54 @@ def checkpoint_id(run: Run, tag: str, classifier: Classifier) -> tuple[str, str,
     return str(run.dir), tag, classifier.meta["generation"]
 
 
+def usable_runs() -> list[Run]:
+    """The runs that can be used, newest first. A damaged run is shown here, with what is wrong and what can be
+    done (repair, delete): never dropped in silence, and never in the way of the others."""
+    if note := st.session_state.pop(DAMAGE_NOTE, None):
+        (st.success if note[0] else st.error)(note[1], icon=":material/build:")
+    runs, damaged = scan_runs()
+    for run, damage in damaged:
+        show_damaged(run, damage)
+    return runs
+
+
+DAMAGE_NOTE = "damage_note"  # how the last repair or delete of a damaged run went: (worked, message)
+
+
+def show_damaged(run: Run, damage: Damage) -> None:
+    with st.container(border=True, horizontal=True, vertical_alignment="center"):
+        st.markdown(f":material/broken_image: **{run.name}** is damaged: `{damage.file}` is {damage.problem}. " +
+                    ("The run is still listed; that checkpoint can't be loaded." if damage.usable else
+                     "The other runs are not affected."))
+        if damage.repair:
+            st.button("Repair", key=f"repair:{run.name}", on_click=mend_damaged, args=(run.name, repair),
+                      help=f"Repair: {damage.repair}.")
+        with st.popover("Delete…"):
+            st.button(f"Delete {run.name} for good", key=f"delete-damaged:{run.name}", type="primary",
+                      on_click=mend_damaged, args=(run.name, delete), help="Its checkpoints and metrics go with it.")
+
+
+def mend_damaged(name: str, action) -> None:
+    try:
+        action(Run.named(name))
+    except (StudioError, OSError) as e:
+        st.session_state[DAMAGE_NOTE] = (False, f"{name}: not done: {e}")
+    else:
+        st.session_state[DAMAGE_NOTE] = (True, f"{name}: {'repaired' if action is repair else 'deleted'}.")
+
+
+def damage_shown(run: Run) -> bool:
+    """Show `run` as damaged if it has become so since the page listed it; True if it can't be used."""
+    damage = find_damage(run)
+    if damage is not None and not damage.usable:
+        show_damaged(run, damage)
+    return damage is not None and not damage.usable
+
+
 def runs_or_stop(purpose: str) -> list:
-    """Every run, newest first; with none, the page's empty state (what to do, with the buttons to
-    do it) and the end of the script run."""
-    runs = list_runs()
+    """Every run that reads well, newest first (the damaged ones shown apart); with none, the page's empty state
+    (what to do, with the buttons to do it) and the end of the script run."""
+    runs = usable_runs()
     if not runs:
         no_runs_yet(purpose)
         st.stop()

@@ -26,7 +26,7 @@ from core.runs.progress import metric_frames
 from core.runs.run import ACTIVE, Run, delete, list_runs, runs_root
 from core.units import duration_text, epoch_text, epochs_done_text, points_change_text
 from pages._ui import (FOLLOWED, RUN_CHOICE, chosen_run, current_design, data_label, default_run, has_checkpoint,
-                       select_run, show_record, state_badge, through_app_shell)
+                       select_run, show_record, state_badge, through_app_shell, usable_runs)
 
 through_app_shell()
 
@@ -401,7 +401,7 @@ def confirm_delete(run: Run) -> None:
 st.title("Runs")
 st.write("Every training run, side by side: how far it got, its curves against the others', accuracy against "
          "parameters, and where it goes wrong, class by class.")
-runs = list_runs()
+runs = usable_runs()
 if not runs:
     st.info("No runs yet. A run shows up here as soon as it is launched on the Train page, and stays here with its "
             "curves and results until you delete it.", icon=":material/info:")

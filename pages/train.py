@@ -26,8 +26,8 @@ from core.files import cache_dir
 from core.report.charts import training_charts
 from core.runs.progress import Progress, metric_frames, progress
 from core.runs.queue import launch_options, queue
-from core.runs.run import (ACTIVE, Run, RunError, change_batch_size, check_name, create_run, launch, list_runs,
-                           resume_problem, runs_root, stop)
+from core.runs.run import (ACTIVE, Run, RunError, change_batch_size, check_name, create_run, launch, resume_problem,
+                           runs_root, stop)
 from core.runs.watch import read_heartbeat
 from core.runs.speeds import (device_label, estimate, kernels_text, known_devices, probe_running, read_machine,
                               start_probe)
@@ -35,10 +35,10 @@ from core.data.sources import (BUILTIN, CHOICES, CIFAR10_DOWNLOAD_BYTES, DEFAULT
                                image_counts, resolve_data)
 from core.units import (bytes_text, duration_of_text, duration_text, macs_text, margin_text, params_text,
                         rate_text)
-from pages._ui import (FOLLOWED, LINK_ERROR, NOTHING, SETTING, SETTINGS_FROM, current_design, data_label, data_words,
-                       design_origin, design_recipe, drawn, keep_link, load_design, load_settings, matching_preset,
-                       moved, origin_text, plural, recipe_named, remember, restored_settings, state_badge,
-                       through_app_shell)
+from pages._ui import (FOLLOWED, LINK_ERROR, NOTHING, SETTING, SETTINGS_FROM, current_design, damage_shown,
+                       data_label, data_words, design_origin, design_recipe, drawn, keep_link, load_design,
+                       load_settings, matching_preset, moved, origin_text, plural, recipe_named, remember,
+                       restored_settings, state_badge, through_app_shell, usable_runs)
 
 through_app_shell()
 
@@ -377,6 +377,8 @@ def pace_text(at: Progress, active: bool) -> str:
 
 def show_run(run: Run, live: bool) -> None:
     """One run as it stands on disk: state, progress, curves, log and what can be done with it."""
+    if damage_shown(run):  # damaged since the page listed it
+        return
     status = run.status()
     state = status.get("state")
     if (state in ACTIVE) != live:
@@ -685,7 +687,7 @@ if LAUNCH_ERROR in st.session_state:
 
 # -- the followed run --
 st.subheader("Follow a run", divider="gray")
-runs = list_runs()
+runs = usable_runs()
 if not runs:
     st.caption("Launch a run above: its progress, curves and log appear here as it trains.")
 else:

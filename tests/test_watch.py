@@ -5,11 +5,14 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
+import psutil
 import pytest
 
-from conftest import SMALL_ARCH, core_cli, wait_for
+from conftest import QUICK_ARCH, ROOT, SMALL_ARCH, core_cli, wait_for
 from core.runs.run import Run, process_alive
 from core.runs.watch import read_heartbeat
 
@@ -94,3 +97,67 @@ def test_stop_cancels_a_queued_run_at_once_and_it_never_trains(runs, tmp_path):
     time.sleep(2)  # the CPU is free now: a run that was only pretending to stop would start here
     assert queued.status()["state"] == "stopped" and not queued.metrics_path.exists()
     assert "training on" not in queued.log_tail()
+
+
+def training_processes(run: Run) -> list[psutil.Process]:
+    """Every live process of this machine whose command line names the run's folder."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        with contextlib.suppress(psutil.Error):
+            if str(run.dir) in " ".join(proc.info["cmdline"] or []) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+    return found
+
+
+@pytest.mark.parametrize("how", ["kill -9 of the watcher", "its terminal closed (SIGHUP)"])
+def test_a_foreground_run_whose_watcher_dies_or_terminal_closes_saves_and_stops(runs, tmp_path, how):
+    config = tmp_path / "long.json"
+    config.write_text(json.dumps({"arch": QUICK_ARCH, "data": "builtin",
+                                  "train": {"epochs": 500, "batch_size": 64, "log_every": 5}}))
+    run = Run(runs / "orphan")
+    watcher = subprocess.Popen([sys.executable, "-m", "core", "train", "--config", str(config), "--run-dir",
+                                str(run.dir), "--device", "cpu"], cwd=ROOT, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # a foreground run's own session
+    try:
+        wait_for(lambda: in_phase(run, "training"), 120, "the run to train")
+        (trainer,) = psutil.Process(watcher.pid).children()
+        if how.startswith("kill"):
+            watcher.kill()
+        else:
+            os.killpg(watcher.pid, signal.SIGHUP)  # what closing the terminal sends its foreground processes
+        watcher.wait(30)
+        psutil.wait_procs([trainer], timeout=40)  # it notices at once, finishes its step and saves
+        assert not trainer.is_running() and training_processes(run) == [], "a training process was left unwatched"
+        status = run.status()
+        assert status["state"] == "stopped", status
+        assert (run.checkpoints / "last.json").exists() and "stopped on request" in run.log_tail()  # saved
+    finally:
+        for proc in training_processes(run):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+def test_the_workers_of_a_run_on_several_processes_stop_when_their_agent_dies(runs, tmp_path):
+    """torchrun's workers start in sessions of their own: killed with kill -9, their agent (the watched process,
+    or on a machine of a run across machines, the process `core train --nnodes` runs) would leave them training
+    on, unwatched. Each worker watches its agent, saves and stops."""
+    config = tmp_path / "long.json"
+    config.write_text(json.dumps({"arch": QUICK_ARCH, "data": "builtin",
+                                  "train": {"epochs": 500, "batch_size": 64, "log_every": 5}}))
+    run = Run(runs / "agentless")
+    watcher = subprocess.Popen([sys.executable, "-m", "core", "train", "--config", str(config), "--run-dir",
+                                str(run.dir), "--device", "cpu", "--nproc-per-node", "2"], cwd=ROOT,
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: in_phase(run, "training"), 180, "the run to train")
+        (agent,) = psutil.Process(watcher.pid).children()
+        workers = agent.children()
+        assert len(workers) == 2
+        agent.kill()
+        psutil.wait_procs(workers, timeout=60)
+        assert training_processes(run) == [], "a worker was left training unwatched"
+        assert run.status()["state"] in ("stopped", "failed") and (run.checkpoints / "last.json").exists()
+    finally:
+        for proc in training_processes(run):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()

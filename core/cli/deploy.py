@@ -26,7 +26,7 @@ def cmd_predict(args) -> int:
         from core.deploy.predict import Classifier, classify
         from core.deploy.prediction import tta_words
 
-        classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
+        classifier = Classifier.load(Run.at(args.run).intact(), args.checkpoint, args.device)
         predictions = classify(classifier, files, tta_flip=args.tta_flip)
         tta = tta_words(classifier.tta(args.tta_flip), classifier.own_tta_flip)
     emit([p.to_json(args.top) | ({"tta": tta} if p.ok else {}) for p in predictions])
@@ -50,7 +50,7 @@ def cmd_evaluate(args) -> int:
         where = {"model": args.onnx, "precision": model.meta.get("precision"),
                  "checkpoint": model.meta.get("checkpoint"), "tta": tta_words(report.tta_flip, model.own_tta_flip)}
     else:
-        classifier = Classifier.load(Run.at(args.run), args.checkpoint, args.device)
+        classifier = Classifier.load(Run.at(args.run).intact(), args.checkpoint, args.device)
         report = evaluate_run(classifier, resolve_data(args.data), args.mistakes, args.tta_flip, args.tta_shift)
         where = {"checkpoint": args.checkpoint, "tta": tta_words(report.tta_flip, classifier.own_tta_flip,
                                                                  report.tta_shift, classifier.own_tta_shift)}
@@ -66,7 +66,7 @@ def cmd_submit(args) -> int:
     out = Path(args.out)
     check_destination(out)
     test_set = read_unlabelled(args.test_set)
-    run = Run.at(args.run)
+    run = Run.at(args.run).intact()
     classifier = Classifier.load(run, args.checkpoint, args.device)
     submission = predict_test_set(classifier, test_set, args.tta_flip)
     write_submission(submission, out)
@@ -81,12 +81,12 @@ def cmd_export(args) -> int:
     if args.format == "code":
         from core.deploy.code_export import export_code
 
-        emit(export_code(Run.at(args.run), args.dest, args.checkpoint))
+        emit(export_code(Run.at(args.run).intact(), args.dest, args.checkpoint))
         return 0
     if args.format == "hub":
         from core.deploy.hub import export_hub
 
-        emit(export_hub(Run.at(args.run), args.dest, args.checkpoint, args.onnx, args.data))
+        emit(export_hub(Run.at(args.run).intact(), args.dest, args.checkpoint, args.onnx, args.data))
         return 0
     if args.onnx:
         print("error: --onnx is for --format hub (--format onnx writes the ONNX file alone)", file=sys.stderr)
@@ -96,8 +96,8 @@ def cmd_export(args) -> int:
         from core.deploy.onnx_export import DropTooLarge, ExportError, export_onnx
 
         def work(on_stage) -> dict:
-            return export_onnx(Run.at(args.run), args.dest, args.checkpoint, args.int8, args.data, args.max_drop,
-                               args.calibration_images, on_stage)
+            return export_onnx(Run.at(args.run).intact(), args.dest, args.checkpoint, args.int8, args.data,
+                               args.max_drop, args.calibration_images, on_stage)
 
         try:
             emit(run_job(Path(args.progress), work) if args.progress else work(lambda stage, fraction: None))
@@ -107,7 +107,7 @@ def cmd_export(args) -> int:
     if args.int8:
         print("error: --int8 is for --format onnx; the safetensors export is fp16 (or --fp32)", file=sys.stderr)
         return 2
-    dest = export(Run.at(args.run), Run.at(args.dest), half=not args.fp32)
+    dest = export(Run.at(args.run).intact(), Run.at(args.dest), half=not args.fp32)
     emit({"exported": str(dest.dir), "files": sorted(str(p.relative_to(dest.dir)) for p in dest.dir.rglob("*")
                                                      if p.is_file())})
     return 0
@@ -116,7 +116,7 @@ def cmd_export(args) -> int:
 def cmd_bench_export(args) -> int:
     from core.measure.latency import bench_export
 
-    emit(bench_export(Run.at(args.run).require(), args.checkpoint, args.data, args.seconds))
+    emit(bench_export(Run.at(args.run).intact(), args.checkpoint, args.data, args.seconds))
     return 0
 
 

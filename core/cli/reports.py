@@ -9,7 +9,7 @@ from core.runs.run import Run
 
 def cmd_report(args) -> int:
     fmt = args.format or ("md" if args.out.endswith(".md") else "html")
-    runs = [Run.at(name).require() for name in args.runs]
+    runs = [Run.at(name).intact() for name in args.runs]
     check_out(args.out, fmt)  # before the slow part: a wrong name is said at once
 
     from core.report.report import write_report  # torch, Altair and vl-convert: only for this command

@@ -14,10 +14,10 @@ from core.measure.probe import PROBE_SECONDS
 from core.runs.queue import plan, queue
 from core.runs.record import read_record
 from core.runs.reproduce import finish, reproduce
-from core.runs.run import (Run, RunError, StopFlag, change_batch_size, create_run, delete, launch, list_runs,
-                           resume_problem, stop)
+from core.runs.run import (Run, RunError, StopFlag, change_batch_size, claim, create_run, delete, launch, repair,
+                           resume_problem, run_lock, scan_runs, stop)
 from core.runs.speeds import REFERENCE
-from core.runs.watch import watch
+from core.runs.watch import watch, watched_by
 
 
 def cmd_train(args) -> int:
@@ -30,7 +30,11 @@ def cmd_train(args) -> int:
         if problem := driver_problem():
             raise RunError(problem)
     if args.resume:
-        run = Run.at(args.resume).require()
+        run = Run.at(args.resume).intact()
+        if args.watched:
+            watched_by(run)  # its watcher's death stops it: no run trains unwatched
+        elif "TORCHELASTIC_RUN_ID" in os.environ:
+            watched_by(run, os.getppid())  # a torchrun worker: its machine's agent's death stops it
         if problem := resume_problem(run):
             raise RunError(f"{problem} (python -m core train --config {run.config_path})")
         if args.batch_size and not args.watched and "TORCHELASTIC_RUN_ID" not in os.environ:
@@ -52,6 +56,8 @@ def cmd_train(args) -> int:
         return 0
     data, epochs = (args.data, args.epochs) if args.resume else (None, None)
     if watching:  # train in a process of our own and watch it: no run stalls silently, Stop always stops
+        with run_lock(run, "launch"):
+            claim(run, os.getpid())  # two launches of one run at the same moment: the second is told, not run
         code = watch(run, [sys.executable, "-m", "core", *training_args(run, args, data, epochs), "--watched"],
                      run.config().train.stall_limit)
         status = run.status()
@@ -93,7 +99,7 @@ def training_args(run: Run, args, data: str | None, epochs: int | None) -> list[
 
 def cmd_reproduce(args) -> int:
     """A new run with RUN's config and data, trained as `train --resume` trains it; its end compares the two."""
-    args.resume = str(reproduce(Run.at(args.run), args.run_dir).dir)
+    args.resume = str(reproduce(Run.at(args.run).intact(), args.run_dir).dir)
     return cmd_train(args)
 
 
@@ -140,7 +146,17 @@ def cmd_machine(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    emit([run.summary() | {"record": read_record(run.record_path)} for run in list_runs()])
+    healthy, damaged = scan_runs()
+    emit([run.summary() | {"record": read_record(run.record_path)} for run in healthy] +
+         [{"name": run.name, "state": "damaged", "damage": damage.to_dict(),
+           "advice": f"python -m core repair {run.dir}" if damage.repair else f"python -m core delete {run.dir} --yes"}
+          for run, damage in damaged])
+    return 0
+
+
+def cmd_repair(args) -> int:
+    run = Run.at(args.run).require()
+    emit({"repaired": str(run.dir), "done": repair(run)})
     return 0
 
 
@@ -227,6 +243,10 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("runs", help="list the runs with their state and best accuracy")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("repair", help="mend a damaged run's files where they can be rebuilt (`runs` says which)")
+    p.add_argument("run", metavar="runs/NAME")
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("queue", help="this machine's devices, the run holding each, and the runs waiting")
     p.set_defaults(func=cmd_queue)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from core.deploy.onnx_model import exported_file
 from core.errors import StudioError
-from core.files import PROJECT_DIR, FileError, read_json, update_json, write_json
+from core.files import PROJECT_DIR, FileError, read_object, update_json, write_json
 from core.runs.run import Run, process_alive, process_start_time
 
 
@@ -43,7 +43,7 @@ def read_job(model: Path) -> dict | None:
     failed (and saved so)."""
     path = job_path(model)
     try:
-        job = read_json(path, default=None)
+        job = read_object(path, default=None)
     except FileError:
         return None  # written atomically: a damaged file is not ours to explain
     if job and job.get("state") == "running" and job.get("pid") and \

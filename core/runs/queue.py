@@ -155,8 +155,8 @@ def _try_lock(path: Path) -> int | None:
 
 
 def _holder(path: Path) -> str:
-    with contextlib.suppress(OSError):
-        return path.read_text().strip() or "another run"
+    with contextlib.suppress(OSError):  # a lock file of garbage names nobody: it is the flock that counts
+        return path.read_bytes().decode(errors="replace").strip() or "another run"
     return "another run"
 
 

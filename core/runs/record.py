@@ -28,7 +28,7 @@ from pathlib import Path
 
 from core.data.sources import BUILTIN, BUILTIN_ARCHIVE, copy_name
 from core.host import describe
-from core.files import PROJECT_DIR, FileError, cache_dir, read_json, update_json, write_json
+from core.files import PROJECT_DIR, FileError, cache_dir, read_json, read_object, update_json, write_json
 
 PACKAGES = ("torch", "torchvision", "onnxruntime", "numpy", "safetensors", "pillow")
 # what may differ between two sessions of one run, or two runs, without saying anything about how they train
@@ -153,7 +153,7 @@ def write_import(path: Path, torch_facts: dict, weights_sha256: str) -> dict:
 def read_record(path: Path) -> dict | None:
     """The record, or None for a run made before records were kept (or whose record is damaged)."""
     try:
-        return read_json(path)
+        return read_object(path)
     except FileError:
         return None
 

@@ -17,6 +17,12 @@
 A run trains in its own process and session, so it outlives the app that launched it. Every
 JSON file is replaced atomically; metrics lines are appended whole, and a reader skips a torn
 last line. Whoever reads a status notices a run whose process is gone and marks it failed.
+
+A folder can still be damaged from outside (a copy or sync cut short, a hand edit, a full disk elsewhere):
+`scan_runs` checks every file of every run (`find_damage`) and lists a damaged run apart, with the file and
+what is wrong, so that one bad run never hides the others; `repair` mends what can be rebuilt (a status from a
+live process or the last checkpoint; a heartbeat, results, record, metrics line or export report set aside) and
+`delete` removes one whatever state its files are in.
 """
 from __future__ import annotations
 
@@ -34,10 +40,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+from filelock import FileLock, Timeout
+
 from core.design.budget import count
 from core.design.config import RunConfig
 from core.errors import StudioError
-from core.files import PROJECT_DIR, read_json, update_json, write_json
+from core.files import (PROJECT_DIR, FileError, json_problem, locked, read_object, update_json, write_atomic,
+                        write_json)
 from core.runs.record import write_origin
 
 
@@ -57,17 +67,35 @@ class RunError(StudioError):
     pass
 
 
+@dataclass(frozen=True)
+class Damage:
+    """What is wrong with a run folder: the file (relative to the folder) and the problem, in words; `repair` says
+    what `repair()` would do about it, or is None when only deleting the run (or restoring the file) helps."""
+    file: str
+    problem: str
+    repair: str | None
+    usable: bool = False  # the run can still be used: only a checkpoint's weights are damaged, and loading them
+                          # says so (the other checkpoint may be intact)
+
+    def __str__(self) -> str:
+        return f"{self.file} is damaged: {self.problem}"
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "problem": self.problem, "repair": self.repair, "usable": self.usable}
+
+
 class StopRequested(Exception):
     """A stop was asked for (SIGTERM) and whatever needed saving is saved."""
 
 
 class StopFlag:
-    """Turns SIGTERM/SIGINT into a flag the training loop checks between steps. The training process sets it
-    up first thing, before its slow imports, so that a Stop right after Launch finds it listening."""
+    """Turns SIGTERM/SIGINT/SIGHUP into a flag the training loop checks between steps. The training process sets it
+    up first thing, before its slow imports, so that a Stop right after Launch finds it listening; SIGHUP (the
+    terminal of a foreground run closed) saves and stops it too, instead of killing it mid-step."""
 
     def __init__(self):
         self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._set)
 
     def _set(self, *_):
@@ -141,23 +169,41 @@ class Run:
             raise RunError(f"{self.dir}: no such run (no config.json there); `python -m core runs` lists the runs")
         return self
 
+    def intact(self) -> "Run":
+        """This run, when its files read well (find_damage; damaged weights of a checkpoint are said by whoever
+        loads them); else a RunError naming the damaged file and what to do: for the commands that read a run
+        (evaluate, export, report, resume)."""
+        if (damage := find_damage(self.require())) is not None and not damage.usable:
+            fix = f"python -m core repair {self.dir}" if damage.repair else f"restore it, or python -m core delete " \
+                                                                           f"{self.dir} --yes"
+            raise RunError(f"{self.name}: {damage}; {fix} (the Runs page offers the same)")
+        return self
+
     # -- config --
     def config(self) -> RunConfig:
-        return RunConfig.from_dict(read_json(self.require().config_path))
+        return RunConfig.from_dict(read_object(self.require().config_path))
 
     # -- status --
     def status(self) -> dict:
         """The status, with a run whose process has died turned into `failed` (and saved so), or `stopped`
-        when a stop was asked for: the signal may have come before the process could listen."""
-        status = read_json(self.status_path, default={"state": "failed", "error": "status.json is missing"})
+        when a stop was asked for: the signal may have come before the process could listen. A damaged
+        status.json raises FileError (scan_runs lists such a run apart)."""
+        status = read_object(self.status_path, default={"state": "failed", "error": "status.json is missing"})
         if died(status):
             status = update_json(self.status_path, lambda now: now | ended_by_death(now) if died(now) else now)
         return status
 
     def update_status(self, **fields) -> dict:
         """Set some fields of status.json. The launcher and the training process both write it: each change
-        is a read-change-write under the file's lock, so that neither undoes the other's."""
-        return update_json(self.status_path, lambda status: status | fields)
+        is a read-change-write under the file's lock, so that neither undoes the other's. A status damaged from
+        outside while the run lives is rebuilt first (rebuilt_status), so that the run goes on and says how."""
+        try:
+            return update_json(self.status_path, lambda status: status | fields)
+        except FileError as e:
+            with locked(self.status_path):
+                status = rebuilt_status(self, str(e)) | fields
+                write_json(self.status_path, status)
+                return status
 
     # -- metrics --
     def metrics(self) -> list[dict]:
@@ -165,7 +211,9 @@ class Run:
         with contextlib.suppress(FileNotFoundError), open(self.metrics_path) as f:
             for line in f:
                 with contextlib.suppress(ValueError):
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
+                    if isinstance(row, dict):
+                        rows.append(row)
         return rows
 
     def checkpoint_epoch(self, meta: dict) -> float | None:
@@ -188,7 +236,7 @@ class Run:
     def summary(self) -> dict:
         """One row of the runs table. `epochs_done` is epochs_trained to one decimal; `time_limit` (seconds, or
         None) says its length was a time budget, not `epochs`."""
-        status, cfg_raw = self.status(), read_json(self.config_path, default={})
+        status, cfg_raw = self.status(), read_object(self.config_path, default={})
         epochs = [m for m in self.metrics() if m.get("kind") == "epoch"]
         best = max((m["eval_acc"] for m in epochs), default=None)
         train = cfg_raw.get("train", {})
@@ -250,13 +298,242 @@ def ended_by_death(status: dict) -> dict:
                       f"crashed, or the machine restarted; resume to continue from the last checkpoint")}
 
 
-def list_runs(runs_dir: Path | None = None) -> list[Run]:
+def all_runs(runs_dir: Path | None = None) -> list[Run]:
+    """Every run folder (one with a config.json), damaged or not, newest first."""
     root = runs_dir or runs_root()
     if not root.is_dir():
         return []
+
+    def newest(run: Run) -> float:
+        with contextlib.suppress(OSError):
+            return run.status_path.stat().st_mtime
+        return 0.0
+
     return sorted((Run(p) for p in root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name) and
-                   (p / "config.json").exists()), key=lambda r: r.status_path.stat().st_mtime
-                  if r.status_path.exists() else 0, reverse=True)
+                   (p / "config.json").exists()), key=newest, reverse=True)
+
+
+def scan_runs(runs_dir: Path | None = None) -> tuple[list[Run], list[tuple[Run, Damage]]]:
+    """The runs that can be used, and the damaged ones with what is wrong with each; both newest first. A run whose
+    only damage is a checkpoint's weights (Damage.usable) is in both."""
+    usable, damaged = [], []
+    for run in all_runs(runs_dir):
+        damage = find_damage(run)
+        if damage is None or damage.usable:
+            usable.append(run)
+        if damage is not None:
+            damaged.append((run, damage))
+    return usable, damaged
+
+
+def list_runs(runs_dir: Path | None = None) -> list[Run]:
+    """The runs that can be used, newest first; whoever shows runs shows scan_runs's damaged ones too."""
+    return scan_runs(runs_dir)[0]
+
+
+# ---- damage: found, repaired --------------------------------------------------------------------
+
+
+SET_ASIDE = "the file is set aside (renamed *.damaged) and the run used without it"
+RESULT_KEYS = {"accuracy": (int, float), "classes": list, "confusion": list, "per_class_accuracy": dict,
+               "eval_split": str}
+_checked: dict[tuple, Damage | None] = {}  # what _file_damage found, by file, size and time of change
+
+
+def find_damage(run: Run) -> Damage | None:
+    """The first damaged file of `run` and what is wrong with it, or None when every file reads well. What a file
+    was found to be is kept until it changes, so listing runs again costs a stat per file."""
+    files = [run.config_path, run.status_path, run.results_path, run.record_path, run.heartbeat_path,
+             run.metrics_path, *sorted(run.exports.glob("*.json")), *sorted(run.checkpoints.glob("*.json")),
+             *sorted(run.checkpoints.glob("*.safetensors"))]
+    for path in files:
+        key = (str(path), _stamp(path))
+        if key not in _checked:
+            if len(_checked) > 10_000:
+                _checked.clear()
+            _checked[key] = _file_damage(run, path)
+        if _checked[key] is not None:
+            return _checked[key]
+    return None
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns, info.st_ino
+
+
+def _file_damage(run: Run, path: Path) -> Damage | None:
+    name = path.relative_to(run.dir).as_posix()
+    try:
+        if path.suffix == ".safetensors":
+            problem = _safetensors_problem(path)
+        else:
+            data = path.read_bytes()
+            problem = _metrics_problem(data) if path == run.metrics_path else \
+                json_problem(data) or _content_problem(run, path, json.loads(data))
+    except FileNotFoundError:
+        return None if path != run.config_path else Damage(name, "missing", None)
+    except OSError as e:
+        return Damage(name, f"unreadable ({e.strerror})", None)
+    if problem is None:
+        return None
+    return Damage(name, problem, _repair_text(run, path), usable=path.suffix == ".safetensors")
+
+
+def _content_problem(run: Run, path: Path, obj: dict) -> str | None:
+    """What a well-formed JSON object lacks that its readers need."""
+    if path == run.config_path:
+        try:
+            RunConfig.from_dict(obj)
+        except (StudioError, TypeError, ValueError, KeyError, AttributeError) as e:
+            return f"not a run config ({e})"
+        return None if isinstance(obj.get("params"), int) else "no parameter count (params)"
+    if path == run.status_path and obj.get("state") not in STATES:
+        return f"state {obj.get('state')!r} is none of {', '.join(STATES)}"
+    if path == run.results_path:
+        wrong = [key for key, kind in RESULT_KEYS.items() if not isinstance(obj.get(key), kind)]
+        return f"{', '.join(wrong)} missing or of the wrong type" if wrong else None
+    if path.parent == run.checkpoints and not isinstance(obj.get("generation"), str):
+        return "no generation: not a checkpoint's record"
+    return None
+
+
+def _metrics_problem(data: bytes) -> str | None:
+    """A torn last line is what a crash leaves (readers skip it); any other line that is not a JSON object, or an
+    epoch without its accuracy, is damage."""
+    lines = data.split(b"\n")
+    whole = lines[:-1]  # the part after the last newline is a torn line, or nothing
+    for number, line in enumerate(whole, 1):
+        if not line.strip():
+            continue
+        if problem := json_problem(line):
+            return f"line {number} is {problem}"
+        row = json.loads(line)
+        if row.get("kind") == "epoch" and not isinstance(row.get("eval_acc"), (int, float)):
+            return f"line {number} is an epoch without its accuracy (eval_acc)"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A weights file's header read without torch (and without reading the weights): its length, its JSON, and
+    tensors that end within the file."""
+    with open(path, "rb") as f:
+        length = os.fstat(f.fileno()).st_size
+        if length < 8:
+            return "empty" if not length else "cut short"
+        size = int.from_bytes(f.read(8), "little")
+        if size > length - 8:
+            return "cut short, or not a safetensors file"
+        data = f.read(size)
+    if problem := json_problem(data):
+        return f"its header is {problem}"
+    ends = [offsets[1] for key, info in json.loads(data).items() if key != "__metadata__"
+            for offsets in [info.get("data_offsets") if isinstance(info, dict) else None]
+            if isinstance(offsets, list) and len(offsets) == 2 and isinstance(offsets[1], int)]
+    return "cut short: its tensors end past the file's end" if max(ends, default=0) > length - 8 - size else None
+
+
+def _repair_text(run: Run, path: Path) -> str | None:
+    if path == run.status_path:
+        return "rebuild the status from a live training process or the last checkpoint"
+    if path == run.heartbeat_path:
+        return "remove the heartbeat: a live training process writes it again within a second"
+    if path == run.metrics_path:
+        return "keep the metrics lines that read well; the whole file is kept as metrics.jsonl.damaged"
+    if path in (run.results_path, run.record_path) or path.parent == run.exports:
+        return SET_ASIDE
+    return None  # the config defines the run; a checkpoint cannot be rebuilt: restore it, or delete the run
+
+
+def repair(run: Run) -> list[str]:
+    """Mend every damaged file of `run` that can be mended (Damage.repair says how); returns the damage mended.
+    Raises RunError, leaving the run as it was, when a damaged file cannot be mended."""
+    done = []
+    with run_lock(run, "repair"):
+        while (damage := find_damage(run)) is not None:
+            path = run.dir / damage.file
+            if damage.repair is None or str(damage) in done:
+                raise RunError(f"{run.name}: {damage}; it cannot be rebuilt: restore {damage.file} from a copy, "
+                               f"or delete the run")
+            if path == run.status_path:
+                write_json(path, rebuilt_status(run, damage.problem))
+            elif path == run.heartbeat_path:
+                path.unlink()
+            elif path == run.metrics_path:
+                os.replace(path, path.with_name(path.name + ".damaged"))
+                rows = [json.loads(line) for line in path.with_name(path.name + ".damaged").read_bytes().split(b"\n")
+                        if line.strip() and json_problem(line) is None]
+                write_atomic_lines(path, [row for row in rows if row.get("kind") != "epoch" or
+                                          isinstance(row.get("eval_acc"), (int, float))])
+            else:
+                os.replace(path, path.with_name(path.name + ".damaged"))
+            done.append(str(damage))
+    return done
+
+
+def write_atomic_lines(path: Path, rows: list[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows).encode())
+
+
+def rebuilt_status(run: Run, problem: str) -> dict:
+    """A status for a run whose status.json is damaged: running, when a training process of this run is alive
+    (its pid is then known again); else finished, when it has results; else stopped, to resume from its last
+    checkpoint (or from the start)."""
+    note = f"status.json was damaged ({problem}) and rebuilt on {time.strftime('%Y-%m-%d %H:%M')}"
+    created = run.config_path.stat().st_mtime
+    if (pid := training_pid(run)) is not None:
+        watcher = None
+        with contextlib.suppress(psutil.Error):  # its watcher, if it has one, goes on watching it
+            parent = psutil.Process(pid).parent()
+            watcher = parent.pid if parent is not None and "train" in parent.cmdline() else None
+        return {"state": "running", "pid": pid, "pid_start": process_start_time(pid), "created": created,
+                "watcher_pid": watcher, "rebuilt": note}
+    if run.results_path.exists() and _file_damage(run, run.results_path) is None:
+        return {"state": "finished", "pid": None, "created": created, "ended": run.results_path.stat().st_mtime,
+                "rebuilt": note}
+    return {"state": "stopped", "pid": None, "created": created, "ended": time.time(), "rebuilt": note,
+            "error": f"{note}: resume it to continue from its last checkpoint"}
+
+
+def training_pid(run: Run) -> int | None:
+    """The pid of a live process training `run` on this machine (`core train --resume RUN`, the watched one
+    rather than its watcher), found by its command line; None when there is none."""
+    folder, found = run.dir.resolve(), []
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        cmd = proc.info.get("cmdline") or []
+        if "core" not in cmd or "--resume" not in cmd[:-1]:
+            continue
+        target = Path(proc.info.get("cwd") or PROJECT_DIR) / cmd[cmd.index("--resume") + 1]
+        if target.resolve() == folder:
+            found.append((("--watched" in cmd), proc.info["pid"]))
+    return max(found)[1] if found else None
+
+
+# ---- one change of a run's life at a time ---------------------------------------------------------------
+
+LOCK_WAIT = 10.0  # seconds a launch, stop, repair or delete waits for another one of the same run to finish
+
+
+@contextlib.contextmanager
+def run_lock(run: Run, action: str):
+    """Hold the run folder's lock while `action` (launch, stop, repair, delete) reads and changes the run: two
+    launches, a stop and a resume, a delete and a launch of the same run, from the app or the CLI, take turns,
+    and the one that comes second sees what the first did. The OS drops the lock with a killed process."""
+    lock = FileLock(run.dir / ".run.lock")
+    try:
+        lock.acquire(timeout=LOCK_WAIT)
+    except Timeout:
+        raise RunError(f"{run.name}: not done ({action}): another launch, stop, repair or delete of this run has "
+                       f"held it for {LOCK_WAIT:.0f} s; try again in a moment") from None
+    except FileNotFoundError:
+        raise RunError(f"{run.dir}: no such run (it was deleted)") from None
+    try:
+        yield run.require()  # a delete that held the lock before may have taken the run away
+    finally:
+        lock.release()
 
 
 # ---- processes ----------------------------------------------------------------------------------
@@ -295,9 +572,11 @@ def create_run(cfg: RunConfig, name: str, runs_dir: Path | None = None, origin: 
         raise RunError(f"this design has {params:,} parameters, {params - cfg.budget:,} over the budget of "
                        f"{cfg.budget:,}; shrink it (python -m core params --fit) or pass --allow-over-budget")
     run = Run.named(name, runs_dir)
-    if run.dir.exists():
-        raise RunError(f"{run.dir} already exists; pick another name, or resume it with --resume {run.dir}")
-    run.dir.mkdir(parents=True)
+    run.dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run.dir.mkdir()  # one of two launches of the same new name at the same moment makes it, the other stops here
+    except FileExistsError:
+        raise RunError(f"{run.dir} already exists; pick another name, or resume it with --resume {run.dir}") from None
     write_json(run.config_path, cfg.to_dict() | {"params": params})
     write_json(run.status_path, {"state": "queued", "created": time.time(), "pid": None})
     write_origin(run.record_path, origin)
@@ -309,21 +588,18 @@ def launch(run: Run, device: str = "auto", data: str | None = None, epochs: int 
     """Start (or resume) training of `run` in a detached process; returns its pid. `processes` are
     `train`'s options for several processes (core.runs.queue.Launch.cli_args): then that process runs
     torchrun, whose processes train."""
-    status = run.require().status()
-    if status.get("state") in ACTIVE and status.get("pid"):
-        raise RunError(f"{run.name} is already {status['state']} (pid {status['pid']}); stop it first")
     cmd = [sys.executable, "-m", "core", "train", "--resume", str(run.dir), "--device", device]
     if data:
         cmd += ["--data", data]
     if epochs:
         cmd += ["--epochs", str(epochs)]
     cmd += (["--gpus", gpus] if gpus else []) + list(processes)
-    run.update_status(state="queued", pid=None, watcher_pid=None, error=None, waiting_for=None,
-                      stop_requested=False)  # a new session: the last one's watcher leaves it alone
-    with open(run.log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=PROJECT_DIR)
-    run.update_status(pid=proc.pid, pid_start=process_start_time(proc.pid))
+    with run_lock(run.require(), "launch"):
+        claim(run)
+        with open(run.log_path, "ab") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, cwd=PROJECT_DIR)
+        run.update_status(pid=proc.pid, pid_start=process_start_time(proc.pid))
     # reap it when it ends, so a finished child of a long-lived app does not linger as a zombie
     threading.Thread(target=proc.wait, daemon=True).start()
     return proc.pid
@@ -342,15 +618,30 @@ def stop(run: Run) -> dict:
             return status | {"stop_requested": True, "state": "stopped", "ended": time.time(), "waiting_for": None}
         return status | {"stop_requested": True}
 
-    where = run.require().status().get("host")  # a dead process is marked first: its pid is not ours any more
-    if where not in (None, socket.gethostname()):
-        raise RunError(f"{run.name} runs on {where}: stop it there (python -m core stop), or end the cluster "
-                       f"job with a SIGTERM (scancel --signal=TERM --full)")
-    status = update_json(run.status_path, request)
-    if status.get("state") in ACTIVE:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(status["pid"], signal.SIGTERM)
+    with run_lock(run.require(), "stop"):
+        where = run.status().get("host")  # a dead process is marked first: its pid is not ours any more
+        if where not in (None, socket.gethostname()):
+            raise RunError(f"{run.name} runs on {where}: stop it there (python -m core stop), or end the cluster "
+                           f"job with a SIGTERM (scancel --signal=TERM --full)")
+        status = update_json(run.status_path, request)
+        if status.get("state") in ACTIVE:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(status["pid"], signal.SIGTERM)
     return status
+
+
+def claim(run: Run, pid: int | None = None) -> None:
+    """Make the run's status a new session's, queued: refused while another session of it is active. Called under
+    run_lock (launch; a foreground `core train`, which is its own watcher, passes its pid), so that of two launches
+    at the same moment the second finds the first's pid and is told so. The last session's watcher, if any, then
+    leaves the status alone."""
+    status = run.status()
+    if pid is not None and status.get("pid") == pid:
+        return  # launch claimed it for this watcher already; a stop asked for since then must stand
+    if status.get("state") in ACTIVE and status.get("pid") is not None:
+        raise RunError(f"{run.name} is already {status['state']} (pid {status['pid']}); stop it first")
+    run.update_status(state="queued", pid=pid, pid_start=process_start_time(pid) if pid else None, watcher_pid=None,
+                      error=None, waiting_for=None, stop_requested=False)
 
 
 def begin(run: Run, device_request: str) -> None:
@@ -362,7 +653,14 @@ def begin(run: Run, device_request: str) -> None:
 
 
 def delete(run: Run) -> None:
-    status = run.require().status()
-    if status.get("state") in ACTIVE:
-        raise RunError(f"{run.name} is {status['state']}; stop it before deleting it")
-    shutil.rmtree(run.dir)
+    """Remove the run folder; refused while the run is active. A run whose status is damaged is refused while a
+    process of it is alive on this machine, and removed otherwise."""
+    with run_lock(run.require(), "delete"):
+        try:
+            status = run.status()
+        except FileError:
+            pid = training_pid(run)
+            status = {"state": "running", "pid": pid} if pid is not None else {}
+        if status.get("state") in ACTIVE:
+            raise RunError(f"{run.name} is {status['state']}; stop it before deleting it")
+        shutil.rmtree(run.dir)

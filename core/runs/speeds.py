@@ -25,7 +25,7 @@ from pathlib import Path
 from core.data.sources import image_counts
 from core.design.budget import count
 from core.design.presets import preset_spec
-from core.files import PROJECT_DIR, FileError, cache_dir, locked, read_json, write_json
+from core.files import PROJECT_DIR, FileError, cache_dir, locked, read_object, write_json
 
 
 REFERENCE = "resnet20"             # the design a probe times: small, so a probe takes seconds even on a CPU
@@ -43,11 +43,36 @@ def probe_lock_path() -> Path:
 
 
 def read_machine() -> dict:
-    """What is known of this machine; {} before the first probe (or when the file is damaged)."""
+    """What is known of this machine; {} before the first probe. A damaged file reads as {}, and a part of it of
+    the wrong shape as not known (the next probe or run measures it again), said once on stderr."""
     try:
-        return read_json(machine_path(), default={})
-    except FileError:
-        return {}
+        machine = read_object(machine_path(), default={})
+    except FileError as e:
+        return damaged_machine(str(e))
+    kept = {key: value for key, value in machine.items() if isinstance(value, MACHINE_SHAPE.get(key, object))}
+    if "speeds" in kept:
+        kept["speeds"] = {device: figure for device, figure in kept["speeds"].items() if usable_speed(figure)}
+    if kept != machine:
+        damaged_machine(f"{machine_path()}: parts of it are of the wrong shape")
+    return kept
+
+
+MACHINE_SHAPE = {"devices": dict, "speeds": dict, "cpu": dict}
+_said: set[str] = set()
+
+
+def usable_speed(figure) -> bool:
+    return isinstance(figure, dict) and isinstance(figure.get("macs_per_s"), (int, float)) and \
+        figure["macs_per_s"] > 0 and isinstance(figure.get("when"), (int, float)) and \
+        isinstance(figure.get("source"), str)
+
+
+def damaged_machine(problem: str) -> dict:
+    if problem not in _said:
+        _said.add(problem)
+        print(f"{problem}: what it held is not used; `python -m core machine --again` measures the devices again",
+              file=sys.stderr)
+    return {}
 
 
 def known_devices() -> dict[str, str] | None:

@@ -13,6 +13,11 @@ every run, detached or not, has a watcher that needs no app or CLI open. The wat
     could not get back to the loop to save) and ends the run `stopped`: it resumes from its last
     checkpoint.
 
+The watcher is watched in turn: when it dies (kill -9, a crash, the terminal of a foreground `core train`
+closed), its training process learns it within a second, from the kernel (PR_SET_PDEATHSIG, on Linux) and from a
+thread that polls its parent (`watched_by`), and saves and stops as on a Stop; one that cannot get back to its
+loop within the stop grace ends itself. No run trains on unwatched. SIGHUP (a closed terminal) is a Stop to both.
+
 Limits per phase: waiting in the queue never stalls; starting, loading data and the first steps of a
 session (compiling, tuning kernels) get generous fixed limits; training, evaluating and saving get the
 run's stall limit: the config's `stall_limit`, or max(STALL_FLOOR, STALL_STEPS x the median step time).
@@ -20,10 +25,13 @@ run's stall limit: the config's `stall_limit`, or max(STALL_FLOOR, STALL_STEPS x
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -46,6 +54,8 @@ UNLIMITED = ("waiting",)  # in the device queue: waiting for another run is not 
 STOP_GRACE = 20.0         # seconds a stopped process has to save and end, at least ...
 STOP_GRACE_STEPS = 5      # ... or this many median steps, if more
 POLL = 0.5                # how often the watcher looks
+WATCHER_ENV = "RESNET_STUDIO_WATCHER"  # the watcher's pid, in the environment of the process it watches
+PR_SET_PDEATHSIG = 1      # prctl(2): the signal a process gets when its parent dies
 
 
 class Heartbeat:
@@ -158,7 +168,7 @@ def watch(run: Run, command: list[str], configured_limit: float = 0.0) -> int:
     the watcher made of it when it had to kill it (1: stalled, 0: stopped). SIGTERM and SIGINT to the watcher
     are passed on as a stop."""
     write_json(run.heartbeat_path, {"phase": "starting", "time": time.time(), "pid": None})
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, env=os.environ | {WATCHER_ENV: str(os.getpid())})
     run.update_status(watcher_pid=os.getpid())
     stop_asked = {"at": None}
 
@@ -167,12 +177,16 @@ def watch(run: Run, command: list[str], configured_limit: float = 0.0) -> int:
         with contextlib.suppress(ProcessLookupError):
             child.send_signal(signal.SIGTERM)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the terminal of a foreground run closed
         signal.signal(sig, pass_on)
     ending = None
     while child.poll() is None:
         time.sleep(POLL)
-        status, beat = run.status(), read_heartbeat(run) or {}
+        try:
+            status = run.status()
+        except FileError:  # damaged from outside: rebuilt from the process we watch, and watched on
+            status = run.update_status()
+        beat = read_heartbeat(run) or {}
         if child.poll() is not None or status.get("watcher_pid") != os.getpid():
             continue  # it has ended, or the run was launched again: the status is another session's
         if status.get("state") not in ACTIVE:
@@ -194,7 +208,10 @@ def watch(run: Run, command: list[str], configured_limit: float = 0.0) -> int:
             kill_tree(child.pid)
             child.wait()
             return 0 if ending.fields["state"] == "stopped" else 1
-    status = run.status()  # a training process that died without a word is marked failed now, not when read
+    try:
+        status = run.status()  # a training process that died without a word is marked failed now, not when read
+    except FileError:
+        status = run.update_status()
     if status.get("state") in ACTIVE and status.get("watcher_pid") == os.getpid() and \
             status.get("pid") in (None, os.getpid(), child.pid):
         run.update_status(**ended_by_death(status))  # it died before it could say it was running
@@ -223,3 +240,54 @@ def stopped_by_force(run: Run, beat: dict) -> Ending:
     message = (f"stopped: the training process did not stop within {stop_grace(beat):.0f} s of the request "
                f"({where_text(beat)}) and was killed; a resume starts {resume_point(run)}")
     return Ending({"state": "stopped", "forced": True}, message)
+
+
+# ---- the training process's side: never unwatched ---------------------------------------------------------
+
+
+def watched_by(run: Run, watcher: int | None = None) -> None:
+    """Called first thing by a training process a watcher started: when the watcher dies, save and stop (the
+    StopFlag's SIGTERM), and end for good if that takes longer than the stop grace. Without a watcher (a
+    process started otherwise), nothing. A torchrun worker passes its parent, the torchrun agent of its
+    machine: a run across machines has no watcher of ours, but no worker outlives its machine's agent."""
+    watcher = watcher or int(os.environ.get(WATCHER_ENV) or 0)
+    if not watcher:
+        return
+    set_parent_death_signal(signal.SIGTERM)
+    threading.Thread(target=guard, args=(run, watcher), daemon=True, name="watcher-guard").start()
+
+
+def set_parent_death_signal(sig: int) -> bool:
+    """Ask the kernel for `sig` when our parent dies (Linux); False where that cannot be had: polling covers it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def guard(run: Run, watcher: int) -> None:
+    """Poll the parent; once it is not the watcher any more (the watcher died: we were handed to init), stop."""
+    while os.getppid() == watcher:
+        time.sleep(POLL)
+    with contextlib.suppress(FileError, OSError):
+        run.update_status(stop_requested=True)  # so that however it ends, it reads as stopped, to resume
+    say(run, f"stopping: its watcher (pid {watcher}) is gone, and no run trains unwatched; resume it to continue")
+    os.kill(os.getpid(), signal.SIGTERM)  # the StopFlag: finish the step, save, stop
+    grace = stop_grace(read_heartbeat(run))
+    time.sleep(grace)
+    say(run, f"stopped by force: not stopped {grace:.0f} s after its watcher died; a resume starts "
+             f"{resume_point(run)}")
+    with contextlib.suppress(FileError, OSError):
+        run.update_status(state="stopped", forced=True, ended=time.time(), waiting_for=None)
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def say(run: Run, message: str) -> None:
+    with contextlib.suppress(OSError), open(run.log_path, "a") as log:
+        log.write(f"{time.strftime('%H:%M:%S')} {message}\n")

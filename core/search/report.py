@@ -7,13 +7,17 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
+from core.files import FileError
 from core.search.study import (counted, display_url, is_counted, load_study, open_storage, reaching, retried_numbers,
                                stop_requested, storage_url, trial_run, worker_alive)
 
 
 def trial_row(trial: optuna.trial.FrozenTrial, retried: dict[int, int]) -> dict:
     run = trial_run(trial)
-    run_status = run.status() if run is not None else {}
+    try:
+        run_status = run.status() if run is not None else {}
+    except FileError:  # its run's status is damaged: the Runs page lists it so; the study goes on
+        run_status = {"state": "damaged"}
     state = {TrialState.WAITING: "waiting", TrialState.RUNNING: run_status.get("state", "running"),
              TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}[trial.state]
     if trial.user_attrs.get("rejected"):

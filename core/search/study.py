@@ -15,7 +15,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from core.errors import StudioError
-from core.files import read_json, update_json
+from core.files import FileError, read_object, update_json
 from core.runs.run import Run, process_alive, process_start_time, runs_root
 from core.search.space import Space
 
@@ -92,7 +92,7 @@ def record_path(name: str) -> Path:
 
 def storage_url(name: str, url: str | None = None) -> str:
     """The study's storage: the one given, else the one this machine noted for it, else a SQLite file."""
-    return url or read_json(record_path(name), default={}).get("storage") or \
+    return url or read_object(record_path(name), default={}).get("storage") or \
         f"sqlite:///{search_dir() / (name + '.db')}"
 
 
@@ -123,7 +123,10 @@ class StudyStorage(optuna.storages.RDBStorage):
 def alive_here(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether the trial's run trains (or is telling the study how it ended) in a process of this machine."""
     run = trial_run(trial)
-    status = run.status() if run is not None else {}
+    try:
+        status = run.status() if run is not None else {}
+    except FileError:
+        status = {}  # its status is damaged: whether it lives is not known here; its heartbeat in the study says
     return status.get("host") in (None, socket.gethostname()) and \
         process_alive(status.get("pid"), status.get("pid_start"))
 
@@ -139,6 +142,12 @@ def open_storage(url: str) -> StudyStorage:
                 url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=MAX_RELAUNCHES, inherit_intermediate_values=True))
+    except sqlalchemy.exc.DatabaseError as e:
+        if not url.startswith("sqlite:///"):
+            raise SearchError(f"storage {display_url(url)}: cannot open it ({e})") from None
+        raise SearchError(f"{url.removeprefix('sqlite:///')}: the study's SQLite file is damaged "
+                          f"({' '.join(str(e.orig or e).split())}); restore it from a copy, or move it away to "
+                          f"start the study afresh") from None
     except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
         raise SearchError(f"storage {display_url(url)}: cannot open it ({e}); give a URL like "
                           f"postgresql+psycopg://USER@HOST/DB (password from PGPASSWORD or ~/.pgpass)") from None
@@ -230,7 +239,10 @@ def update_record(name: str, **fields) -> None:
 
 
 def worker_alive(name: str) -> bool:
-    record = read_json(record_path(name), default={})
+    try:
+        record = read_object(record_path(name), default={})
+    except FileError:
+        return False  # its note is damaged (storage_url says so): no worker of it is known
     return process_alive(record.get("pid"), record.get("pid_start"))
 
 
