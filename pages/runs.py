@@ -421,7 +421,7 @@ st.caption(f"Runs are kept in {runs_root()}." + (" The table refreshes while a r
 
 # -- compare --
 st.subheader("Compare runs", divider="gray")
-trained = [row["name"] for row in rows if row["epochs_done"]]
+trained = [row["name"] for row in rows if row["best_acc"] is not None]  # an epoch line: curves to draw
 if not trained:
     st.caption("Curves appear here once a run has finished its first epoch.")
 else:

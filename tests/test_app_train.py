@@ -706,6 +706,6 @@ def test_the_runs_table_says_imported_and_leaves_unknown_cells_blank(trained_cop
     app = open_page("runs")
     assert_clean(app)
     table = app.dataframe[0].value.set_index("Run")
-    assert table.loc["small", "Epochs"] == "imported"
+    assert table.loc["small", "Epochs"] == "2, imported"  # the epochs its status says it trained where it came from
     assert pd.isna(table.loc["small", "Training time"]) and pd.isna(table.loc["small", "Device"])
     assert app.dataframe[0].proto.placeholder == "—"  # how the browser shows them, not "None"

@@ -100,6 +100,7 @@ def training_args(run: Run, args, data: str | None, epochs: int | None) -> list[
 def cmd_reproduce(args) -> int:
     """A new run with RUN's config and data, trained as `train --resume` trains it; its end compares the two."""
     args.resume = str(reproduce(Run.at(args.run).intact(), args.run_dir).dir)
+    args.batch_size = None  # the original's batch, as its config has it
     return cmd_train(args)
 
 
