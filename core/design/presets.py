@@ -101,7 +101,8 @@ PRESETS: dict[str, dict] = {
                   "weight_decay": 5e-4, "schedule": "onecycle", "label_smoothing": 0.2, "tta_flip": True},
     },
     "laptop-speedrun": {
-        "description": ("A candidate successor of laptop, not yet measured: laptop's network with a whitened stem, "
+        "description": ("A candidate successor of laptop (10 minutes on a 2-core Xeon: 87.91% against laptop's 87.75% "
+                        "on the JPEG copy's test images; not yet tuned): laptop's network with a whitened stem, "
                         "trained for 10 minutes with airbench's tricks: alternating flip, Nesterov SGD at batch 512 "
                         "with warm-up then linear decay, Lookahead on a (t/T)^3 ramp, frozen BatchNorm scales with "
                         "64x lr on their biases, label smoothing 0.2, and 6-view TTA."),
