@@ -38,7 +38,7 @@ from core.files import write_atomic
 from core.nn.checkpoint import load_checkpoint
 from core.nn.model import build_model
 from core.runs.record import data_copy, read_record
-from core.runs.run import Run, RunError
+from core.runs.run import Run
 from core.units import duration_text
 
 TEMPLATES = Path(__file__).with_name("code_template")
@@ -187,9 +187,7 @@ def check_logits(folder: Path, ckpt) -> float:
 def export_code(run: Run, out: str | Path, tag: str = "best") -> dict:
     """Write the folder `out` (which must not exist yet) for a finished run; returns what it holds."""
     out = Path(out)
-    status = run.require().status()
-    if status.get("state") != "finished":
-        raise RunError(f"{run.name} is {status.get('state')}; only a finished run can be exported")
+    run.finished()
     if out.exists():
         raise CodeExportError(f"{out} already exists; delete it first or pick another folder")
     ckpt = load_checkpoint(run.checkpoints, tag)

@@ -14,9 +14,7 @@ def export(run: Run, dest: Run, half: bool = True) -> Run:
     without optimizer state. It loads, lists, predicts and evaluates like any run."""
     from core.nn.checkpoint import load_checkpoint, save_checkpoint
 
-    status = run.require().status()
-    if status.get("state") != "finished":
-        raise RunError(f"{run.name} is {status.get('state')}; only a finished run can be exported")
+    status = run.finished().status()
     if dest.dir.exists():
         raise RunError(f"{dest.dir} already exists; delete it first or pick another name")
     ckpt = load_checkpoint(run.checkpoints, "best")

@@ -32,7 +32,7 @@ from core.errors import StudioError
 from core.files import read_json, write_atomic, write_json
 from core.nn.checkpoint import load_checkpoint
 from core.runs.record import data_copy, read_record, summary_lines
-from core.runs.run import Run, RunError
+from core.runs.run import Run
 
 WEIGHTS, CONFIG, CARD, ONNX = "model.safetensors", "config.json", "README.md", "model.onnx"
 MODEL_TYPE = "resnet-studio-cifar-resnet"
@@ -131,9 +131,7 @@ blocks, pooling, linear head; `core/nn/model.py`) and load `{WEIGHTS}` into it w
 def export_hub(run: Run, out: str | Path, tag: str = "best", onnx: bool = False, data: str | None = None) -> dict:
     """Write the folder `out` (which must not exist yet) for a finished run; returns what it holds."""
     out = Path(out)
-    status = run.require().status()
-    if status.get("state") != "finished":
-        raise RunError(f"{run.name} is {status.get('state')}; only a finished run can be exported")
+    run.finished()
     if out.exists():
         raise HubError(f"{out} already exists; delete it first or pick another folder")
     ckpt = load_checkpoint(run.checkpoints, tag)

@@ -169,6 +169,13 @@ class Run:
             raise RunError(f"{self.dir}: no such run (no config.json there); `python -m core runs` lists the runs")
         return self
 
+    def finished(self) -> "Run":
+        """This run, when it has finished; else a RunError: an export takes only a finished run."""
+        state = self.require().status().get("state")
+        if state != "finished":
+            raise RunError(f"{self.name} is {state}; only a finished run can be exported")
+        return self
+
     def intact(self) -> "Run":
         """This run, when its files read well (find_damage; damaged weights of a checkpoint are said by whoever
         loads them); else a RunError naming the damaged file and what to do: for the commands that read a run
