@@ -57,7 +57,9 @@ def test_a_frozen_run_ends_failed_as_stalled_by_itself_and_the_next_queued_run_s
     assert phase in ("training", "evaluating") and status["stalled"]["seconds"] >= 6, status
     assert re.search(rf"while {phase} at epoch \d+ step \d+ \(limit 6 s\)", status["error"]), status["error"]
     advice = "A kernel may hang" if phase == "training" else "look at its train.log"
-    assert advice in status["error"] and "a resume starts from its last checkpoint" in status["error"]
+    # frozen in epoch 1's evaluation, it has no checkpoint yet, and the advice says so
+    start = "from its last checkpoint" if (frozen.checkpoints / "last.json").exists() else "from the start"
+    assert advice in status["error"] and f"a resume starts {start}" in status["error"], status["error"]
     assert "failed: stalled" in frozen.log_tail()
     wait_for(lambda: waiting.status()["state"] == "running" and not waiting.status().get("waiting_for"), 60,
              "the queued run to take the freed CPU")
