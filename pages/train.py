@@ -30,7 +30,7 @@ from core.runs.run import (ACTIVE, Run, RunError, change_batch_size, check_name,
                            runs_root, stop)
 from core.runs.watch import read_heartbeat
 from core.runs.speeds import (device_label, estimate, kernels_text, known_devices, probe_running, read_machine,
-                              start_probe)
+                              speed_basis, start_probe)
 from core.data.sources import (BUILTIN, CHOICES, CIFAR10_DOWNLOAD_BYTES, DEFAULT_DIR, HOW_TO_GET_DATA, chosen_data,
                                image_counts, resolve_data)
 from core.units import (bytes_text, duration_of_text, duration_text, macs_text, margin_text, params_text,
@@ -227,16 +227,14 @@ def show_estimate(spec, device: str, data: str | None, epochs: int, time_limit: 
     a note, re-drawn every second, until its figure arrives."""
     if probing(spec, device, data) != waiting:
         st.rerun()  # the probe ended: the whole page follows (device list, estimate)
-    figure = None if device == "auto" else estimate(spec, device, data)
+    figure = None if device == "auto" else estimate(spec, device, data, setting_values())
     where = "the built-in slice" if data == BUILTIN else f"{image_counts(data)[0]:,} training images"
     if figure is not None:
         length = (f"so about {time_limit / figure.epoch_s:.3g} epochs in a time budget of {duration_text(time_limit)}"
                   if time_limit else f"{duration_text(figure.epoch_s * epochs)} for {plural(epochs, 'epoch')}")
         text = (f"about **{duration_text(figure.epoch_s)} per epoch** of {where} for this design, {length} "
                 f"({rate_text(figure.images_per_s)} images/s).  \n"
-                f":gray[From {speed_source(figure.source, figure.when)}, "
-                f"scaled by this design's {macs_text(count(spec).macs)} MACs per image: a rough figure, which the "
-                f"next run on this device replaces with its own.]")
+                f":gray[{speed_basis(figure, count(spec).macs, speed_source(figure.source, figure.when))}]")
     elif waiting:
         text = "timing it in the background (once, a few seconds): the estimate per epoch appears here."
     else:

@@ -173,7 +173,7 @@ def test_the_page_draws_at_once_and_the_estimate_fills_in_from_a_probe_in_the_ba
     figure = estimate(preset_spec("resnet26-seed"), "cpu", "builtin")
     shown = texts(app.warning) + texts(app.info)
     assert f"about **{duration_text(figure.epoch_s)} per epoch** of the built-in slice" in shown
-    assert "From a short timing of the resnet20 preset on this machine" in shown
+    assert "An estimate from a short timing of the resnet20 preset on this machine" in shown
     assert steps == []
 
 

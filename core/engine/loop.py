@@ -423,7 +423,7 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: W
         if world.size == 1 and trainer.policy[:2] == policy_for(device, "auto")[:2]:
             with contextlib.suppress(OSError):
                 record_run_speed(str(device), device_name(device), line["images_per_s"], count(cfg.arch).macs,
-                                 run.name)
+                                 run.name, cfg)
         of = f" ({at.trained:.0f} of {t.time_limit:g} s)" if t.time_limit else f"/{t.epochs}"
         log(run, world, f"epoch {line['epoch']:.4g}{of}: train loss {train_loss:.3f} acc {train_acc:.3f}, "
                         f"{eval_name} loss {result.loss:.3f} acc {result.accuracy:.4f}, "
