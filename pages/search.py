@@ -351,7 +351,7 @@ def show_study(name: str, live: bool) -> None:
     rows = [r for r in study["trials"] if r["counted"]]
     others = [r for r in study["trials"] if not r["counted"]]
     columns = st.columns(5)
-    waiting = {state: sum(r["state"] == state for r in rows) for state in ("running", "queued")}
+    waiting = study["in_flight"]
     in_flight = ", ".join(f"{n} {state}" for state, n in waiting.items() if n)
     columns[0].metric("Trials done", f"{study['counted'] - sum(waiting.values())} of {target}",
                       delta=in_flight or None, delta_color="off", delta_arrow="off",

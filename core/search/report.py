@@ -55,11 +55,19 @@ def study_status(name: str, url: str | None = None) -> dict:
     states = [r["state"] for r in rows]
     return {"study": name, "storage": display_url(url), "space": space.to_dict(),
             "objectives": list(space.objectives), "trials_target": study.user_attrs.get("trials"),
-            "counted": counted(trials), "worker_alive": worker_alive(name),
+            "counted": counted(trials), "in_flight": in_flight(rows), "worker_alive": worker_alive(name),
             "stop_requested": stop_requested(study),
             "states": {s: states.count(s) for s in dict.fromkeys(states)},
             "best": best, "pareto_front": best_trials if len(space.objectives) > 1 else pareto_front(rows),
             "importances": found, "trials": rows}
+
+
+def in_flight(rows: list[dict]) -> dict[str, int]:
+    """Counted trials that have not ended: running, or queued (their run waits for a device in the run queue, or
+    Optuna queued them again after their process died, `waiting`). The rest of the counted trials are done."""
+    counted_rows = [r for r in rows if r["counted"]]
+    return {"running": sum(r["state"] == "running" for r in counted_rows),
+            "queued": sum(r["state"] in ("queued", "waiting") for r in counted_rows)}
 
 
 def pareto_front(rows: list[dict], cost: str = "params") -> list[dict]:
