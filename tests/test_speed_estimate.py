@@ -125,3 +125,28 @@ def test_kept_run_speeds_of_the_wrong_shape_are_not_used(cache, capsys):
     assert read_machine()["runs"] == {"cpu": machine["runs"]["cpu"][:1]}
     assert estimate(quick.arch, "cpu", "builtin", settings(quick)).images_per_s == 3000.0
     assert "parts of it are of the wrong shape" in capsys.readouterr().err
+
+
+def test_the_train_page_says_measured_for_the_runs_own_design_and_estimate_for_another_batch(cache, tmp_path,
+                                                                                              monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(tmp_path / "runs"))
+    design = preset_spec("resnet20")
+    app = AppTest.from_file(ROOT / "app.py", default_timeout=120).run()
+    app.session_state["design_draft"] = app.session_state["design"] = design.to_dict()
+    app.session_state["design_preset"] = "resnet20"
+    app.switch_page("pages/train.py").run()
+    batch, precision = app.session_state["train:batch_size"], app.session_state["train:precision"]
+    keep(RunConfig.from_dict({"arch": design.to_dict(), "train": {"batch_size": batch, "precision": precision}}),
+         458.0, "example")
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    shown = "\n".join(e.value for e in [*app.warning, *app.info])
+    assert "(458 images/s)" in shown and "Measured: the speed of a run elsewhere on this machine (example" in shown
+    assert "which trained this design at this batch and precision" in shown
+
+    app.number_input(key="train:batch_size").set_value(batch // 2).run()
+    shown = "\n".join(e.value for e in [*app.warning, *app.info])
+    assert "An estimate from the speed of a run elsewhere on this machine (example" in shown
+    assert "which trained this design at another batch or precision" in shown
