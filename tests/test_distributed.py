@@ -123,7 +123,7 @@ def test_two_machines_train_one_run_with_one_set_of_files(one_and_two):
                    and not p.name.endswith(".lock"))  # the lock for read-change-write of status.json
     assert files == ["checkpoints/best.json", "checkpoints/best.safetensors", "checkpoints/best.state.safetensors",
                      "checkpoints/last.json", "checkpoints/last.safetensors", "checkpoints/last.state.safetensors",
-                     "config.json", "heartbeat.json", "metrics.jsonl", "record.json", "results.json", "status.json",
+                     "config.json", "heartbeat-node1.json", "heartbeat.json", "metrics.jsonl", "record.json", "results.json", "status.json",
                      "train.log"]
     assert sum(map(sum, json.loads(run.results_path.read_text())["confusion"])) == 1000
 
