@@ -34,7 +34,7 @@ from core.design.config import RunConfig
 from core.errors import StudioError
 from core.runs.queue import DeviceRequest, Launch, StopWaiting, hold
 from core.runs.run import ACTIVE, Run, StopFlag, process_start_time
-from core.runs.watch import Heartbeat
+from core.runs.watch import mark_phase
 
 # A process that hangs (rather than dies) fails the run after this. Every process evaluates for
 # itself, so no process waits on another for longer than a checkpoint save.
@@ -143,7 +143,6 @@ def run_processes(run: Run, launch: Launch, request: DeviceRequest, data: str | 
 
     head = launch.node_rank == 0
     stop = StopFlag()
-    beat = Heartbeat(run, node=launch.node_rank)  # this machine's, until its first process beats
     if head:
         run.update_status(pid=os.getpid(), pid_start=process_start_time(os.getpid()), host=socket.gethostname(),
                           world_size=launch.world_size, nnodes=launch.nnodes, error=None)
@@ -151,7 +150,7 @@ def run_processes(run: Run, launch: Launch, request: DeviceRequest, data: str | 
     def on_wait(message: str) -> None:
         if head:
             run.update_status(state="queued", waiting_for=message)
-        beat.phase("waiting")  # for another run's devices: no stall
+        mark_phase(run, launch.node_rank, "waiting", os.getpid())  # for another run's devices: no stall
         print(f"queued: {message}", flush=True)
 
     worker = ["train", "--resume", str(run.dir), "--device", request.kind]
@@ -165,7 +164,7 @@ def run_processes(run: Run, launch: Launch, request: DeviceRequest, data: str | 
             if head:
                 run.update_status(devices=devices, waiting_for=None)
             # other machines may join late, bounded by the rendezvous's own timeout; one machine starts at once
-            beat.phase("joining" if launch.nnodes > 1 else "starting")
+            mark_phase(run, launch.node_rank, "joining" if launch.nnodes > 1 else "starting", os.getpid())
             torchrun(parse_args(launch.torchrun_args(run.name, worker)))
     except StopWaiting:
         return run.update_status(state="stopped", ended=time.time(), waiting_for=None) if head else {}

@@ -1,7 +1,7 @@
 """No run stalls silently, and Stop always stops: a run's heartbeat, and the watcher that reads it.
 
 The training process beats (`Heartbeat`): heartbeat.json says its phase, epoch, step, median step time and
-when it last made progress, rewritten at most once a second and at every change of phase. `python -m core
+when it last made progress, rewritten every second or two and at every change of phase. `python -m core
 train` does not train in its own process: it starts the training process and watches it (`watch`), so that
 every run, detached or not, has a watcher that needs no app or CLI open. The watcher
 
@@ -33,6 +33,7 @@ run's stall limit: the config's `stall_limit`, or max(STALL_FLOOR, STALL_STEPS x
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import ctypes.util
@@ -52,7 +53,7 @@ import psutil
 from core.files import FileError, read_json, update_json, write_json
 from core.runs.run import ACTIVE, Run, ended_by_death
 
-BEAT_EVERY = 1.0          # seconds between two writes of heartbeat.json within a phase
+BEAT_EVERY = 1.0          # seconds between two writes of heartbeat.json within a phase (twice that, idle)
 STALL_FLOOR = 120.0       # seconds: no run is called stalled sooner (unless its config says so)
 STALL_STEPS = 30          # ... nor before this many median steps have passed without one
 PHASE_LIMITS = {          # seconds a phase may go without a beat, whatever the run's step time
@@ -86,7 +87,9 @@ class Heartbeat:
         self.times: deque[float] = deque(maxlen=50)  # recent step times, for the median
         self.last_step = 0.0
         self.changed = threading.Event()
+        self.lock = threading.Lock()  # one write at a time, and none cut short at exit (its temp file left behind)
         if enabled:
+            atexit.register(self.close)
             threading.Thread(target=self.keep_writing, daemon=True).start()
 
     def phase(self, phase: str, **where) -> None:
@@ -110,12 +113,24 @@ class Heartbeat:
             time.sleep(BEAT_EVERY)
 
     def write(self) -> None:
-        if not self.enabled:
-            return
-        state = self.state | {"step_time": statistics.median(self.times) if self.times else None,
-                              "written": time.time()}
-        with contextlib.suppress(OSError):  # a full disk: the run fails where it writes metrics, not here
-            write_json(self.path, state)
+        with self.lock:
+            if not self.enabled:
+                return
+            state = self.state | {"step_time": statistics.median(self.times) if self.times else None,
+                                  "written": time.time()}
+            with contextlib.suppress(OSError):  # a full disk: the run fails where it writes metrics, not here
+                write_json(self.path, state)
+
+    def close(self) -> None:
+        """No more writes: at exit, once the write under way (if any) is done."""
+        with self.lock:
+            self.enabled = False
+
+
+def mark_phase(run: Run, node: int, phase: str, pid: int | None = None) -> None:
+    """Machine `node`'s phase, said by a process that does not beat (its watcher, its torchrun launcher) before its
+    first process beats: written once, so that it never overwrites that process's beats."""
+    write_json(run.heartbeat_file(node), {"phase": phase, "time": time.time(), "pid": pid, "node": node})
 
 
 def this_node() -> int:
@@ -218,7 +233,7 @@ def watch(run: Run, command: list[str], configured_limit: float = 0.0, node: int
     are passed on as a stop. On a run across machines, this is machine `node` of `nodes`: it watches this
     machine's processes through this machine's heartbeat; machine 0's watcher keeps the status."""
     head, machine = node == 0, node if nodes > 1 else None
-    write_json(run.heartbeat_file(node), {"phase": "starting", "time": time.time(), "pid": None, "node": node})
+    mark_phase(run, node, "starting")
     env = os.environ | {WATCHER_ENV: str(os.getpid())} | ({NODE_ENV: str(node)} if machine is not None else {})
     child = subprocess.Popen(command, env=env)
     if head:  # this session's machines: whose heartbeats the run's readers look at
@@ -232,7 +247,7 @@ def watch(run: Run, command: list[str], configured_limit: float = 0.0, node: int
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the terminal of a foreground run closed
         signal.signal(sig, pass_on)
-    ending, leave_until = None, None
+    ending, leave_until, ended_at = None, None, None
     while child.poll() is None:
         time.sleep(POLL)
         try:
@@ -242,8 +257,13 @@ def watch(run: Run, command: list[str], configured_limit: float = 0.0, node: int
         beat = read_heartbeat(run, node) or {}
         if child.poll() is not None or head and status.get("watcher_pid") != os.getpid():
             continue  # it has ended, or the run was launched again: the status is another session's
-        if status.get("state") not in ACTIVE:
-            continue  # it has said how it ended (or another machine's watcher ended it) and is exiting
+        if status.get("state") not in ACTIVE:  # it has said how it ended (or another machine's watcher ended it)
+            ended_at = ended_at or time.monotonic()
+            if machine is not None and time.monotonic() - ended_at > stop_grace(beat):
+                say(run, f"the run has ended, and its processes{on_machine(machine)} had not exited "
+                         f"{stop_grace(beat):.0f} s later: killed")  # frozen, say, while another machine ended it
+                kill_tree(child.pid)
+            continue
         if status.get("stop_requested") and stop_asked["at"] is None:
             stop_asked["at"] = time.monotonic()  # `core stop` signals the training process itself
         silent = time.time() - number(beat.get("time")) if "time" in beat else 0.0
