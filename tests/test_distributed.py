@@ -228,6 +228,22 @@ def test_a_machine_whose_watcher_dies_stops_the_run_which_saves_and_leaves_no_pr
         end_all(nodes, family)
 
 
+def test_the_run_s_heartbeat_is_its_most_stalled_machine_s_of_this_session(tmp_path):
+    """What the Train page shows: on a run across machines, the machine that made progress longest ago; a machine's
+    file from an earlier session on more machines is not read."""
+    run = create(tmp_path, "beats")
+    assert run.heartbeat_file(0) == run.heartbeat_path and run.heartbeat_file(2).name == "heartbeat-node2.json"
+    now = time.time()
+    for node, (step, silent) in enumerate([(40, 1), (38, 30), (12, 900)]):
+        run.heartbeat_file(node).write_text(json.dumps({"phase": "training", "epoch": 0, "step": step, "node": node,
+                                                        "time": now - silent, "written": now}))
+    assert read_heartbeat(run)["node"] == 0  # a one-machine session: node 1's and 2's files are an earlier session's
+    run.update_status(nnodes=2)
+    assert read_heartbeat(run)["node"] == 1 and read_heartbeat(run, 0)["step"] == 40
+    run.heartbeat_file(1).write_text("[1, 2]")  # damaged: no beat, the run's others still read
+    assert read_heartbeat(run)["node"] == 0 and read_heartbeat(run, 1) is None
+
+
 def test_stop_reaches_every_process_a_killed_rank_fails_the_run_and_it_resumes_on_any_number(tmp_path):
     """One run of two processes on this machine, launched as the app launches it. Stop: every process stops
     after the same step and rank 0 saves once, mid-epoch. Resumed on two processes, it continues at the saved
