@@ -3,6 +3,7 @@
 Several processes are real processes, on a tiny net and the built-in slice; the one-process reference run trains
 in this process. GPUs are faked through CUDA_VISIBLE_DEVICES for the queue's bookkeeping, which needs no CUDA.
 """
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -22,6 +24,7 @@ from core.errors import StudioError
 from core.nn.model import build_model
 from core.runs.queue import DeviceRequest, plan, queue_state
 from core.runs.run import Run, create_run, launch, process_alive, stop
+from core.runs.watch import read_heartbeat
 from conftest import core_cli, free_port, holder, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,8 +126,8 @@ def test_two_machines_train_one_run_with_one_set_of_files(one_and_two):
                    and not p.name.endswith(".lock"))  # the lock for read-change-write of status.json
     assert files == ["checkpoints/best.json", "checkpoints/best.safetensors", "checkpoints/best.state.safetensors",
                      "checkpoints/last.json", "checkpoints/last.safetensors", "checkpoints/last.state.safetensors",
-                     "config.json", "heartbeat.json", "metrics.jsonl", "record.json", "results.json", "status.json",
-                     "train.log"]
+                     "config.json", "heartbeat-node1.json", "heartbeat.json", "metrics.jsonl", "record.json",
+                     "results.json", "status.json", "train.log"]  # each machine's heartbeat
     assert sum(map(sum, json.loads(run.results_path.read_text())["confusion"])) == 1000
 
 
@@ -140,6 +143,105 @@ def test_two_processes_average_gradients_like_one_process_with_the_same_global_b
     # the metrics, summed over the processes, agree too
     loss = [[m["train_loss"] for m in one_and_two[k][0].metrics() if m["kind"] == "epoch"] for k in ("one", "two")]
     assert loss[0] == pytest.approx(loss[1], rel=1e-4)
+
+
+def two_machines(tmp_path, run: Run) -> list[subprocess.Popen]:
+    """`core train --nnodes 2 --node-rank K` for K = 0 and 1 on localhost, one process each, each in a session of its
+    own (as on two machines) with a device queue of its own."""
+    rdzv = f"127.0.0.1:{free_port()}"
+    return [subprocess.Popen([sys.executable, "-m", "core", "train", "--resume", str(run.dir), "--device", "cpu",
+                              "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1", "--rdzv", rdzv],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                             env=os.environ | {"RESNET_STUDIO_LOCKS": str(tmp_path / f"locks{rank}")})
+            for rank in (0, 1)]
+
+
+def training(run: Run, node: int) -> dict | None:
+    beat = read_heartbeat(run, node)
+    return beat if (beat or {}).get("phase") == "training" else None
+
+
+def left_running(run: Run) -> list[psutil.Process]:
+    """Every live process of this machine, but this one, whose command line names the run's folder."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != os.getpid() and str(run.dir) in " ".join(proc.info["cmdline"] or []) and \
+                    proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+    return found
+
+
+def end_all(nodes: list[subprocess.Popen], family: list[psutil.Process]) -> None:
+    """A failed test leaves no process behind, frozen or not."""
+    for proc in family + [psutil.Process(node.pid) for node in nodes if node.poll() is None]:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+
+
+def test_each_machine_watches_its_own_processes_and_ends_a_stall_there_naming_the_machine(tmp_path):
+    """Two "machines" on localhost, each `core train --nnodes 2 --node-rank K` with its own watcher and heartbeat.
+    Machine 1's training process frozen with SIGSTOP: machine 1's watcher ends the run as stalled on node 1 (machine
+    0's, whose process only waits for its partner, leaves it to machine 1's), and no process of either is left."""
+    run = create(tmp_path, "nodes", epochs=100, stall_limit=12)  # training, not warming up, when it is frozen
+    nodes, family = two_machines(tmp_path, run), []
+    try:
+        beat = wait_for(lambda: training(run, 1), timeout=180, what="machine 1 to train")
+        assert read_heartbeat(run, 0)["pid"] != beat["pid"]  # each machine's own process beats into its own file
+        family = [p for node in nodes for p in psutil.Process(node.pid).children(recursive=True)]
+        assert beat["pid"] in [p.pid for p in family]
+        os.kill(beat["pid"], signal.SIGSTOP)  # alive, doing nothing: machine 0's process soon waits for it
+        frozen = time.monotonic()
+        codes = [node.wait(timeout=90) for node in nodes]
+        print(f"both machines ended {time.monotonic() - frozen:.1f} s after the freeze")
+        assert codes == [1, 1]
+        status = run.status()
+        assert status["state"] == "failed" and status["stalled"]["node"] == 1, status
+        assert re.match(r"stalled: no progress for \d+ s on node 1 \(.+\) while (training|evaluating|saving) at "
+                        r"epoch \d+ step \d+ \(limit 12 s\)", status["error"]), status["error"]
+        log = run.log_path.read_text()
+        assert re.search(r"failed: stalled: no progress for \d+ s on node 1 ", log), log
+        assert "on node 0" not in log, log  # machine 0's watcher did not take its waiting process for a stalled one
+        assert psutil.wait_procs(family, timeout=30)[1] == [] and left_running(run) == []
+    finally:
+        end_all(nodes, family)
+
+
+def test_a_machine_whose_watcher_dies_stops_the_run_which_saves_and_leaves_no_process(tmp_path):
+    """kill -9 of machine 1's watcher: machine 1's processes learn it, and every process of the run stops after the
+    same step; rank 0 saves, and the run reads `stopped`, to resume."""
+    run = create(tmp_path, "orphan", epochs=100)
+    nodes, family = two_machines(tmp_path, run), []
+    try:
+        wait_for(lambda: training(run, 1), timeout=180, what="machine 1 to train")
+        family = [p for node in nodes for p in psutil.Process(node.pid).children(recursive=True)]
+        nodes[1].kill()
+        assert nodes[0].wait(timeout=90) == 0  # machine 0's command says how the run ended: stopped
+        assert psutil.wait_procs(family, timeout=30)[1] == [] and left_running(run) == []
+        status = run.status()
+        assert status["state"] == "stopped", status
+        log = run.log_path.read_text()
+        assert re.search(rf"its watcher \(pid {nodes[1].pid} on node 1 \(.+\)\) is gone", log), log
+        assert log.count("stopped on request") == 1 and (run.checkpoints / "last.json").exists()  # saved, once
+    finally:
+        end_all(nodes, family)
+
+
+def test_the_run_s_heartbeat_is_its_most_stalled_machine_s_of_this_session(tmp_path):
+    """What the Train page shows: on a run across machines, the machine that made progress longest ago; a machine's
+    file from an earlier session on more machines is not read."""
+    run = create(tmp_path, "beats")
+    assert run.heartbeat_file(0) == run.heartbeat_path and run.heartbeat_file(2).name == "heartbeat-node2.json"
+    now = time.time()
+    for node, (step, silent) in enumerate([(40, 1), (38, 30), (12, 900)]):
+        run.heartbeat_file(node).write_text(json.dumps({"phase": "training", "epoch": 0, "step": step, "node": node,
+                                                        "time": now - silent, "written": now}))
+    assert read_heartbeat(run)["node"] == 0  # a one-machine session: node 1's and 2's files are an earlier session's
+    run.update_status(nnodes=2)
+    assert read_heartbeat(run)["node"] == 1 and read_heartbeat(run, 0)["step"] == 40
+    run.heartbeat_file(1).write_text("[1, 2]")  # damaged: no beat, the run's others still read
+    assert read_heartbeat(run)["node"] == 0 and read_heartbeat(run, 1) is None
 
 
 def test_stop_reaches_every_process_a_killed_rank_fails_the_run_and_it_resumes_on_any_number(tmp_path):

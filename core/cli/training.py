@@ -21,8 +21,8 @@ from core.runs.watch import watch, watched_by
 
 
 def cmd_train(args) -> int:
-    watching = not (args.detach or args.create_only or args.watched or args.nnodes > 1 or
-                    "TORCHELASTIC_RUN_ID" in os.environ)
+    # every machine of a run across machines watches its own processes
+    watching = not (args.detach or args.create_only or args.watched or "TORCHELASTIC_RUN_ID" in os.environ)
     stop_flag = StopFlag() if args.watched or not (args.detach or watching) else None  # before the slow imports
     if args.device not in ("auto", "cpu", "mps") or args.gpus:  # CUDA by name: a driver torch cannot use says so
         from core.nn.gpu import driver_problem
@@ -56,10 +56,11 @@ def cmd_train(args) -> int:
         return 0
     data, epochs = (args.data, args.epochs) if args.resume else (None, None)
     if watching:  # train in a process of our own and watch it: no run stalls silently, Stop always stops
-        with run_lock(run, "launch"):
-            claim(run, os.getpid())  # two launches of one run at the same moment: the second is told, not run
+        if args.node_rank == 0:  # machine 0 keeps the run's status
+            with run_lock(run, "launch"):
+                claim(run, os.getpid())  # two launches of one run at the same moment: the second is told, not run
         code = watch(run, [sys.executable, "-m", "core", *training_args(run, args, data, epochs), "--watched"],
-                     run.config().train.stall_limit)
+                     run.config().train.stall_limit, args.node_rank, args.nnodes)
         status = run.status()
         ended(run, status)
         return code or (1 if status.get("state") == "failed" else 0)
@@ -94,6 +95,8 @@ def training_args(run: Run, args, data: str | None, epochs: int | None) -> list[
     out += (["--data", data] if data else []) + (["--epochs", str(epochs)] if epochs else [])
     out += ["--gpus", args.gpus] if args.gpus else []
     out += [f"--nproc-per-node={args.nproc_per_node}"] if args.nproc_per_node else []
+    if args.nnodes > 1:
+        out += [f"--nnodes={args.nnodes}", f"--node-rank={args.node_rank}", f"--rdzv={args.rdzv}"]
     return out + [f"--max-restarts={args.max_restarts}"]
 
 

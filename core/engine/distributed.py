@@ -14,8 +14,9 @@ What a run means on several processes (docs/DISTRIBUTED.md says it for users):
   global batch and holds just those images (its shard) on its device. Augmentation and dropout are
   seeded by (seed, step, W, r): reproducible for a given seed and world size.
 - BatchNorm normalises each process's own slice unless the config says `sync_batchnorm`.
-- Only rank 0 writes the run folder. Every process checks at each step whether any of them was
-  asked to stop, so all stop after the same step and rank 0 saves once.
+- Only rank 0 writes the run folder, but for the heartbeats: the first process of each machine beats into its
+  machine's file, which that machine's watcher reads (core.runs.watch). Every process checks at each step
+  whether any of them was asked to stop, so all stop after the same step and rank 0 saves once.
 - A process that dies ends the run: torchrun stops the others (no restarts unless asked) and we
   write `failed` naming the rank that failed first and its error.
 """
@@ -33,6 +34,7 @@ from core.design.config import RunConfig
 from core.errors import StudioError
 from core.runs.queue import DeviceRequest, Launch, StopWaiting, hold
 from core.runs.run import ACTIVE, Run, StopFlag, process_start_time
+from core.runs.watch import mark_phase
 
 # A process that hangs (rather than dies) fails the run after this. Every process evaluates for
 # itself, so no process waits on another for longer than a checkpoint save.
@@ -148,6 +150,7 @@ def run_processes(run: Run, launch: Launch, request: DeviceRequest, data: str | 
     def on_wait(message: str) -> None:
         if head:
             run.update_status(state="queued", waiting_for=message)
+        mark_phase(run, launch.node_rank, "waiting", os.getpid())  # for another run's devices: no stall
         print(f"queued: {message}", flush=True)
 
     worker = ["train", "--resume", str(run.dir), "--device", request.kind]
@@ -160,6 +163,8 @@ def run_processes(run: Run, launch: Launch, request: DeviceRequest, data: str | 
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)  # process r takes cuda:r
             if head:
                 run.update_status(devices=devices, waiting_for=None)
+            # other machines may join late, bounded by the rendezvous's own timeout; one machine starts at once
+            mark_phase(run, launch.node_rank, "joining" if launch.nnodes > 1 else "starting", os.getpid())
             torchrun(parse_args(launch.torchrun_args(run.name, worker)))
     except StopWaiting:
         return run.update_status(state="stopped", ended=time.time(), waiting_for=None) if head else {}

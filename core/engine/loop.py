@@ -88,7 +88,7 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
     stop = stop or StopFlag()
     world = World.from_env()
     record = run.update_status if world.is_main else (lambda **fields: fields)
-    beat = Heartbeat(run, enabled=world.is_main)
+    beat = Heartbeat(run, enabled=world.local_rank == 0)  # each machine's first process, for its machine's watcher
     hooks = None
 
     def on_wait(message: str) -> None:

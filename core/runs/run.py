@@ -6,7 +6,8 @@
                             a search's trial also has `search` (its study and trial, see core.search)
         metrics.jsonl       one JSON line per epoch ("kind": "epoch") and every N steps ("kind": "step")
         train.log           what the training process printed
-        heartbeat.json      the training process's phase, epoch and step, rewritten every second (core.runs.watch)
+        heartbeat.json      the training process's phase, epoch and step, rewritten every second (core.runs.watch);
+                            on a run across machines, machine K's (K > 0) is heartbeat-nodeK.json (Run.heartbeat_file)
         checkpoints/        last.* and best.* (see core.nn.checkpoint)
         results.json        per-class accuracy and confusion matrix, written at the end
         familiarity.json    per checkpoint, the score below which an image is out of distribution (core.deploy.predict)
@@ -154,6 +155,12 @@ class Run:
     metrics_path = property(lambda self: self.dir / "metrics.jsonl")
     log_path = property(lambda self: self.dir / "train.log")
     heartbeat_path = property(lambda self: self.dir / "heartbeat.json")
+
+    def heartbeat_file(self, node: int = 0) -> Path:
+        """The heartbeat of machine `node` of a run (its launcher's --node-rank): the first machine's is a one-machine
+        run's; every other machine has its own, since machines that share the folder must never write one file."""
+        return self.dir / f"heartbeat-node{node}.json" if node else self.heartbeat_path
+
     checkpoints = property(lambda self: self.dir / "checkpoints")
     results_path = property(lambda self: self.dir / "results.json")
     familiarity_path = property(lambda self: self.dir / "familiarity.json")
