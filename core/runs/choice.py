@@ -1,0 +1,24 @@
+"""Which run a page opens on: the best run (the finished one with the highest best accuracy and a checkpoint to
+use), else the newest one that can be used. The pages show the choice; the rule is here, one place for all."""
+from __future__ import annotations
+
+from core.runs.run import Run
+
+
+def has_checkpoint(run: Run, tag: str = "best") -> bool:
+    return (run.checkpoints / f"{tag}.json").exists()  # written last in a save: there once the save is whole
+
+
+def best_run(runs: list[Run]) -> Run | None:
+    """The finished run with a best checkpoint and the highest best accuracy, if one has an accuracy."""
+    scored = [(summary["best_acc"], run) for run in runs if has_checkpoint(run)
+              for summary in [run.summary()] if summary["state"] == "finished" and summary["best_acc"] is not None]
+    return max(scored, key=lambda pair: pair[0])[1] if scored else None
+
+
+def default_run(runs: list[Run]) -> Run:
+    """The best run (best_run), else the newest finished run with a checkpoint (an imported one), else the newest
+    with one, else the newest (`runs` are newest first, as list_runs gives them)."""
+    usable = [run for run in runs if has_checkpoint(run)]
+    finished = [run for run in usable if run.status().get("state") == "finished"]
+    return best_run(runs) or (finished or usable or runs)[0]
