@@ -12,7 +12,6 @@ from functools import reduce
 from operator import getitem
 from urllib.parse import urlencode
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -20,8 +19,9 @@ from core.design.budget import BUDGET, Cost, count, fit_to_budget
 from core.design.config import RunConfig
 from core.design.presets import PRESETS, preset_spec
 from core.design.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES, SE_RATIO_RANGE,
-                              SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, ArchSpec, SpecError, conv_out)
+                              SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, ArchSpec, SpecError, stage_sizes)
 from core.design.link import to_query
+from core.report.charts import parameter_share_chart
 from core.units import macs_text, margin_text, params_text
 from pages._ui import (DESIGN, DESIGN_CONTROL as CONTROL, DRAFT, LINK_ERROR, NOTHING, PRESET, drawn, keep_link,
                        load_design, matching_preset, moved, origin_text, own_recipe, remember, show_value,
@@ -53,12 +53,8 @@ def parse_config(text: str | bytes) -> RunConfig:
 
 
 def map_sizes(stages: list[dict]) -> list[int]:
-    """Side of each stage's output map; ArchSpec.feature_sizes for a draft that may not validate."""
-    size, sizes = IMAGE_SIZE, []
-    for stage in stages:
-        size = conv_out(size, stage["stride"])
-        sizes.append(size)
-    return sizes
+    """Side of each stage's output map (ArchSpec.feature_sizes) for a draft, which may not validate."""
+    return stage_sizes(stage["stride"] for stage in stages)
 
 
 # ---- callbacks: they change the draft; the controls show it when next drawn (pages._ui.show_value) ------------
@@ -203,18 +199,6 @@ BREAKDOWN_COLUMNS = {
     "Receptive field": st.column_config.NumberColumn(
         format="%d px", help="Side of the input window one output pixel sees"),
 }
-
-
-def parameter_chart(table: pd.DataFrame) -> alt.Chart:
-    base = alt.Chart(table).encode(
-        y=alt.Y("Part:N", sort=list(table["Part"]), title=None),
-        x=alt.X("Parameters:Q", axis=alt.Axis(labelExpr="datum.value ? format(datum.value, '~s') : '0'")),
-        tooltip=["Part", alt.Tooltip("Parameters:Q", format=","),
-                 alt.Tooltip("Share:Q", format=".1f", title="Share %")],
-    )
-    labels = base.mark_text(align="left", dx=4).encode(text="label:N").transform_calculate(
-        label="format(datum.Share, '.0f') + '%'")
-    return base.mark_bar() + labels
 
 
 # ---- the page ---------------------------------------------------------------------------------
@@ -376,7 +360,7 @@ table = breakdown(spec, cost)
 with st.container(horizontal=True, wrap=True, gap="medium"):
     st.dataframe(table, hide_index=True, column_config=BREAKDOWN_COLUMNS, placeholder="", row_height=ROW_HEIGHT,
                  width="content")
-    st.altair_chart(parameter_chart(table), height=ROW_HEIGHT * (len(table) + 1), width=CHART_WIDTH)
+    st.altair_chart(parameter_share_chart(table), height=ROW_HEIGHT * (len(table) + 1), width=CHART_WIDTH)
 pooled = cost.stages[-1].out_size // spec.pool_size
 st.caption(f"Head: {square(spec.pool_size)} average pool on the {square(cost.stages[-1].out_size)} map, "
            f"then {cost.head_features:,} features ({spec.stages[-1].channels} channels × {square(pooled)}) "
