@@ -25,6 +25,7 @@ from core.design.spec import ArchSpec
 from core.errors import StudioError
 from core.files import cache_dir
 from core.report.charts import training_charts
+from core.runs.choice import run_to_follow
 from core.runs.progress import Progress, metric_frames, progress
 from core.runs.queue import launch_options, queue
 from core.runs.run import (ACTIVE, Run, RunError, change_batch_size, check_name, create_run, launch, resume_problem,
@@ -324,11 +325,6 @@ def resume_point(run: Run) -> str:
         return "It saved no checkpoint: Resume starts it over."
     within = f", step {saved['step']}" if saved["step"] else ""
     return f"Its last checkpoint is at epoch {saved['epoch']}{within}: Resume continues from there."
-
-
-def most_recent(runs: list[Run], states: dict[str, str]) -> str:
-    """The newest active run, else the newest run (list_runs gives them newest first)."""
-    return next((run.name for run in runs if states[run.name] in ACTIVE), runs[0].name)
 
 
 def run_charts(steps: pd.DataFrame, per_epoch: pd.DataFrame, split: str, epochs: int) -> None:
@@ -770,7 +766,7 @@ def follow_section() -> None:
     else:
         states = {run.name: run.status().get("state") for run in runs}
         if st.session_state.get(FOLLOWED) not in states:
-            st.session_state[FOLLOWED] = most_recent(runs, states)
+            st.session_state[FOLLOWED] = run_to_follow(runs, states).name
         if st.session_state[FOLLOWED] != st.session_state.get(SHOWN):  # set by Launch, or on the Runs or Search page
             renew(FOLLOW)
             st.session_state[SHOWN] = st.session_state[FOLLOWED]

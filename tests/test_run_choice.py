@@ -5,7 +5,7 @@ import shutil
 import time
 from pathlib import Path
 
-from core.runs.choice import best_run, default_run, has_checkpoint
+from core.runs.choice import best_run, default_run, has_checkpoint, run_to_follow
 from core.runs.run import Run, list_runs
 
 
@@ -52,3 +52,17 @@ def test_without_a_best_run_the_default_is_the_newest_usable_one(trained, tmp_pa
     assert default_run(runs).name == "imported"  # finished with a checkpoint, before newer unfinished ones
     assert default_run(runs[:2]).name == "stopped"  # no finished one: the newest with a checkpoint
     assert default_run(runs[:1]).name == "bare"  # none with a checkpoint: the newest
+
+
+def test_the_run_to_follow_is_the_newest_active_one_else_the_newest(trained, tmp_path):
+    runs_dir = tmp_path / "runs"
+    # no pid: launched, its process not yet started; nothing has died (the trained run's process has)
+    copy_run(trained, runs_dir, "queued", state="queued", pid=None)
+    copy_run(trained, runs_dir, "running", 0.2, state="running", pid=None)
+    copy_run(trained, runs_dir, "finished", 0.6)
+    runs = list_runs(runs_dir)
+    states = {run.name: run.status().get("state") for run in runs}
+    assert states == {"finished": "finished", "running": "running", "queued": "queued"}
+    assert run_to_follow(runs, states).name == "running"
+    assert run_to_follow(runs[2:], states).name == "queued"
+    assert run_to_follow(runs[:1], states).name == "finished"

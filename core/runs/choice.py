@@ -1,8 +1,9 @@
 """Which run a page opens on: the best run (the finished one with the highest best accuracy and a checkpoint to
-use), else the newest one that can be used. The pages show the choice; the rule is here, one place for all."""
+use), else the newest one that can be used; and which run the Train page follows. The pages show the choice; the
+rule is here, one place for all."""
 from __future__ import annotations
 
-from core.runs.run import Run
+from core.runs.run import ACTIVE, Run
 
 
 def has_checkpoint(run: Run, tag: str = "best") -> bool:
@@ -22,3 +23,9 @@ def default_run(runs: list[Run]) -> Run:
     usable = [run for run in runs if has_checkpoint(run)]
     finished = [run for run in usable if run.status().get("state") == "finished"]
     return best_run(runs) or (finished or usable or runs)[0]
+
+
+def run_to_follow(runs: list[Run], states: dict[str, str | None]) -> Run:
+    """The run to follow live: the newest active one (queued or running), else the newest; `states`: each run's
+    state by name, as the page just read them (`runs` are newest first)."""
+    return next((run for run in runs if states[run.name] in ACTIVE), runs[0])
