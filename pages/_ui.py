@@ -17,6 +17,7 @@ from core.design.presets import PRESETS, preset_spec
 from core.design.settings import LABELS, recipe
 from core.design.spec import ArchSpec, SpecError
 from core.errors import StudioError
+from core.runs.choice import best_run, default_run, has_checkpoint  # noqa: F401  (the pages import them from here)
 from core.runs.record import read_record, summary_lines
 from core.runs.run import ACTIVE, Damage, Run, delete, find_damage, repair, scan_runs
 from core.units import epoch_text, significant
@@ -52,25 +53,6 @@ def run_label(run: Run, best: Run | None = None) -> str:
     summary = run.summary()
     accuracy = f" · best {summary['best_acc']:.1%}" if summary["best_acc"] is not None else ""
     return f"{run.name} · {summary['state']}{accuracy}" + (" · best run" if run == best else "")
-
-
-def has_checkpoint(run: Run, tag: str = "best") -> bool:
-    return (run.checkpoints / f"{tag}.json").exists()
-
-
-def best_run(runs: list[Run]) -> Run | None:
-    """The finished run with a best checkpoint and the highest best accuracy, if one has an accuracy."""
-    scored = [(summary["best_acc"], run) for run in runs if has_checkpoint(run)
-              for summary in [run.summary()] if summary["state"] == "finished" and summary["best_acc"] is not None]
-    return max(scored, key=lambda pair: pair[0])[1] if scored else None
-
-
-def default_run(runs: list[Run]) -> Run:
-    """The best run (best_run), else the newest finished run with a checkpoint (an imported one), else the newest
-    with one, else the newest (runs are newest first)."""
-    usable = [run for run in runs if has_checkpoint(run)]
-    finished = [run for run in usable if run.status().get("state") == "finished"]
-    return best_run(runs) or (finished or usable or runs)[0]
 
 
 def select_run(label: str, runs: list[Run], remember: str, default: Run, **kwargs) -> Run:

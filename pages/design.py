@@ -12,7 +12,6 @@ from functools import reduce
 from operator import getitem
 from urllib.parse import urlencode
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -20,8 +19,9 @@ from core.design.budget import BUDGET, Cost, count, fit_to_budget
 from core.design.config import RunConfig
 from core.design.presets import PRESETS, preset_spec
 from core.design.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES, SE_RATIO_RANGE,
-                              SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, ArchSpec, SpecError, conv_out)
+                              SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, ArchSpec, SpecError, stage_sizes)
 from core.design.link import to_query
+from core.report.charts import parameter_share_chart
 from core.units import macs_text, margin_text, params_text
 from pages._ui import (DESIGN, DESIGN_CONTROL as CONTROL, DRAFT, LINK_ERROR, NOTHING, PRESET, drawn, keep_link,
                        load_design, matching_preset, moved, origin_text, own_recipe, remember, show_value,
@@ -53,12 +53,8 @@ def parse_config(text: str | bytes) -> RunConfig:
 
 
 def map_sizes(stages: list[dict]) -> list[int]:
-    """Side of each stage's output map; ArchSpec.feature_sizes for a draft that may not validate."""
-    size, sizes = IMAGE_SIZE, []
-    for stage in stages:
-        size = conv_out(size, stage["stride"])
-        sizes.append(size)
-    return sizes
+    """Side of each stage's output map (ArchSpec.feature_sizes) for a draft, which may not validate."""
+    return stage_sizes(stage["stride"] for stage in stages)
 
 
 # ---- callbacks: they change the draft; the controls show it when next drawn (pages._ui.show_value) ------------
@@ -204,196 +200,229 @@ BREAKDOWN_COLUMNS = {
         format="%d px", help="Side of the input window one output pixel sees"),
 }
 
+# ---- the page's sections, top to bottom ----------------------------------------------------------
 
-def parameter_chart(table: pd.DataFrame) -> alt.Chart:
-    base = alt.Chart(table).encode(
-        y=alt.Y("Part:N", sort=list(table["Part"]), title=None),
-        x=alt.X("Parameters:Q", axis=alt.Axis(labelExpr="datum.value ? format(datum.value, '~s') : '0'")),
-        tooltip=["Part", alt.Tooltip("Parameters:Q", format=","),
-                 alt.Tooltip("Share:Q", format=".1f", title="Share %")],
-    )
-    labels = base.mark_text(align="left", dx=4).encode(text="label:N").transform_calculate(
-        label="format(datum.Share, '.0f') + '%'")
-    return base.mark_bar() + labels
+def current_draft() -> tuple[dict, ArchSpec, str | None]:
+    """The draft the controls show; the design it makes, the last valid one while it can't be built; and what is
+    wrong with it then."""
+    if DRAFT not in st.session_state:
+        start_design()
+    draft = st.session_state[DRAFT]
+    try:
+        spec = ArchSpec.from_dict(draft)
+        st.session_state[DESIGN] = spec.to_dict()
+        return draft, spec, None
+    except SpecError as e:
+        return draft, ArchSpec.from_dict(st.session_state[DESIGN]), str(e)
+
+
+def introduction() -> None:
+    st.title("Design")
+    st.write(f"Shape a residual network for {square(IMAGE_SIZE)} CIFAR-10 images within {BUDGET:,} trainable "
+             f"parameters. Every number is counted from the design as you change it.")
+    # always a line here: vanishing at the first change, it moved every control up
+    st.caption(f"Showing {origin_text() or 'the design as you changed it here; the address bar links to it'}.")
+    if LINK_ERROR in st.session_state:
+        st.error(f"The design in this link can't be used: {st.session_state.pop(LINK_ERROR)}  \n"
+                 f"Showing {origin_text() or 'another design'} instead.")
+
+
+def preset_row(draft: dict) -> bool:
+    """The preset the design started from, what it is, and a way back to it; returns whether the design was
+    changed from it."""
+    preset = st.session_state[PRESET]
+    modified = preset is not None and draft != preset_spec(preset).to_dict()
+    picker, about = st.columns([2, 3], vertical_alignment="bottom")
+    drawn(CONTROL + "preset", picker.selectbox(
+        "Start from a preset", list(PRESETS), key=show_value(CONTROL + "preset", preset), format_func=preset_label,
+        placeholder="Your own design", on_change=choose_preset))
+    if preset is not None:
+        about.markdown(f"{PRESETS[preset]['description']}  \n:gray[Source: {PRESETS[preset]['source']}]")
+    elif own_recipe() is not None:
+        about.markdown(f"From **{own_recipe()[0]}**  \n:gray[Train starts from its training settings]")
+    if preset is not None:  # always there (greyed while unchanged): appearing, it moved every control down
+        about.button(f"Modified: revert to {preset}" if modified else f"Unchanged from {preset}", type="tertiary",
+                     icon=":material/undo:", disabled=not modified, on_click=load_design,
+                     args=(preset_spec(preset), preset))
+    return modified
+
+
+def budget_section(cost: Cost, draft_error: str | None) -> None:
+    """The design's parameters against the budget, its MACs and costliest stage; Train and Fit to budget."""
+    over = cost.params - BUDGET
+    st.subheader("Budget", divider="gray")
+    if draft_error:
+        st.error(f"This design can't be built. {draft_error}  \nThe numbers below are for the last valid design.")
+    params, used, macs, costliest = st.columns([5, 4, 4, 4])  # room for 11,173,962 at 800 px
+    params.metric("Parameters", params_text(cost.params), margin_text(over),
+                  delta_color="inverse" if over > 0 else "normal", delta_arrow="off", border=True, height="stretch",
+                  help=f"Trainable parameters; the budget is {BUDGET:,}"
+                       + (f". Besides them, {cost.frozen_params:,} frozen weights (the whitened stem's filters)"
+                          if cost.frozen_params else ""))
+    used.metric("Budget used", f"{cost.params / BUDGET:.1%}", border=True, height="stretch")
+    macs.metric("MACs per image", macs_text(cost.macs), border=True, height="stretch",
+                help=f"{cost.macs:,} multiply-accumulates for one {square(IMAGE_SIZE)} image, forward pass")
+    largest = cost.largest_stage()
+    costliest.metric("Costliest stage", f"Stage {largest.index}", f"{largest.params / cost.params:.0%} of parameters",
+                     delta_color="off", delta_arrow="off", border=True, height="stretch")
+    # always a line here, so that the controls below stay where they are when the design goes over budget
+    share = f"Stage {largest.index} costs the most: {largest.params:,} parameters"
+    if over > 0:
+        st.error(f"Over budget by {over:,} parameters. {share}. Narrow it, give it fewer blocks, or let Fit to "
+                 f"budget scale every width.")
+    else:
+        st.success(f"Within budget, {-over:,} parameters to spare. {share}, {largest.params / cost.params:.0%} of "
+                   f"the design: widen or deepen it within budget.")
+    train_buttons(over, draft_error)
+
+
+def train_buttons(over: int, draft_error: str | None) -> None:
+    """Train this design (or why it can't be), Fit to budget, and what the last fit did."""
+    if draft_error:
+        train_blocked = "Can't train: the design can't be built; see the error above."
+    elif over > 0:
+        train_blocked = f"Can't train: the design is {over:,} parameters over budget."
+    else:
+        train_blocked = None
+    # buttons as wide as their labels, side by side (at 800 px, columns cut them), the reason beside them
+    buttons = st.container(horizontal=True, vertical_alignment="center")
+    if buttons.button("Train this design", type="primary", icon=":material/play_arrow:",
+                      disabled=bool(train_blocked), help=train_blocked, width="content"):
+        st.switch_page("pages/train.py")
+    buttons.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design, disabled=bool(draft_error),
+                   width="content", help=f"Scale every width by one factor, the largest that keeps the design within "
+                                         f"{BUDGET:,} parameters")
+    if train_blocked:
+        buttons.caption(train_blocked)
+    if FIT_REPORT in st.session_state:
+        kind, report = st.session_state.pop(FIT_REPORT)
+        getattr(st, kind)(report)
+
+
+def architecture_section(draft: dict, cost: Cost, draft_error: str | None) -> None:
+    """Every control of the design: stages and stem, the budget where the hands are, a card per stage, and what
+    applies to every block."""
+    st.subheader("Architecture", divider="gray")
+    sizes = map_sizes(draft["stages"])
+    count_column, stem_column, stem_kernel_column = st.columns(3)
+    drawn(CONTROL + "stage_count", count_column.segmented_control(
+        "Stages", range(STAGES_RANGE[0], STAGES_RANGE[1] + 1),
+        key=show_value(CONTROL + "stage_count", len(draft["stages"])), required=True, on_change=set_stage_count,
+        args=(CONTROL + "stage_count",)))
+    with stem_column:
+        width("Stem channels", ("stem", "channels"), help="Width of the first convolution")
+    with stem_kernel_column:
+        one_of("Stem kernel", ("stem", "kernel_size"), KERNEL_SIZES, help="Side of its square kernel: 3 means 3×3")
+        draft["stem"].setdefault("whiten", False)  # a draft kept from before whitened stems
+        control(st.toggle, "Whitened stem", ("stem", "whiten"),
+                help="The first convolution whitens the image's patches: its filters are computed from training "
+                     "images when a run starts and never trained (airbench), then a 1×1 convolution gives the stem's "
+                     "channels. Its frozen weights are counted apart from the budget's trainable parameters")
+    budget_gauge(cost, draft_error)
+    stage_cards(draft, sizes)
+    every_block_row(sizes)
+
+
+def budget_gauge(cost: Cost, draft_error: str | None) -> None:
+    over = cost.params - BUDGET
+    # the bar in red over budget (st.progress takes the theme's blue, which said nothing)
+    st.html(f"<style>.st-key-design_gauge_over [data-testid='stProgressBarTrack'] > div "
+            f"{{background-color: {OVER_COLOUR}}}</style>")
+    # the budget again where the hands are: colour and what is left, changing with every move of a slider
+    # the button is always there (greyed within budget): appearing, it made the row taller and moved the controls
+    gauge = st.container(horizontal=True, vertical_alignment="center")
+    gauge.container(key="design_gauge_over" if over > 0 else "design_gauge").progress(
+        min(cost.params / BUDGET, 1.0), text=f":{'red' if over > 0 else 'green'}[**{params_text(cost.params)} "
+                                             f"parameters** · {margin_text(over)} · {cost.params / BUDGET:.1%} of "
+                                             f"{params_text(BUDGET)}]")
+    gauge.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design,
+                 disabled=bool(draft_error) or over <= 0, key="design_fit_near_controls", width="content",
+                 help="Within budget already" if over <= 0 else None)
+
+
+def stage_cards(draft: dict, sizes: list[int]) -> None:
+    in_channels = draft["stem"]["channels"]
+    stages = len(draft["stages"])
+    cards = card_columns(stages, stages if stages <= 4 else 3)  # narrower cards would wrap the kernel choices
+    for i, (card, stage, size) in enumerate(zip(cards, draft["stages"], sizes)):
+        with card.container(border=True, height="stretch"):
+            st.markdown(f"**Stage {i}** :gray[· {square(size)} out]")
+            control(st.slider, "Blocks", ("stages", i, "blocks"), min_value=BLOCKS_RANGE[0], max_value=BLOCKS_RANGE[1])
+            width("Channels", ("stages", i, "channels"))
+            one_of("Kernel", ("stages", i, "kernel_size"), KERNEL_SIZES,
+                   help="Side of the square kernel of every convolution in the stage: 3 means 3×3")
+            one_of("Stride", ("stages", i, "stride"), STRIDES,
+                   help="2 halves the feature map in the stage's first block")
+            projects = stage["stride"] != 1 or stage["channels"] != in_channels
+            one_of("Shortcut kernel", ("stages", i, "shortcut_kernel_size"), SHORTCUT_KERNEL_SIZES,
+                   disabled=not projects,
+                   help="Kernel of the projection shortcut, which the first block needs when it changes the "
+                        "resolution or the width" + ("" if projects else "; this stage changes neither"))
+        in_channels = stage["channels"]
+
+
+def every_block_row(sizes: list[int]) -> None:
+    """Batch norm, SE, dropout and the pool before the head."""
+    batch_norm, se_ratio, dropout, pool = st.columns(4)
+    with batch_norm:
+        control(st.toggle, "Batch norm", ("batch_norm",), help="Batch normalization after every convolution")
+    with se_ratio:
+        whole_number("SE ratio", ("se_ratio",), SE_RATIO_RANGE,
+                     help="Squeeze-and-excitation in every block, with channels ÷ ratio hidden units (16 is usual); "
+                          "0 turns it off")
+    with dropout:
+        control(st.slider, "Dropout", ("dropout",), min_value=DROPOUT_RANGE[0], max_value=DROPOUT_RANGE[1], step=0.05,
+                help="Dropout between the two convolutions of every block")
+    with pool:
+        control(st.select_slider, "Pool size", ("pool_size",), options=range(1, sizes[-1] + 1),
+                help=f"Average-pool window before the linear head; the last feature map is {square(sizes[-1])}")
+
+
+def breakdown_section(spec: ArchSpec, cost: Cost) -> None:
+    """Where the parameters go: a row per part, a bar per row, and what the head does."""
+    st.subheader("Where the parameters go", divider="gray")
+    table = breakdown(spec, cost)
+    # the table as wide as its columns and the chart beside it, below it where the page is too narrow for both (in
+    # columns, at 800 px, the table scrolled sideways)
+    with st.container(horizontal=True, wrap=True, gap="medium"):
+        st.dataframe(table, hide_index=True, column_config=BREAKDOWN_COLUMNS, placeholder="", row_height=ROW_HEIGHT,
+                     width="content")
+        st.altair_chart(parameter_share_chart(table), height=ROW_HEIGHT * (len(table) + 1), width=CHART_WIDTH)
+    pooled = cost.stages[-1].out_size // spec.pool_size
+    st.caption(f"Head: {square(spec.pool_size)} average pool on the {square(cost.stages[-1].out_size)} map, "
+               f"then {cost.head_features:,} features ({spec.stages[-1].channels} channels × {square(pooled)}) "
+               f"into a linear layer to {spec.num_classes} classes. Total: {cost.params:,} parameters, "
+               + (f"plus {cost.frozen_params:,} frozen (the whitened stem's filters), " if cost.frozen_params else "")
+               + f"{cost.macs:,} MACs per image.")
+
+
+def save_and_share_section(spec: ArchSpec, preset: str | None, modified: bool) -> None:
+    """Download the design, load one, and the link that opens it."""
+    st.subheader("Save and share", divider="gray")
+    save, load, share = st.columns(3)
+    file_name = preset if preset is not None and not modified else "resnet-design"
+    save.download_button("Download the design as JSON", spec.to_json(), file_name=f"{file_name}.json",
+                         mime="application/json", on_click="ignore", icon=":material/download:")
+    load.file_uploader("Load a design", type="json", key=UPLOAD, on_change=load_uploaded_design,
+                       help="A design saved here, or a run config (its arch is used)")
+    if UPLOAD_ERROR in st.session_state:
+        load.error(f"Could not load {st.session_state[UPLOAD_ERROR]}")
+    share.markdown("**Link to this design**")
+    share.code(f"{st.context.url or ''}?{urlencode(to_query(spec, preset), doseq=True)}", language=None,
+               wrap_lines=True)
+    share.caption("The address bar holds the same link.")
 
 
 # ---- the page ---------------------------------------------------------------------------------
 
-if DRAFT not in st.session_state:
-    start_design()
-draft = st.session_state[DRAFT]
-try:
-    spec = ArchSpec.from_dict(draft)
-    draft_error = None
-    st.session_state[DESIGN] = spec.to_dict()
-except SpecError as e:
-    draft_error = str(e)
-    spec = ArchSpec.from_dict(st.session_state[DESIGN])
+draft, spec, draft_error = current_draft()
 cost = count(spec)
-link = to_query(spec, st.session_state[PRESET])
 keep_link(spec, st.session_state[PRESET])
 remember()
 
-st.title("Design")
-st.write(f"Shape a residual network for {square(IMAGE_SIZE)} CIFAR-10 images within {BUDGET:,} trainable "
-         f"parameters. Every number is counted from the design as you change it.")
-# always a line here: vanishing at the first change, it moved every control up
-st.caption(f"Showing {origin_text() or 'the design as you changed it here; the address bar links to it'}.")
-if LINK_ERROR in st.session_state:
-    st.error(f"The design in this link can't be used: {st.session_state.pop(LINK_ERROR)}  \n"
-             f"Showing {origin_text() or 'another design'} instead.")
-
-preset = st.session_state[PRESET]
-modified = preset is not None and draft != preset_spec(preset).to_dict()
-picker, about = st.columns([2, 3], vertical_alignment="bottom")
-drawn(CONTROL + "preset", picker.selectbox(
-    "Start from a preset", list(PRESETS), key=show_value(CONTROL + "preset", preset), format_func=preset_label,
-    placeholder="Your own design", on_change=choose_preset))
-if preset is not None:
-    about.markdown(f"{PRESETS[preset]['description']}  \n:gray[Source: {PRESETS[preset]['source']}]")
-elif own_recipe() is not None:
-    about.markdown(f"From **{own_recipe()[0]}**  \n:gray[Train starts from its training settings]")
-if preset is not None:  # always there (greyed while unchanged): appearing, it moved every control down
-    about.button(f"Modified: revert to {preset}" if modified else f"Unchanged from {preset}", type="tertiary",
-                 icon=":material/undo:", disabled=not modified, on_click=load_design,
-                 args=(preset_spec(preset), preset))
-
-# -- budget --
-over = cost.params - BUDGET
-st.subheader("Budget", divider="gray")
-if draft_error:
-    st.error(f"This design can't be built. {draft_error}  \nThe numbers below are for the last valid design.")
-params, used, macs, costliest = st.columns([5, 4, 4, 4])  # room for 11,173,962 at 800 px
-params.metric("Parameters", params_text(cost.params), margin_text(over),
-              delta_color="inverse" if over > 0 else "normal", delta_arrow="off", border=True, height="stretch",
-              help=f"Trainable parameters; the budget is {BUDGET:,}"
-                   + (f". Besides them, {cost.frozen_params:,} frozen weights (the whitened stem's filters)"
-                      if cost.frozen_params else ""))
-used.metric("Budget used", f"{cost.params / BUDGET:.1%}", border=True, height="stretch")
-macs.metric("MACs per image", macs_text(cost.macs), border=True, height="stretch",
-            help=f"{cost.macs:,} multiply-accumulates for one {square(IMAGE_SIZE)} image, forward pass")
-largest = cost.largest_stage()
-costliest.metric("Costliest stage", f"Stage {largest.index}", f"{largest.params / cost.params:.0%} of parameters",
-                 delta_color="off", delta_arrow="off", border=True, height="stretch")
-# always a line here, so that the controls below stay where they are when the design goes over budget
-share = f"Stage {largest.index} costs the most: {largest.params:,} parameters"
-if over > 0:
-    st.error(f"Over budget by {over:,} parameters. {share}. Narrow it, give it fewer blocks, or let Fit to "
-             f"budget scale every width.")
-else:
-    st.success(f"Within budget, {-over:,} parameters to spare. {share}, {largest.params / cost.params:.0%} of "
-               f"the design: widen or deepen it within budget.")
-
-if draft_error:
-    train_blocked = "Can't train: the design can't be built; see the error above."
-elif over > 0:
-    train_blocked = f"Can't train: the design is {over:,} parameters over budget."
-else:
-    train_blocked = None
-# buttons as wide as their labels, side by side (at 800 px, columns cut them), the reason beside them
-buttons = st.container(horizontal=True, vertical_alignment="center")
-if buttons.button("Train this design", type="primary", icon=":material/play_arrow:", disabled=bool(train_blocked),
-                help=train_blocked, width="content"):
-    st.switch_page("pages/train.py")
-buttons.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design, disabled=bool(draft_error),
-               width="content", help=f"Scale every width by one factor, the largest that keeps the design within "
-                                     f"{BUDGET:,} parameters")
-if train_blocked:
-    buttons.caption(train_blocked)
-if FIT_REPORT in st.session_state:
-    kind, report = st.session_state.pop(FIT_REPORT)
-    getattr(st, kind)(report)
-
-# -- architecture --
-st.subheader("Architecture", divider="gray")
-sizes = map_sizes(draft["stages"])
-count_column, stem_column, stem_kernel_column = st.columns(3)
-drawn(CONTROL + "stage_count", count_column.segmented_control(
-    "Stages", range(STAGES_RANGE[0], STAGES_RANGE[1] + 1),
-    key=show_value(CONTROL + "stage_count", len(draft["stages"])), required=True, on_change=set_stage_count,
-    args=(CONTROL + "stage_count",)))
-with stem_column:
-    width("Stem channels", ("stem", "channels"), help="Width of the first convolution")
-with stem_kernel_column:
-    one_of("Stem kernel", ("stem", "kernel_size"), KERNEL_SIZES, help="Side of its square kernel: 3 means 3×3")
-    draft["stem"].setdefault("whiten", False)  # a draft kept from before whitened stems
-    control(st.toggle, "Whitened stem", ("stem", "whiten"),
-            help="The first convolution whitens the image's patches: its filters are computed from training images "
-                 "when a run starts and never trained (airbench), then a 1×1 convolution gives the stem's channels. "
-                 "Its frozen weights are counted apart from the budget's trainable parameters")
-
-# the bar in red over budget (st.progress takes the theme's blue, which said nothing)
-st.html(f"<style>.st-key-design_gauge_over [data-testid='stProgressBarTrack'] > div "
-        f"{{background-color: {OVER_COLOUR}}}</style>")
-# the budget again where the hands are: colour and what is left, changing with every move of a slider
-# the button is always there (greyed within budget): appearing, it made the row taller and moved the controls
-gauge = st.container(horizontal=True, vertical_alignment="center")
-gauge.container(key="design_gauge_over" if over > 0 else "design_gauge").progress(
-    min(cost.params / BUDGET, 1.0), text=f":{'red' if over > 0 else 'green'}[**{params_text(cost.params)} "
-                                         f"parameters** · {margin_text(over)} · {cost.params / BUDGET:.1%} of "
-                                         f"{params_text(BUDGET)}]")
-gauge.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design,
-             disabled=bool(draft_error) or over <= 0, key="design_fit_near_controls", width="content",
-             help="Within budget already" if over <= 0 else None)
-
-in_channels = draft["stem"]["channels"]
-stages = len(draft["stages"])
-cards = card_columns(stages, stages if stages <= 4 else 3)  # narrower cards would wrap the kernel choices
-for i, (card, stage, size) in enumerate(zip(cards, draft["stages"], sizes)):
-    with card.container(border=True, height="stretch"):
-        st.markdown(f"**Stage {i}** :gray[· {square(size)} out]")
-        control(st.slider, "Blocks", ("stages", i, "blocks"), min_value=BLOCKS_RANGE[0], max_value=BLOCKS_RANGE[1])
-        width("Channels", ("stages", i, "channels"))
-        one_of("Kernel", ("stages", i, "kernel_size"), KERNEL_SIZES,
-               help="Side of the square kernel of every convolution in the stage: 3 means 3×3")
-        one_of("Stride", ("stages", i, "stride"), STRIDES, help="2 halves the feature map in the stage's first block")
-        projects = stage["stride"] != 1 or stage["channels"] != in_channels
-        one_of("Shortcut kernel", ("stages", i, "shortcut_kernel_size"), SHORTCUT_KERNEL_SIZES,
-               disabled=not projects,
-               help="Kernel of the projection shortcut, which the first block needs when it changes the "
-                    "resolution or the width" + ("" if projects else "; this stage changes neither"))
-    in_channels = stage["channels"]
-
-batch_norm, se_ratio, dropout, pool = st.columns(4)
-with batch_norm:
-    control(st.toggle, "Batch norm", ("batch_norm",), help="Batch normalization after every convolution")
-with se_ratio:
-    whole_number("SE ratio", ("se_ratio",), SE_RATIO_RANGE,
-                 help="Squeeze-and-excitation in every block, with channels ÷ ratio hidden units (16 is usual); "
-                      "0 turns it off")
-with dropout:
-    control(st.slider, "Dropout", ("dropout",), min_value=DROPOUT_RANGE[0], max_value=DROPOUT_RANGE[1], step=0.05,
-            help="Dropout between the two convolutions of every block")
-with pool:
-    control(st.select_slider, "Pool size", ("pool_size",), options=range(1, sizes[-1] + 1),
-            help=f"Average-pool window before the linear head; the last feature map is {square(sizes[-1])}")
-
-# -- breakdown --
-st.subheader("Where the parameters go", divider="gray")
-table = breakdown(spec, cost)
-# the table as wide as its columns and the chart beside it, below it where the page is too narrow for both (in
-# columns, at 800 px, the table scrolled sideways)
-with st.container(horizontal=True, wrap=True, gap="medium"):
-    st.dataframe(table, hide_index=True, column_config=BREAKDOWN_COLUMNS, placeholder="", row_height=ROW_HEIGHT,
-                 width="content")
-    st.altair_chart(parameter_chart(table), height=ROW_HEIGHT * (len(table) + 1), width=CHART_WIDTH)
-pooled = cost.stages[-1].out_size // spec.pool_size
-st.caption(f"Head: {square(spec.pool_size)} average pool on the {square(cost.stages[-1].out_size)} map, "
-           f"then {cost.head_features:,} features ({spec.stages[-1].channels} channels × {square(pooled)}) "
-           f"into a linear layer to {spec.num_classes} classes. Total: {cost.params:,} parameters, "
-           + (f"plus {cost.frozen_params:,} frozen (the whitened stem's filters), " if cost.frozen_params else "")
-           + f"{cost.macs:,} MACs per image.")
-
-# -- save and share --
-st.subheader("Save and share", divider="gray")
-save, load, share = st.columns(3)
-file_name = preset if preset is not None and not modified else "resnet-design"
-save.download_button("Download the design as JSON", spec.to_json(), file_name=f"{file_name}.json",
-                     mime="application/json", on_click="ignore", icon=":material/download:")
-load.file_uploader("Load a design", type="json", key=UPLOAD, on_change=load_uploaded_design,
-                   help="A design saved here, or a run config (its arch is used)")
-if UPLOAD_ERROR in st.session_state:
-    load.error(f"Could not load {st.session_state[UPLOAD_ERROR]}")
-share.markdown("**Link to this design**")
-share.code(f"{st.context.url or ''}?{urlencode(link, doseq=True)}", language=None, wrap_lines=True)
-share.caption("The address bar holds the same link.")
+introduction()
+modified = preset_row(draft)
+budget_section(cost, draft_error)
+architecture_section(draft, cost, draft_error)
+breakdown_section(spec, cost)
+save_and_share_section(spec, st.session_state[PRESET], modified)

@@ -17,13 +17,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.design.budget import BUDGET, count
+from core.design.budget import BUDGET, Cost, count
 from core.design.config import RunConfig, TrainConfig
 from core.design.presets import PRESETS
 from core.design.settings import LABELS, SETTINGS, Setting, settings_error
+from core.design.spec import ArchSpec
 from core.errors import StudioError
 from core.files import cache_dir
 from core.report.charts import training_charts
+from core.runs.choice import run_to_follow
 from core.runs.progress import Progress, metric_frames, progress
 from core.runs.queue import launch_options, queue
 from core.runs.run import (ACTIVE, Run, RunError, change_batch_size, check_name, create_run, launch, resume_problem,
@@ -323,11 +325,6 @@ def resume_point(run: Run) -> str:
     return f"Its last checkpoint is at epoch {saved['epoch']}{within}: Resume continues from there."
 
 
-def most_recent(runs: list[Run], states: dict[str, str]) -> str:
-    """The newest active run, else the newest run (list_runs gives them newest first)."""
-    return next((run.name for run in runs if states[run.name] in ACTIVE), runs[0].name)
-
-
 def run_charts(steps: pd.DataFrame, per_epoch: pd.DataFrame, split: str, epochs: int) -> None:
     loss, accuracy, lr = training_charts(steps, per_epoch, split, epochs)
     loss_column, accuracy_column, lr_column = st.columns(3)
@@ -387,24 +384,41 @@ def show_run(run: Run, live: bool) -> None:
         st.error(f"{run.name} can't be read: {e}", icon=":material/error:")
         return
     rows = run.metrics()
-    epochs = cfg.train.epochs
     beat = read_heartbeat(run) if state == "running" else None  # queued: it may be a previous session's
     at = progress(rows, cfg.train, cfg.data, beat)
-    imported = status.get("imported_from")
 
+    run_heading(run, status, cfg)
+    state_note(run, status, at, has_rows=bool(rows))
+    progress_or_origin(status, at, has_rows=bool(rows))
+    steps, per_epoch = metric_frames(rows)
+    if not steps.empty or not per_epoch.empty:
+        run_figures(steps, per_epoch, at, state, cfg.train.epochs)
+    with st.expander("Log", expanded=state == "failed", icon=":material/terminal:"):
+        st.code(run.log_tail(30) or "(nothing yet)", language=None)
+    run_actions(run, state, at, per_epoch, cfg.train.epochs)
+
+
+def run_heading(run: Run, status: dict, cfg: RunConfig) -> None:
+    """The run's name, state, device, size and design, and where its data (or the run itself) came from."""
+    imported = status.get("imported_from")
     with st.container(horizontal=True, vertical_alignment="center"):
         st.markdown(f"#### {run.name}")
-        state_badge(state)
+        state_badge(status.get("state"))
         where = status.get("device_name") or status.get("device")  # known once its process has started
         st.caption(" · ".join([*([where] if where else []), f"{params_text(count(cfg.arch).params)} parameters",
                                cfg.preset or "custom design",
                                f"imported from {Path(imported).name}" if imported else data_label(cfg.data)]))
+
+
+def state_note(run: Run, status: dict, at: Progress, has_rows: bool) -> None:
+    """What a run that is not simply training or finished is doing, or why it ended."""
+    state = status.get("state")
     if state == "queued":
         waiting = status.get("waiting_for")
         st.info(f"Queued: {waiting}. It starts by itself when the device is free." if waiting else
                 "Starting: the training process is loading PyTorch and the data, and building the network.",
                 icon=":material/hourglass_top:")
-    elif state == "running" and not rows:
+    elif state == "running" and not has_rows:
         st.info(f"Running: {PHASES.get(at.phase, 'training…').lower()} Progress shows here step by step, and the "
                 f"loss within seconds of the first steps.", icon=":material/hourglass_top:")
     elif state == "failed":
@@ -413,33 +427,39 @@ def show_run(run: Run, live: bool) -> None:
     elif state == "stopped":
         st.info(f"Stopped at epoch {epoch_text(at.epoch)}. Resume continues from there.",
                 icon=":material/pause_circle:")
-
     if status.get("device_note"):  # "auto" found a GPU this torch cannot use, and what would fix it
         st.warning(status["device_note"], icon=":material/memory:")
-    if imported:
-        curves = "its curves below are the ones it recorded there" if rows else "so it has no curves here"
+
+
+def progress_or_origin(status: dict, at: Progress, has_rows: bool) -> None:
+    """The progress bar; for an imported run, which trained elsewhere, where it came from instead."""
+    if imported := status.get("imported_from"):
+        curves = "its curves below are the ones it recorded there" if has_rows else "so it has no curves here"
         st.info(f"Imported from {Path(imported).name}: it was trained elsewhere, {curves}. Evaluate or Classify use "
                 f"it; Open in Design trains its design anew.", icon=":material/upload_file:")
     else:
-        st.progress(at.fraction, text=pace_text(at, state in ACTIVE))
-    steps, per_epoch = metric_frames(rows)
-    if not steps.empty or not per_epoch.empty:
-        split = per_epoch["eval_split"].iloc[-1] if len(per_epoch) else "test"  # test, or val when held out
-        best, loss, elapsed, left = st.columns(4)
-        best.metric(f"Best {split} accuracy", f"{per_epoch['eval_acc'].max():.1%}" if len(per_epoch) else "–",
-                    border=True)
-        loss.metric(f"Last {split} loss", f"{per_epoch['eval_loss'].iloc[-1]:.3f}" if len(per_epoch) else "–",
-                    border=True)
-        elapsed.metric("Time so far", duration_text(at.elapsed_s), border=True,
-                       help="Since the run started: loading, training and evaluation" +
-                            ("; its time budget counts training steps alone" if at.time_limit else ""))
-        left.metric("Time left", "done" if state == "finished" else duration_text(at.eta_s)
-                    if state in ACTIVE and at.eta_s is not None else "–", border=True)
-        run_charts(steps, per_epoch, split, epochs_drawn(at, epochs))
+        st.progress(at.fraction, text=pace_text(at, status.get("state") in ACTIVE))
 
-    with st.expander("Log", expanded=state == "failed", icon=":material/terminal:"):
-        st.code(run.log_tail(30) or "(nothing yet)", language=None)
 
+def run_figures(steps: pd.DataFrame, per_epoch: pd.DataFrame, at: Progress, state: str | None, epochs: int) -> None:
+    """Best accuracy, last loss, time so far and left, then the curves."""
+    split = per_epoch["eval_split"].iloc[-1] if len(per_epoch) else "test"  # test, or val when held out
+    best, loss, elapsed, left = st.columns(4)
+    best.metric(f"Best {split} accuracy", f"{per_epoch['eval_acc'].max():.1%}" if len(per_epoch) else "–",
+                border=True)
+    loss.metric(f"Last {split} loss", f"{per_epoch['eval_loss'].iloc[-1]:.3f}" if len(per_epoch) else "–",
+                border=True)
+    elapsed.metric("Time so far", duration_text(at.elapsed_s), border=True,
+                   help="Since the run started: loading, training and evaluation" +
+                        ("; its time budget counts training steps alone" if at.time_limit else ""))
+    left.metric("Time left", "done" if state == "finished" else duration_text(at.eta_s)
+                if state in ACTIVE and at.eta_s is not None else "–", border=True)
+    run_charts(steps, per_epoch, split, epochs_drawn(at, epochs))
+
+
+def run_actions(run: Run, state: str | None, at: Progress, per_epoch: pd.DataFrame, epochs: int) -> None:
+    """Stop an active run; resume one that can be (to its time budget, or to a number of epochs); open it in
+    Design."""
     actions = st.container(horizontal=True, vertical_alignment="bottom")
     if state in ACTIVE:
         if actions.button("Stop", icon=":material/stop_circle:",
@@ -447,40 +467,9 @@ def show_run(run: Run, live: bool) -> None:
             stop(run)
             st.toast(f"Stopping {run.name}: it saves a checkpoint first.", icon=":material/stop_circle:")
     elif (cannot := resume_problem(run)) is None and at.time_limit:
-        # its length is its time, not its epochs: "Epochs in all: 30" offered what a resume would never train
-        if state == "finished":
-            st.caption(f"It trained its whole time budget, {duration_text(at.time_limit)}. To train it longer: "
-                       f"Open in Design, then Launch with a longer time budget.")
-        elif actions.button("Resume", type="primary", icon=":material/play_arrow:",
-                            help=f"Continue from the last checkpoint on {devices_text()}, to the end of its "
-                                 f"{duration_text(at.time_limit)} budget"):
-            try:
-                launch(run, **devices_chosen())
-            except StudioError as e:
-                st.error(str(e), icon=":material/error:")
-            else:
-                st.rerun()
+        resume_to_time_budget(run, state, at, actions)
     elif cannot is None:
-        done = int(per_epoch["epoch"].max()) if len(per_epoch) else 0
-        more = actions.number_input("Epochs in all", min_value=max(1, done), value=max(epochs, done, 1), step=1,
-                                    key=f"train_resume_epochs:{run.name}", width=160,
-                                    help="The run's new total: more epochs than first set (or fewer, down to those "
-                                         "done) stretch or shrink its learning-rate schedule")
-        batch = actions.number_input("Batch", min_value=1, max_value=65_536, value=run.config().train.batch_size,
-                                     step=1, key=f"train_resume_batch:{run.name}", width=120,
-                                     help="The batch from the saved position on: a smaller one after running out "
-                                          "of memory")
-        finished = state == "finished"
-        if actions.button("Train longer" if finished else "Resume", type="primary", icon=":material/play_arrow:",
-                          disabled=finished and more <= done,
-                          help=f"Continue from the last checkpoint on {devices_text()}"):
-            try:
-                change_batch_size(run, int(batch))
-                launch(run, epochs=int(more), **devices_chosen())
-            except StudioError as e:
-                st.error(str(e), icon=":material/error:")
-            else:
-                st.rerun()
+        resume_to_epochs(run, state, per_epoch, epochs, actions)
     else:
         actions.button("Resume", icon=":material/play_arrow:", disabled=True, help=cannot + ".")
         st.caption(f"Can't resume: {cannot}: Open in Design, then Launch.")
@@ -488,6 +477,46 @@ def show_run(run: Run, live: bool) -> None:
                       help="Load this run's design into the Design page and its settings and data here, "
                            "to change and train again"):
         st.switch_page("pages/design.py")
+
+
+def resume_to_time_budget(run: Run, state: str | None, at: Progress, actions) -> None:
+    # its length is its time, not its epochs: "Epochs in all: 30" offered what a resume would never train
+    if state == "finished":
+        st.caption(f"It trained its whole time budget, {duration_text(at.time_limit)}. To train it longer: "
+                   f"Open in Design, then Launch with a longer time budget.")
+    elif actions.button("Resume", type="primary", icon=":material/play_arrow:",
+                        help=f"Continue from the last checkpoint on {devices_text()}, to the end of its "
+                             f"{duration_text(at.time_limit)} budget"):
+        relaunch(run)
+
+
+def resume_to_epochs(run: Run, state: str | None, per_epoch: pd.DataFrame, epochs: int, actions) -> None:
+    done = int(per_epoch["epoch"].max()) if len(per_epoch) else 0
+    more = actions.number_input("Epochs in all", min_value=max(1, done), value=max(epochs, done, 1), step=1,
+                                key=f"train_resume_epochs:{run.name}", width=160,
+                                help="The run's new total: more epochs than first set (or fewer, down to those "
+                                     "done) stretch or shrink its learning-rate schedule")
+    batch = actions.number_input("Batch", min_value=1, max_value=65_536, value=run.config().train.batch_size,
+                                 step=1, key=f"train_resume_batch:{run.name}", width=120,
+                                 help="The batch from the saved position on: a smaller one after running out "
+                                      "of memory")
+    finished = state == "finished"
+    if actions.button("Train longer" if finished else "Resume", type="primary", icon=":material/play_arrow:",
+                      disabled=finished and more <= done,
+                      help=f"Continue from the last checkpoint on {devices_text()}"):
+        relaunch(run, batch_size=int(batch), epochs=int(more))
+
+
+def relaunch(run: Run, batch_size: int | None = None, epochs: int | None = None) -> None:
+    """Resume `run` on the devices chosen above; what is wrong, said where the button is."""
+    try:
+        if batch_size is not None:
+            change_batch_size(run, batch_size)
+        launch(run, **({} if epochs is None else {"epochs": epochs}), **devices_chosen())
+    except StudioError as e:
+        st.error(str(e), icon=":material/error:")
+    else:
+        st.rerun()
 
 
 def show_queue() -> None:
@@ -501,67 +530,81 @@ def show_queue() -> None:
                ". A run starts when all its devices are free.")
 
 
-# ---- the page -----------------------------------------------------------------------------------------
+# ---- the page's sections, top to bottom -----------------------------------------------------------------
 
-spec, preset = current_design()
-cost = count(spec)
-follows = design_recipe()  # the preset's recipe, or the one that came with the design (a search trial's)
-keep_link(spec, preset)  # a reload of this page opens the same design
-if any(SETTING + name not in st.session_state for name in LABELS):
-    restored = restored_settings()  # the last ones used, unless they were another recipe's
-    load_settings(*(restored if restored and (follows is None or restored[1] == follows)
-                    else (recipe_named(follows), follows)))
-elif follows is not None and follows != st.session_state[SETTINGS_FROM]:
-    load_settings(recipe_named(follows), follows)
-    st.toast(f"Training settings now follow {follows}'s recipe.", icon=":material/tune:")
-remember()
+def settings_follow(follows: str | None) -> None:
+    """The settings, when the session has none yet: the last ones used, unless they followed another recipe than
+    `follows` (the design's), else that recipe; a design that came with another recipe brings its settings."""
+    if any(SETTING + name not in st.session_state for name in LABELS):
+        restored = restored_settings()  # the last ones used, unless they were another recipe's
+        load_settings(*(restored if restored and (follows is None or restored[1] == follows)
+                        else (recipe_named(follows), follows)))
+    elif follows is not None and follows != st.session_state[SETTINGS_FROM]:
+        load_settings(recipe_named(follows), follows)
+        st.toast(f"Training settings now follow {follows}'s recipe.", icon=":material/tune:")
 
-st.title("Train")
-st.write("Train the design from the Design page on CIFAR-10 in a background process, and watch it learn. "
-         "It keeps training when you leave this page.")
 
-# -- design --
-st.subheader("Design", divider="gray")
-over = cost.params - BUDGET
-name_column, params_column, macs_column, change_column = st.columns([2, 1, 1, 1], vertical_alignment="center")
-name_column.markdown(f"**{preset or 'Your own design'}**  \n:gray[{plural(len(spec.stages), 'stage')} · "
-                     f"{plural(sum(s.blocks for s in spec.stages), 'block')} · widths "
-                     f"{', '.join(str(s.channels) for s in spec.stages)}]")
-params_column.metric("Parameters", params_text(cost.params), margin_text(over),
-                     delta_color="inverse" if over > 0 else "normal", delta_arrow="off")
-macs_column.metric("MACs per image", macs_text(cost.macs))
-if change_column.button("Change in Design", icon=":material/architecture:", width="stretch"):
-    st.switch_page("pages/design.py")
-if preset in PRESETS:  # what the preset is for
-    budget = recipe_named(preset).time_limit
-    st.caption(f"**{preset}**: {PRESETS[preset]['description']}" +
-               (f" Its recipe is a time budget, {duration_text(budget)} of training rather than a number of "
-                f"epochs: made for a fixed time." if budget else ""))
-if LINK_ERROR in st.session_state:
-    st.error(f"The design in this page's link can't be used: {st.session_state.pop(LINK_ERROR)}",
-             icon=":material/link_off:")
-if design_origin() == "default":
-    st.warning(f"This is {origin_text()}. It has {cost.params:,} parameters: pick or change the design in Design "
-               f"before a long run.", icon=":material/info:")
-elif origin := origin_text():
-    st.caption(f"This is {origin}.")
-if over > 0:
-    st.error(f"This design has {cost.params:,} parameters, {over:,} over the budget of {BUDGET:,}: it can't be "
-             f"trained. Make it narrower or shallower on the Design page, or let Fit to budget scale every width.",
-             icon=":material/block:")
-    if st.button("Fit it in Design", type="primary", icon=":material/fit_width:", key="train_fit_in_design"):
+def introduction() -> None:
+    st.title("Train")
+    st.write("Train the design from the Design page on CIFAR-10 in a background process, and watch it learn. "
+             "It keeps training when you leave this page.")
+
+
+def design_section(spec: ArchSpec, preset: str | None, cost: Cost) -> None:
+    """The design to train: its size against the budget, its preset, where it came from, a way back to Design."""
+    st.subheader("Design", divider="gray")
+    over = cost.params - BUDGET
+    name_column, params_column, macs_column, change_column = st.columns([2, 1, 1, 1], vertical_alignment="center")
+    name_column.markdown(f"**{preset or 'Your own design'}**  \n:gray[{plural(len(spec.stages), 'stage')} · "
+                         f"{plural(sum(s.blocks for s in spec.stages), 'block')} · widths "
+                         f"{', '.join(str(s.channels) for s in spec.stages)}]")
+    params_column.metric("Parameters", params_text(cost.params), margin_text(over),
+                         delta_color="inverse" if over > 0 else "normal", delta_arrow="off")
+    macs_column.metric("MACs per image", macs_text(cost.macs))
+    if change_column.button("Change in Design", icon=":material/architecture:", width="stretch"):
         st.switch_page("pages/design.py")
+    if preset in PRESETS:  # what the preset is for
+        budget = recipe_named(preset).time_limit
+        st.caption(f"**{preset}**: {PRESETS[preset]['description']}" +
+                   (f" Its recipe is a time budget, {duration_text(budget)} of training rather than a number of "
+                    f"epochs: made for a fixed time." if budget else ""))
+    if LINK_ERROR in st.session_state:
+        st.error(f"The design in this page's link can't be used: {st.session_state.pop(LINK_ERROR)}",
+                 icon=":material/link_off:")
+    if design_origin() == "default":
+        st.warning(f"This is {origin_text()}. It has {cost.params:,} parameters: pick or change the design in "
+                   f"Design before a long run.", icon=":material/info:")
+    elif origin := origin_text():
+        st.caption(f"This is {origin}.")
+    if over > 0:
+        st.error(f"This design has {cost.params:,} parameters, {over:,} over the budget of {BUDGET:,}: it can't be "
+                 f"trained. Make it narrower or shallower on the Design page, or let Fit to budget scale every "
+                 f"width.", icon=":material/block:")
+        if st.button("Fit it in Design", type="primary", icon=":material/fit_width:", key="train_fit_in_design"):
+            st.switch_page("pages/design.py")
 
-# -- data --
-st.subheader("Data", divider="gray")
-found = resolve_data(None)  # what a run would use with no choice: $CIFAR10_DATA, ./data, or the slice
-st.session_state.setdefault(DATA_CHOICE, BUILTIN if found == BUILTIN else "path")
-st.session_state.setdefault(DATA_PATH, "" if found == BUILTIN else found)
-st.session_state.setdefault(DOWNLOAD_DIR, str(DEFAULT_DIR))
-choice = st.segmented_control("Train on", list(DATA_SOURCES), format_func=DATA_SOURCES.get, required=True,
-                              key=DATA_CHOICE, **PERSIST)
-data, data_problem = data_choice()
-if choice == BUILTIN:
+
+def data_section() -> tuple[str | None, str | None]:
+    """Where the run's images come from: the built-in slice, a copy on this machine, or a download. Returns the
+    data a run would train on (or None) and what is wrong when None."""
+    st.subheader("Data", divider="gray")
+    found = resolve_data(None)  # what a run would use with no choice: $CIFAR10_DATA, ./data, or the slice
+    st.session_state.setdefault(DATA_CHOICE, BUILTIN if found == BUILTIN else "path")
+    st.session_state.setdefault(DATA_PATH, "" if found == BUILTIN else found)
+    st.session_state.setdefault(DOWNLOAD_DIR, str(DEFAULT_DIR))
+    choice = st.segmented_control("Train on", list(DATA_SOURCES), format_func=DATA_SOURCES.get, required=True,
+                                  key=DATA_CHOICE, **PERSIST)
+    data, data_problem = data_choice()
+    if choice == BUILTIN:
+        builtin_slice_note(found)
+    elif choice == "path":
+        copy_on_this_machine(data, data_problem)
+    elif download_box():
+        data, data_problem = data_choice()
+    return data, data_problem
+
+
+def builtin_slice_note(found: str) -> None:
     st.caption("5,000 training and 1,000 test images of the JPEG copy of CIFAR-10, shipped with the app: an "
                "epoch takes seconds to minutes. Enough to try a design; its accuracy needs the full 50,000.")
     if found == BUILTIN:
@@ -570,7 +613,10 @@ if choice == BUILTIN:
         with st.container(horizontal=True):
             st.button("Use a copy on this machine", icon=":material/folder_open:", on_click=use_data, args=("path",))
             st.button("Download CIFAR-10", icon=":material/download:", on_click=use_data, args=("download",))
-elif choice == "path":
+
+
+def copy_on_this_machine(data: str | None, data_problem: str | None) -> None:
+    """The path of a copy, what is wrong with it, and a check of what it holds."""
     st.text_input("Folder or archive", key=DATA_PATH, placeholder="/path/to/cifar10-jpg.tar.gz",
                   help="torchvision's CIFAR-10 (a folder holding cifar-10-batches-py/), or train/<class>/ and "
                        "test/<class>/ folders of images, as a folder, .tar.gz, .tgz, .tar or .zip", **PERSIST)
@@ -590,7 +636,10 @@ elif choice == "path":
             else:
                 st.success(f"{found_data['source']}: {found_data['train']:,} training and {found_data['test']:,} "
                            f"test images.", icon=":material/check_circle:")
-else:
+
+
+def download_box() -> bool:
+    """The folder to download CIFAR-10 into and the button; True when it was clicked (the data may be there)."""
     folder_column, download_column = st.columns([4, 1], vertical_alignment="bottom")
     folder = folder_column.text_input("Into folder", key=DOWNLOAD_DIR, **PERSIST,
                                       help=f"torchvision downloads the original, lossless CIFAR-10 "
@@ -599,109 +648,153 @@ else:
     st.caption("The download needs internet access from the machine running ResNet Studio.")
     if download_column.button("Download", type="primary", icon=":material/download:", width="stretch"):
         download_data(folder)
-        data, data_problem = data_choice()
+        return True
+    return False
 
-# -- device --
-st.subheader("Device", divider="gray")
-look_at_machine(str(cache_dir()))
-devices = list(known_devices() or ["auto"])  # "auto" (the training process picks) until the probe has looked
-gpus = [d for d in devices if d.startswith("cuda:")]
-kinds = (["cuda"] if gpus else []) + [d for d in devices if d not in gpus]
-if st.session_state.get(DEVICE) not in kinds:
-    st.session_state[DEVICE] = kinds[0]
-device = st.segmented_control("Train on device", kinds, format_func=device_name, required=True, key=DEVICE,
-                              **PERSIST)
-for problem in read_machine().get("gpu_problems", []):  # a GPU is there that this torch cannot train on
-    st.warning(problem, icon=":material/memory:")
-if device == "cuda":
-    st.session_state.setdefault(GPUS, gpus[:1])
-    st.multiselect("GPUs", gpus, format_func=device_name, key=GPUS, **PERSIST,
-                   help="One process per GPU (torchrun and DistributedDataParallel); the batch size is the global "
-                        "batch, split over them. The run waits until all of them are free")
-elif device == "cpu":
-    st.number_input("Processes", min_value=1, max_value=os.cpu_count(), step=1, key=PROCESSES, **PERSIST,
-                    help="Train as this many processes (torchrun, gloo), one thread each; the batch size is the "
-                         "global batch, split over them")
-if device != "cuda" and (kernels := kernels_text(read_machine().get("cpu"))):  # as the last probe found the CPU
-    st.caption(f"Kernels that train here: {kernels}")
-st.fragment(show_queue, run_every=REFRESH_S)()
-timed = (st.session_state[GPUS] or gpus)[0] if device == "cuda" else device  # the estimate is for one device
+
+def device_section() -> str:
+    """The devices to train on, what a GPU lacks, the CPU's kernels, and the machine's queue. Returns the one
+    device the estimate is for."""
+    st.subheader("Device", divider="gray")
+    look_at_machine(str(cache_dir()))
+    devices = list(known_devices() or ["auto"])  # "auto" (the training process picks) until the probe has looked
+    gpus = [d for d in devices if d.startswith("cuda:")]
+    kinds = (["cuda"] if gpus else []) + [d for d in devices if d not in gpus]
+    if st.session_state.get(DEVICE) not in kinds:
+        st.session_state[DEVICE] = kinds[0]
+    device = st.segmented_control("Train on device", kinds, format_func=device_name, required=True, key=DEVICE,
+                                  **PERSIST)
+    for problem in read_machine().get("gpu_problems", []):  # a GPU is there that this torch cannot train on
+        st.warning(problem, icon=":material/memory:")
+    if device == "cuda":
+        st.session_state.setdefault(GPUS, gpus[:1])
+        st.multiselect("GPUs", gpus, format_func=device_name, key=GPUS, **PERSIST,
+                       help="One process per GPU (torchrun and DistributedDataParallel); the batch size is the "
+                            "global batch, split over them. The run waits until all of them are free")
+    elif device == "cpu":
+        st.number_input("Processes", min_value=1, max_value=os.cpu_count(), step=1, key=PROCESSES, **PERSIST,
+                        help="Train as this many processes (torchrun, gloo), one thread each; the batch size is the "
+                             "global batch, split over them")
+    if device != "cuda" and (kernels := kernels_text(read_machine().get("cpu"))):  # as the last probe found the CPU
+        st.caption(f"Kernels that train here: {kernels}")
+    st.fragment(show_queue, run_every=REFRESH_S)()
+    return (st.session_state[GPUS] or gpus)[0] if device == "cuda" else device
+
+
+def estimate_section(spec: ArchSpec, timed: str, data: str | None, values: dict) -> None:
+    """How long the run would take on `timed`, redrawn every second while a probe is still timing it."""
+    epochs = values["epochs"] if settings_error(values) is None else TrainConfig().epochs
+    waiting = probing(spec, timed, data)
+    st.fragment(show_estimate, run_every=1 if waiting else None)(spec, timed, data, epochs, values["time_limit"],
+                                                                 waiting)
+
+
+def settings_section(values: dict) -> str | None:
+    """Every training setting in its group, from the recipe they started from; returns what is wrong with them."""
+    st.subheader("Training settings", divider="gray")
+    source = st.session_state[SETTINGS_FROM]
+    from_recipe = recipe_named(source).to_dict()
+    about, reset = st.columns([4, 1], vertical_alignment="center")
+    recipe_name = ((f"the {source} preset’s recipe" if source in PRESETS else f"the recipe of {source}") if source
+                   else "the defaults: the best seed’s recipe")
+    about.caption(f"They start from {recipe_name}{' (changed here)' if values != from_recipe else ''}. Hover over "
+                  f"a setting for what it does.")
+    reset.button("Back to the recipe", icon=":material/undo:", type="tertiary", disabled=values == from_recipe,
+                 on_click=load_settings, args=(recipe_named(source), source), width="stretch")
+    for column, (group, settings) in zip(st.columns(len(SETTINGS)), SETTINGS.items()):
+        with column.container(border=True, height="stretch"):
+            st.markdown(f"**{group}**")
+            for setting in settings:
+                if setting.field == "epochs":
+                    length_widgets()
+                if setting.field != "time_limit":  # the length widgets set it
+                    setting_widget(setting, values)
+    invalid = settings_error(setting_values())
+    if invalid:
+        st.error(invalid, icon=":material/error:")
+    return invalid
+
+
+def launch_section(preset: str | None, cost: Cost, values: dict, data: str | None, blocked: str | None) -> None:
+    """The run's name and the Launch button, with why it can't launch, or what a click starts."""
+    st.subheader("Launch", divider="gray")
+    st.session_state.setdefault(widget_key(RUN_NAME), default_run_name(preset))
+    name_column, launch_column = st.columns([3, 1], vertical_alignment="bottom")
+    run_name = name_column.text_input("Run name", key=widget_key(RUN_NAME),
+                                      help="The run's folder name: letters, digits, '.', '_' and '-'").strip()
+    blocked = blocked or run_name_problem(run_name) or no_gpu_problem()
+    launch_column.button("Launch", type="primary", icon=":material/rocket_launch:", width="stretch",
+                         disabled=bool(blocked), on_click=launch_run,
+                         help=blocked or f"Start training {run_name} on {devices_text()} in the background")
+    if blocked:
+        st.caption(f"Can't launch: {blocked}")
+    else:  # what a click starts, in full: no run of the wrong design or length by accident
+        length = (f"for {duration_text(values['time_limit'])} of training" if values["time_limit"] else
+                  f"for {plural(values['epochs'], 'epoch')}")
+        st.caption(f"Launch trains **{preset or 'your own design'}** ({cost.params:,} parameters) {length} on "
+                   f"{data_words(data)}, on {devices_text()}.")
+    if LAUNCH_ERROR in st.session_state:
+        st.error(f"Could not launch: {in_page_terms(st.session_state.pop(LAUNCH_ERROR))}", icon=":material/error:")
+
+
+def run_name_problem(run_name: str) -> str | None:
+    try:
+        check_name(run_name)
+    except StudioError as e:
+        return str(e)
+    return f"A run named {run_name} exists; pick another name." if Run.named(run_name).dir.exists() else None
+
+
+def over_budget_problem(cost: Cost) -> str | None:
+    return f"The design is {cost.params - BUDGET:,} parameters over budget." if cost.params > BUDGET else None
+
+
+def no_gpu_problem() -> str | None:
+    return "Pick a GPU, or train on the CPU." if st.session_state[DEVICE] == "cuda" and not st.session_state[GPUS] \
+        else None
+
+
+def follow_section() -> None:
+    """One run followed live (the newest active one until another is picked); just after a launch, the page
+    scrolls down to it."""
+    st.subheader("Follow a run", divider="gray")
+    runs = usable_runs()
+    if not runs:
+        st.caption("Launch a run above: its progress, curves and log appear here as it trains.")
+    else:
+        states = {run.name: run.status().get("state") for run in runs}
+        if st.session_state.get(FOLLOWED) not in states:
+            st.session_state[FOLLOWED] = run_to_follow(runs, states).name
+        if st.session_state[FOLLOWED] != st.session_state.get(SHOWN):  # set by Launch, or on the Runs or Search page
+            renew(FOLLOW)
+            st.session_state[SHOWN] = st.session_state[FOLLOWED]
+        follow_key = widget_key(FOLLOW)
+        st.session_state.setdefault(follow_key, st.session_state[FOLLOWED])
+        followed = drawn(follow_key, st.selectbox("Run", list(states), key=follow_key, on_change=pick_followed,
+                                                  args=(follow_key,),
+                                                  help="Newest first; until you pick one, the newest active run"))
+        live = states[followed] in ACTIVE
+        st.fragment(show_run, run_every=REFRESH_S if live else None)(Run.named(followed), live)
+    if st.session_state.pop(GO_TO_RUN, False):  # just launched: down to the run it started, which the page follows
+        st.html('<script>setTimeout(() => document.getElementById("follow-a-run")'
+                '?.scrollIntoView({behavior: "smooth", block: "start"}), 300)</script>', unsafe_allow_javascript=True)
+
+
+# ---- the page -----------------------------------------------------------------------------------------
+
+spec, preset = current_design()
+cost = count(spec)
+keep_link(spec, preset)  # a reload of this page opens the same design
+settings_follow(design_recipe())  # the preset's recipe, or the one that came with the design (a search trial's)
+remember()
+
+introduction()
+design_section(spec, preset, cost)
+data, data_problem = data_section()
+timed = device_section()
 show_length()
-values = setting_values()
-epochs = values["epochs"] if settings_error(values) is None else TrainConfig().epochs
-waiting = probing(spec, timed, data)
-st.fragment(show_estimate, run_every=1 if waiting else None)(spec, timed, data, epochs, values["time_limit"],
-                                                             waiting)
-
-# -- settings --
-st.subheader("Training settings", divider="gray")
-source = st.session_state[SETTINGS_FROM]
-from_recipe = recipe_named(source).to_dict()
-about, reset = st.columns([4, 1], vertical_alignment="center")
-recipe_name = ((f"the {source} preset’s recipe" if source in PRESETS else f"the recipe of {source}") if source
-               else "the defaults: the best seed’s recipe")
-about.caption(f"They start from {recipe_name}{' (changed here)' if values != from_recipe else ''}. Hover over a "
-              f"setting for what it does.")
-reset.button("Back to the recipe", icon=":material/undo:", type="tertiary", disabled=values == from_recipe,
-             on_click=load_settings, args=(recipe_named(source), source), width="stretch")
-for column, (group, settings) in zip(st.columns(len(SETTINGS)), SETTINGS.items()):
-    with column.container(border=True, height="stretch"):
-        st.markdown(f"**{group}**")
-        for setting in settings:
-            if setting.field == "epochs":
-                length_widgets()
-            if setting.field != "time_limit":  # the length widgets set it
-                setting_widget(setting, values)
-invalid = settings_error(setting_values())
-if invalid:
-    st.error(invalid, icon=":material/error:")
-
-# -- launch --
-st.subheader("Launch", divider="gray")
-st.session_state.setdefault(widget_key(RUN_NAME), default_run_name(preset))
-name_column, launch_column = st.columns([3, 1], vertical_alignment="bottom")
-run_name = name_column.text_input("Run name", key=widget_key(RUN_NAME),
-                                  help="The run's folder name: letters, digits, '.', '_' and '-'").strip()
-try:
-    check_name(run_name)
-    name_problem = f"A run named {run_name} exists; pick another name." if Run.named(run_name).dir.exists() else None
-except StudioError as e:
-    name_problem = str(e)
-no_gpu = "Pick a GPU, or train on the CPU." if device == "cuda" and not st.session_state[GPUS] else None
-blocked = (f"The design is {over:,} parameters over budget." if over > 0 else None) or invalid or data_problem \
-    or name_problem or no_gpu
-launch_column.button("Launch", type="primary", icon=":material/rocket_launch:", width="stretch",
-                     disabled=bool(blocked), on_click=launch_run,
-                     help=blocked or f"Start training {run_name} on {devices_text()} in the background")
-if blocked:
-    st.caption(f"Can't launch: {blocked}")
-else:  # what a click starts, in full: no run of the wrong design or length by accident
-    length = (f"for {duration_text(values['time_limit'])} of training" if values["time_limit"] else
-              f"for {plural(values['epochs'], 'epoch')}")
-    st.caption(f"Launch trains **{preset or 'your own design'}** ({cost.params:,} parameters) {length} on "
-               f"{data_words(data)}, on {devices_text()}.")
-if LAUNCH_ERROR in st.session_state:
-    st.error(f"Could not launch: {in_page_terms(st.session_state.pop(LAUNCH_ERROR))}", icon=":material/error:")
-
-# -- the followed run --
-st.subheader("Follow a run", divider="gray")
-runs = usable_runs()
-if not runs:
-    st.caption("Launch a run above: its progress, curves and log appear here as it trains.")
-else:
-    states = {run.name: run.status().get("state") for run in runs}
-    if st.session_state.get(FOLLOWED) not in states:
-        st.session_state[FOLLOWED] = most_recent(runs, states)
-    if st.session_state[FOLLOWED] != st.session_state.get(SHOWN):  # set by Launch, or on the Runs or Search page
-        renew(FOLLOW)
-        st.session_state[SHOWN] = st.session_state[FOLLOWED]
-    follow_key = widget_key(FOLLOW)
-    st.session_state.setdefault(follow_key, st.session_state[FOLLOWED])
-    followed = drawn(follow_key, st.selectbox("Run", list(states), key=follow_key, on_change=pick_followed,
-                                              args=(follow_key,),
-                                              help="Newest first; until you pick one, the newest active run"))
-    live = states[followed] in ACTIVE
-    st.fragment(show_run, run_every=REFRESH_S if live else None)(Run.named(followed), live)
-if st.session_state.pop(GO_TO_RUN, False):  # just launched: down to the run it started, which the page now follows
-    st.html('<script>setTimeout(() => document.getElementById("follow-a-run")'
-            '?.scrollIntoView({behavior: "smooth", block: "start"}), 300)</script>', unsafe_allow_javascript=True)
+values = setting_values()  # as the widgets hold them, before they are drawn again below
+estimate_section(spec, timed, data, values)
+invalid = settings_section(values)
+launch_section(preset, cost, values, data, blocked=over_budget_problem(cost) or invalid or data_problem)
+follow_section()

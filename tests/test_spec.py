@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from core.design.spec import ArchSpec, SpecError
+from core.design.spec import ArchSpec, SpecError, stage_sizes
 
 ISSUE_EXAMPLE = {
     "stem": {"channels": 64, "kernel_size": 3},
@@ -26,6 +26,16 @@ def test_omitted_keys_take_defaults():
     assert [s.blocks for s in spec.stages] == [2, 2, 2]
     assert spec.feature_sizes == [32, 16, 8]
     assert (spec.batch_norm, spec.se_ratio, spec.dropout, spec.pool_size) == (True, 0, 0.0, 4)
+
+
+def test_the_map_sizes_of_a_draft_that_does_not_validate_are_those_a_spec_has():
+    draft = {"stages": [{"channels": 16, "stride": 1}, {"channels": 0, "stride": 2}, {"channels": 32, "stride": 2}]}
+    with pytest.raises(SpecError):
+        ArchSpec.from_dict(draft)  # a width of 0, while it is being typed
+    assert stage_sizes(stage["stride"] for stage in draft["stages"]) == [32, 16, 8]
+    draft["stages"][1]["channels"] = 24
+    assert ArchSpec.from_dict(draft).feature_sizes == [32, 16, 8]
+    assert stage_sizes([2] * 6) == [16, 8, 4, 2, 1, 1]  # a 1×1 map stays 1×1
 
 
 @pytest.mark.parametrize("change, field, allowed", [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,17 @@ def conv_out(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
+def stage_sizes(strides: Iterable[int]) -> list[int]:
+    """Side of the output feature map of stages of these strides, in pixels (ArchSpec.feature_sizes); for a
+    design being edited too, which may not validate."""
+    size = conv_out(IMAGE_SIZE, 1)  # the stem keeps 32x32
+    sizes = []
+    for stride in strides:
+        size = conv_out(size, stride)
+        sizes.append(size)
+    return sizes
+
+
 # ---- the spec ----------------------------------------------------------------------------------
 
 def whitening_channels(kernel_size: int) -> int:
@@ -132,12 +144,7 @@ class ArchSpec:
     @property
     def feature_sizes(self) -> list[int]:
         """Side of each stage's output feature map, in pixels."""
-        size = conv_out(IMAGE_SIZE, 1)  # the stem keeps 32x32
-        sizes = []
-        for stage in self.stages:
-            size = conv_out(size, stage.stride)
-            sizes.append(size)
-        return sizes
+        return stage_sizes(stage.stride for stage in self.stages)
 
     @classmethod
     def from_dict(cls, data: Any) -> ArchSpec:

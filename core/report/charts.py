@@ -150,3 +150,17 @@ def overlay_chart(lines: dict[str, pd.DataFrame], column: str, title: str, value
     curves = pd.concat([pd.DataFrame({"Epoch": frame["epoch"], "Value": frame[column], "Curve": name})
                         for name, frame in lines.items()])
     return epoch_chart(curves, title, curves["Epoch"].max(), colours, value_format=value_format)
+
+
+def parameter_share_chart(table: pd.DataFrame) -> alt.Chart:
+    """Bars of the parameters of each part of a design, in the order of the table's rows, each labelled with its
+    share; columns Part, Parameters and Share (a percentage), as the Design page's breakdown has them."""
+    base = alt.Chart(table).encode(
+        y=alt.Y("Part:N", sort=list(table["Part"]), title=None),
+        x=alt.X("Parameters:Q", axis=alt.Axis(labelExpr="datum.value ? format(datum.value, '~s') : '0'")),
+        tooltip=["Part", alt.Tooltip("Parameters:Q", format=","),
+                 alt.Tooltip("Share:Q", format=".1f", title="Share %")],
+    )
+    labels = base.mark_text(align="left", dx=4).encode(text="label:N").transform_calculate(
+        label="format(datum.Share, '.0f') + '%'")
+    return base.mark_bar() + labels
