@@ -27,7 +27,7 @@ def test_accuracy_against_parameters_draws_the_budget_and_names_trials_by_shape(
     spec = accuracy_vs_parameters_chart(rows).to_dict()
     rule, label, dots = spec["layer"]
     assert rule["mark"]["type"] == "rule" and label["mark"]["type"] == "text"
-    budget = spec["datasets"][spec["data"]["name"]]  # the layers without data of their own: the budget's line
+    budget = spec["datasets"][rule.get("data", spec.get("data"))["name"]]
     assert budget == [{"Parameters": BUDGET, "label": f"{BUDGET / 1e6:g}M budget"}]
     points = spec["datasets"][dots["data"]["name"]]
     assert {p["Run"]: p["Measured on"] for p in points} == {"big": "test split", "trial-1": TRIAL_SPLIT}

@@ -170,7 +170,7 @@ def probability_chart(probabilities: dict[str, float]) -> alt.Chart:
 
 
 TRIAL_SPLIT = "validation split, a search trial's few epochs"  # where a search trial's accuracy is measured
-BUDGET_COLOUR = "#dc2626"
+LIMIT_COLOUR = "#dc2626"  # a budget line: red, dashed
 
 
 def accuracy_vs_parameters_chart(rows: list[dict]) -> alt.Chart:
@@ -198,8 +198,13 @@ def accuracy_vs_parameters_chart(rows: list[dict]) -> alt.Chart:
                       legend=alt.Legend(orient="bottom", title=None, labelLimit=0)
                       if (points["Measured on"] == TRIAL_SPLIT).any() else None)
     dots = base.mark_point(size=90, opacity=0.9, filled=True).encode(color=colour, shape=shape)
-    line = alt.Chart(pd.DataFrame({"Parameters": [BUDGET], "label": [f"{BUDGET / 1e6:g}M budget"]}))
-    rule = line.mark_rule(color=BUDGET_COLOUR, strokeDash=[6, 4]).encode(x="Parameters:Q")
-    rule_label = line.mark_text(align="right", baseline="top", dx=-4, dy=4, color=BUDGET_COLOUR).encode(
-        x="Parameters:Q", y=alt.value(0), text="label")
-    return (rule + rule_label + dots).properties(height=320)
+    return alt.layer(*limit_rule("Parameters", BUDGET, f"{BUDGET / 1e6:g}M budget"), dots).properties(height=320)
+
+
+def limit_rule(field: str, limit: float, label: str) -> list[alt.Chart]:
+    """A limit on a chart's x axis (the parameter budget), as layers to put under its marks: a dashed red rule at
+    `limit` of the quantitative `field`, `label` at its top."""
+    line = alt.Chart(pd.DataFrame({field: [limit], "label": [label]}))
+    return [line.mark_rule(color=LIMIT_COLOUR, strokeDash=[6, 4]).encode(x=f"{field}:Q"),
+            line.mark_text(align="right", baseline="top", dx=-4, dy=4, color=LIMIT_COLOUR).encode(
+                x=f"{field}:Q", y=alt.value(0), text="label")]
