@@ -19,7 +19,7 @@ def nothing_set_up(tmp_path, monkeypatch):
 
 
 def test_the_shared_copy_is_the_one_beside_the_repo_and_the_help_names_it():
-    assert SHARED_COPY == REPO.parent / "shared" / "cifar10" / "cifar10-jpg.tar.gz"
+    assert REPO.parent / "shared" / "cifar10" / "cifar10-jpg.tar.gz" == SHARED_COPY
     assert sources.SHARED_COPY_NAME in sources.HOW_TO_GET_DATA
 
 
