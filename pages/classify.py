@@ -10,7 +10,6 @@ the run's own test-time augmentation, again whenever another run is picked.
 """
 from __future__ import annotations
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -18,7 +17,8 @@ from core.data.images import IMAGE_SUFFIXES
 from core.deploy.predict import Classifier, Prediction, classify, prediction_rows, predictions_csv, sample_files
 from core.deploy.prediction import tta_words
 from core.nn.visual import cam_overlay, enlarge
-from core.report.charts import PRIMARY
+from core.report.charts import probability_chart
+from core.runs.run import Run
 from pages._ui import (RUN_CHOICE, checkpoint_id, default_run, open_classifier, runs_or_stop, select_checkpoint,
                        select_run, through_app_shell)
 
@@ -40,20 +40,6 @@ def predictions(_classifier: Classifier, checkpoint: tuple, files: tuple[tuple[s
                 tta_flip: bool) -> list[Prediction]:
     """`checkpoint` (checkpoint_id) stands for the classifier in the cache key."""
     return classify(_classifier, list(files), tta_flip=tta_flip, grad_cam=True)
-
-
-def probability_chart(prediction: Prediction) -> alt.Chart:
-    """All ten classes in their fixed order, so images compare at a glance; the top one in colour."""
-    top = prediction.top(1)[0]["class"]
-    table = pd.DataFrame(prediction.probabilities.items(), columns=["Class", "Probability"])
-    base = alt.Chart(table).encode(
-        y=alt.Y("Class:N", sort=None, title=None, axis=alt.Axis(labelOverlap=False)),
-        x=alt.X("Probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%", title=None)),
-        tooltip=["Class", alt.Tooltip("Probability:Q", format=".2%")],
-    )
-    bars = base.mark_bar().encode(color=alt.condition(alt.datum.Class == top, alt.value(PRIMARY), alt.value("#cbd5e1")))
-    labels = base.mark_text(align="left", dx=3, fontSize=11).encode(text=alt.Text("Probability:Q", format=".0%"))
-    return bars + labels
 
 
 def try_samples() -> None:
@@ -100,74 +86,87 @@ def show_prediction(result: Prediction) -> None:
         seen.image(enlarge(result.input, SCALE), caption="What the network sees: 32×32", width=SIDE)
         cam.image(cam_overlay(result.input, result.cam, SCALE), caption=f"Where it saw {first['class']} (Grad-CAM)",
                   width=SIDE)
-        chart.altair_chart(probability_chart(result), height=SIDE + 40)
+        chart.altair_chart(probability_chart(result.probabilities), height=SIDE + 40)
 
 
-st.title("Classify")
-st.write("Give a trained network images and see which of the ten CIFAR-10 classes it thinks each shows, "
-         "and where in the image it found the evidence.")
+# ---- the page's sections ---------------------------------------------------------------------------------
 
-runs = runs_or_stop("Classifying")
+def pick_network(runs: list[Run]) -> tuple[Run, str, Classifier | None, bool]:
+    """A run, its checkpoint and the flip toggle side by side: (run, checkpoint tag, the network they name or None
+    when it can't be opened (it says why), whether to flip)."""
+    pick_run, pick_tag, pick_tta = st.columns([3, 2, 2], vertical_alignment="bottom")
+    with pick_run:
+        run = select_run("Run", runs, RUN_CHOICE, default_run(runs))
+    with pick_tag:
+        tag = select_checkpoint("classify_tag",
+                                help="Best: the epoch with the highest accuracy. Last: the newest epoch.")
+    classifier = open_classifier(run, tag)
+    own_tta_flip = classifier is not None and classifier.own_tta_flip
+    if st.session_state.get(TTA_RUN) != run.name:  # before the toggle is drawn: a widget's state is set only then
+        st.session_state[TTA] = own_tta_flip
+        st.session_state[TTA_RUN] = run.name
+    tta_flip = pick_tta.toggle("Flip test-time augmentation", key=TTA, persist_state="session",
+                               help="Average the prediction for each image and its mirror image: often a little more "
+                                    "accurate, since CIFAR-10 classes look the same mirrored. It starts as the run "
+                                    "was tested.")
+    if classifier is not None:
+        st.caption(f"Test-time augmentation: {tta_words(tta_flip, own_tta_flip)}.")
+    return run, tag, classifier, tta_flip
 
-pick_run, pick_tag, pick_tta = st.columns([3, 2, 2], vertical_alignment="bottom")
-with pick_run:
-    run = select_run("Run", runs, RUN_CHOICE, default_run(runs))
-with pick_tag:
-    tag = select_checkpoint("classify_tag", help="Best: the epoch with the highest accuracy. Last: the newest epoch.")
-classifier = open_classifier(run, tag)
-own_tta_flip = classifier is not None and classifier.own_tta_flip
-if st.session_state.get(TTA_RUN) != run.name:  # before the toggle is drawn: a widget's state is set only then
-    st.session_state[TTA] = own_tta_flip
-    st.session_state[TTA_RUN] = run.name
-tta_flip = pick_tta.toggle("Flip test-time augmentation", key=TTA, persist_state="session",
-                           help="Average the prediction for each image and its mirror image: often a little more "
-                                "accurate, since CIFAR-10 classes look the same mirrored. It starts as the run was "
-                                "tested.")
-if classifier is not None:
-    st.caption(f"Test-time augmentation: {tta_words(tta_flip, own_tta_flip)}.")
 
-# the uploader's list of files scrolls inside two rows of chips, which reads as cut off: it shows them all
-st.html("<style>.st-key-classify_upload [data-testid='stFileChips'] { max-height: none; }</style>")
-uploads = st.file_uploader("Images", type=[suffix.lstrip(".") for suffix in IMAGE_SUFFIXES],
-                           accept_multiple_files=True, key=UPLOAD,
-                           help="PNG, JPEG, WebP, BMP, GIF or TIFF, any size or colour mode. The network sees the "
-                                "central square, shrunk to 32×32.")
-if uploads:
-    files = st.session_state[KEPT] = tuple((upload.name, upload.getvalue()) for upload in uploads)
-    st.session_state.pop(SAMPLES, None)
-elif st.session_state.get(KEPT):
-    files = st.session_state[KEPT]
-    kept, clear = st.columns([4, 1], vertical_alignment="center")
-    kept.caption(f"{len(files)} image{'s' if len(files) > 1 else ''} you uploaded before: "
-                 f"{', '.join(name for name, _ in files[:5])}{', …' if len(files) > 5 else ''}. "
-                 f"Drop images above to classify others.")
-    clear.button("Clear them", icon=":material/close:", width="stretch",
-                 on_click=lambda: st.session_state.pop(KEPT, None))
-elif SAMPLES in st.session_state:
-    files = st.session_state[SAMPLES]
-    st.caption("Built-in CIFAR-10 test images, one per class; each file is named after its true class.")
-else:
-    files = ()
+def choose_images() -> tuple[tuple[str, bytes], ...]:
+    """The images to classify as (name, bytes): those dropped now, else those dropped before (a file uploader
+    forgets them on a page switch), else the built-in samples when asked for, else none yet."""
+    # the uploader's list of files scrolls inside two rows of chips, which reads as cut off: it shows them all
+    st.html("<style>.st-key-classify_upload [data-testid='stFileChips'] { max-height: none; }</style>")
+    uploads = st.file_uploader("Images", type=[suffix.lstrip(".") for suffix in IMAGE_SUFFIXES],
+                               accept_multiple_files=True, key=UPLOAD,
+                               help="PNG, JPEG, WebP, BMP, GIF or TIFF, any size or colour mode. The network sees "
+                                    "the central square, shrunk to 32×32.")
+    if uploads:
+        files = st.session_state[KEPT] = tuple((upload.name, upload.getvalue()) for upload in uploads)
+        st.session_state.pop(SAMPLES, None)
+        return files
+    if st.session_state.get(KEPT):
+        files = st.session_state[KEPT]
+        kept, clear = st.columns([4, 1], vertical_alignment="center")
+        kept.caption(f"{len(files)} image{'s' if len(files) > 1 else ''} you uploaded before: "
+                     f"{', '.join(name for name, _ in files[:5])}{', …' if len(files) > 5 else ''}. "
+                     f"Drop images above to classify others.")
+        clear.button("Clear them", icon=":material/close:", width="stretch",
+                     on_click=lambda: st.session_state.pop(KEPT, None))
+        return files
+    if SAMPLES in st.session_state:
+        st.caption("Built-in CIFAR-10 test images, one per class; each file is named after its true class.")
+        return st.session_state[SAMPLES]
     hint, samples = st.columns([4, 1], vertical_alignment="center")
     hint.info("Drop images above, or try the network on test images it has never trained on.",
               icon=":material/info:")
     samples.button("Try ten test images", icon=":material/photo_library:", width="stretch", on_click=try_samples)
+    return ()
 
-if files and classifier is not None:
-    results = predictions(classifier, checkpoint_id(run, tag, classifier), files, tta_flip)
+
+def show_all_in_a_table(results: list[Prediction], classifier: Classifier, run: Run, tag: str, tta_flip: bool) -> None:
+    """Many images: one row each, and all the predictions as a CSV to download."""
+    table = summary_table(results, classifier.classes)
+    errors = ["Error"] if table["Error"].astype(bool).any() else []
+    shown = table[["File", "Top class", "Probability", "Second class", "Looks like its training images", *errors]]
+    st.dataframe(shown.assign(Probability=100 * shown["Probability"]), hide_index=True, column_config={
+        "Probability": st.column_config.ProgressColumn(format="%.1f%%", min_value=0, max_value=100)})
+    made = predictions_csv(results, classifier.classes, run.name, tag, tta_flip)
+    st.download_button("Download all predictions as CSV", made,
+                       file_name=f"predictions-{run.name}-{tag}{'-tta' if tta_flip else ''}.csv",
+                       mime="text/csv", on_click="ignore", icon=":material/download:")
+
+
+def show_predictions(results: list[Prediction], classifier: Classifier, run: Run, tag: str, tta_flip: bool) -> None:
+    """Each file that did not decode, its error; many files, a table first; the images unlike the training ones,
+    named together; then each image's prediction."""
     for result in results:
         if not result.ok:
             st.error(result.error, icon=":material/broken_image:")
     if len(results) > MANY:
-        table = summary_table(results, classifier.classes)
-        errors = ["Error"] if table["Error"].astype(bool).any() else []
-        shown = table[["File", "Top class", "Probability", "Second class", "Looks like its training images", *errors]]
-        st.dataframe(shown.assign(Probability=100 * shown["Probability"]), hide_index=True, column_config={
-            "Probability": st.column_config.ProgressColumn(format="%.1f%%", min_value=0, max_value=100)})
-        made = predictions_csv(results, classifier.classes, run.name, tag, tta_flip)
-        st.download_button("Download all predictions as CSV", made,
-                           file_name=f"predictions-{run.name}-{tag}{'-tta' if tta_flip else ''}.csv",
-                           mime="text/csv", on_click="ignore", icon=":material/download:")
+        show_all_in_a_table(results, classifier, run, tag, tta_flip)
     unfamiliar = [result.file for result in results if result.ood]
     if unfamiliar:
         st.warning(f"{len(unfamiliar)} of {len(results)} images {'does' if len(unfamiliar) == 1 else 'do'} not look "
@@ -176,3 +175,17 @@ if files and classifier is not None:
     for result in results:
         if result.ok:
             show_prediction(result)
+
+
+# ---- the page -----------------------------------------------------------------------------------------------
+
+st.title("Classify")
+st.write("Give a trained network images and see which of the ten CIFAR-10 classes it thinks each shows, "
+         "and where in the image it found the evidence.")
+
+runs = runs_or_stop("Classifying")
+run, tag, classifier, tta_flip = pick_network(runs)
+files = choose_images()
+if files and classifier is not None:
+    show_predictions(predictions(classifier, checkpoint_id(run, tag, classifier), files, tta_flip), classifier, run,
+                     tag, tta_flip)

@@ -19,7 +19,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from core.data.sources import BUILTIN, resolve_data
+from core.data.sources import BUILTIN, suggested_data
 from core.data.testsets import read_unlabelled_bytes
 from core.deploy.predict import Classifier, Report, evaluate_archive, evaluate_run
 from core.deploy.prediction import tta_words
@@ -50,7 +50,6 @@ PERSIST = {"persist_state": "session"}  # the data source, path and TTA, as left
 REPORT = "evaluate_report"          # the last Evaluated of the One run section
 COMPARISON = "evaluate_comparison"  # the last pair of Evaluated of the Side by side section
 SOURCES = {"builtin": "Built-in test slice", "path": "CIFAR-10 on disk", "upload": "Upload class folders"}
-SHARED_COPY = Path(__file__).resolve().parents[2] / "shared" / "cifar10" / "cifar10-jpg.tar.gz"
 MISTAKES = 20
 GALLERY_COLUMNS = 10
 MISTAKE_SCALE = 3  # mistakes shown 96 px wide
@@ -78,14 +77,6 @@ def evaluation(_classifier: Classifier, checkpoint: tuple, data: TestData, tta_f
     return evaluate_run(_classifier, data.source, mistakes=MISTAKES, tta_flip=tta_flip)
 
 
-def suggested_path() -> str:
-    """CIFAR10_DATA or ./data when set up, else the JPEG copy beside the repo when there is one."""
-    resolved = resolve_data(None)
-    if resolved != BUILTIN:
-        return resolved
-    return str(SHARED_COPY) if SHARED_COPY.exists() else ""
-
-
 def choose_test_data() -> TestData | None:
     """The test data the controls describe, or None (with a word on what is missing) until it is given."""
     source = st.segmented_control("Test data", list(SOURCES), format_func=SOURCES.get, default="builtin",
@@ -94,7 +85,7 @@ def choose_test_data() -> TestData | None:
         st.caption("The 1,000 test images shipped with the app, 100 of each class, from the JPEG copy of CIFAR-10.")
         return TestData(BUILTIN)
     if source == "path":
-        st.session_state.setdefault(DATA_PATH, suggested_path())
+        st.session_state.setdefault(DATA_PATH, suggested_data())
         path = st.text_input("Folder or archive", key=DATA_PATH, placeholder="path/to/cifar10",
                              help="torchvision's cifar-10-batches-py/ folder, or train/<class>/ and test/<class>/ "
                                   "folders as a folder, .tar.gz or .zip: its test split is used. Or a folder or "
@@ -219,34 +210,37 @@ def show_submission(result: Submission, own_tta_flip: bool) -> None:
                  y_label="Images", sort=False)  # horizontal: x still names the index, drawn upright
 
 
-st.title("Evaluate")
-st.write("See how a trained network does on a whole labelled test set: where it is right, what it confuses, "
-         "the mistakes it is surest of, and how it compares with another run.")
+# ---- the page's sections ---------------------------------------------------------------------------------
 
-runs = runs_or_stop("Evaluating")
+def choose_tta() -> str:
+    return st.segmented_control("Test-time augmentation", list(TTA_CHOICES), format_func=TTA_CHOICES.get,
+                                default="own", required=True, key=TTA, **PERSIST,
+                                help="Each run's own: as it was tested when it trained (flip: each image's "
+                                     "prediction averaged with its mirror image's), which its best accuracy "
+                                     "comes from. Flip or None: the same for every run.")
 
-data_column, tta_column = st.columns([3, 1], vertical_alignment="top")
-with data_column:
-    data = choose_test_data()
-tta = tta_column.segmented_control("Test-time augmentation", list(TTA_CHOICES), format_func=TTA_CHOICES.get,
-                                   default="own", required=True, key=TTA, **PERSIST,
-                                   help="Each run's own: as it was tested when it trained (flip: each image's "
-                                        "prediction averaged with its mirror image's), which its best accuracy "
-                                        "comes from. Flip or None: the same for every run.")
-waiting = "Choose the test data first" if data is None else None
 
-one_run, side_by_side, test_set = st.tabs(["One run", "Side by side", "Predict a test set"])
+def waiting_for(data: TestData | None) -> str | None:
+    """Why the buttons that evaluate are off, as their help says: no test data yet."""
+    return "Choose the test data first" if data is None else None
 
-with one_run:
+
+def pick_network(runs: list[Run], remember: str, tag_key: str) -> tuple[Run, str, Classifier | None]:
+    """A run and its checkpoint side by side, and the network they name (None when it can't be opened: it says
+    why)."""
     pick_run, pick_tag = st.columns([3, 2], vertical_alignment="bottom")
     with pick_run:
-        run = select_run("Run", runs, RUN_CHOICE, default_run(runs))
+        run = select_run("Run", runs, remember, default_run(runs))
     with pick_tag:
-        tag = select_checkpoint("evaluate_tag")
-    classifier = open_classifier(run, tag)
+        tag = select_checkpoint(tag_key)
+    return run, tag, open_classifier(run, tag)
+
+
+def evaluate_one_run(runs: list[Run], data: TestData | None, tta: str) -> None:
+    run, tag, classifier = pick_network(runs, RUN_CHOICE, "evaluate_tag")
     show_record(run)
     if st.button("Evaluate", type="primary", icon=":material/fact_check:", key="evaluate",
-                 disabled=classifier is None or data is None, help=waiting):
+                 disabled=classifier is None or data is None, help=waiting_for(data)):
         try:
             st.session_state[REPORT] = evaluate("", run, tag, classifier, data, tta)
         except StudioError as e:
@@ -256,7 +250,8 @@ with one_run:
         mark_if_stale((st.session_state[REPORT],), ((run.name, tag, data, tta),))
         show_report(st.session_state[REPORT])
 
-with side_by_side:
+
+def compare_two_runs(runs: list[Run], data: TestData | None, tta: str) -> None:
     first_default = default_run(runs)
     others = [r for r in runs if r != first_default and has_checkpoint(r)]
     # with one usable run, its best and last checkpoints are the pair worth comparing
@@ -271,7 +266,7 @@ with side_by_side:
         tag_b = select_checkpoint("compare_b_tag", default=second_tag)
         classifier_b = open_classifier(run_b, tag_b)
     if st.button("Compare", type="primary", icon=":material/compare:", key="compare",
-                 disabled=any(x is None for x in (classifier_a, classifier_b, data)), help=waiting):
+                 disabled=any(x is None for x in (classifier_a, classifier_b, data)), help=waiting_for(data)):
         try:
             st.session_state[COMPARISON] = (evaluate("A: ", run_a, tag_a, classifier_a, data, tta),
                                             evaluate("B: ", run_b, tag_b, classifier_b, data, tta))
@@ -282,15 +277,11 @@ with side_by_side:
         mark_if_stale(st.session_state[COMPARISON], ((run_a.name, tag_a, data, tta), (run_b.name, tag_b, data, tta)))
         show_comparison(*st.session_state[COMPARISON])
 
-with test_set:
+
+def predict_a_test_set(runs: list[Run], tta: str) -> None:
     st.caption("A test set without labels, such as the course's Kaggle one: each image's predicted class as the "
                "submission CSV, ID,Labels, in the file's order.")
-    pick_run, pick_tag = st.columns([3, 2], vertical_alignment="bottom")
-    with pick_run:
-        submit_run = select_run("Run", runs, SUBMIT_RUN, default_run(runs))
-    with pick_tag:
-        submit_tag = select_checkpoint("evaluate_submit_tag")
-    submit_classifier = open_classifier(submit_run, submit_tag)
+    run, tag, classifier = pick_network(runs, SUBMIT_RUN, "evaluate_submit_tag")
     unlabelled = st.file_uploader("Unlabelled test set", type=SUBMIT_SUFFIXES, key=SUBMIT_UPLOAD,
                                   help="The course pickle (a dict of b'data': (N, 3072) CIFAR rows or (N, 32, 32, 3) "
                                        "uint8, and b'ids'), a .npy/.npz of (N, 32, 32, 3) or (N, 3, 32, 32) uint8, "
@@ -298,12 +289,35 @@ with test_set:
                                        "is read with numpy arrays and plain containers allowed, nothing else.")
     if unlabelled is None:
         st.caption("Upload the test set to see its first images with their predicted class, and to download the CSV.")
-    elif submit_classifier is not None:
+    elif classifier is not None:
         try:
-            with st.spinner(f"Predicting {unlabelled.name} with {submit_run.name}…"):
-                result = submission(submit_classifier, checkpoint_id(submit_run, submit_tag, submit_classifier),
-                                    unlabelled.name, unlabelled.getvalue(), TTA_FLIP[tta])
+            with st.spinner(f"Predicting {unlabelled.name} with {run.name}…"):
+                result = submission(classifier, checkpoint_id(run, tag, classifier), unlabelled.name,
+                                    unlabelled.getvalue(), TTA_FLIP[tta])
         except StudioError as e:
             st.error(f"Could not predict {unlabelled.name}: {e}", icon=":material/error:")
         else:
-            show_submission(result, submit_classifier.own_tta_flip)
+            show_submission(result, classifier.own_tta_flip)
+
+
+# ---- the page -----------------------------------------------------------------------------------------------
+
+st.title("Evaluate")
+st.write("See how a trained network does on a whole labelled test set: where it is right, what it confuses, "
+         "the mistakes it is surest of, and how it compares with another run.")
+
+runs = runs_or_stop("Evaluating")
+
+data_column, tta_column = st.columns([3, 1], vertical_alignment="top")
+with data_column:
+    data = choose_test_data()
+with tta_column:
+    tta = choose_tta()
+
+one_run, side_by_side, test_set = st.tabs(["One run", "Side by side", "Predict a test set"])
+with one_run:
+    evaluate_one_run(runs, data, tta)
+with side_by_side:
+    compare_two_runs(runs, data, tta)
+with test_set:
+    predict_a_test_set(runs, tta)

@@ -11,17 +11,17 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
 from core.deploy.jobs import read_job, start_export
 from core.deploy.onnx_model import exported_file, report_path
-from core.design.budget import BUDGET, count
+from core.design.budget import count
 from core.design.config import RunConfig
 from core.errors import StudioError
 from core.files import read_json
-from core.report.charts import confusion_chart, legend_columns, overlay_chart, per_class_chart, run_colours
+from core.report.charts import (accuracy_vs_parameters_chart, confusion_chart, overlay_chart, per_class_chart,
+                                 run_colours)
 from core.runs.progress import metric_frames
 from core.runs.run import ACTIVE, Run, delete, list_runs, runs_root
 from core.units import duration_text, epoch_text, epochs_done_text, points_change_text
@@ -110,40 +110,8 @@ def show_table(live: bool) -> None:
     st.dataframe(runs_table(rows), hide_index=True, column_config=RUN_COLUMNS, placeholder=NOT_KNOWN)
 
 
-def overlay(runs: list[Run], column: str, title: str, value_format: str, colours: dict[str, str]) -> alt.Chart:
+def overlay(runs: list[Run], column: str, title: str, value_format: str, colours: dict[str, str]):
     return overlay_chart({run.name: epoch_lines(run) for run in runs}, column, title, value_format, colours)
-
-
-TRIAL_SPLIT = "validation split, a search trial's few epochs"
-
-
-def accuracy_vs_parameters(rows: list[dict]) -> alt.Chart:
-    points = pd.DataFrame([{"Run": r["name"], "Parameters": r["params"], "Best accuracy": r["best_acc"],
-                            "State": r["state"], "Measured on": TRIAL_SPLIT if r["search"] else "test split"}
-                           for r in rows if r["best_acc"] is not None])
-    x = alt.X("Parameters:Q", axis=alt.Axis(format="~s", grid=False), title="Parameters (log scale)",
-              scale=alt.Scale(type="log", domain=[points["Parameters"].min() / 2,
-                                                  max(BUDGET, points["Parameters"].max()) * 1.5]))
-    # runs named by colour, not by labels beside their dots: runs of similar size and accuracy would overlap
-    colours = run_colours([r["name"] for r in rows])  # as in the curves above: one run, one colour
-    colour = alt.Color("Run:N", scale=alt.Scale(domain=list(points["Run"]), range=[colours[n] for n in points["Run"]]),
-                       sort=list(points["Run"]),
-                       legend=alt.Legend(orient="bottom", title=None, columns=legend_columns(list(points["Run"])),
-                                         labelLimit=0, symbolLimit=0))
-    base = alt.Chart(points).encode(x=x, y=alt.Y("Best accuracy:Q", axis=alt.Axis(format="%")),
-                                    tooltip=["Run", "State", alt.Tooltip("Parameters:Q", format=","),
-                                             alt.Tooltip("Best accuracy:Q", format=".2%"), "Measured on"])
-    # a search trial's accuracy is on a validation split after its few epochs: another shape, named in the legend
-    shape = alt.Shape("Measured on:N", scale=alt.Scale(domain=["test split", TRIAL_SPLIT],
-                                                       range=["circle", "triangle-up"]),
-                      legend=alt.Legend(orient="bottom", title=None, labelLimit=0)
-                      if (points["Measured on"] == TRIAL_SPLIT).any() else None)
-    dots = base.mark_point(size=90, opacity=0.9, filled=True).encode(color=colour, shape=shape)
-    budget = alt.Chart(pd.DataFrame({"Parameters": [BUDGET], "label": [f"{BUDGET / 1e6:g}M budget"]}))
-    rule = budget.mark_rule(color="#dc2626", strokeDash=[6, 4]).encode(x="Parameters:Q")
-    rule_label = budget.mark_text(align="right", baseline="top", dx=-4, dy=4, color="#dc2626").encode(
-        x="Parameters:Q", y=alt.value(0), text="label")
-    return (rule + rule_label + dots).properties(height=320)
 
 
 def report_html(runs: list[Run]) -> str:
@@ -396,13 +364,10 @@ def confirm_delete(run: Run) -> None:
         st.rerun()
 
 
-# ---- the page -----------------------------------------------------------------------------------------
+# ---- the page's sections ---------------------------------------------------------------------------------
 
-st.title("Runs")
-st.write("Every training run, side by side: how far it got, its curves against the others', accuracy against "
-         "parameters, and where it goes wrong, class by class.")
-runs = usable_runs()
-if not runs:
+def no_runs_yet() -> None:
+    """What the page says before the first run, and the ways to one: train, design, import. Stops the page."""
     st.info("No runs yet. A run shows up here as soon as it is launched on the Train page, and stays here with its "
             "curves and results until you delete it.", icon=":material/info:")
     with st.container(horizontal=True):
@@ -414,17 +379,33 @@ if not runs:
     import_box()
     st.stop()
 
-rows = [summary(run) for run in runs]
-live = any(row["state"] in ACTIVE for row in rows)
-st.fragment(show_table, run_every=REFRESH_S if live else None)(live)
-st.caption(f"Runs are kept in {runs_root()}." + (" The table refreshes while a run is active." if live else ""))
 
-# -- compare --
-st.subheader("Compare runs", divider="gray")
-trained = [row["name"] for row in rows if row["best_acc"] is not None]  # an epoch line: curves to draw
-if not trained:
-    st.caption("Curves appear here once a run has finished its first epoch.")
-else:
+def all_runs_table(rows: list[dict]) -> None:
+    """The table of every run, re-read every few seconds while one is active."""
+    live = any(row["state"] in ACTIVE for row in rows)
+    st.fragment(show_table, run_every=REFRESH_S if live else None)(live)
+    st.caption(f"Runs are kept in {runs_root()}." + (" The table refreshes while a run is active." if live else ""))
+
+
+def report_buttons(compared: list[Run], chosen: list[str]) -> None:
+    st.download_button("Report", lambda: report_html(compared), file_name=f"report-{'-'.join(chosen)}.html"[:120],
+                       mime="text/html", icon=":material/summarize:", on_click="ignore", key="report",
+                       help="One HTML file that opens offline: the runs' hyperparameters side by side, results, "
+                            "curves, confusion matrices, most confident mistakes and reproducibility records. "
+                            "Making it evaluates each best checkpoint: seconds to a minute.")
+    st.download_button("Tables and figures for a paper", lambda: paper_zip(compared), file_name="paper.zip",
+                       mime="application/zip", icon=":material/article:", on_click="ignore", key="paper",
+                       help="LaTeX: tables.tex (booktabs: architecture and recipe side by side, results) and "
+                            "every chart of the report as a PDF, with figures.tex to include them")
+
+
+def compare_runs(runs: list[Run], rows: list[dict]) -> None:
+    """The chosen runs' curves overlaid, their report to download, and every run's accuracy against parameters."""
+    st.subheader("Compare runs", divider="gray")
+    trained = [row["name"] for row in rows if row["best_acc"] is not None]  # an epoch line: curves to draw
+    if not trained:
+        st.caption("Curves appear here once a run has finished its first epoch.")
+        return
     st.session_state[COMPARE] = [name for name in st.session_state.get(COMPARE, trained[:3]) if name in trained]
     chosen = st.multiselect("Runs", trained, key=COMPARE, placeholder="Pick runs to overlay their curves", **PERSIST)
     if chosen:
@@ -433,70 +414,87 @@ else:
         colours = run_colours([row["name"] for row in rows])
         accuracy_column.altair_chart(overlay(compared, "eval_acc", "Accuracy on the evaluation split", ".1~%", colours))
         loss_column.altair_chart(overlay(compared, "eval_loss", "Loss on the evaluation split", "~g", colours))
-        st.download_button("Report", lambda: report_html(compared), file_name=f"report-{'-'.join(chosen)}.html"[:120],
-                           mime="text/html", icon=":material/summarize:", on_click="ignore", key="report",
-                           help="One HTML file that opens offline: the runs' hyperparameters side by side, results, "
-                                "curves, confusion matrices, most confident mistakes and reproducibility records. "
-                                "Making it evaluates each best checkpoint: seconds to a minute.")
-        st.download_button("Tables and figures for a paper", lambda: paper_zip(compared), file_name="paper.zip",
-                           mime="application/zip", icon=":material/article:", on_click="ignore", key="paper",
-                           help="LaTeX: tables.tex (booktabs: architecture and recipe side by side, results) and "
-                                "every chart of the report as a PDF, with figures.tex to include them")
+        report_buttons(compared, chosen)
     st.markdown("**Best accuracy against parameters**")
-    st.altair_chart(accuracy_vs_parameters(rows))
+    st.altair_chart(accuracy_vs_parameters_chart(rows))
     if any(row["search"] and row["best_acc"] is not None for row in rows):
         st.caption("Triangles are search trials: their accuracy is measured on a validation split held out of the "
                    "training images, after the few epochs a trial trains, so it reads lower than a full run's test "
                    "accuracy (circles) and is not comparable with it.")
 
-# -- one run --
-st.subheader("One run", divider="gray")
-run = select_run("Run", runs, RUN_CHOICE, default_run(runs))
-row = next(r for r in rows if r["name"] == run.name)
-with st.container(horizontal=True, vertical_alignment="center"):
-    state_badge(row["state"])
-    facts = [f"{row['params']:,} parameters", row["preset"] or "custom design",
-             *([f"imported from {Path(row['imported_from']).name}"] if row["imported_from"] else
-               [data_label(row["data"]), epochs_of(row, unit=True)])]
-    where = [f"{row['device']} × {row['world_size']} processes" if row["world_size"] > 1 else row["device"]]
-    st.caption(" · ".join(facts + (where if row["device"] else [])))
-try:
-    result = results(str(run.dir), changed(run.results_path))
-except StudioError as e:
-    result = None
-    st.error(str(e), icon=":material/error:")
-if result:
-    st.markdown(f"**{result['accuracy']:.2%}** on the {result['eval_split']} split at the end of training: "
-                f"{sum(map(sum, result['confusion'])):,} images of {result['data']}.")
-    matrix_column, classes_column = st.columns([3, 2])
-    matrix_column.markdown("**Confusion matrix**")
-    matrix_column.altair_chart(confusion_chart(result["classes"], result["confusion"]))
-    classes_column.markdown("**Accuracy per class**")
-    classes_column.altair_chart(per_class_chart(pd.DataFrame(
-        {"Class": list(result["per_class_accuracy"]), "Accuracy": list(result["per_class_accuracy"].values()),
-         "Run": run.name})))
-elif row["imported_from"]:
-    st.info(f"Imported from {Path(row['imported_from']).name}, not trained here: measure it on the Evaluate page.",
-            icon=":material/upload_file:")
-elif row["state"] in ACTIVE:
-    st.info("Its confusion matrix and per-class accuracy appear when it finishes; follow it live on the Train page.",
-            icon=":material/hourglass_top:")
-elif row["state"] == "pruned":
-    st.info(f"Search {row['search']} pruned it after epoch {epoch_text(row['epochs_done'])}: its validation accuracy "
-            f"trailed the other trials'. Its checkpoints are kept; the Search page has the study.",
-            icon=":material/content_cut:")
-else:
-    st.info(f"It {row['state']} before its last epoch, so it has no final results. Resume it on the Train page.",
-            icon=":material/info:")
-show_record(run)
-with st.container(horizontal=True):
-    if st.button("Open on the Train page", icon=":material/model_training:", on_click=follow_on_train,
-                 help="Follow it there: live curves, log, stop, resume"):
-        st.switch_page("pages/train.py")
-    st.button("Delete…", icon=":material/delete:", on_click=ask_to_delete)
-if st.session_state.get(DELETING) == run.name:
-    confirm_delete(run)
-export_section(run)
 
+def run_facts(row: dict) -> None:
+    """The run's state, size, design, data, length and device, in one line."""
+    with st.container(horizontal=True, vertical_alignment="center"):
+        state_badge(row["state"])
+        facts = [f"{row['params']:,} parameters", row["preset"] or "custom design",
+                 *([f"imported from {Path(row['imported_from']).name}"] if row["imported_from"] else
+                   [data_label(row["data"]), epochs_of(row, unit=True)])]
+        where = [f"{row['device']} × {row['world_size']} processes" if row["world_size"] > 1 else row["device"]]
+        st.caption(" · ".join(facts + (where if row["device"] else [])))
+
+
+def run_results(run: Run, row: dict) -> None:
+    """The run's final results class by class, or why it has none."""
+    try:
+        result = results(str(run.dir), changed(run.results_path))
+    except StudioError as e:
+        result = None
+        st.error(str(e), icon=":material/error:")
+    if result:
+        st.markdown(f"**{result['accuracy']:.2%}** on the {result['eval_split']} split at the end of training: "
+                    f"{sum(map(sum, result['confusion'])):,} images of {result['data']}.")
+        matrix_column, classes_column = st.columns([3, 2])
+        matrix_column.markdown("**Confusion matrix**")
+        matrix_column.altair_chart(confusion_chart(result["classes"], result["confusion"]))
+        classes_column.markdown("**Accuracy per class**")
+        classes_column.altair_chart(per_class_chart(pd.DataFrame(
+            {"Class": list(result["per_class_accuracy"]), "Accuracy": list(result["per_class_accuracy"].values()),
+             "Run": run.name})))
+    elif row["imported_from"]:
+        st.info(f"Imported from {Path(row['imported_from']).name}, not trained here: measure it on the Evaluate "
+                f"page.", icon=":material/upload_file:")
+    elif row["state"] in ACTIVE:
+        st.info("Its confusion matrix and per-class accuracy appear when it finishes; follow it live on the Train "
+                "page.", icon=":material/hourglass_top:")
+    elif row["state"] == "pruned":
+        st.info(f"Search {row['search']} pruned it after epoch {epoch_text(row['epochs_done'])}: its validation "
+                f"accuracy trailed the other trials'. Its checkpoints are kept; the Search page has the study.",
+                icon=":material/content_cut:")
+    else:
+        st.info(f"It {row['state']} before its last epoch, so it has no final results. Resume it on the Train page.",
+                icon=":material/info:")
+
+
+def one_run(runs: list[Run], rows: list[dict]) -> None:
+    """One run: its facts, results and record; open it on the Train page, delete it, export it."""
+    st.subheader("One run", divider="gray")
+    run = select_run("Run", runs, RUN_CHOICE, default_run(runs))
+    row = next(r for r in rows if r["name"] == run.name)
+    run_facts(row)
+    run_results(run, row)
+    show_record(run)
+    with st.container(horizontal=True):
+        if st.button("Open on the Train page", icon=":material/model_training:", on_click=follow_on_train,
+                     help="Follow it there: live curves, log, stop, resume"):
+            st.switch_page("pages/train.py")
+        st.button("Delete…", icon=":material/delete:", on_click=ask_to_delete)
+    if st.session_state.get(DELETING) == run.name:
+        confirm_delete(run)
+    export_section(run)
+
+
+# ---- the page -----------------------------------------------------------------------------------------
+
+st.title("Runs")
+st.write("Every training run, side by side: how far it got, its curves against the others', accuracy against "
+         "parameters, and where it goes wrong, class by class.")
+runs = usable_runs()
+if not runs:
+    no_runs_yet()
+rows = [summary(run) for run in runs]
+all_runs_table(rows)
+compare_runs(runs, rows)
+one_run(runs, rows)
 st.subheader("Import", divider="gray")
 import_box()

@@ -21,11 +21,13 @@ CHOICES = (BUILTIN, "path", "download")  # the Train page's ways to pick data
 # copy scores lower than the lossless original (../shared/cifar10/README.md)
 JPEG_COPY = "CIFAR-10, JPEG copy (quality 75, 4:2:0)"
 KNOWN_COPIES = {"d34c68f61cca57aa9144c8f25bda427abb9921bd642d5857a2fc1a6b4416f965": JPEG_COPY}
+SHARED_COPY_NAME = "../shared/cifar10/cifar10-jpg.tar.gz"  # the JPEG copy, where the course keeps it: beside the repo
+SHARED_COPY = (Path(__file__).resolve().parents[2] / SHARED_COPY_NAME).resolve()
 
 LAYOUTS = ("a folder holding cifar-10-batches-py/ (torchvision's CIFAR-10), or class folders train/<class>/ and "
            "test/<class>/ as a folder, .tar.gz, .tgz, .tar or .zip")
-HOW_TO_GET_DATA = ("Set --data or CIFAR10_DATA to such a folder or archive (the JPEG copy of CIFAR-10 is at "
-                   "../shared/cifar10/cifar10-jpg.tar.gz), or use --data builtin for the slice in the repo")
+HOW_TO_GET_DATA = (f"Set --data or CIFAR10_DATA to such a folder or archive (the JPEG copy of CIFAR-10 is at "
+                   f"{SHARED_COPY_NAME}), or use --data builtin for the slice in the repo")
 
 
 class DataError(StudioError, ValueError):
@@ -37,6 +39,15 @@ def resolve_data(data: str | None) -> str:
     it exists, else the built-in slice."""
     choice = data or os.environ.get("CIFAR10_DATA") or (str(DEFAULT_DIR) if DEFAULT_DIR.exists() else BUILTIN)
     return BUILTIN if choice == BUILTIN else str(Path(choice).expanduser().resolve())
+
+
+def suggested_data() -> str:
+    """The copy to offer where a path to CIFAR-10 is asked for: CIFAR10_DATA or ./data when set up (resolve_data),
+    else the JPEG copy beside the repo when there is one, else "" (nothing to offer)."""
+    resolved = resolve_data(None)
+    if resolved != BUILTIN:
+        return resolved
+    return str(SHARED_COPY) if SHARED_COPY.exists() else ""
 
 
 def chosen_data(choice: str, path: str, download_dir: str) -> tuple[str | None, str | None]:

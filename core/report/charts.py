@@ -9,6 +9,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from core.design.budget import BUDGET
+
 PRIMARY = "#2563eb"             # the theme's primary colour (.streamlit/config.toml)
 RUN_COLOURS = [PRIMARY, "#f59e0b"]  # side by side: blue, then amber
 # many runs: Vega's tableau10, colours far apart, then tableau20's lighter ones
@@ -164,3 +166,59 @@ def parameter_share_chart(table: pd.DataFrame) -> alt.Chart:
     labels = base.mark_text(align="left", dx=4).encode(text="label:N").transform_calculate(
         label="format(datum.Share, '.0f') + '%'")
     return base.mark_bar() + labels
+
+
+def probability_chart(probabilities: dict[str, float]) -> alt.Chart:
+    """One image's probability of each class, in the classes' fixed order so that images compare at a glance; the
+    most probable one in colour (the Classify page)."""
+    top = max(probabilities, key=probabilities.get)
+    table = pd.DataFrame(probabilities.items(), columns=["Class", "Probability"])
+    base = alt.Chart(table).encode(
+        y=alt.Y("Class:N", sort=None, title=None, axis=alt.Axis(labelOverlap=False)),
+        x=alt.X("Probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%", title=None)),
+        tooltip=["Class", alt.Tooltip("Probability:Q", format=".2%")],
+    )
+    bars = base.mark_bar().encode(color=alt.condition(alt.datum.Class == top, alt.value(PRIMARY), alt.value("#cbd5e1")))
+    labels = base.mark_text(align="left", dx=3, fontSize=11).encode(text=alt.Text("Probability:Q", format=".0%"))
+    return bars + labels
+
+
+TRIAL_SPLIT = "validation split, a search trial's few epochs"  # where a search trial's accuracy is measured
+LIMIT_COLOUR = "#dc2626"  # a budget line: red, dashed
+
+
+def accuracy_vs_parameters_chart(rows: list[dict]) -> alt.Chart:
+    """Each run's best accuracy against its parameters (log scale), with the parameter budget as a line; `rows`:
+    run summaries (core.runs.run.Run.summary), every run a page lists, so that a run has its colour of the curves
+    (run_colours). A search trial is a triangle, named in the legend: its accuracy is on a validation split after
+    its few epochs, not comparable with a full run's on the test split."""
+    points = pd.DataFrame([{"Run": r["name"], "Parameters": r["params"], "Best accuracy": r["best_acc"],
+                            "State": r["state"], "Measured on": TRIAL_SPLIT if r["search"] else "test split"}
+                           for r in rows if r["best_acc"] is not None])
+    x = alt.X("Parameters:Q", axis=alt.Axis(format="~s", grid=False), title="Parameters (log scale)",
+              scale=alt.Scale(type="log", domain=[points["Parameters"].min() / 2,
+                                                  max(BUDGET, points["Parameters"].max()) * 1.5]))
+    # runs named by colour, not by labels beside their dots: runs of similar size and accuracy would overlap
+    colours = run_colours([r["name"] for r in rows])
+    colour = alt.Color("Run:N", scale=alt.Scale(domain=list(points["Run"]), range=[colours[n] for n in points["Run"]]),
+                       sort=list(points["Run"]),
+                       legend=alt.Legend(orient="bottom", title=None, columns=legend_columns(list(points["Run"])),
+                                         labelLimit=0, symbolLimit=0))
+    base = alt.Chart(points).encode(x=x, y=alt.Y("Best accuracy:Q", axis=alt.Axis(format="%")),
+                                    tooltip=["Run", "State", alt.Tooltip("Parameters:Q", format=","),
+                                             alt.Tooltip("Best accuracy:Q", format=".2%"), "Measured on"])
+    shape = alt.Shape("Measured on:N", scale=alt.Scale(domain=["test split", TRIAL_SPLIT],
+                                                       range=["circle", "triangle-up"]),
+                      legend=alt.Legend(orient="bottom", title=None, labelLimit=0)
+                      if (points["Measured on"] == TRIAL_SPLIT).any() else None)
+    dots = base.mark_point(size=90, opacity=0.9, filled=True).encode(color=colour, shape=shape)
+    return alt.layer(*limit_rule("Parameters", BUDGET, f"{BUDGET / 1e6:g}M budget"), dots).properties(height=320)
+
+
+def limit_rule(field: str, limit: float, label: str) -> list[alt.Chart]:
+    """A limit on a chart's x axis (the parameter budget), as layers to put under its marks: a dashed red rule at
+    `limit` of the quantitative `field`, `label` at its top."""
+    line = alt.Chart(pd.DataFrame({field: [limit], "label": [label]}))
+    return [line.mark_rule(color=LIMIT_COLOUR, strokeDash=[6, 4]).encode(x=f"{field}:Q"),
+            line.mark_text(align="right", baseline="top", dx=-4, dy=4, color=LIMIT_COLOUR).encode(
+                x=f"{field}:Q", y=alt.value(0), text="label")]

@@ -1,0 +1,42 @@
+"""core.data.sources.suggested_data: the CIFAR-10 copy the Evaluate page offers where it asks for a path (the page
+held the shared copy's place itself until issue 32)."""
+from pathlib import Path
+
+import pytest
+
+import core.data.sources as sources
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_COPY = sources.SHARED_COPY  # as the module has it, before a test puts it elsewhere
+
+
+@pytest.fixture(autouse=True)
+def nothing_set_up(tmp_path, monkeypatch):
+    """No CIFAR10_DATA, no ./data, no shared copy: each test sets up what it is about."""
+    monkeypatch.delenv("CIFAR10_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sources, "SHARED_COPY", tmp_path / "shared" / "cifar10" / "cifar10-jpg.tar.gz")
+
+
+def test_the_shared_copy_is_the_one_beside_the_repo_and_the_help_names_it():
+    assert REPO.parent / "shared" / "cifar10" / "cifar10-jpg.tar.gz" == SHARED_COPY
+    assert sources.SHARED_COPY_NAME in sources.HOW_TO_GET_DATA
+
+
+def test_nothing_to_offer_without_a_copy():
+    assert sources.suggested_data() == ""
+
+
+def test_the_shared_copy_is_offered_when_it_is_there(tmp_path):
+    sources.SHARED_COPY.parent.mkdir(parents=True)
+    sources.SHARED_COPY.write_bytes(b"an archive")
+    assert sources.suggested_data() == str(sources.SHARED_COPY)
+
+
+def test_a_copy_set_up_for_the_studio_comes_before_the_shared_one(tmp_path, monkeypatch):
+    sources.SHARED_COPY.parent.mkdir(parents=True)
+    sources.SHARED_COPY.write_bytes(b"an archive")
+    (tmp_path / "data").mkdir()
+    assert sources.suggested_data() == str(tmp_path / "data")  # ./data, as an absolute path
+    monkeypatch.setenv("CIFAR10_DATA", "~/cifar")
+    assert sources.suggested_data() == str(Path("~/cifar").expanduser().resolve())
