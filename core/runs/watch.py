@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from core.files import FileError, read_json, write_json
+from core.files import FileError, read_json
 from core.runs.run import ACTIVE, Run, ended_by_death
 
 BEAT_EVERY = 1.0          # seconds between two writes of heartbeat.json within a phase
@@ -65,7 +65,7 @@ class Heartbeat:
     of a run beats (others pass `enabled=False`)."""
 
     def __init__(self, run: Run, enabled: bool = True):
-        self.path, self.enabled = run.heartbeat_path, enabled
+        self.run, self.enabled = run, enabled
         self.state = {"phase": "starting", "epoch": 0, "step": 0, "step_time": None, "pid": os.getpid(),
                       "time": time.time()}
         self.times: deque[float] = deque(maxlen=50)  # recent step times, for the median
@@ -99,7 +99,7 @@ class Heartbeat:
             return
         state = self.state | {"step_time": statistics.median(self.times) if self.times else None}
         with contextlib.suppress(OSError):  # a full disk: the run fails where it writes metrics, not here
-            write_json(self.path, state)
+            self.run.write_heartbeat(state)
 
 
 def read_heartbeat(run: Run) -> dict | None:
@@ -167,7 +167,7 @@ def watch(run: Run, command: list[str], configured_limit: float = 0.0) -> int:
     """Run `command` (the training process of `run`) and watch it until it ends; returns its exit code, or what
     the watcher made of it when it had to kill it (1: stalled, 0: stopped). SIGTERM and SIGINT to the watcher
     are passed on as a stop."""
-    write_json(run.heartbeat_path, {"phase": "starting", "time": time.time(), "pid": None})
+    run.write_heartbeat({"phase": "starting", "time": time.time(), "pid": None})
     child = subprocess.Popen(command, env=os.environ | {WATCHER_ENV: str(os.getpid())})
     run.update_status(watcher_pid=os.getpid())
     stop_asked = {"at": None}
@@ -203,8 +203,7 @@ def watch(run: Run, command: list[str], configured_limit: float = 0.0) -> int:
         if ending is not None:
             # said before the kill: whoever reads the status between the two must not take it for a death
             run.update_status(**ending.fields, ended=time.time(), waiting_for=None)
-            with contextlib.suppress(OSError), open(run.log_path, "a") as log:
-                log.write(f"{time.strftime('%H:%M:%S')} {ending.message}\n")
+            say(run, ending.message)
             kill_tree(child.pid)
             child.wait()
             return 0 if ending.fields["state"] == "stopped" else 1
@@ -228,7 +227,7 @@ def stalled(run: Run, beat: dict, silent: float, limit: float) -> Ending:
 def resume_point(run: Run) -> str:
     """Where a resume would start, from the `last` checkpoint's record (plain JSON: no torch needed)."""
     try:
-        meta = read_json(run.checkpoints / "last.json", default=None)
+        meta = run.checkpoint_meta("last")
     except FileError:
         meta = None
     if not meta:
@@ -289,5 +288,5 @@ def guard(run: Run, watcher: int) -> None:
 
 
 def say(run: Run, message: str) -> None:
-    with contextlib.suppress(OSError), open(run.log_path, "a") as log:
-        log.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+    with contextlib.suppress(OSError):
+        run.log(message)
