@@ -2,10 +2,6 @@
 export RUN DEST`)."""
 from __future__ import annotations
 
-import os
-import shutil
-
-from core.files import write_json
 from core.runs.run import Run, RunError
 
 
@@ -18,14 +14,7 @@ def export(run: Run, dest: Run, half: bool = True) -> Run:
     if dest.dir.exists():
         raise RunError(f"{dest.dir} already exists; delete it first or pick another name")
     ckpt = load_checkpoint(run.checkpoints, "best")
-    tmp = dest.dir.with_name(f".{dest.name}.export")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for path in (run.config_path, run.metrics_path, run.results_path, run.log_path, run.record_path):
-        if path.exists():
-            shutil.copy2(path, tmp / path.name)
-    write_json(tmp / run.status_path.name, status | {"pid": None, "exported_from": run.name, "half": half})
+    staged = run.staged_copy(dest, status | {"pid": None, "exported_from": run.name, "half": half})
     meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "generation", "has_train_state")}
-    save_checkpoint(tmp / "checkpoints", "best", ckpt.weights, meta, half=half)
-    os.replace(tmp, dest.dir)  # the exported run appears whole or not at all
-    return dest
+    save_checkpoint(staged.checkpoints, "best", ckpt.weights, meta, half=half)
+    return staged.publish(dest)

@@ -25,7 +25,6 @@ from core.errors import StudioError
 from core.nn.checkpoint import save_checkpoint
 from core.nn.model import build_model
 from core.nn.platform import torch_facts
-from core.runs.record import write_import
 from core.runs.run import Run, create_run
 
 WRAPPERS = ("state_dict", "model_state_dict", "net", "model")  # where training scripts nest the weights
@@ -173,6 +172,6 @@ def import_tensors(tensors: dict[str, torch.Tensor], sha256: str, name: str, des
     meta = {"spec": design.arch.to_dict(), "classes": list(classes), "mean": list(mean), "std": list(std),
             "epoch": None, "eval_acc": None, "imported_from": name}
     save_checkpoint(run.checkpoints, "best", weights, meta)
-    write_import(run.record_path, torch_facts(torch.device("cpu")), sha256)
+    run.record_import(torch_facts(torch.device("cpu")), sha256)
     run.update_status(state="finished", ended=time.time(), imported_from=name)
     return run

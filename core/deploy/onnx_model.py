@@ -26,7 +26,7 @@ BATCH = 1000  # images per onnxruntime call when many are classified at once
 
 def exported_file(run, precision: str) -> Path:
     """Where the app keeps a run's exported model (fp32 or int8): runs/NAME/exports/NAME-PRECISION.onnx."""
-    return run.exports / f"{run.name}-{precision}.onnx"
+    return run.export_file(f"{run.name}-{precision}.onnx")
 
 
 def report_path(model: Path) -> Path:

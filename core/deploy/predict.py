@@ -24,7 +24,7 @@ from core.data.images import to_pixels
 from core.data.sources import BUILTIN, DataError
 from core.deploy.prediction import Familiarity, Prediction, read_files, unjudged
 from core.errors import StudioError
-from core.files import read_json, update_json
+from core.files import read_json
 from core.nn.checkpoint import load_model
 from core.nn.infer import pick_device, predict_logits, score
 from core.nn.model import ResNet
@@ -178,7 +178,7 @@ def familiarity(classifier: Classifier, data: str | None = None) -> Familiarity 
     try:
         kept = read_json(run.familiarity_path, default={}).get(tag) or {}
     except (StudioError, AttributeError):  # a damaged cache: measured again, written anew
-        run.familiarity_path.unlink(missing_ok=True)
+        run.forget_familiarity()
         kept = {}
     if kept.get("generation") == generation and generation is not None and data is None:
         return Familiarity.from_json(kept)
@@ -193,7 +193,7 @@ def familiarity(classifier: Classifier, data: str | None = None) -> Familiarity 
     plain, tta = (predict_logits(classifier.model, split.images, classifier.normalizer, classifier.device,
                                  tta_flip=flip).numpy() for flip in (False, True))
     measured = Familiarity.measure(plain, tta, split.images.numpy(), source)
-    update_json(run.familiarity_path, lambda kept: kept | {tag: measured.to_json() | {"generation": generation}})
+    run.keep_familiarity(tag, measured.to_json() | {"generation": generation})
     return measured
 
 

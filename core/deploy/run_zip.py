@@ -29,10 +29,8 @@ from safetensors.torch import load as load_safetensors
 from core.deploy.importer import WeightsError, match, read_file
 from core.design.config import RunConfig
 from core.design.spec import SpecError
-from core.files import append_line, update_json, write_json
 from core.nn.checkpoint import FORMAT, save_checkpoint
 from core.nn.platform import torch_facts
-from core.runs.record import write_import
 from core.runs.run import Run, create_run
 
 CONFIG, METRICS, RESULTS, RECORD = "config.json", "metrics.jsonl", "results.json", "record.json"
@@ -158,14 +156,12 @@ def import_run_zip(source: Path | bytes, name: str, run_dir: str | Path) -> Run:
     run = Run.at(run_dir)
     run = create_run(cfg, run.name, run.dir.parent, origin=f"imported from {name}")
     for line in metrics:
-        append_line(run.metrics_path, line)
+        run.append_metrics(line)
     if results:
-        write_json(run.results_path, results)
+        run.write_results(results)
     kept = {k: v for k, v in meta.items() if k not in ("format", "generation", "has_train_state")}
     save_checkpoint(run.checkpoints, "best", weights, kept | {"imported_from": name})
-    write_import(run.record_path, torch_facts(torch.device("cpu")), hashlib.sha256(data).hexdigest())
-    if record:
-        update_json(run.record_path, lambda now: now | {"trained_elsewhere": record})
+    run.record_import(torch_facts(torch.device("cpu")), hashlib.sha256(data).hexdigest(), trained_elsewhere=record)
     epochs = [m for m in metrics if m.get("kind") == "epoch"]
     run.update_status(state="finished", ended=time.time(), imported_from=name,
                       epoch=epochs[-1].get("epoch") if epochs else None,

@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,14 +37,12 @@ from core.engine.distributed import World, check, is_lost_peer, record_error
 from core.engine.optim import lr_at
 from core.engine.trainer import Trainer
 from core.errors import StudioError
-from core.files import append_line, read_json, write_json
 from core.nn.checkpoint import load_train_state, save_checkpoint
 from core.nn.gpu import driver_problem
 from core.nn.infer import Evaluation, auto_device, evaluate, pick_device, policy_for
 from core.nn.platform import device_name, memory_figures, torch_facts
-from core.runs.record import write_start
 from core.runs.queue import DeviceRequest, StopWaiting, hold, visible_gpus
-from core.runs.run import ACTIVE, PruneRequested, Run, RunError, StopFlag, StopRequested, begin, process_start_time
+from core.runs.run import ACTIVE, PruneRequested, Run, StopFlag, StopRequested, begin, process_start_time
 from core.runs.speeds import record_run_speed
 from core.runs.watch import Heartbeat
 
@@ -68,11 +66,9 @@ class RunHooks(Protocol):
 
 def log(run: Run, world: World, message: str) -> None:
     """A line in train.log: rank 0 keeps the log of the run."""
-    line = f"{time.strftime('%H:%M:%S')} {message}"
     if not world.is_main:
         return
-    with open(run.log_path, "a") as f:
-        f.write(line + "\n")
+    line = run.log(message)
     if sys.stderr.isatty():
         print(line, file=sys.stderr)
 
@@ -90,12 +86,6 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
     record = run.update_status if world.is_main else (lambda **fields: fields)
     beat = Heartbeat(run, enabled=world.local_rank == 0)  # each machine's first process, for its machine's watcher
     hooks = None
-
-    def on_wait(message: str) -> None:
-        record(state="queued", waiting_for=message)
-        beat.phase("waiting")
-        print(f"queued: {message}", flush=True)
-
     try:
         if world.size == 1:
             begin(run, device_request)  # its pid, and a Stop that came before it
@@ -104,41 +94,9 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
         record(host=socket.gethostname(), world_size=world.size)
         if open_hooks is not None and world.size == 1:
             hooks = open_hooks()
-        cfg = run.config()
-        if epochs and epochs != cfg.train.epochs:  # resuming with more (or fewer) epochs
-            cfg = cfg.replace_train(epochs=epochs)
-            if world.is_main:
-                write_json(run.config_path, {**cfg.to_dict(), "params": read_json(run.config_path)["params"]})
-        if data:
-            cfg = RunConfig(cfg.arch, cfg.train, data, cfg.preset, cfg.budget, cfg.allow_over_budget)
-        if world.size > 1:  # torchrun started us: our launcher (or the cluster's scheduler) holds the devices
-            kind = pick_device(device_request).type
-            if kind == "mps":
-                raise StudioError("Apple's GPU (mps) trains as one process: torch has no DistributedDataParallel "
-                                  "for it; start the run without torchrun")
-            device = pick_device(f"cuda:{world.local_rank}") if kind == "cuda" else torch.device("cpu")
-            devices = contextlib.nullcontext()
-        else:
-            device_request = usable_request(run, world, device_request, gpus, record)
-            devices = hold(DeviceRequest.parse(device_request, gpus), str(run.dir), stop, on_wait)
-        with devices as held:
-            if world.size == 1:
-                device = pick_device(held[0] if held[0] in ("cpu", "mps") else f"cuda:{visible_gpus().index(held[0])}")
-                if device.type == "cuda":
-                    torch.cuda.set_device(device)  # kernels, cuDNN's handles and memory figures on this GPU, not 0
-            world.join(device)
-            beat.phase("loading data")
-            record(state="running", device=str(device), started=time.time(), waiting_for=None, error=None,
-                   device_name=device_name(device))
-            policy = policy_for(device, cfg.train.precision)
-            used = {"setting": cfg.train.precision, "autocast": policy.name, "grad_scaler": policy.scaler,
-                    "why": policy.why}
-            if world.is_main:  # what made this session: commit, command, machine, libraries, data (core.runs.record)
-                write_start(run.record_path, torch_facts(device, used), world.size, cfg.train.seed, cfg.data)
-            log(run, world, f"training on {device} with torch {torch.__version__}"
-                            + (f", {world.size} processes" if world.size > 1 else ""))
-            log(run, world, f"precision: {policy.name}" + (" with a GradScaler" if policy.scaler else "")
-                            + f" ({policy.why})")
+        cfg = session_config(run, world, epochs, data)
+        with training_device(run, world, device_request, gpus, stop, record, beat) as device:
+            start_session(run, world, cfg, device, record, beat)
             fit(run, cfg, device, stop, world, beat, hooks)
         status = record(state="finished", ended=time.time())
     except (StopRequested, StopWaiting):
@@ -147,29 +105,93 @@ def train(run: Run, device_request: str = "auto", data: str | None = None, epoch
     except PruneRequested as e:
         log(run, world, f"pruned by the search after epoch {e.epoch}: its validation accuracy was not promising")
         status = record(state="pruned", ended=time.time(), pruned_at=e.epoch, waiting_for=None)
-    except StudioError as e:
-        log(run, world, f"failed: {e}")
-        if world.size > 1:
-            record_error(e)
-        status = record(state="failed", ended=time.time(), error=str(e), waiting_for=None)
-    except Exception as e:  # a bug or the machine: keep the traceback in the log, the gist in the status
-        log(run, world, traceback.format_exc())
-        reason = out_of_memory(run, e, world) if isinstance(e, torch.OutOfMemoryError) else \
-            f"{type(e).__name__}: {e}"
-        if world.size > 1:
-            if not world.is_main:  # torchrun's output, which the launcher keeps in train.log
-                print(f"rank {world.rank}: {traceback.format_exc()}", file=sys.stderr, flush=True)
-            record_error(e)
-            if is_lost_peer(e):  # the launcher names the process that failed first; say no more than this
-                reason = f"rank {world.rank} lost contact with another process of the run ({type(e).__name__})"
-                if run.status().get("state") not in ACTIVE:  # a root cause is already written
-                    return {"state": "failed", "error": reason}
-        status = record(state="failed", ended=time.time(), error=reason, waiting_for=None)
+    except Exception as e:
+        status = failed(run, world, e, record)
     finally:
         world.leave()
     if hooks is not None:
         hooks.on_end(status)
     return status
+
+
+def session_config(run: Run, world: World, epochs: int | None, data: str | None) -> RunConfig:
+    """The run's config for this session: `epochs` (resuming with more or fewer) is saved as the run's from now
+    on; `data` is this session's alone."""
+    cfg = run.config()
+    if epochs and epochs != cfg.train.epochs:
+        cfg = cfg.replace_train(epochs=epochs)
+        if world.is_main:
+            run.save_config(cfg)
+    if data:
+        cfg = RunConfig(cfg.arch, cfg.train, data, cfg.preset, cfg.budget, cfg.allow_over_budget)
+    return cfg
+
+
+@contextlib.contextmanager
+def training_device(run: Run, world: World, device_request: str, gpus: str | None, stop: StopFlag, record,
+                    beat: Heartbeat) -> Iterator[torch.device]:
+    """The device this process trains on, held while it trains: one process waits its turn in the machine's queue
+    (queued, the heartbeat says waiting); under torchrun our launcher (or the cluster's scheduler) holds them."""
+    if world.size > 1:
+        kind = pick_device(device_request).type
+        if kind == "mps":
+            raise StudioError("Apple's GPU (mps) trains as one process: torch has no DistributedDataParallel "
+                              "for it; start the run without torchrun")
+        yield pick_device(f"cuda:{world.local_rank}") if kind == "cuda" else torch.device("cpu")
+        return
+
+    def on_wait(message: str) -> None:
+        record(state="queued", waiting_for=message)
+        beat.phase("waiting")
+        print(f"queued: {message}", flush=True)
+
+    device_request = usable_request(run, world, device_request, gpus, record)
+    with hold(DeviceRequest.parse(device_request, gpus), str(run.dir), stop, on_wait) as held:
+        device = pick_device(held[0] if held[0] in ("cpu", "mps") else f"cuda:{visible_gpus().index(held[0])}")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # kernels, cuDNN's handles and memory figures on this GPU, not 0
+        yield device
+
+
+def start_session(run: Run, world: World, cfg: RunConfig, device: torch.device, record, beat: Heartbeat) -> None:
+    """Join the other processes, say `running`, and record what makes this session: commit, command, machine,
+    libraries, data (core.runs.record) and the arithmetic."""
+    world.join(device)
+    beat.phase("loading data")
+    record(state="running", device=str(device), started=time.time(), waiting_for=None, error=None,
+           device_name=device_name(device))
+    policy = policy_for(device, cfg.train.precision)
+    used = {"setting": cfg.train.precision, "autocast": policy.name, "grad_scaler": policy.scaler,
+            "why": policy.why}
+    if world.is_main:
+        run.record_start(torch_facts(device, used), world.size, cfg.train.seed, cfg.data)
+    log(run, world, f"training on {device} with torch {torch.__version__}"
+                    + (f", {world.size} processes" if world.size > 1 else ""))
+    log(run, world, f"precision: {policy.name}" + (" with a GradScaler" if policy.scaler else "")
+                    + f" ({policy.why})")
+
+
+def failed(run: Run, world: World, error: Exception, record) -> dict:
+    """The status of a run that failed: a StudioError says why itself; anything else (a bug or the machine) keeps
+    its traceback in the log and its gist in the status. Under torchrun, the launcher names the process that failed
+    first: a process that only lost contact with it says no more than that."""
+    if isinstance(error, StudioError):
+        log(run, world, f"failed: {error}")
+        if world.size > 1:
+            record_error(error)
+        return record(state="failed", ended=time.time(), error=str(error), waiting_for=None)
+    log(run, world, traceback.format_exc())
+    reason = out_of_memory(run, error, world) if isinstance(error, torch.OutOfMemoryError) else \
+        f"{type(error).__name__}: {error}"
+    if world.size > 1:
+        if not world.is_main:  # torchrun's output, which the launcher keeps in train.log
+            print(f"rank {world.rank}: {traceback.format_exc()}", file=sys.stderr, flush=True)
+        record_error(error)
+        if is_lost_peer(error):
+            reason = f"rank {world.rank} lost contact with another process of the run ({type(error).__name__})"
+            if run.status().get("state") not in ACTIVE:  # a root cause is already written
+                return {"state": "failed", "error": reason}
+    return record(state="failed", ended=time.time(), error=reason, waiting_for=None)
 
 
 def usable_request(run: Run, world: World, device_request: str, gpus: str | None, record) -> str:
@@ -301,151 +323,220 @@ def evaluation_split(dataset: Dataset, t: TrainConfig) -> tuple[Split, Split, st
     return dataset.train, dataset.test, "test"
 
 
-def save(run: Run, world: World, trainer: Trainer, tag: str, meta: dict) -> None:
-    """Checkpoint `tag`: the weights to use, plus everything needed to resume. Rank 0 writes."""
-    if world.is_main:
-        tensors, plain = trainer.state()
-        save_checkpoint(run.checkpoints, tag, trainer.eval_model.state_dict(), meta, train_state=tensors,
-                        train_meta=plain)
+@dataclass
+class Session:
+    """One session of a run's training, from its `last` checkpoint on: what its steps, evaluations and checkpoints
+    share."""
+    run: Run
+    cfg: RunConfig
+    device: torch.device
+    world: World
+    beat: Heartbeat
+    dataset: Dataset
+    eval_split: Split
+    eval_name: str
+    batches: Batches
+    trainer: Trainer
+    at: Position
+    meta: dict                  # what every checkpoint says of the run: design, classes, normalisation, TTA, data
+    started: float = 0.0        # perf_counter when the session's training began
+    elapsed_before: float = 0.0  # wall time of the sessions before it
+    steps: int = 0              # steps trained this session: the first few warm up
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+
+@dataclass
+class EpochFigures:
+    """What an epoch's training (or its part up to the time limit) says in its metrics line."""
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float
+    lr: float
+    out_of_time: bool
 
 
 def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: World, beat: Heartbeat,
         hooks: RunHooks | None = None) -> None:
     """Train `run` from where its `last` checkpoint left off to the end of its epochs or time limit."""
+    s = open_session(run, cfg, device, world, beat)
+    t, at = cfg.train, s.at
+    s.started, s.elapsed_before, next_eval = time.perf_counter(), at.elapsed, 0.0
+    beat.phase("warming up", epoch=at.epoch, step=at.step)
+    for epoch in itertools.count(at.epoch) if t.time_limit else range(at.epoch, t.epochs):
+        figures = train_epoch(s, epoch, stop)
+        if t.time_limit:  # epochs can take a second on a GPU: evaluate and save a few times, not after each
+            if at.trained < next_eval and not figures.out_of_time:
+                continue
+            next_eval = at.trained + t.time_limit / EVALS_IN_A_TIME_LIMIT
+        accuracy = end_epoch(s, figures)
+        beat.phase("training", epoch=at.epoch, step=at.step)
+        if hooks is not None:
+            hooks.on_epoch(at.epoch, accuracy)
+        if figures.out_of_time:
+            break
+    write_results(s, evaluate_now(s))
+
+
+def open_session(run: Run, cfg: RunConfig, device: torch.device, world: World, beat: Heartbeat) -> Session:
+    """The data, cut into batches, the trainer, and where the run stands: at the start, or where `last` left off."""
     t = cfg.train
     torch.manual_seed(t.seed)
-
     # data: the training split on the host, cut into batches; each epoch, this process's shard goes to the device
     dataset = load_dataset(cfg.data)
     train_split, eval_split, eval_name = evaluation_split(dataset, t)
     batches = Batches(train_split, min(t.batch_size, len(train_split)), world, "alternating_flip" in t.augment)
     check(cfg.replace_train(batch_size=batches.batch_size), device.type, world.size)
-    steps_per_epoch, local = batches.steps_per_epoch, batches.local_batch
-    total_steps = t.epochs * steps_per_epoch
     log(run, world, f"data: {dataset.source}; {len(train_split):,} training images, {len(eval_split):,} "
-                    f"{eval_name} images" + (f"; {local} of each batch of {batches.batch_size} per process"
-                                             if world.size > 1 else ""))
-
+                    f"{eval_name} images" + (f"; {batches.local_batch} of each batch of {batches.batch_size} per "
+                                             f"process" if world.size > 1 else ""))
     trainer = Trainer(cfg, device, world, train_split.images)
-    at = Position()
-    if (run.checkpoints / "last.json").exists():  # resume where `last` left off
-        tensors, plain, meta = load_train_state(run.checkpoints, "last")
-        trainer.load_state(tensors, plain)
-        at = Position(meta["epoch"], meta["step"], meta.get("best_acc", -1.0), meta["elapsed"],
-                      meta.get("trained", 0.0))
-        log(run, world, f"resumed at epoch {at.epoch} step {at.step}")
-        saved_batch = meta.get("batch_size", batches.batch_size)
-        if saved_batch != batches.batch_size:  # the same images of the epoch done, in steps of the new batch
-            at.step = min(at.step * saved_batch // batches.batch_size, steps_per_epoch - 1)
-            log(run, world, f"batch {saved_batch} -> {batches.batch_size}: continuing at epoch {at.epoch} step "
-                            f"{at.step} of {steps_per_epoch}")
-    run_meta = {"spec": cfg.arch.to_dict(), "classes": list(dataset.classes), **trainer.augment.normalizer.stats,
-                "eval_split": eval_name, "tta_flip": t.tta_flip, "tta_shift": t.tta_shift, "data": dataset.source}
+    at = resume(run, world, trainer, batches) if run.has_checkpoint("last") else Position()
+    meta = {"spec": cfg.arch.to_dict(), "classes": list(dataset.classes), **trainer.augment.normalizer.stats,
+            "eval_split": eval_name, "tta_flip": t.tta_flip, "tta_shift": t.tta_shift, "data": dataset.source}
+    return Session(run, cfg, device, world, beat, dataset, eval_split, eval_name, batches, trainer, at, meta)
 
-    def evaluate_now() -> Evaluation:
-        beat.phase("evaluating", epoch=at.epoch, step=at.step)
-        return evaluate(trainer.eval_model, eval_split.images, eval_split.labels, trainer.augment.normalizer,
-                        device, len(dataset.classes), t.tta_flip, t.precision,
-                        on_batch=lambda: beat.step(at.epoch, at.step), tta_shift=t.tta_shift)
 
-    def checkpoint(tag: str, acc: float | None) -> None:
-        beat.phase("saving", epoch=at.epoch, step=at.step)
-        save(run, world, trainer, tag, run_meta | {"epoch": at.epoch, "step": at.step, "eval_acc": acc,
-                                                    "batch_size": batches.batch_size,
-                                                    "best_acc": at.best_acc, "elapsed": at.elapsed,
-                                                    "trained": at.trained, "saved": time.time()})
+def resume(run: Run, world: World, trainer: Trainer, batches: Batches) -> Position:
+    """Load the `last` checkpoint's training state into `trainer`; returns its position, carried over to this
+    session's batch when a resume changed it."""
+    tensors, plain, meta = load_train_state(run.checkpoints, "last")
+    trainer.load_state(tensors, plain)
+    at = Position(meta["epoch"], meta["step"], meta.get("best_acc", -1.0), meta["elapsed"], meta.get("trained", 0.0))
+    log(run, world, f"resumed at epoch {at.epoch} step {at.step}")
+    saved_batch = meta.get("batch_size", batches.batch_size)
+    if saved_batch != batches.batch_size:  # the same images of the epoch done, in steps of the new batch
+        at.step = min(at.step * saved_batch // batches.batch_size, batches.steps_per_epoch - 1)
+        log(run, world, f"batch {saved_batch} -> {batches.batch_size}: continuing at epoch {at.epoch} step "
+                        f"{at.step} of {batches.steps_per_epoch}")
+    return at
 
-    session_start, elapsed_before, next_eval = time.perf_counter(), at.elapsed, 0.0
-    steps_this_session = 0
-    beat.phase("warming up", epoch=at.epoch, step=at.step)
-    for epoch in itertools.count(at.epoch) if t.time_limit else range(at.epoch, t.epochs):
-        trainer.model.train()
-        images, labels = batches.epoch(epoch, t.seed, device)
-        tally, epoch_start = EpochTally(device), time.perf_counter()
-        last_line = epoch_start
-        first = at.step if epoch == at.epoch else 0
-        out_of_time, step = False, first - 1
-        lr = learning_rate(t, epoch * steps_per_epoch + first, at.trained, total_steps, steps_per_epoch)
-        for step in range(first, steps_per_epoch):
-            global_step = epoch * steps_per_epoch + step
-            # augmentation and dropout, replayable: each process draws its own
-            torch.manual_seed((t.seed * 1_000_003 + global_step) * world.size + world.rank)
-            x, y = images[step * local:(step + 1) * local], labels[step * local:(step + 1) * local]
-            trained_now = at.trained + time.perf_counter() - epoch_start  # host clock: no sync
-            lr = learning_rate(t, global_step, trained_now, total_steps, steps_per_epoch)
-            loss, logits = trainer.step(x, y, lr, progress(t, global_step, trained_now, total_steps))
-            tally.add(loss, logits, y)
-            steps_this_session += 1
-            if steps_this_session == WARMUP_STEPS:
-                beat.phase("training")
-            beat.step(epoch, step + 1)
-            now = time.perf_counter()
-            # the only host sync inside an epoch; by the clock on one process only (all must sync together)
-            if (global_step + 1) % t.log_every == 0 or (world.size == 1 and now - last_line >= STEP_LINE_SECONDS):
-                last_line = now
-                train_loss, _, images_seen = tally.totals(world)
-                if world.is_main:
-                    append_metrics(run, {"kind": "step", "epoch": epoch + (step + 1) / steps_per_epoch,
-                                         "step": global_step + 1, "train_loss": train_loss, "lr": lr,
-                                         "images_per_s": images_seen / (time.perf_counter() - epoch_start),
-                                         "elapsed": elapsed_before + time.perf_counter() - session_start})
-            if world.any(stop()):  # all processes stop after the same step
-                at.epoch, at.step = epoch, step + 1
-                at.trained += time.perf_counter() - epoch_start
-                at.elapsed = elapsed_before + time.perf_counter() - session_start
-                checkpoint("last", None)
-                raise StopRequested
-            if t.time_limit and trained_now >= t.time_limit:
-                out_of_time = True
-                break
 
-        # the epoch's end (or the time limit's): its figures, an evaluation, checkpoints
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_loss, train_acc, images_seen = tally.totals(world)
-        train_time = time.perf_counter() - epoch_start
-        at.trained += train_time
-        at.epoch, at.step = (epoch + 1, 0) if step + 1 == steps_per_epoch else (epoch, step + 1)
-        if t.time_limit:  # epochs can take a second on a GPU: evaluate and save a few times, not after each
-            if at.trained < next_eval and not out_of_time:
-                continue
-            next_eval = at.trained + t.time_limit / EVALS_IN_A_TIME_LIMIT
-        result = evaluate_now()  # every process evaluates: no process waits for another
-        at.elapsed = elapsed_before + time.perf_counter() - session_start
-        line = {"kind": "epoch", "epoch": at.epochs_done(steps_per_epoch),
-                "step": at.epoch * steps_per_epoch + at.step, "train_loss": train_loss, "train_acc": train_acc,
-                "eval_split": eval_name, "eval_loss": result.loss, "eval_acc": result.accuracy,
-                "lr": lr, "images_per_s": images_seen / train_time, "elapsed": at.elapsed, "trained": at.trained}
-        if world.is_main:
-            append_metrics(run, line)
-        # a speed of one device in the arithmetic "auto" gives it, for estimates (fp16 on a CPU would be tenfold
-        # too slow); no reason to fail a run
-        if world.size == 1 and trainer.policy[:2] == policy_for(device, "auto")[:2]:
-            with contextlib.suppress(OSError):
-                record_run_speed(str(device), device_name(device), line["images_per_s"], count(cfg.arch).macs,
-                                 run.name, cfg)
-        of = f" ({at.trained:.0f} of {t.time_limit:g} s)" if t.time_limit else f"/{t.epochs}"
-        log(run, world, f"epoch {line['epoch']:.4g}{of}: train loss {train_loss:.3f} acc {train_acc:.3f}, "
-                        f"{eval_name} loss {result.loss:.3f} acc {result.accuracy:.4f}, "
-                        f"{line['images_per_s']:.0f} img/s" + scaler_text(trainer))
-        if result.accuracy > at.best_acc:
-            at.best_acc = result.accuracy
-            checkpoint("best", result.accuracy)
-        checkpoint("last", result.accuracy)
-        if world.is_main:
-            run.update_status(epoch=line["epoch"], best_acc=at.best_acc)
-        beat.phase("training", epoch=at.epoch, step=at.step)
-        if hooks is not None:
-            hooks.on_epoch(at.epoch, result.accuracy)
-        if out_of_time:
+def train_epoch(s: Session, epoch: int, stop: StopFlag) -> EpochFigures:
+    """Train `epoch` from where the run stands to its end, or to the time limit; moves the position there. On a
+    Stop, saves `last` and raises StopRequested."""
+    t, at, world = s.cfg.train, s.at, s.world
+    steps_per_epoch, local = s.batches.steps_per_epoch, s.batches.local_batch
+    total_steps = t.epochs * steps_per_epoch
+    s.trainer.model.train()
+    images, labels = s.batches.epoch(epoch, t.seed, s.device)
+    tally, epoch_start = EpochTally(s.device), time.perf_counter()
+    last_line = epoch_start
+    first = at.step if epoch == at.epoch else 0
+    out_of_time, step = False, first - 1
+    lr = learning_rate(t, epoch * steps_per_epoch + first, at.trained, total_steps, steps_per_epoch)
+    for step in range(first, steps_per_epoch):
+        global_step = epoch * steps_per_epoch + step
+        # augmentation and dropout, replayable: each process draws its own
+        torch.manual_seed((t.seed * 1_000_003 + global_step) * world.size + world.rank)
+        x, y = images[step * local:(step + 1) * local], labels[step * local:(step + 1) * local]
+        trained_now = at.trained + time.perf_counter() - epoch_start  # host clock: no sync
+        lr = learning_rate(t, global_step, trained_now, total_steps, steps_per_epoch)
+        loss, logits = s.trainer.step(x, y, lr, progress(t, global_step, trained_now, total_steps))
+        tally.add(loss, logits, y)
+        s.steps += 1
+        if s.steps == WARMUP_STEPS:
+            s.beat.phase("training")
+        s.beat.step(epoch, step + 1)
+        now = time.perf_counter()
+        # the only host sync inside an epoch; by the clock on one process only (all must sync together)
+        if (global_step + 1) % t.log_every == 0 or (world.size == 1 and now - last_line >= STEP_LINE_SECONDS):
+            last_line = now
+            write_step_line(s, tally, epoch + (step + 1) / steps_per_epoch, global_step + 1, lr, epoch_start)
+        if world.any(stop()):  # all processes stop after the same step
+            at.epoch, at.step = epoch, step + 1
+            at.trained += time.perf_counter() - epoch_start
+            at.elapsed = s.elapsed()
+            checkpoint(s, "last", None)
+            raise StopRequested
+        if t.time_limit and trained_now >= t.time_limit:
+            out_of_time = True
             break
+    if s.device.type == "cuda":
+        torch.cuda.synchronize(s.device)
+    train_loss, train_acc, images_seen = tally.totals(world)
+    seconds = time.perf_counter() - epoch_start
+    at.trained += seconds
+    at.epoch, at.step = (epoch + 1, 0) if step + 1 == steps_per_epoch else (epoch, step + 1)
+    return EpochFigures(train_loss, train_acc, images_seen, seconds, lr, out_of_time)
 
-    final = evaluate_now()
+
+def write_step_line(s: Session, tally: EpochTally, epoch: float, step: int, lr: float, epoch_start: float) -> None:
+    """A "step" metrics line, for the live charts: the epoch's loss and speed so far (a host sync)."""
+    train_loss, _, images_seen = tally.totals(s.world)
+    if s.world.is_main:
+        s.run.append_metrics({"kind": "step", "epoch": epoch, "step": step, "train_loss": train_loss, "lr": lr,
+                              "images_per_s": images_seen / (time.perf_counter() - epoch_start),
+                              "elapsed": s.elapsed()})
+
+
+def end_epoch(s: Session, figures: EpochFigures) -> float:
+    """The epoch's end (or the time limit's): evaluate, write its metrics and log lines, save `best` when it is the
+    best yet, and `last`; returns its accuracy."""
+    t, at, world = s.cfg.train, s.at, s.world
+    result = evaluate_now(s)  # every process evaluates: no process waits for another
+    at.elapsed = s.elapsed()
+    steps_per_epoch = s.batches.steps_per_epoch
+    line = {"kind": "epoch", "epoch": at.epochs_done(steps_per_epoch),
+            "step": at.epoch * steps_per_epoch + at.step, "train_loss": figures.loss, "train_acc": figures.accuracy,
+            "eval_split": s.eval_name, "eval_loss": result.loss, "eval_acc": result.accuracy,
+            "lr": figures.lr, "images_per_s": figures.images / figures.seconds, "elapsed": at.elapsed,
+            "trained": at.trained}
     if world.is_main:
-        write_json(run.results_path, {
-            "eval_split": eval_name, "accuracy": final.accuracy, "loss": final.loss, "classes": list(dataset.classes),
-            "per_class_accuracy": dict(zip(dataset.classes, final.per_class_accuracy)),
-            "confusion": final.confusion.tolist(), "best_acc": at.best_acc, "data": dataset.source,
+        s.run.append_metrics(line)
+    keep_speed(s, line["images_per_s"])
+    of = f" ({at.trained:.0f} of {t.time_limit:g} s)" if t.time_limit else f"/{t.epochs}"
+    log(s.run, world, f"epoch {line['epoch']:.4g}{of}: train loss {figures.loss:.3f} acc {figures.accuracy:.3f}, "
+                      f"{s.eval_name} loss {result.loss:.3f} acc {result.accuracy:.4f}, "
+                      f"{line['images_per_s']:.0f} img/s" + scaler_text(s.trainer))
+    if result.accuracy > at.best_acc:
+        at.best_acc = result.accuracy
+        checkpoint(s, "best", result.accuracy)
+    checkpoint(s, "last", result.accuracy)
+    if world.is_main:
+        s.run.update_status(epoch=line["epoch"], best_acc=at.best_acc)
+    return result.accuracy
+
+
+def keep_speed(s: Session, images_per_s: float) -> None:
+    """A speed of one device in the arithmetic "auto" gives it, for estimates (fp16 on a CPU would be tenfold too
+    slow); no reason to fail a run."""
+    if s.world.size == 1 and s.trainer.policy[:2] == policy_for(s.device, "auto")[:2]:
+        with contextlib.suppress(OSError):
+            record_run_speed(str(s.device), device_name(s.device), images_per_s, count(s.cfg.arch).macs, s.run.name,
+                             s.cfg)
+
+
+def evaluate_now(s: Session) -> Evaluation:
+    t, at = s.cfg.train, s.at
+    s.beat.phase("evaluating", epoch=at.epoch, step=at.step)
+    return evaluate(s.trainer.eval_model, s.eval_split.images, s.eval_split.labels, s.trainer.augment.normalizer,
+                    s.device, len(s.dataset.classes), t.tta_flip, t.precision,
+                    on_batch=lambda: s.beat.step(at.epoch, at.step), tta_shift=t.tta_shift)
+
+
+def checkpoint(s: Session, tag: str, accuracy: float | None) -> None:
+    """Checkpoint `tag`: the weights to use, plus everything needed to resume. Rank 0 writes."""
+    at = s.at
+    s.beat.phase("saving", epoch=at.epoch, step=at.step)
+    if s.world.is_main:
+        tensors, plain = s.trainer.state()
+        meta = s.meta | {"epoch": at.epoch, "step": at.step, "eval_acc": accuracy, "batch_size": s.batches.batch_size,
+                         "best_acc": at.best_acc, "elapsed": at.elapsed, "trained": at.trained, "saved": time.time()}
+        save_checkpoint(s.run.checkpoints, tag, s.trainer.eval_model.state_dict(), meta, train_state=tensors,
+                        train_meta=plain)
+
+
+def write_results(s: Session, final: Evaluation) -> None:
+    """The run's results: the final weights' evaluation, per class, and its confusion matrix."""
+    if s.world.is_main:
+        classes = list(s.dataset.classes)
+        s.run.write_results({
+            "eval_split": s.eval_name, "accuracy": final.accuracy, "loss": final.loss, "classes": classes,
+            "per_class_accuracy": dict(zip(s.dataset.classes, final.per_class_accuracy)),
+            "confusion": final.confusion.tolist(), "best_acc": s.at.best_acc, "data": s.dataset.source,
             "checkpoint": "last"})
 
 
@@ -454,10 +545,3 @@ def scaler_text(trainer: Trainer) -> str:
     if trainer.scaler is None:
         return ""
     return f"; fp16 loss scale {trainer.scaler.get_scale():g}, {int(trainer.skipped)} step(s) skipped this session"
-
-
-def append_metrics(run: Run, line: dict) -> None:
-    try:
-        append_line(run.metrics_path, line)
-    except OSError as e:
-        raise RunError(f"cannot write {run.metrics_path} ({e.strerror}); free disk space, then resume") from None

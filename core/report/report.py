@@ -80,7 +80,7 @@ def gather(run: Run, data: str | None, mistakes: int) -> RunData:
     run.require()
     steps, epochs = metric_frames(run.metrics())
     evaluation, note = None, "no best checkpoint: it never finished an epoch"
-    if (run.checkpoints / "best.json").exists():
+    if run.has_checkpoint("best"):
         source = data or verification_data(run)
         try:
             evaluation = evaluate_run(Classifier.load(run, "best"), source, mistakes)

@@ -82,5 +82,5 @@ def finish(run: Run) -> dict | None:
     if original is None:
         return None
     comparison = compare(original, run)
-    write_json(run.reproduction_path, comparison)
+    run.write_reproduction(comparison)
     return comparison

@@ -1,4 +1,6 @@
-"""Runs on disk: the one place that knows the run-folder layout and a run's life cycle.
+"""Runs on disk: the one place that knows the run-folder layout and a run's life cycle, and the one module that
+writes into a run folder (Run's methods; the checkpoints' files are written by core.nn.checkpoint into the folder
+Run.checkpoints names, as that format needs torch; tests/test_run_folder.py keeps it so).
 
     runs/<name>/
         config.json         the RunConfig, with the parameter count
@@ -47,9 +49,9 @@ from filelock import FileLock, Timeout
 from core.design.budget import count
 from core.design.config import RunConfig
 from core.errors import StudioError
-from core.files import (PROJECT_DIR, FileError, json_problem, locked, read_object, update_json, write_atomic,
-                        write_json)
-from core.runs.record import write_origin
+from core.files import (PROJECT_DIR, FileError, append_line, json_problem, locked, read_json, read_object,
+                        update_json, write_atomic, write_json)
+from core.runs.record import write_import, write_origin, write_start
 
 
 REPO_RUNS = PROJECT_DIR / "runs"
@@ -207,12 +209,16 @@ class Run:
             status = update_json(self.status_path, lambda now: now | ended_by_death(now) if died(now) else now)
         return status
 
-    def update_status(self, **fields) -> dict:
+    def update_status(self, only_while_active: bool = False, **fields) -> dict:
         """Set some fields of status.json. The launcher and the training process both write it: each change
         is a read-change-write under the file's lock, so that neither undoes the other's. A status damaged from
-        outside while the run lives is rebuilt first (rebuilt_status), so that the run goes on and says how."""
+        outside while the run lives is rebuilt first (rebuilt_status), so that the run goes on and says how.
+        `only_while_active`: a run that has ended keeps its status (of two machines' watchers, the first to end a
+        run says how)."""
+        def change(status: dict) -> dict:
+            return status | fields if not only_while_active or status.get("state") in ACTIVE else status
         try:
-            return update_json(self.status_path, lambda status: status | fields)
+            return update_json(self.status_path, change)
         except FileError as e:
             with locked(self.status_path):
                 status = rebuilt_status(self, str(e)) | fields
@@ -264,6 +270,88 @@ class Run:
                 "imported_from": status.get("imported_from"),
                 "search": (status.get("search") or {}).get("study")}
 
+    # -- the folder's files, written: the training process, imports, exports and the watcher all write here --
+    # (the status: update_status above; checkpoints: core.nn.checkpoint writes them into `checkpoints`, which
+    # needs torch, which this module never imports)
+    def save_config(self, cfg: RunConfig) -> None:
+        """The config from now on (a resume with more or fewer epochs); the parameter count stays."""
+        update_json(self.config_path, lambda saved: cfg.to_dict() | {"params": saved["params"]})
+
+    def append_metrics(self, line: dict) -> None:
+        """One metrics line, appended whole; a full disk fails the run with what to do."""
+        try:
+            append_line(self.metrics_path, line)
+        except OSError as e:
+            raise RunError(f"cannot write {self.metrics_path} ({e.strerror}); free disk space, then resume") from None
+
+    def write_results(self, results: dict) -> None:
+        """The final evaluation: per-class accuracy and confusion matrix (RESULT_KEYS)."""
+        write_json(self.results_path, results)
+
+    def log(self, message: str) -> str:
+        """A line in train.log, with the time; returns the line."""
+        line = f"{time.strftime('%H:%M:%S')} {message}"
+        with open(self.log_path, "a") as f:
+            f.write(line + "\n")
+        return line
+
+    def write_heartbeat(self, beat: dict, node: int = 0) -> None:
+        write_json(self.heartbeat_file(node), beat)
+
+    def record_start(self, torch_facts: dict, world_size: int, seed: int, data: str) -> dict:
+        """A training session's facts in record.json (core.runs.record.write_start)."""
+        return write_start(self.record_path, torch_facts, world_size, seed, data)
+
+    def record_import(self, torch_facts: dict, weights_sha256: str, trained_elsewhere: dict | None = None) -> dict:
+        """An imported run's record: who imported it, the weights' sha256, and where they trained if known."""
+        record = write_import(self.record_path, torch_facts, weights_sha256)
+        if trained_elsewhere:
+            record = update_json(self.record_path, lambda now: now | {"trained_elsewhere": trained_elsewhere})
+        return record
+
+    def write_reproduction(self, comparison: dict) -> None:
+        write_json(self.reproduction_path, comparison)
+
+    def keep_familiarity(self, tag: str, thresholds: dict) -> None:
+        """A checkpoint's out-of-distribution thresholds, kept beside the others (core.deploy.predict)."""
+        update_json(self.familiarity_path, lambda kept: kept | {tag: thresholds})
+
+    def forget_familiarity(self) -> None:
+        """Drop a damaged familiarity.json: it is measured again."""
+        self.familiarity_path.unlink(missing_ok=True)
+
+    def checkpoint_file(self, tag: str) -> Path:
+        """The record of checkpoint `tag` (best, last): it exists once the checkpoint is whole."""
+        return self.checkpoints / f"{tag}.json"
+
+    def has_checkpoint(self, tag: str) -> bool:
+        return self.checkpoint_file(tag).exists()
+
+    def checkpoint_meta(self, tag: str) -> dict | None:
+        """Checkpoint `tag`'s record, read as plain JSON (no torch); None when there is none."""
+        return read_json(self.checkpoint_file(tag), default=None)
+
+    def staged_copy(self, dest: Run, status: dict) -> Run:
+        """A copy of this run (config, metrics, results, log, record; no checkpoints) with `status`, in a hidden
+        folder beside `dest`: an export adds its checkpoint, then `publish`es it as `dest`."""
+        staged = Run(dest.dir.with_name(f".{dest.name}.export"))
+        shutil.rmtree(staged.dir, ignore_errors=True)
+        staged.dir.mkdir(parents=True)
+        for path in (self.config_path, self.metrics_path, self.results_path, self.log_path, self.record_path):
+            if path.exists():
+                shutil.copy2(path, staged.dir / path.name)
+        write_json(staged.status_path, status)
+        return staged
+
+    def publish(self, dest: Run) -> Run:
+        """This staged run as `dest`: it appears whole or not at all."""
+        os.replace(self.dir, dest.dir)
+        return dest
+
+    def export_file(self, name: str) -> Path:
+        """A file of the exports folder: the ONNX files the app makes (core.deploy.onnx_model)."""
+        return self.exports / name
+
 
 def epochs_trained(status: dict, epoch_lines: list[dict]) -> float | int:
     """How many epochs a run has trained, to one decimal (24.5: a time budget ends within an epoch; 30: whole).
@@ -280,7 +368,7 @@ def resume_problem(run: Run) -> str | None:
     """Why `run` cannot be resumed or trained longer, or None when it can. An imported run holds weights and
     no training state (optimizer, schedule, epoch): a resume would train its design from scratch instead."""
     status = run.status()
-    if status.get("imported_from") and not (run.checkpoints / "last.json").exists():
+    if status.get("imported_from") and not run.has_checkpoint("last"):
         return (f"{run.name} was imported from {Path(status['imported_from']).name}, not trained here: it has "
                 f"weights but no training state (optimizer, schedule, epoch) to continue from. Train its design "
                 f"anew as a new run instead")

@@ -81,7 +81,7 @@ class Heartbeat:
 
     def __init__(self, run: Run, enabled: bool = True, node: int | None = None):
         node = this_node() if node is None else node
-        self.path, self.enabled = run.heartbeat_file(node), enabled
+        self.run, self.node, self.enabled = run, node, enabled
         self.state = {"phase": "starting", "epoch": 0, "step": 0, "step_time": None, "pid": os.getpid(),
                       "node": node, "time": time.time()}
         self.times: deque[float] = deque(maxlen=50)  # recent step times, for the median
@@ -119,7 +119,7 @@ class Heartbeat:
             state = self.state | {"step_time": statistics.median(self.times) if self.times else None,
                                   "written": time.time()}
             with contextlib.suppress(OSError):  # a full disk: the run fails where it writes metrics, not here
-                write_json(self.path, state)
+                self.run.write_heartbeat(state, self.node)
 
     def close(self) -> None:
         """No more writes: at exit, once the write under way (if any) is done."""
@@ -130,7 +130,7 @@ class Heartbeat:
 def mark_phase(run: Run, node: int, phase: str, pid: int | None = None) -> None:
     """Machine `node`'s phase, said by a process that does not beat (its watcher, its torchrun launcher) before its
     first process beats: written once, so that it never overwrites that process's beats."""
-    write_json(run.heartbeat_file(node), {"phase": phase, "time": time.time(), "pid": pid, "node": node})
+    run.write_heartbeat({"phase": phase, "time": time.time(), "pid": pid, "node": node}, node)
 
 
 def this_node() -> int:
@@ -305,10 +305,7 @@ def frozen_elsewhere(run: Run, node: int, nodes: int, beat: dict) -> int | None:
 def end_run(run: Run, fields: dict) -> None:
     """Write how the watcher ended the run, unless it has ended already: on a run across machines, another
     machine's watcher may have ended it a moment before, and the first cause stands."""
-    try:
-        update_json(run.status_path, lambda status: status | fields if status.get("state") in ACTIVE else status)
-    except FileError:  # damaged from outside: rebuilt, with how it ended
-        run.update_status(**fields)
+    run.update_status(only_while_active=True, **fields)
 
 
 def on_machine(node: int | None) -> str:
@@ -329,7 +326,7 @@ def stalled(run: Run, beat: dict, silent: float, limit: float, machine: int | No
 def resume_point(run: Run) -> str:
     """Where a resume would start, from the `last` checkpoint's record (plain JSON: no torch needed)."""
     try:
-        meta = read_json(run.checkpoints / "last.json", default=None)
+        meta = run.checkpoint_meta("last")
     except FileError:
         meta = None
     if not meta:
@@ -392,5 +389,5 @@ def guard(run: Run, watcher: int) -> None:
 
 
 def say(run: Run, message: str) -> None:
-    with contextlib.suppress(OSError), open(run.log_path, "a") as log:
-        log.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+    with contextlib.suppress(OSError):
+        run.log(message)

@@ -62,8 +62,7 @@ class SearchTrial:
             return True
 
     def note(self, message: str) -> None:
-        with open(self.run.log_path, "a") as log:
-            log.write(f"{time.strftime('%H:%M:%S')} search: {message}\n")
+        self.run.log(f"search: {message}")
 
     def beat(self) -> None:
         delay = RETRY_FIRST_S
