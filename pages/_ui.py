@@ -17,7 +17,7 @@ from core.design.presets import PRESETS, preset_spec
 from core.design.settings import LABELS, recipe
 from core.design.spec import ArchSpec, SpecError
 from core.errors import StudioError
-from core.runs.choice import best_run, default_run, has_checkpoint  # noqa: F401  (the pages import them from here)
+from core.runs.choice import best_run, default_run  # noqa: F401  (the pages import them from here)
 from core.runs.record import read_record, summary_lines
 from core.runs.run import ACTIVE, Damage, Run, delete, find_damage, repair, scan_runs
 from core.units import epoch_text, significant
@@ -110,7 +110,7 @@ def load_classifier(run_dir: str, tag: str, saved: float) -> Classifier:
 
 def open_classifier(run: Run, tag: str) -> Classifier | None:
     """The run's checkpoint ready to predict, or None with a message saying why not and what to do."""
-    meta = run.checkpoints / f"{tag}.json"  # written last in a save: its mtime marks the save
+    meta = run.checkpoint_file(tag)  # written last in a save: its mtime marks the save
     if not meta.exists():
         state = run.status().get("state")
         if state in ACTIVE:

@@ -28,7 +28,7 @@ from core.errors import StudioError
 from core.nn.visual import enlarge
 from core.report.charts import confusion_chart, per_class_chart
 from core.runs.run import Run
-from pages._ui import (RUN_CHOICE, checkpoint_id, default_run, has_checkpoint, runs_or_stop, open_classifier,
+from pages._ui import (RUN_CHOICE, checkpoint_id, default_run, runs_or_stop, open_classifier,
                        select_checkpoint, select_run, show_record, through_app_shell)
 
 through_app_shell()
@@ -253,7 +253,7 @@ def evaluate_one_run(runs: list[Run], data: TestData | None, tta: str) -> None:
 
 def compare_two_runs(runs: list[Run], data: TestData | None, tta: str) -> None:
     first_default = default_run(runs)
-    others = [r for r in runs if r != first_default and has_checkpoint(r)]
+    others = [r for r in runs if r != first_default and r.has_checkpoint("best")]
     # with one usable run, its best and last checkpoints are the pair worth comparing
     second_default, second_tag = (others[0], "best") if others else (first_default, "last")
     left, right = st.columns(2)

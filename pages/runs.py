@@ -25,7 +25,7 @@ from core.report.charts import (accuracy_vs_parameters_chart, confusion_chart, o
 from core.runs.progress import metric_frames
 from core.runs.run import ACTIVE, Run, delete, list_runs, runs_root
 from core.units import duration_text, epoch_text, epochs_done_text, points_change_text
-from pages._ui import (FOLLOWED, RUN_CHOICE, chosen_run, current_design, data_label, default_run, has_checkpoint,
+from pages._ui import (FOLLOWED, RUN_CHOICE, chosen_run, current_design, data_label, default_run,
                        select_run, show_record, state_badge, through_app_shell, usable_runs)
 
 through_app_shell()
@@ -229,10 +229,10 @@ def export_section(run: Run) -> None:
     st.caption("One ONNX file that runs with onnxruntime alone (`python -m core predict --onnx MODEL.onnx IMAGE`): "
                "it takes uint8 RGB images as (N, 3, 32, 32) and normalises them itself; its metadata holds the "
                "class names and the design.")
-    if not has_checkpoint(run):
+    if not run.has_checkpoint("best"):
         st.caption("It needs a checkpoint first: one is written after the first epoch.")
         return
-    generation = read_json(run.checkpoints / "best.json")["generation"]
+    generation = run.checkpoint_meta("best")["generation"]
     for column, precision in zip(st.columns(2), PRECISIONS):
         with column.container(border=True):
             export_card(run, precision, generation)
@@ -250,7 +250,7 @@ def make_code_zip(run: Run) -> None:
     except StudioError as e:
         st.session_state[CODE_ZIP] = (run.name, None, None, str(e))
         return
-    st.session_state[CODE_ZIP] = (run.name, read_json(run.checkpoints / "best.json")["generation"], data, made)
+    st.session_state[CODE_ZIP] = (run.name, run.checkpoint_meta("best")["generation"], data, made)
 
 
 def code_card(run: Run, generation: str) -> None:

@@ -5,7 +5,7 @@ import shutil
 import time
 from pathlib import Path
 
-from core.runs.choice import best_run, default_run, has_checkpoint, run_to_follow
+from core.runs.choice import best_run, default_run, run_to_follow
 from core.runs.run import Run, list_runs
 
 
@@ -36,7 +36,7 @@ def test_the_best_run_is_the_finished_one_with_the_highest_accuracy_and_a_checkp
     shutil.rmtree(no_weights.checkpoints)
     runs = list_runs(runs_dir)
     assert names(runs) == ["no-weights", "stopped", "weak", "good"]  # newest first
-    assert not has_checkpoint(no_weights) and all(has_checkpoint(run) for run in runs[1:])
+    assert not no_weights.has_checkpoint("best") and all(run.has_checkpoint("best") for run in runs[1:])
     assert best_run(runs).name == "good"
     assert default_run(runs).name == "good"
 

@@ -6,13 +6,9 @@ from __future__ import annotations
 from core.runs.run import ACTIVE, Run
 
 
-def has_checkpoint(run: Run, tag: str = "best") -> bool:
-    return (run.checkpoints / f"{tag}.json").exists()  # written last in a save: there once the save is whole
-
-
 def best_run(runs: list[Run]) -> Run | None:
     """The finished run with a best checkpoint and the highest best accuracy, if one has an accuracy."""
-    scored = [(summary["best_acc"], run) for run in runs if has_checkpoint(run)
+    scored = [(summary["best_acc"], run) for run in runs if run.has_checkpoint("best")
               for summary in [run.summary()] if summary["state"] == "finished" and summary["best_acc"] is not None]
     return max(scored, key=lambda pair: pair[0])[1] if scored else None
 
@@ -20,7 +16,7 @@ def best_run(runs: list[Run]) -> Run | None:
 def default_run(runs: list[Run]) -> Run:
     """The best run (best_run), else the newest finished run with a checkpoint (an imported one), else the newest
     with one, else the newest (`runs` are newest first, as list_runs gives them)."""
-    usable = [run for run in runs if has_checkpoint(run)]
+    usable = [run for run in runs if run.has_checkpoint("best")]
     finished = [run for run in usable if run.status().get("state") == "finished"]
     return best_run(runs) or (finished or usable or runs)[0]
 

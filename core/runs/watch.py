@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from core.files import FileError, read_json, update_json, write_json
+from core.files import FileError, read_json
 from core.runs.run import ACTIVE, Run, ended_by_death
 
 BEAT_EVERY = 1.0          # seconds between two writes of heartbeat.json within a phase (twice that, idle)
