@@ -1,4 +1,5 @@
-"""Files that are never seen half-written: atomic replace for whole files, whole-line appends.
+"""Files that are never seen half-written: atomic replace for whole files, whole-line appends; and the one lock
+across processes (FileLock), which every read-change-write, run folder, device queue and probe takes.
 
 Every JSON file of a run folder and every checkpoint file goes through here.
 """
@@ -9,6 +10,7 @@ import errno
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 from collections.abc import Callable, Iterator
 
@@ -95,19 +97,83 @@ def append_line(path: Path, obj) -> None:
         os.close(fd)
 
 
+class FileLock:
+    """An exclusive lock across processes on the lock file `path` (an OS file lock, flock): the OS drops it when its
+    holder dies, however it dies, so a killed holder never blocks the others. Not reentrant: a second FileLock of
+    the same file waits for the first, in the same process too. The file is made when missing and is never emptied
+    or removed here, so a holder may leave a note in it (`note`) that others read while it holds the lock."""
+
+    POLL_S = 0.05  # how often a wait with a time limit tries again
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, wait: float | None = None) -> bool:
+        """Take the lock; True once held. `wait`: None waits as long as it takes, 0 takes it only if it is free now,
+        else up to `wait` seconds; False when it was not free in time. FileNotFoundError: the file's folder is gone."""
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if deadline is None else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(self.POLL_S)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            if os.fstat(fd).st_nlink == 0:  # removed (with its folder) by the holder we waited for: lock the path anew
+                os.close(fd)
+                continue
+            self._fd = fd
+            return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
+
+    def note(self, text: str) -> None:
+        """Leave `text` (who holds it) in the held lock file, for others to read from the file."""
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, text.encode(), 0)
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.release()
+
+
+def is_locked(path: Path) -> bool:
+    """Whether some process holds the lock file `path` now (False when there is no such file). Takes the lock for
+    an instant to see, and makes no file."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `path` for a read-change-write: one writer at a time, across processes.
 
-    The lock is a flock on a file beside it (.NAME.lock), not on `path`, which atomic writes replace.
-    The kernel drops it when its process dies, so a killed writer never blocks the others.
+    The lock is a FileLock beside it (.NAME.lock), not on `path`, which atomic writes replace.
     """
-    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with FileLock(path.with_name(f".{path.name}.lock")):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def update_json(path: Path, change: Callable[[dict], dict]) -> dict:

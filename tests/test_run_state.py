@@ -214,3 +214,50 @@ def test_two_launches_a_stop_with_a_resume_and_a_delete_of_one_run_at_the_same_m
     assert status["state"] == "stopped"
     delete(run)
     assert not run.dir.exists()
+
+
+def test_a_change_of_a_run_waits_for_a_live_holder_of_its_lock_and_never_for_a_killed_one(runs_dir, monkeypatch):
+    """The run folder's lock: held by another process, a stop waits LOCK_WAIT and says what to do; once that process
+    is killed (SIGKILL: no chance to let go), the stop goes through at once."""
+    monkeypatch.setattr("core.runs.run.LOCK_WAIT", 0.5)
+    run = create_run(RunConfig(TINY), "held")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from core.files import FileLock; FileLock(Path(sys.argv[1])).acquire(); "
+                               "print('held', flush=True); time.sleep(120)", str(run.dir / ".run.lock")],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RunError, match=r"held: not done \(stop\): another launch, stop, repair or delete of this "
+                                           r"run has held it for 0 s; try again in a moment"):
+            stop(run)
+        assert run.status()["state"] == "queued"
+        holder.kill()
+        holder.wait()
+        assert stop(run)["state"] == "stopped"
+    finally:
+        holder.kill()
+        holder.stdout.close()
+
+
+def test_a_change_that_waited_for_a_delete_of_its_run_is_told_the_run_is_gone(runs_dir):
+    """A stop that waits while a delete holds the lock finds, once it has the lock, the run folder gone (and its lock
+    file with it): it says so rather than act on a run that is no more."""
+    run = create_run(RunConfig(TINY), "going")
+    deleter = subprocess.Popen([sys.executable, "-c", "import shutil, sys; from pathlib import Path; "
+                                "from core.files import FileLock; FileLock(Path(sys.argv[1]) / '.run.lock').acquire(); "
+                                "print('held', flush=True); sys.stdin.readline(); shutil.rmtree(sys.argv[1])",
+                                str(run.dir)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert deleter.stdout.readline() == "held\n"
+        said = []
+        waiter = threading.Thread(target=lambda: said.append(pytest.raises(RunError, stop, run).value))
+        waiter.start()
+        time.sleep(1.0)  # the stop waits for the lock
+        deleter.stdin.write("go\n")
+        deleter.stdin.close()
+        assert deleter.wait(30) == 0
+        waiter.join(30)
+        assert len(said) == 1 and f"{run.dir}: no such run" in str(said[0])
+    finally:
+        deleter.kill()
+        deleter.stdout.close()

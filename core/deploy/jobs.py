@@ -8,14 +8,12 @@ The process writes where it is beside the model it makes, and the page reads tha
                          "refused": {"drop", "allowed"} when int8 lost more accuracy than allowed}
     OUT.onnx.log        what the process printed
 
-Like a run's process (core.runs.run.launch) it starts in a session of its own, outlives the page that started it,
-and is reaped when it ends; a job whose process died without a word reads as failed.
+Like a run's process it starts detached (core.processes): in a session of its own, it outlives the page that
+started it, and is reaped when it ends; a job whose process died without a word reads as failed.
 """
 from __future__ import annotations
 
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +21,8 @@ from pathlib import Path
 from core.deploy.onnx_model import exported_file
 from core.errors import StudioError
 from core.files import PROJECT_DIR, FileError, read_object, update_json, write_json
-from core.runs.run import Run, process_alive, process_start_time
+from core.processes import process_alive, start_detached
+from core.runs.run import Run
 
 
 class JobError(StudioError):
@@ -67,12 +66,8 @@ def start_export(run: Run, precision: str, max_drop: float) -> dict:
     write_json(job_path(model), job)
     command = [sys.executable, "-m", "core", "export", str(run.dir), str(model), "--format", "onnx",
                "--max-drop", repr(float(max_drop)), "--progress", str(job_path(model))]
-    with open(job_log(model), "ab") as log:
-        proc = subprocess.Popen(command + (["--int8"] if precision == "int8" else []), stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_DIR)
-    job = update_json(job_path(model), lambda now: now | {"pid": proc.pid, "pid_start": process_start_time(proc.pid)})
-    threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it ends: no zombie under the app
-    return job
+    started = start_detached(command + (["--int8"] if precision == "int8" else []), job_log(model), cwd=PROJECT_DIR)
+    return update_json(job_path(model), lambda now: now | {"pid": started.pid, "pid_start": started.start})
 
 
 def run_job(path: Path, work: Callable[[Callable[[str, float], None]], dict]) -> dict:

@@ -8,7 +8,6 @@ it used (core.deploy.prediction.tta_words)."""
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import tempfile
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from core.data.images import to_pixels
 from core.data.sources import BUILTIN, DataError
 from core.deploy.prediction import Familiarity, Prediction, read_files, unjudged
 from core.errors import StudioError
-from core.files import read_json
+from core.files import FileLock, read_json
 from core.nn.checkpoint import load_model
 from core.nn.infer import pick_device, predict_logits, score
 from core.nn.model import ResNet
@@ -294,8 +293,7 @@ def evaluate_archive(classifier: Classifier, name: str, data: bytes, mistakes: i
                         f"<class>/<image>")
     UPLOAD_DIR.mkdir(exist_ok=True)
     path = (UPLOAD_DIR / f"upload{suffix}").resolve()  # as load_class_folders names it in errors
-    with open(UPLOAD_DIR / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with FileLock(UPLOAD_DIR / ".lock"):
         path.write_bytes(data)
         try:
             split, _ = load_class_folders(path, classifier.classes)

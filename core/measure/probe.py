@@ -4,14 +4,12 @@ and why a GPU that is there cannot train (core.nn.gpu)."""
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import os
 import time
 
 from core.design.budget import count
 from core.design.config import RunConfig
 from core.design.presets import preset_spec
-from core.files import cache_dir
+from core.files import FileLock, cache_dir
 from core.runs.speeds import REFERENCE, probe_lock_path, read_machine, record_speed, update_machine
 
 
@@ -67,12 +65,10 @@ def probe(again: bool = False, arch_preset: str = REFERENCE, seconds: float = PR
     """Find the devices and time each one without a speed (every one, `again`); returns what is known.
     A probe already running elsewhere makes this one return at once."""
     cache_dir().mkdir(parents=True, exist_ok=True)
-    lock = os.open(probe_lock_path(), os.O_RDWR | os.O_CREAT, 0o644)
+    lock = FileLock(probe_lock_path())
+    if not lock.acquire(wait=0):
+        return read_machine()
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return read_machine()
         from core.nn import platform  # torch: the probe's own process only
 
         devices, problems = find_devices()
@@ -86,4 +82,4 @@ def probe(again: bool = False, arch_preset: str = REFERENCE, seconds: float = PR
                 record_speed(device, name, measure(device, arch_preset, seconds), macs, f"timed on {arch_preset}")
         return read_machine()
     finally:
-        os.close(lock)
+        lock.release()

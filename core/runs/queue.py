@@ -3,8 +3,8 @@
 Each device has a lock file in one folder per machine (not per runs folder): `gpu-<UUID>.lock` per GPU,
 `cpu.lock` for the CPU, which a CPU run takes whole (two CPU trainings on the same cores slow each
 other tenfold), `mps.lock` for Apple's GPU. A run starts when it holds every lock it needs; locks are tried in sorted order and
-all let go when one is busy, so two runs never hold half of each other's GPUs. An OS file lock
-(flock) dies with its process, so a killed run never blocks the queue.
+all let go when one is busy, so two runs never hold half of each other's GPUs. A lock (core.files.FileLock)
+dies with its process, so a killed run never blocks the queue.
 
 GPU IDs are the machine's numbering as CUDA_VISIBLE_DEVICES lists it (else 0..N-1): what runs ask for. Their
 locks are named by each GPU's UUID, which names the same physical GPU in every process: under Slurm every job
@@ -14,7 +14,6 @@ sees its GPU as 0, and two jobs of one user on a node must not queue behind each
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from core.errors import StudioError
+from core.files import FileLock, is_locked
 from core.runs.run import list_runs
 
 POLL_SECONDS = 0.5
@@ -144,18 +144,8 @@ def _natural(gpu: str):
     return (0, int(gpu), "") if gpu.isdigit() else (1, 0, gpu)
 
 
-def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fd
-    except BlockingIOError:
-        os.close(fd)
-        return None
-
-
 def _holder(path: Path) -> str:
-    with contextlib.suppress(OSError):  # a lock file of garbage names nobody: it is the flock that counts
+    with contextlib.suppress(OSError):  # a lock file of garbage names nobody: it is the lock that counts
         return path.read_bytes().decode(errors="replace").strip() or "another run"
     return "another run"
 
@@ -173,7 +163,7 @@ def hold(request: DeviceRequest, holder: str, should_stop, on_wait) -> Iterator[
     polled meanwhile and ends the wait with StopWaiting."""
     folder = lock_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    held: dict[str, int] = {}
+    held: dict[str, FileLock] = {}
     announced = False
     uuids = gpu_uuids() if request.kind == "cuda" else {}
     files = {name: lock_file(folder, name, uuids) for name in request.candidates()}
@@ -183,15 +173,15 @@ def hold(request: DeviceRequest, holder: str, should_stop, on_wait) -> Iterator[
             for name in request.candidates():
                 if len(held) == request.count:
                     break
-                fd = _try_lock(files[name])
-                if fd is None:
-                    busy.append(name)
+                lock = FileLock(files[name])
+                if lock.acquire(wait=0):
+                    held[name] = lock
                 else:
-                    held[name] = fd
+                    busy.append(name)
             if len(held) == request.count:
                 break
-            for fd in held.values():  # all or nothing: holding part of a request could starve another run
-                os.close(fd)
+            for lock in held.values():  # all or nothing: holding part of a request could starve another run
+                lock.release()
             held.clear()
             if should_stop():
                 raise StopWaiting
@@ -199,13 +189,12 @@ def hold(request: DeviceRequest, holder: str, should_stop, on_wait) -> Iterator[
                 on_wait(", ".join(f"{name} is busy with {_holder(files[name])}" for name in busy))
                 announced = True
             time.sleep(POLL_SECONDS)
-        for fd in held.values():
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, holder.encode(), 0)
+        for lock in held.values():
+            lock.note(holder)
         yield [name.removeprefix("gpu") for name in held]
     finally:
-        for fd in held.values():
-            os.close(fd)  # closing releases the lock
+        for lock in held.values():
+            lock.release()
 
 
 def queue_state() -> list[dict]:
@@ -218,13 +207,7 @@ def queue_state() -> list[dict]:
     rows = []
     for name in sorted(names, key=lambda n: (n != "cpu", n != "mps", _natural(n.removeprefix("gpu")))):
         path = folder / f"{name}.lock"
-        fd = _try_lock(path) if path.exists() else None
-        if fd is not None or not path.exists():
-            if fd is not None:
-                os.close(fd)
-            rows.append({"device": name, "held_by": None})
-        else:
-            rows.append({"device": name, "held_by": _holder(path)})
+        rows.append({"device": name, "held_by": _holder(path) if is_locked(path) else None})
     return rows
 
 

@@ -17,7 +17,7 @@ Run.checkpoints names, as that format needs torch; tests/test_run_folder.py keep
         reproduces.json     for a run made by `core reproduce`: how it compares with the run it reproduces
         exports/            ONNX files for devices, each with its verification (see core.deploy.onnx_export)
 
-A run trains in its own process and session, so it outlives the app that launched it. Every
+A run trains in its own process and session (core.processes), so it outlives the app that launched it. Every
 JSON file is replaced atomically; metrics lines are appended whole, and a reader skips a torn
 last line. Whoever reads a status notices a run whose process is gone and marks it failed.
 
@@ -36,21 +36,19 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from filelock import FileLock, Timeout
 
 from core.design.budget import count
 from core.design.config import RunConfig
 from core.errors import StudioError
-from core.files import (PROJECT_DIR, FileError, append_line, json_problem, locked, read_json, read_object,
+from core.files import (PROJECT_DIR, FileError, FileLock, append_line, json_problem, locked, read_json, read_object,
                         update_json, write_atomic, write_json)
+from core.processes import process_alive, process_start_time, start_detached
 from core.runs.record import write_import, write_origin, write_start
 
 
@@ -626,44 +624,16 @@ def run_lock(run: Run, action: str):
     and the one that comes second sees what the first did. The OS drops the lock with a killed process."""
     lock = FileLock(run.dir / ".run.lock")
     try:
-        lock.acquire(timeout=LOCK_WAIT)
-    except Timeout:
-        raise RunError(f"{run.name}: not done ({action}): another launch, stop, repair or delete of this run has "
-                       f"held it for {LOCK_WAIT:.0f} s; try again in a moment") from None
+        taken = lock.acquire(wait=LOCK_WAIT)
     except FileNotFoundError:
         raise RunError(f"{run.dir}: no such run (it was deleted)") from None
+    if not taken:
+        raise RunError(f"{run.name}: not done ({action}): another launch, stop, repair or delete of this run has "
+                       f"held it for {LOCK_WAIT:.0f} s; try again in a moment")
     try:
         yield run.require()  # a delete that held the lock before may have taken the run away
     finally:
         lock.release()
-
-
-# ---- processes ----------------------------------------------------------------------------------
-
-
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of a process, so a reused pid is not mistaken for our run."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else fields[19]  # state Z = zombie: dead, not yet reaped
-
-
-def process_alive(pid, pid_start=None) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    if Path("/proc").is_dir():
-        start = process_start_time(pid)
-        return start is not None and (pid_start is None or start == pid_start)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def create_run(cfg: RunConfig, name: str, runs_dir: Path | None = None, origin: str | None = None) -> Run:
@@ -698,13 +668,9 @@ def launch(run: Run, device: str = "auto", data: str | None = None, epochs: int 
     cmd += (["--gpus", gpus] if gpus else []) + list(processes)
     with run_lock(run.require(), "launch"):
         claim(run)
-        with open(run.log_path, "ab") as log:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, cwd=PROJECT_DIR)
-        run.update_status(pid=proc.pid, pid_start=process_start_time(proc.pid))
-    # reap it when it ends, so a finished child of a long-lived app does not linger as a zombie
-    threading.Thread(target=proc.wait, daemon=True).start()
-    return proc.pid
+        started = start_detached(cmd, run.log_path, cwd=PROJECT_DIR)
+        run.update_status(pid=started.pid, pid_start=started.start)
+    return started.pid
 
 
 def stop(run: Run) -> dict:

@@ -20,14 +20,11 @@ their MACs say, which MACs alone miss. Each estimate says where its figure came 
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
 import os
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +34,8 @@ from core.design.budget import count
 from core.design.config import RunConfig
 from core.design.presets import preset_spec
 from core.design.spec import ArchSpec
-from core.files import PROJECT_DIR, FileError, cache_dir, locked, read_object, write_json
+from core.files import PROJECT_DIR, FileError, cache_dir, is_locked, locked, read_object, write_json
+from core.processes import start_detached
 from core.units import macs_text
 
 
@@ -168,27 +166,14 @@ def update_machine(change) -> None:
 
 
 def probe_running() -> bool:
-    try:
-        fd = os.open(probe_lock_path(), os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return is_locked(probe_lock_path())  # a probe holds it while it looks (core.measure.probe)
 
 
 def start_probe(again: bool = False) -> None:
     """Run a probe in a process of its own, its output in <cache>/machine.log; at once."""
     cache_dir().mkdir(parents=True, exist_ok=True)
-    with open(cache_dir() / "machine.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "core", "machine", *(["--again"] if again else [])],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=PROJECT_DIR)
-    threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it ends: no zombie
+    start_detached([sys.executable, "-m", "core", "machine", *(["--again"] if again else [])],
+                   cache_dir() / "machine.log", cwd=PROJECT_DIR)
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 
 import optuna
@@ -14,7 +12,8 @@ from optuna.trial import TrialState
 
 from core.design.budget import count
 from core.files import PROJECT_DIR, locked
-from core.runs.run import ACTIVE, Run, create_run, launch, process_alive, stop as stop_run
+from core.processes import process_alive, start_detached
+from core.runs.run import ACTIVE, Run, create_run, launch, stop as stop_run
 from core.search.report import study_status
 from core.search.space import budget_share
 from core.search.study import (MAX_RELAUNCHES, RETRY_FIRST_S, RETRY_MAX_S, SearchError, StorageAway,
@@ -211,12 +210,9 @@ def detach(name: str, url: str, trials: int, device: str | None) -> int:
     if device:
         cmd += ["--device", device]
     search_dir().mkdir(parents=True, exist_ok=True)
-    with open(search_dir() / f"{name}.log", "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=PROJECT_DIR)
-    note_worker(name, proc.pid)  # at once, so the study shows as live before the worker has started
-    threading.Thread(target=proc.wait, daemon=True).start()
-    return proc.pid
+    started = start_detached(cmd, search_dir() / f"{name}.log", cwd=PROJECT_DIR)
+    note_worker(name, started.pid)  # at once, so the study shows as live before the worker has started
+    return started.pid
 
 
 def request_stop(name: str, url: str | None = None) -> dict:
