@@ -1,5 +1,6 @@
 """Processes in the background: the one place that starts a detached process, and that tells whether a process
-recorded earlier (a pid and its start time) is still that same process.
+recorded earlier (a pid and its start time) is still that same process; and the one that kills a process with
+every process it started (kill_tree).
 
 A detached process (a training run, a search worker, a probe, an export) runs in a session of its own, so it outlives
 the app or command that started it and a Ctrl-C there does not reach it; its output goes to a log file, and it is
@@ -12,6 +13,7 @@ while both agree.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -70,3 +72,17 @@ def process_alive(pid, start: str | None = None) -> bool:
     except psutil.AccessDenied:  # another user's process: it runs, though we cannot tell whose it is
         return start is None
     return start is None or process_start_time(pid) == start
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process it started (torchrun's workers too); a frozen (SIGSTOPped) process
+    dies as well."""
+    try:
+        parent = psutil.Process(pid)
+        family = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        return
+    for proc in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(family, timeout=10)

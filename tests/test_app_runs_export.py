@@ -16,7 +16,8 @@ from core.deploy.jobs import read_job, start_export
 from core.deploy.onnx_model import OnnxModel, exported_file, report_path
 from core.deploy.predict import Classifier
 from core.nn.checkpoint import load_checkpoint
-from core.runs.run import Run, process_alive
+from core.processes import process_alive
+from core.runs.run import Run
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 

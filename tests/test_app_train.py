@@ -23,7 +23,8 @@ from core.design.config import RunConfig, TrainConfig
 from core.design.presets import preset_spec
 from core.design.spec import ArchSpec
 from core.runs.queue import launch_options
-from core.runs.run import Run, process_start_time, stop
+from core.processes import process_start_time
+from core.runs.run import Run, stop
 from core.runs.speeds import (estimate, kernels_text, probe_running, read_machine, record_speed,
                               update_machine)
 from core.units import duration_text

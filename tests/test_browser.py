@@ -18,7 +18,8 @@ from conftest import assert_no_exception, open_app_page, screenshot, wait_for, w
 from core.deploy.jobs import read_job
 from core.deploy.onnx_model import exported_file
 from core.design.spec import ArchSpec
-from core.runs.run import Run, process_alive
+from core.processes import process_alive
+from core.runs.run import Run
 
 PAGES = {"design": "", "train": "train", "runs": "runs", "search": "search", "evaluate": "evaluate",
          "classify": "classify"}  # name: url path ("" = default)

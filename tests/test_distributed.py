@@ -23,7 +23,8 @@ from core.design.spec import ArchSpec
 from core.errors import StudioError
 from core.nn.model import build_model
 from core.runs.queue import DeviceRequest, plan, queue_state
-from core.runs.run import Run, create_run, launch, process_alive, stop
+from core.processes import process_alive
+from core.runs.run import Run, create_run, launch, stop
 from core.runs.watch import read_heartbeat
 from conftest import core_cli, free_port, holder, wait_for
 

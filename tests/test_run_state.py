@@ -18,7 +18,7 @@ from core.design.config import RunConfig, TrainConfig
 from core.design.spec import ArchSpec
 from core.runs.queue import lock_dir
 from core.runs.run import Run, RunError, StopFlag, StopRequested, begin, create_run, delete, launch, stop
-from core.runs.watch import kill_tree
+from core.processes import kill_tree
 from conftest import QUICK_ARCH, ROOT, wait_for
 
 TINY = ArchSpec.from_dict(QUICK_ARCH)

@@ -22,7 +22,8 @@ from core.design.config import TrainConfig
 from core.design.presets import PRESETS, preset_spec
 from core.design.spec import SpecError
 from core.files import read_json
-from core.runs.run import Run, list_runs, process_alive
+from core.processes import process_alive
+from core.runs.run import Run, list_runs
 from core.search.report import study_status
 from core.search.space import TOLERATED_OVER, Space, budget_share
 from core.search.study import GRACE_S, continue_study, counted, start_study, storage_url

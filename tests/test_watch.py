@@ -13,7 +13,8 @@ import psutil
 import pytest
 
 from conftest import QUICK_ARCH, ROOT, SMALL_ARCH, core_cli, wait_for
-from core.runs.run import Run, process_alive
+from core.processes import process_alive
+from core.runs.run import Run
 from core.runs.watch import read_heartbeat
 
 @pytest.fixture

@@ -33,7 +33,8 @@ import torch.distributed as dist
 from core.design.config import RunConfig
 from core.errors import StudioError
 from core.runs.queue import DeviceRequest, Launch, StopWaiting, hold
-from core.runs.run import ACTIVE, Run, StopFlag, process_start_time
+from core.processes import process_start_time
+from core.runs.run import ACTIVE, Run, StopFlag
 from core.runs.watch import mark_phase
 
 # A process that hangs (rather than dies) fails the run after this. Every process evaluates for

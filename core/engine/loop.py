@@ -42,7 +42,8 @@ from core.nn.gpu import driver_problem
 from core.nn.infer import Evaluation, auto_device, evaluate, pick_device, policy_for
 from core.nn.platform import device_name, memory_figures, torch_facts
 from core.runs.queue import DeviceRequest, StopWaiting, hold, visible_gpus
-from core.runs.run import ACTIVE, PruneRequested, Run, StopFlag, StopRequested, begin, process_start_time
+from core.processes import process_start_time
+from core.runs.run import ACTIVE, PruneRequested, Run, StopFlag, StopRequested, begin
 from core.runs.speeds import record_run_speed
 from core.runs.watch import Heartbeat
 

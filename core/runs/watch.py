@@ -213,20 +213,6 @@ class Ending:
     message: str
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and every process it started (torchrun's workers too); a frozen (SIGSTOPped) process
-    dies as well."""
-    try:
-        parent = psutil.Process(pid)
-        family = parent.children(recursive=True) + [parent]
-    except psutil.NoSuchProcess:
-        return
-    for proc in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(family, timeout=10)
-
-
 def watch(run: Run, command: list[str], configured_limit: float = 0.0, node: int = 0, nodes: int = 1) -> int:
     """Run `command` (the training process of `run`) and watch it until it ends; returns its exit code, or what
     the watcher made of it when it had to kill it (1: stalled, 0: stopped). SIGTERM and SIGINT to the watcher

@@ -16,7 +16,8 @@ from optuna.trial import TrialState
 
 from core.errors import StudioError
 from core.files import FileError, read_object, update_json
-from core.runs.run import Run, process_alive, process_start_time, runs_root
+from core.processes import process_alive, process_start_time
+from core.runs.run import Run, runs_root
 from core.search.space import Space
 
 # -- how workers and trials talk to the study: one visible place --
