@@ -24,7 +24,7 @@ from core.report.charts import PRIMARY
 from core.runs.run import Run, create_run, launch
 from core.search.report import pareto_front, study_status
 from core.search.space import PRUNERS, TOLERATED_OVER, BudgetShare, Space, budget_share, default_ranges
-from core.search.study import StorageAway, list_studies, start_study, storage_url
+from core.search.study import StorageAway, Study, list_studies, start_study
 from core.search.worker import detach, request_stop
 from pages._ui import FOLLOWED, load_design, plural, through_app_shell
 
@@ -234,8 +234,7 @@ def launch_study(space: Space, name: str, trials: int) -> None:
                                           f"pick {name} under **Study** below and press **Continue**.")
         return
     try:
-        url = start_study(space, name, None, trials)
-        detach(name, url, trials, None)
+        detach(start_study(space, name, None, trials), trials, None)
     except StudioError as e:
         st.session_state[LAUNCH_ERROR] = f"The study could not start: {e}"
         return
@@ -339,7 +338,7 @@ def is_live(study: dict) -> bool:
 
 def show_study(name: str, live: bool) -> None:
     try:
-        study = study_status(name)
+        study = study_status(Study(name))
     except StudioError as e:
         st.error(f"Study **{name}** can't be read: {e}", icon=":material/error:")
         return
@@ -435,7 +434,7 @@ def show_best(study: dict, best: dict) -> None:
 def rerun_when_back(name: str) -> None:
     """Every AWAY_REFRESH_S while a study's database is away: the whole page again once it answers."""
     try:
-        study_status(name)
+        study_status(Study(name))
     except StorageAway:
         return
     st.rerun()
@@ -475,7 +474,7 @@ if st.session_state.get(STUDY) not in studies:
     st.session_state[STUDY] = studies[0]
 chosen = st.selectbox("Study", studies, key=STUDY)
 try:
-    overview = study_status(chosen)
+    overview = study_status(Study(chosen))
 except StorageAway as e:  # this study only: the others in the list stay a click away
     st.error(f"Study **{chosen}**: {e}  \nIts trials in flight keep training and report to it when it is back. "
              f"This page tries again every {AWAY_REFRESH_S} s; other studies are in the list above.",
@@ -490,12 +489,12 @@ stop_column, resume_column, _ = st.columns([1, 1, 3])
 try:
     if stop_column.button("Stop the study", icon=":material/stop_circle:", disabled=not live, width="stretch",
                           help="Trials in flight save a checkpoint and stop; continuing resumes them"):
-        request_stop(chosen)
+        request_stop(Study(chosen))
         st.rerun()
     unfinished = overview["counted"] < (overview["trials_target"] or 0) or "stopped" in overview["states"]
     if resume_column.button("Continue", icon=":material/play_arrow:", disabled=live or not unfinished,
                             width="stretch"):
-        detach(chosen, storage_url(chosen), overview["trials_target"], None)
+        detach(Study(chosen), overview["trials_target"], None)
         st.rerun()
 except StudioError as e:
     st.error(f"Study **{chosen}**: {e}", icon=":material/error:")
