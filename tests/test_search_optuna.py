@@ -20,7 +20,7 @@ from core.runs.run import create_run, process_start_time
 from core.search import optuna_private
 from core.search.report import study_status
 from core.search.space import Space
-from core.search.study import Study, database_up_for, retry_of, start_study
+from core.search.study import Study, away_reason, database_up_for, retry_of, start_study
 
 TINY = {"budget": 20_000, "epochs": 1, "device": "cpu",
         "ranges": {"stages": 1, "blocks": 1, "width": 4, "growth": 1.0, "kernel_size": 3, "se_ratio": 0,
@@ -86,6 +86,23 @@ def test_a_lapsed_heartbeat_is_failed_and_retried_with_its_number_attributes_and
     storage.record_heartbeat(ids[1])
     optuna.storages.fail_stale_trials(study)
     assert retry_of(study.get_trials()[-1]) == 0  # a retry's retry still names the first trial
+
+
+def test_a_query_the_stopping_server_cut_off_reads_as_the_database_away():
+    """PostgreSQL stopping mid-query (test_search.py's outage test met it): RDBStorage's get_trials falls back to a
+    second query, which meets the session's pending rollback, and Optuna raises StorageInternalError from that.
+    The database is away; the worker waits for it instead of ending with a traceback."""
+    cut = sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+    try:
+        try:
+            raise cut
+        except sqlalchemy.exc.OperationalError:
+            raise sqlalchemy.exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back")  # noqa: B904
+    except sqlalchemy.exc.PendingRollbackError as pending:  # the cut is its context, not its cause
+        error = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+        error.__cause__ = pending
+    assert away_reason(error) == "server closed the connection unexpectedly"
+    assert away_reason(optuna.exceptions.StorageInternalError("invalid data")) is None
 
 
 # ---- the Study handle --------------------------------------------------------------------------------------

@@ -58,6 +58,8 @@ def away_reason(error: BaseException) -> str | None:
         return str(error)
     if isinstance(error, optuna.exceptions.StorageInternalError):
         error = error.__cause__
+    if isinstance(error, sqlalchemy.exc.PendingRollbackError):  # a query the server cut off midway (it stopped):
+        error = error.__context__  # Optuna's fallback query then meets the session's rollback; the cut is the context
     if not isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
         return None
     lines = str(error.orig if error.orig is not None else error).splitlines()
