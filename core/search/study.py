@@ -1,5 +1,9 @@
 """The study: where it is stored (SQLite here, or a PostgreSQL that several machines share), its name, this
-machine's note of it, and the few facts workers and trials read from it."""
+machine's note of it, and the few facts workers and trials read from it.
+
+`Study` is a study's handle: its name and storage URL in one object, the storage opened once per process. Reading
+a study changes nothing in it; `Study.fail_dead_trials` (workers, Stop, `search --status`) is the one place dead
+trials are failed. Optuna is used through its public API; what is not public is in optuna_private.py."""
 from __future__ import annotations
 
 import contextlib
