@@ -11,21 +11,20 @@ import json
 import re
 import time
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
 from core.data.sources import BUILTIN, chosen_data
 from core.design.budget import BUDGET
-from core.design.presets import get_preset
 from core.design.spec import BLOCKS_RANGE, KERNEL_SIZES, STAGES_RANGE
 from core.errors import StudioError
-from core.report.charts import PRIMARY
-from core.runs.run import Run, create_run, launch
-from core.search.report import pareto_front, study_status
+from core.report.charts import COST_TITLES, importance_chart, trade_off_chart
+from core.runs.run import Run
+from core.search.best import full_epochs, in_full, train_in_full
+from core.search.report import is_live, is_unfinished, pareto_front, study_status
 from core.search.space import PRUNERS, TOLERATED_OVER, BudgetShare, Space, budget_share, default_ranges
-from core.search.study import StorageAway, list_studies, start_study, storage_url
-from core.search.worker import detach, request_stop
+from core.search.study import StorageAway, Study, list_studies
+from core.search.worker import detach, request_stop, search_in_background
 from pages._ui import FOLLOWED, load_design, plural, through_app_shell
 
 through_app_shell()
@@ -58,10 +57,6 @@ AUGMENT_SETS = list(dict.fromkeys(["+".join(a) for a in DEFAULTS["augment"]["cho
                                   ["crop+flip+cutout", "crop+flip+trivialaugment", "crop+alternating_flip"]))
 OBJECTIVE_SETS = {"accuracy": "Accuracy", "accuracy,params": "Accuracy and parameters",
                   "accuracy,macs": "Accuracy and MACs"}
-STATE_COLOURS = {"finished": PRIMARY, "pruned": "#9ca3af", "running": "#f59e0b", "queued": "#fcd34d",
-                 "failed": "#7f1d1d", "stopped": "#fb923c", "waiting": "#e5e7eb"}
-
-
 # ---- the space, from the controls ---------------------------------------------------------------------
 
 def span(low, high, log: bool = False):
@@ -234,8 +229,7 @@ def launch_study(space: Space, name: str, trials: int) -> None:
                                           f"pick {name} under **Study** below and press **Continue**.")
         return
     try:
-        url = start_study(space, name, None, trials)
-        detach(name, url, trials, None)
+        search_in_background(space, name, trials)
     except StudioError as e:
         st.session_state[LAUNCH_ERROR] = f"The study could not start: {e}"
         return
@@ -286,34 +280,6 @@ def not_counted_table(rows: list[dict]) -> pd.DataFrame:
     } | setting_columns(rows))
 
 
-def trade_off_chart(rows: list[dict], cost: str, limit: int | None) -> alt.Chart:
-    """Validation accuracy against `cost` (params or macs) for every trial that has one (rejected designs never
-    trained and have none), the front of the finished ones as a step line, and the limit as a rule."""
-    title = {"params": "Parameters", "macs": "MACs"}[cost]
-    points = pd.DataFrame([{"Trial": r["number"], "State": r["state"], title: r[cost], "Val accuracy": r["accuracy"]}
-                           for r in rows if r[cost] is not None and r["accuracy"] is not None])
-    x = alt.X(f"{title}:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format="~s"), title=f"{title} (log scale)")
-    y = alt.Y("Val accuracy:Q", axis=alt.Axis(format="%"))
-    states = [s for s in STATE_COLOURS if s in set(points["State"])]
-    dots = alt.Chart(points).mark_circle(size=90, opacity=0.9).encode(
-        x=x, y=y, color=alt.Color("State:N", scale=alt.Scale(domain=states, range=[STATE_COLOURS[s] for s in states]),
-                                  legend=alt.Legend(orient="bottom", title=None)),
-        tooltip=["Trial", "State", alt.Tooltip(f"{title}:Q", format=","),
-                 alt.Tooltip("Val accuracy:Q", format=".2%")])
-    layers = [dots]
-    edge = pd.DataFrame([{title: r[cost], "Val accuracy": r["accuracy"]} for r in pareto_front(rows, cost)])
-    if not edge.empty:
-        layers += [alt.Chart(edge).mark_line(interpolate="step-after", color=PRIMARY, strokeDash=[2, 2], strokeWidth=2)
-                   .encode(x=x, y=y),
-                   alt.Chart(edge).mark_point(size=260, color=PRIMARY, strokeWidth=1.5).encode(x=x, y=y)]
-    if limit:
-        rule = alt.Chart(pd.DataFrame({title: [limit], "label": [f"budget {limit:,}"]}))
-        layers += [rule.mark_rule(color="#dc2626", strokeDash=[6, 4]).encode(x=f"{title}:Q"),
-                   rule.mark_text(align="right", baseline="top", dx=-4, dy=4, color="#dc2626")
-                   .encode(x=f"{title}:Q", y=alt.value(0), text="label")]
-    return alt.layer(*layers).properties(height=340)
-
-
 def front_words(size: int, cost: str) -> str:
     """What the chart draws of the Pareto front, as it draws it."""
     smaller = "smaller" if cost == "params" else "cheaper"
@@ -326,30 +292,30 @@ def front_words(size: int, cost: str) -> str:
             f"more accurate and {smaller}.")
 
 
-def importance_chart(importances: dict[str, float]) -> alt.Chart:
-    frame = pd.DataFrame({"Setting": list(importances), "Importance": list(importances.values())})
-    return alt.Chart(frame).mark_bar(color=PRIMARY).encode(
-        x=alt.X("Importance:Q", axis=alt.Axis(format="%")), y=alt.Y("Setting:N", sort="-x", title=None),
-        tooltip=["Setting", alt.Tooltip("Importance:Q", format=".1%")]).properties(height=24 * len(frame) + 30)
-
-
-def is_live(study: dict) -> bool:
-    return study["worker_alive"] or any(s in ("running", "queued") for s in study["states"])
-
-
 def show_study(name: str, live: bool) -> None:
+    """The study as it goes: its counts, its trials, its charts and its best trial (re-read every REFRESH_S while
+    it is live; reading it changes nothing in it)."""
     try:
-        study = study_status(name)
+        study = study_status(Study(name))
     except StudioError as e:
         st.error(f"Study **{name}** can't be read: {e}", icon=":material/error:")
         return
     if is_live(study) != live:
         st.rerun()  # the study started or ended: the whole page follows
-    states, target = study["states"], study["trials_target"] or 0
-    best = study["best"]
-    done, pruned = states.get("finished", 0), states.get("pruned", 0)
     rows = [r for r in study["trials"] if r["counted"]]
-    others = [r for r in study["trials"] if not r["counted"]]
+    show_counts(study, rows)
+    if not study["trials"]:
+        st.info("No trials yet: the first one starts in a few seconds.", icon=":material/hourglass_top:")
+        return
+    show_trials(study, rows)
+    if not show_charts(study, rows):
+        return
+    if study["best"]:
+        show_best(study, study["best"])
+
+
+def show_counts(study: dict, rows: list[dict]) -> None:
+    states, target, best = study["states"], study["trials_target"] or 0, study["best"]
     columns = st.columns(5)
     waiting = study["in_flight"]
     in_flight = ", ".join(f"{n} {state}" for state, n in waiting.items() if n)
@@ -358,13 +324,15 @@ def show_study(name: str, live: bool) -> None:
                       help="Trials toward the study's number that have ended (finished, pruned or failed); those "
                            "running or queued are below. Designs over the budget are rejected without training and "
                            "not counted, so the study asks until it has its trials")
-    columns[1].metric("Finished", done)
-    columns[2].metric("Pruned", pruned)
+    columns[1].metric("Finished", states.get("finished", 0))
+    columns[2].metric("Pruned", states.get("pruned", 0))
     columns[3].metric("Rejected (over budget)", states.get("rejected", 0))
     columns[4].metric("Best val accuracy", f"{best['accuracy']:.1%}" if best else "–")
-    if not study["trials"]:
-        st.info("No trials yet: the first one starts in a few seconds.", icon=":material/hourglass_top:")
-        return
+
+
+def show_trials(study: dict, rows: list[dict]) -> None:
+    """The trials that count, and apart from them those that do not."""
+    others = [r for r in study["trials"] if not r["counted"]]
     if rows:
         st.dataframe(trials_table(rows, study["space"]["epochs"]), hide_index=True, column_config=TRIAL_COLUMNS,
                      key="search_trials")
@@ -375,28 +343,32 @@ def show_study(name: str, live: bool) -> None:
         with st.expander(f"Not counted: {' and '.join(what)}", icon=":material/block:"):
             st.dataframe(not_counted_table(others), hide_index=True, column_config=TRIAL_COLUMNS,
                          key="search_not_counted")
+
+
+def show_charts(study: dict, rows: list[dict]) -> bool:
+    """Accuracy against parameters or MACs, and which settings mattered; False while no trial has an accuracy."""
     chart_column, importance_column = st.columns([3, 2])
     with chart_column:
         if not any(r["accuracy"] is not None for r in rows):
             st.caption("The chart of accuracy against parameters appears when the first trial ends an epoch.")
-            return
+            return False
         cost = st.segmented_control("Against", ["params", "macs"], default="params", required=True,
-                                    format_func={"params": "Parameters", "macs": "MACs"}.get,
-                                    key="search_cost", **PERSIST)
+                                    format_func=COST_TITLES.get, key="search_cost", **PERSIST)
         limit = study["space"]["budget"] if cost == "params" else study["space"]["max_macs"]
-        st.altair_chart(trade_off_chart(rows, cost, limit), key="search_trade_off")
-        st.caption(f"{front_words(len(pareto_front(rows, cost)), cost)} Designs over the budget never trained, so "
-                   f"they have no accuracy to show.")
+        front = pareto_front(rows, cost)
+        st.altair_chart(trade_off_chart(rows, front, cost, limit), key="search_trade_off")
+        st.caption(f"{front_words(len(front), cost)} Designs over the budget never trained, so they have no "
+                   f"accuracy to show.")
     with importance_column:
         st.markdown("**Which settings mattered most**")
         if study["importances"]:
             st.altair_chart(importance_chart(study["importances"]), key="search_importances")
             st.caption(f"Optuna's parameter importances (PED-ANOVA) for validation accuracy, over "
-                       f"{plural(done, 'finished trial')}: a guide, not a verdict, with this few.")
+                       f"{plural(study['states'].get('finished', 0), 'finished trial')}: a guide, not a verdict, "
+                       f"with this few.")
         else:
             st.caption("Shown once three trials have finished.")
-    if best:
-        show_best(study, best)
+    return True
 
 
 def show_best(study: dict, best: dict) -> None:
@@ -411,34 +383,96 @@ def show_best(study: dict, best: dict) -> None:
                 f"{', '.join(str(s.channels) for s in cfg.arch.stages)} · {best['params']:,} parameters · "
                 f"lr {cfg.train.lr:.3g}, batch {cfg.train.batch_size}, augment {'+'.join(cfg.train.augment) or 'none'}")
     design, full, epochs_column = st.columns([1, 1, 1], vertical_alignment="bottom")
-    recipe_epochs = get_preset(study["space"]["recipe"])["train"].get("epochs", 30)
-    epochs = epochs_column.number_input("Epochs of the full training", 1, 10_000, recipe_epochs,
+    epochs = epochs_column.number_input("Epochs of the full training", 1, 10_000, full_epochs(study["space"]),
                                         key="search_full_epochs")
-    in_full = cfg.replace_train(epochs=int(epochs), val_fraction=0.0)  # its recipe, on all of train, scored on test
     if design.button("Open in Design", icon=":material/architecture:", width="stretch",
                      help="Its design in Design, and its recipe in Train (for the epochs beside)"):
-        load_design(cfg.arch, None, (f"trial {best['number']} of {study['study']}", in_full.train))
+        load_design(cfg.arch, None, (f"trial {best['number']} of {study['study']}", in_full(run, epochs).train))
         st.switch_page("pages/design.py")
     if full.button("Train it in full", type="primary", icon=":material/model_training:", width="stretch",
                    help="Its design and recipe for more epochs, on all of train, scored on test"):
-        name = f"{run.name}-full-{time.strftime('%H%M%S')}"
         try:
-            launch(create_run(in_full, name, origin=f"app: Search page, Train it in full ({run.name})"),
-                   study["space"]["device"])
+            launched = train_in_full(run, epochs, study["space"]["device"],
+                                     origin=f"app: Search page, Train it in full ({run.name})")
         except StudioError as e:
             st.error(f"The full training could not start: {e}", icon=":material/error:")
             return
-        st.session_state[FOLLOWED] = name
+        st.session_state[FOLLOWED] = launched.name
         st.switch_page("pages/train.py")
 
 
 def rerun_when_back(name: str) -> None:
     """Every AWAY_REFRESH_S while a study's database is away: the whole page again once it answers."""
     try:
-        study_status(name)
+        study_status(Study(name))
     except StorageAway:
         return
     st.rerun()
+
+
+# ---- the page's sections ----------------------------------------------------------------------------------
+
+def new_study_section() -> None:
+    with st.expander("New study", expanded=not list_studies(), icon=":material/add_circle:"):
+        fixed, name, trials = study_controls()
+        space, problem = None, None
+        try:
+            ranges = space_controls()
+            space = Space.from_dict(fixed | {"data": checked_data(fixed["data"]), "ranges": ranges})
+        except StudioError as e:
+            problem = in_page_terms(str(e))
+        if problem:
+            st.error(problem, icon=":material/block:")
+        else:
+            show_budget_share(space)
+        # not on_click=launch_study with args: those are the values of the run that last drew the button, and a
+        # name typed just before the click arrives with the click, in this run
+        if st.button("Launch the study", type="primary", icon=":material/rocket_launch:", disabled=space is None):
+            launch_study(space, name, trials)
+        if st.session_state.get(LAUNCH_ERROR):
+            st.error(st.session_state.pop(LAUNCH_ERROR), icon=":material/error:")
+
+
+def chosen_study() -> str:
+    """The study the page follows, picked from this machine's; stops the page when there is none."""
+    studies = list_studies()
+    if not studies:
+        st.info("No studies yet: define one above and launch it.", icon=":material/info:")
+        st.stop()
+    if st.session_state.get(STUDY) not in studies:
+        st.session_state[STUDY] = studies[0]
+    return st.selectbox("Study", studies, key=STUDY)
+
+
+def overview_of(name: str) -> dict:
+    """The study as study_status reads it; stops the page, saying why, when it cannot be read."""
+    try:
+        return study_status(Study(name))
+    except StorageAway as e:  # this study only: the others in the list stay a click away
+        st.error(f"Study **{name}**: {e}  \nIts trials in flight keep training and report to it when it is back. "
+                 f"This page tries again every {AWAY_REFRESH_S} s; other studies are in the list above.",
+                 icon=":material/cloud_off:")
+        st.fragment(rerun_when_back, run_every=AWAY_REFRESH_S)(name)
+        st.stop()
+    except StudioError as e:
+        st.error(f"Study **{name}** can't be read: {e}", icon=":material/error:")
+        st.stop()
+
+
+def study_actions(name: str, overview: dict, live: bool) -> None:
+    """Stop a live study (which also fails its dead trials), or continue one that has trials to go."""
+    stop_column, resume_column, _ = st.columns([1, 1, 3])
+    try:
+        if stop_column.button("Stop the study", icon=":material/stop_circle:", disabled=not live, width="stretch",
+                              help="Trials in flight save a checkpoint and stop; continuing resumes them"):
+            request_stop(Study(name))
+            st.rerun()
+        if resume_column.button("Continue", icon=":material/play_arrow:", disabled=live or not is_unfinished(overview),
+                                width="stretch"):
+            detach(Study(name), overview["trials_target"], None)
+            st.rerun()
+    except StudioError as e:
+        st.error(f"Study **{name}**: {e}", icon=":material/error:")
 
 
 # ---- the page ------------------------------------------------------------------------------------------------
@@ -447,56 +481,9 @@ st.title("Search")
 st.write("Let Optuna search designs and recipes within the budget. Every trial is a real run, scored on a "
          "validation split carved from train; weak trials are pruned early, and designs over the budget are "
          "never trained.")
-
-with st.expander("New study", expanded=not list_studies(), icon=":material/add_circle:"):
-    fixed, name, trials = study_controls()
-    space, problem = None, None
-    try:
-        ranges = space_controls()
-        space = Space.from_dict(fixed | {"data": checked_data(fixed["data"]), "ranges": ranges})
-    except StudioError as e:
-        problem = in_page_terms(str(e))
-    if problem:
-        st.error(problem, icon=":material/block:")
-    else:
-        show_budget_share(space)
-    # not on_click=launch_study with args: those are the values of the run that last drew the button, and a name
-    # typed just before the click arrives with the click, in this run
-    if st.button("Launch the study", type="primary", icon=":material/rocket_launch:", disabled=space is None):
-        launch_study(space, name, trials)
-    if st.session_state.get(LAUNCH_ERROR):
-        st.error(st.session_state.pop(LAUNCH_ERROR), icon=":material/error:")
-
-studies = list_studies()
-if not studies:
-    st.info("No studies yet: define one above and launch it.", icon=":material/info:")
-    st.stop()
-if st.session_state.get(STUDY) not in studies:
-    st.session_state[STUDY] = studies[0]
-chosen = st.selectbox("Study", studies, key=STUDY)
-try:
-    overview = study_status(chosen)
-except StorageAway as e:  # this study only: the others in the list stay a click away
-    st.error(f"Study **{chosen}**: {e}  \nIts trials in flight keep training and report to it when it is back. "
-             f"This page tries again every {AWAY_REFRESH_S} s; other studies are in the list above.",
-             icon=":material/cloud_off:")
-    st.fragment(rerun_when_back, run_every=AWAY_REFRESH_S)(chosen)
-    st.stop()
-except StudioError as e:
-    st.error(f"Study **{chosen}** can't be read: {e}", icon=":material/error:")
-    st.stop()
+new_study_section()
+chosen = chosen_study()
+overview = overview_of(chosen)
 live = is_live(overview)
-stop_column, resume_column, _ = st.columns([1, 1, 3])
-try:
-    if stop_column.button("Stop the study", icon=":material/stop_circle:", disabled=not live, width="stretch",
-                          help="Trials in flight save a checkpoint and stop; continuing resumes them"):
-        request_stop(chosen)
-        st.rerun()
-    unfinished = overview["counted"] < (overview["trials_target"] or 0) or "stopped" in overview["states"]
-    if resume_column.button("Continue", icon=":material/play_arrow:", disabled=live or not unfinished,
-                            width="stretch"):
-        detach(chosen, storage_url(chosen), overview["trials_target"], None)
-        st.rerun()
-except StudioError as e:
-    st.error(f"Study **{chosen}**: {e}", icon=":material/error:")
+study_actions(chosen, overview, live)
 st.fragment(show_study, run_every=REFRESH_S if live else None)(chosen, live)

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from core.runs.run import Run, delete, stop
 from core.search.report import study_status
 from core.search.space import TOLERATED_OVER, Space
-from core.search.study import list_studies, record_path, start_study, worker_alive
+from core.search.study import Study, list_studies, record_path, start_study, worker_alive
 from core.search.worker import request_stop
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -29,7 +29,7 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     yield tmp_path / "runs"
     for name in list_studies():
         if worker_alive(name):
-            request_stop(name)
+            request_stop(Study(name))
             deadline = time.monotonic() + 60
             while worker_alive(name) and time.monotonic() < deadline:
                 time.sleep(0.5)
@@ -82,7 +82,7 @@ def searched(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RESNET_STUDIO_RUNS", str(runs))
         space = fixed_space(width={"choices": [4, 64]}, **RECIPE)
-        study = optuna.load_study(study_name="done", storage=start_study(space, "done", None, 1))
+        study = optuna.load_study(study_name="done", storage=start_study(space, "done", None, 1).url)
         study.enqueue_trial({"width": 64})  # 76,490 parameters: over 20,000
         study.enqueue_trial({"width": 4})
         status = search_until_done("done")
@@ -124,9 +124,9 @@ def test_a_study_launched_from_the_page_fills_the_table_and_opens_its_best_desig
     assert list_studies() == ["page"]
 
     deadline = time.monotonic() + 300
-    while study_status("page")["worker_alive"] and time.monotonic() < deadline:
+    while study_status(Study("page"))["worker_alive"] and time.monotonic() < deadline:
         time.sleep(1)
-    study = study_status("page")
+    study = study_status(Study("page"))
     assert study["counted"] == 1 and not study["worker_alive"], study
     app.run()
     assert_clean(app)
@@ -297,7 +297,7 @@ def test_the_study_reads_as_people_read_it(in_searched):
 
 def test_trials_in_flight_are_not_counted_as_done(runs_dir):
     """Issue 27: "Trials 3 of 3" read while trial 2 was still queued."""
-    study = optuna.load_study(study_name="live", storage=start_study(fixed_space(), "live", None, 2))
+    study = optuna.load_study(study_name="live", storage=start_study(fixed_space(), "live", None, 2).url)
     study.ask()  # a trial begun, its run not yet trained: in flight, counted toward the 2 but not done
     app = open_search()
     assert_clean(app)

@@ -7,7 +7,7 @@ The app is served with a runs folder of this test's own, so the study and its ru
 import pytest
 
 from core.search.report import study_status
-from core.search.study import list_studies, worker_alive
+from core.search.study import Study, list_studies, worker_alive
 from core.search.worker import request_stop
 from conftest import CHART, assert_no_exception, open_app_page, screenshot, serve_app, wait_until_settled
 SLOW = 30_000  # ms: this machine may be training something else meanwhile
@@ -23,7 +23,7 @@ def search_app(tmp_path, monkeypatch):
         finally:
             for name in list_studies():  # a study still searching (a failed test) is stopped
                 if worker_alive(name):
-                    request_stop(name)
+                    request_stop(Study(name))
 
 
 def slide_to_lowest(page, key: str) -> None:
@@ -69,7 +69,7 @@ def test_a_study_defined_and_launched_in_the_browser_shows_its_trial_live(browse
         expect(page.get_by_role("button", name="Open in Design")).to_be_visible()
         assert_no_exception(page)
         screenshot(page, "search-finished")
-        study = study_status("browser")
+        study = study_status(Study("browser"))
         assert study["space"]["ranges"]["stages"] == 1 and study["space"]["ranges"]["width"] == 4
         assert study["states"] == {"finished": 1}
     finally:

@@ -164,7 +164,7 @@ def test_damaged_state_files_of_the_app_give_a_clear_line_and_a_fallback(tmp_pat
     from core.runs.queue import lock_dir, queue_state
     from core.runs.speeds import machine_path, read_machine
     from core.search.report import study_status
-    from core.search.study import record_path, search_dir
+    from core.search.study import Study, record_path, search_dir
 
     monkeypatch.setenv("RESNET_STUDIO_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("RESNET_STUDIO_RUNS", str(runs_folder(tmp_path / "runs", {})))
@@ -188,7 +188,7 @@ def test_damaged_state_files_of_the_app_give_a_clear_line_and_a_fallback(tmp_pat
     assert [row["device"] for row in queue_state()] == ["cpu"]
     for study in ("spoilt-db", "spoilt-note"):  # an empty SQLite file is a new database, without the study
         with pytest.raises(StudioError, match="damaged|no study named"):
-            study_status(study)
+            study_status(Study(study))
     app = AppTest.from_file(APP, default_timeout=300).run()
     for page in ("pages/design.py", "pages/train.py", "pages/search.py"):
         app.switch_page(page).run()

@@ -26,7 +26,7 @@ from core.processes import process_alive
 from core.runs.run import Run, list_runs
 from core.search.report import study_status
 from core.search.space import TOLERATED_OVER, Space, budget_share
-from core.search.study import GRACE_S, continue_study, counted, start_study, storage_url
+from core.search.study import GRACE_S, Study, continue_study, counted, start_study
 from core.search.worker import Worker, request_stop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +158,7 @@ def test_a_tiny_study_rejects_over_budget_designs_prunes_a_weak_trial_and_report
     """Three trials queued in order: one over the budget, one that learns, one that cannot (lr 1e-6).
     The first is never trained; the third is pruned after its first epoch (the median pruner compares
     it with the second); the status names the best trial and the accuracy/parameters front."""
-    url = start_study(Space.from_dict(TINY), "e2e", None, 2)
+    url = start_study(Space.from_dict(TINY), "e2e", None, 2).url
     study = optuna.load_study(study_name="e2e", storage=url)
     study.enqueue_trial({"width": 64, "lr": 0.2})
     study.enqueue_trial({"width": 8, "lr": 0.2})
@@ -198,13 +198,13 @@ def test_a_stop_asked_before_the_detached_worker_starts_still_stops_it(runs_dir)
     """The worker that --detach starts does not clear the study's stop flag (its launcher did, before it):
     a stop between the launch and the worker's start is kept, and nothing trains. A search started
     again by hand clears it and continues."""
-    url = start_study(Space.from_dict(TINY), "late", None, 1)
-    request_stop("late")
+    study = start_study(Space.from_dict(TINY), "late", None, 1)
+    request_stop(study)
     result = core_cli("search", "--study", "late", "--trials", "1", "--detached", check=False)  # what detach() runs
     assert result.returncode == 0, result.stderr
     assert "stop requested" in result.stderr and trained_runs() == []
-    continue_study("late", url)
-    assert study_status("late")["stop_requested"] is False
+    continue_study(study)
+    assert study_status(study)["stop_requested"] is False
 
 
 def test_a_stalled_trial_is_failed_not_relaunched_and_the_study_goes_on(runs_dir, hang):
@@ -212,7 +212,7 @@ def test_a_stalled_trial_is_failed_not_relaunched_and_the_study_goes_on(runs_dir
     watcher kills it after the study's stall limit and ends its run failed, stalled; the worker fails the trial with
     that message instead of relaunching it (it would hang again), and trial 1 trains to its end."""
     hang("stall-000", after=5)
-    url = start_study(Space.from_dict(TINY | {"stall_limit": 5, "pruner": "none"}), "stall", None, 2)
+    url = start_study(Space.from_dict(TINY | {"stall_limit": 5, "pruner": "none"}), "stall", None, 2).url
     study = optuna.load_study(study_name="stall", storage=url)
     for _ in range(2):
         study.enqueue_trial({"width": 4, "lr": 0.2})
@@ -279,10 +279,10 @@ def test_a_killed_trial_a_stopped_study_and_a_killed_search_all_resume_without_r
     assert log.count("training on cpu") == 3 and "resumed at epoch 1 step 0" in log
     # one trial, complete; if the stop outlasted the heartbeat's grace, Optuna failed it and queued it again,
     # and its retry resumed the same run
-    study = optuna.load_study(study_name="faults", storage=storage_url("faults"))
+    study = optuna.load_study(study_name="faults", storage=Study("faults").url)
     states = [t.state for t in study.trials]
     assert states[-1] == optuna.trial.TrialState.COMPLETE and set(states[:-1]) <= {optuna.trial.TrialState.FAIL}
-    assert study_status("faults")["counted"] == 1 and {t.user_attrs["run"] for t in study.trials} == {run.name}
+    assert study_status(Study("faults"))["counted"] == 1 and {t.user_attrs["run"] for t in study.trials} == {run.name}
 
 
 # ---- several workers, SQLite and PostgreSQL ---------------------------------------------------------------
@@ -294,7 +294,7 @@ def test_two_workers_on_one_study_never_run_the_same_trial(storage, runs_dir, tm
     url = request.getfixturevalue("postgres").url if storage == "postgresql" else None
     space = TINY | {"objectives": ["accuracy", "params"], "pruner": "none",
                     "ranges": TINY["ranges"] | {"width": {"choices": [4, 8]}, "lr": 0.2}}
-    url = start_study(Space.from_dict(space), "pair", url, 2)
+    url = start_study(Space.from_dict(space), "pair", url, 2).url
     logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
     workers = [worker("--study", "pair", "--trials", "2", "--storage", url, log=log) for log in logs]
     for w, log in zip(workers, logs):
@@ -308,7 +308,7 @@ def test_two_workers_on_one_study_never_run_the_same_trial(storage, runs_dir, tm
     assert sorted(tag["trial"] for tag in runs.values()) == [t.number for t in study.trials] == [0, 1]
     for run in trained_runs():
         assert run.status()["state"] == "finished" and run.log_path.read_text().count("training on cpu") == 1
-    status = study_status("pair", url)
+    status = study_status(Study("pair", url))
     assert status["counted"] == 2 and {r["state"] for r in status["trials"]} == {"finished"}
     front = {r["number"] for r in status["pareto_front"]}
     assert front and front == {t.number for t in study.best_trials}
@@ -316,17 +316,17 @@ def test_two_workers_on_one_study_never_run_the_same_trial(storage, runs_dir, tm
 
 @pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
 def test_two_workers_asking_at_the_same_moment_never_overshoot_the_trials(storage, runs_dir, request):
-    """Two workers (as on two machines, each with its own connection) both see room for the study's one trial
+    """Two workers (as on two machines) both see room for the study's one trial
     and both ask: the second ask comes back uncounted and untrained, so one trial runs, not two."""
     url = request.getfixturevalue("postgres").url if storage == "postgresql" else None
     space = TINY | {"ranges": TINY["ranges"] | {"width": 8, "lr": 0.2}}
-    url = start_study(Space.from_dict(space), "race", url, 1)
-    first, second = Worker("race", url, 1), Worker("race", url, 1)
+    url = start_study(Space.from_dict(space), "race", url, 1).url
+    first, second = Worker(Study("race", url), 1), Worker(Study("race", url), 1)
     assert counted(first.study.get_trials()) == counted(second.study.get_trials()) == 0  # room for one, says each
     launched = [first.start_trial("cpu"), second.start_trial("cpu")]
     assert launched[0] is not None and launched[1] is None
     wait_for(lambda: launched[0].status()["state"] == "finished", 240, "the one trial finished")
-    status = study_status("race", url)
+    status = study_status(Study("race", url))
     assert status["counted"] == 1 and [r["number"] for r in status["trials"]] == [0]  # the surplus ask is not shown
     assert [run.name for run in trained_runs()] == ["race-000"]
 
@@ -337,7 +337,7 @@ def test_a_database_outage_mid_trial_is_ridden_out(runs_dir, tmp_path, postgres)
     stays up and says the database is away. Back, every report arrives, the trial is complete, nothing is
     failed or relaunched, and the worker ends as usual."""
     space = TINY | {"epochs": 3, "ranges": TINY["ranges"] | {"width": 8, "lr": 0.2}}
-    url = start_study(Space.from_dict(space), "outage", postgres.url, 1)
+    url = start_study(Space.from_dict(space), "outage", postgres.url, 1).url
     log = tmp_path / "worker.log"
     search = worker("--study", "outage", "--trials", "1", "--storage", url, log=log)
     run = Run.named("outage-000")

@@ -13,31 +13,36 @@ from core.design.spec import load_json_file
 def cmd_search(args) -> int:
     from core.search.report import study_status  # Optuna: imported only by the command that searches
     from core.search.space import Space
-    from core.search.study import check_study_name, continue_study, search_dir, start_study, storage_url
+    from core.search.study import Study, continue_study, search_dir, start_study
     from core.search.worker import Worker, detach, request_stop
 
-    if args.status or args.stop:
-        emit(study_status(args.status, args.storage) if args.status else request_stop(args.stop, args.storage))
+    if args.status:
+        study = Study(args.status, args.storage)
+        study.fail_dead_trials()  # whoever asks notices a trial whose heartbeat stopped
+        emit(study_status(study))
+        return 0
+    if args.stop:
+        emit(request_stop(Study(args.stop, args.storage)))
         return 0
     name = args.study or (f"{Path(args.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}" if args.space else None)
     if name is None:
         print("error: give --space SPACE.json to start a study, or --study NAME to continue one", file=sys.stderr)
         return 2
     if args.space:
-        url = start_study(Space.from_dict(load_json_file(args.space)), name, args.storage, args.trials or 0)
+        study = start_study(Space.from_dict(load_json_file(args.space)), name, args.storage, args.trials or 0)
     else:
-        url = storage_url(check_study_name(name), args.storage)
-    trials = args.trials or study_status(name, url)["trials_target"]
+        study = Study(name, args.storage)
+    trials = args.trials or study_status(study)["trials_target"]
     if not trials:
         print("error: give --trials N: how many trials the study should have", file=sys.stderr)
         return 2
     if args.detach:
-        pid = detach(name, url, trials, args.device)
+        pid = detach(study, trials, args.device)
         emit({"study": name, "pid": pid, "log": str(search_dir() / f"{name}.log")})
         return 0
     if not args.detached:
-        continue_study(name, url)
-    emit(Worker(name, url, trials, args.device).run())
+        continue_study(study)
+    emit(Worker(study, trials, args.device).run())
     return 0
 
 

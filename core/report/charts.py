@@ -222,3 +222,45 @@ def limit_rule(field: str, limit: float, label: str) -> list[alt.Chart]:
     return [line.mark_rule(color=LIMIT_COLOUR, strokeDash=[6, 4]).encode(x=f"{field}:Q"),
             line.mark_text(align="right", baseline="top", dx=-4, dy=4, color=LIMIT_COLOUR).encode(
                 x=f"{field}:Q", y=alt.value(0), text="label")]
+
+
+# ---- a search's trials (the Search page) ----
+
+TRIAL_STATE_COLOURS = {"finished": PRIMARY, "pruned": "#9ca3af", "running": "#f59e0b", "queued": "#fcd34d",
+                       "failed": "#7f1d1d", "stopped": "#fb923c", "waiting": "#e5e7eb"}
+COST_TITLES = {"params": "Parameters", "macs": "MACs"}
+
+
+def trade_off_chart(rows: list[dict], front: list[dict], cost: str, limit: int | None) -> alt.Chart:
+    """Validation accuracy against `cost` (params or macs) for every trial that has one (rejected designs never
+    trained and have none), the Pareto `front` of the finished ones as a step line, and the limit as a rule.
+    `rows` and `front`: trials as core.search.report.study_status lists them."""
+    title = COST_TITLES[cost]
+    points = pd.DataFrame([{"Trial": r["number"], "State": r["state"], title: r[cost], "Val accuracy": r["accuracy"]}
+                           for r in rows if r[cost] is not None and r["accuracy"] is not None])
+    x = alt.X(f"{title}:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format="~s"), title=f"{title} (log scale)")
+    y = alt.Y("Val accuracy:Q", axis=alt.Axis(format="%"))
+    states = [s for s in TRIAL_STATE_COLOURS if s in set(points["State"])]
+    dots = alt.Chart(points).mark_circle(size=90, opacity=0.9).encode(
+        x=x, y=y, color=alt.Color("State:N", scale=alt.Scale(domain=states,
+                                                             range=[TRIAL_STATE_COLOURS[s] for s in states]),
+                                  legend=alt.Legend(orient="bottom", title=None)),
+        tooltip=["Trial", "State", alt.Tooltip(f"{title}:Q", format=","),
+                 alt.Tooltip("Val accuracy:Q", format=".2%")])
+    layers = [dots]
+    edge = pd.DataFrame([{title: r[cost], "Val accuracy": r["accuracy"]} for r in front])
+    if not edge.empty:
+        layers += [alt.Chart(edge).mark_line(interpolate="step-after", color=PRIMARY, strokeDash=[2, 2], strokeWidth=2)
+                   .encode(x=x, y=y),
+                   alt.Chart(edge).mark_point(size=260, color=PRIMARY, strokeWidth=1.5).encode(x=x, y=y)]
+    if limit:
+        layers += limit_rule(title, limit, f"budget {limit:,}")
+    return alt.layer(*layers).properties(height=340)
+
+
+def importance_chart(importances: dict[str, float]) -> alt.Chart:
+    """Bars of how much each setting mattered (Optuna's parameter importances, shares of 1), the most first."""
+    frame = pd.DataFrame({"Setting": list(importances), "Importance": list(importances.values())})
+    return alt.Chart(frame).mark_bar(color=PRIMARY).encode(
+        x=alt.X("Importance:Q", axis=alt.Axis(format="%")), y=alt.Y("Setting:N", sort="-x", title=None),
+        tooltip=["Setting", alt.Tooltip("Importance:Q", format=".1%")]).properties(height=24 * len(frame) + 30)

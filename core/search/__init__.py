@@ -19,6 +19,10 @@ RetryHeartbeatStaleTrialCallback queues it again, so another worker runs it. A d
 these: trials keep training and their reports wait, workers wait too, and no trial is failed for it (the
 retry constants and the reasons are in study.py and trial.py).
 
+Modules: space.py (the space), study.py (a study's handle, `Study`, its storage and the rules workers and trials
+share), worker.py, trial.py, report.py (a study as JSON, and whether it is live), best.py (the best trial trained
+in full), optuna_private.py (the one use of Optuna beyond its public API).
+
 The default storage is SQLite through Optuna's RDBStorage, not the JournalFileBackend: it is the
 same storage class as PostgreSQL, so one code path serves both, and only RDBStorage has the
 heartbeat that finds trials whose process died. Its writes are a few per epoch and per heartbeat,

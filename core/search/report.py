@@ -8,8 +8,7 @@ import optuna
 from optuna.trial import TrialState
 
 from core.files import FileError
-from core.search.study import (counted, display_url, is_counted, load_study, open_storage, reaching, retried_numbers,
-                               stop_requested, storage_url, trial_run, worker_alive)
+from core.search.study import Study, counted, is_counted, retried_numbers, retry_of, trial_run, worker_alive
 
 
 def trial_row(trial: optuna.trial.FrozenTrial, retried: dict[int, int]) -> dict:
@@ -33,16 +32,15 @@ def trial_row(trial: optuna.trial.FrozenTrial, retried: dict[int, int]) -> dict:
             "accuracy": accuracy, "epochs_done": max(steps) if steps else run_status.get("epoch"),
             "pruned_at": max(steps) if state == "pruned" and steps else None,
             "rejected": trial.user_attrs.get("rejected"), "error": trial.user_attrs.get("error"),
-            "retry_of": trial.system_attrs.get("failed_trial"), "retried_as": retried.get(trial.number),
+            "retry_of": retry_of(trial), "retried_as": retried.get(trial.number),
             "counted": is_counted(trial, retried), "settings": settings}
 
 
-def study_status(name: str, url: str | None = None) -> dict:
-    """The study as JSON: its trials, the best one, and the Pareto front (several objectives)."""
-    url = storage_url(name, url)
-    study, space = load_study(name, open_storage(url))
-    with reaching(url):
-        optuna.storages.fail_stale_trials(study)  # whoever looks notices a trial whose heartbeat stopped
+def study_status(handle: Study) -> dict:
+    """The study as JSON: its trials, the best one, and the Pareto front (several objectives). A read: it changes
+    nothing in the study (Study.fail_dead_trials does)."""
+    study, space = handle.load()
+    with handle.reaching():
         trials = study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         best_numbers = [t.number for t in study.best_trials] if complete else []  # feasible ones only
@@ -53,10 +51,10 @@ def study_status(name: str, url: str | None = None) -> dict:
     best_trials = [by_number[n] for n in best_numbers]
     best = max(best_trials, key=lambda r: r["accuracy"]) if best_trials else None
     states = [r["state"] for r in rows]
-    return {"study": name, "storage": display_url(url), "space": space.to_dict(),
+    return {"study": handle.name, "storage": handle.shown_url, "space": space.to_dict(),
             "objectives": list(space.objectives), "trials_target": study.user_attrs.get("trials"),
-            "counted": counted(trials), "in_flight": in_flight(rows), "worker_alive": worker_alive(name),
-            "stop_requested": stop_requested(study),
+            "counted": counted(trials), "in_flight": in_flight(rows), "worker_alive": worker_alive(handle.name),
+            "stop_requested": handle.stop_requested(),
             "states": {s: states.count(s) for s in dict.fromkeys(states)},
             "best": best, "pareto_front": best_trials if len(space.objectives) > 1 else pareto_front(rows),
             "importances": found, "trials": rows}
@@ -93,3 +91,14 @@ def importances(study: optuna.Study, complete: list) -> dict[str, float] | None:
     except (RuntimeError, ValueError):  # e.g. every finished trial had the same settings
         return None
     return {k: float(v) for k, v in found.items() if not math.isnan(v)}
+
+
+def is_live(status: dict) -> bool:
+    """Whether a study (as study_status gives it) is searching: a worker of it lives here, or a trial trains or
+    waits for its device."""
+    return status["worker_alive"] or any(s in ("running", "queued") for s in status["states"])
+
+
+def is_unfinished(status: dict) -> bool:
+    """Whether searching again would do anything: trials short of the target, or a trial stopped midway."""
+    return status["counted"] < (status["trials_target"] or 0) or "stopped" in status["states"]

@@ -1,11 +1,16 @@
 """The study: where it is stored (SQLite here, or a PostgreSQL that several machines share), its name, this
-machine's note of it, and the few facts workers and trials read from it."""
+machine's note of it, and the few facts workers and trials read from it.
+
+`Study` is a study's handle: its name and storage URL in one object, the storage opened once per process. Reading
+a study changes nothing in it; `Study.fail_dead_trials` (workers, Stop, `search --status`) is the one place dead
+trials are failed. Optuna is used through its public API; what is not public is in optuna_private.py."""
 from __future__ import annotations
 
 import contextlib
 import math
 import re
 import socket
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +23,7 @@ from core.errors import StudioError
 from core.files import FileError, read_object, update_json
 from core.processes import process_alive, process_start_time
 from core.runs.run import Run, runs_root
+from core.search import optuna_private
 from core.search.space import Space
 
 # -- how workers and trials talk to the study: one visible place --
@@ -57,6 +63,8 @@ def away_reason(error: BaseException) -> str | None:
         return str(error)
     if isinstance(error, optuna.exceptions.StorageInternalError):
         error = error.__cause__
+    if isinstance(error, sqlalchemy.exc.PendingRollbackError):  # a query the server cut off midway (it stopped):
+        error = error.__context__  # Optuna's fallback query then meets the session's rollback; the cut is the context
     if not isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
         return None
     lines = str(error.orig if error.orig is not None else error).splitlines()
@@ -97,28 +105,14 @@ def storage_url(name: str, url: str | None = None) -> str:
         f"sqlite:///{search_dir() / (name + '.db')}"
 
 
-class StudyStorage(optuna.storages.RDBStorage):
-    """Optuna's RDBStorage, whose search for dead trials allows for a database outage: while the database is
-    away no trial can record a heartbeat, and one that lapsed only for that is not a dead trial."""
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:  # what optuna.storages.fail_stale_trials asks
-        if self.up_for() < GRACE_S:
-            return []  # every trial's heartbeat stopped with the database: give them time to beat again
-        stale = []
-        for trial_id in super()._get_stale_trial_ids(study_id):
-            if alive_here(self.get_trial(trial_id)):
-                self.record_heartbeat(trial_id)  # its beats were lost to an outage; this machine sees it live
-            else:
-                stale.append(trial_id)
-        return stale
-
-    def up_for(self) -> float:
-        """Seconds since the database server started (PostgreSQL); a file (SQLite) is never away."""
-        if self.engine.dialect.name != "postgresql":
-            return math.inf
-        with self.engine.connect() as connection:
-            return connection.execute(sqlalchemy.text(
-                "SELECT extract(epoch FROM now() - pg_postmaster_start_time())")).scalar()
+def database_up_for(storage: optuna.storages.RDBStorage) -> float:
+    """Seconds since the database server started (PostgreSQL); a file (SQLite) is never away."""
+    engine = optuna_private.engine(storage)
+    if engine.dialect.name != "postgresql":
+        return math.inf
+    with engine.connect() as connection:
+        return connection.execute(sqlalchemy.text(
+            "SELECT extract(epoch FROM now() - pg_postmaster_start_time())")).scalar()
 
 
 def alive_here(trial: optuna.trial.FrozenTrial) -> bool:
@@ -132,14 +126,37 @@ def alive_here(trial: optuna.trial.FrozenTrial) -> bool:
         process_alive(status.get("pid"), status.get("pid_start"))
 
 
-def open_storage(url: str) -> StudyStorage:
+_storages: dict[str, tuple[optuna.storages.RDBStorage, tuple[int, int] | None]] = {}  # url -> storage, its file
+_storages_lock = threading.Lock()
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The storage at `url`, opened once per process (its engine keeps its connections); a SQLite file that was
+    moved away or replaced since is opened afresh."""
+    with _storages_lock:
+        held = _storages.get(url)
+        if held is None or held[1] != sqlite_file(url):
+            _storages[url] = (new_storage(url), sqlite_file(url))
+        return _storages[url][0]
+
+
+def sqlite_file(url: str) -> tuple[int, int] | None:
+    """Which file a SQLite URL names now (device, inode); None for another database or a file not there."""
+    try:
+        found = Path(url.removeprefix("sqlite:///")).stat() if url.startswith("sqlite:///") else None
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino) if found else None
+
+
+def new_storage(url: str) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else \
         {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     try:
         with reaching(url):
-            return StudyStorage(
+            return optuna.storages.RDBStorage(
                 url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=MAX_RELAUNCHES, inherit_intermediate_values=True))
@@ -194,15 +211,97 @@ def create_study(name: str, space: Space, url: str | None = None) -> optuna.Stud
     return study
 
 
+class Study:
+    """A study: its name and its storage's URL (together, its identity), its storage (opened once per process)
+    and, once asked for, the Optuna study and its space. Opening one reads nothing but this machine's note of it."""
+
+    def __init__(self, name: str, url: str | None = None):
+        self.name = check_study_name(name)
+        self.url = storage_url(self.name, url)
+        self._loaded: tuple[optuna.Study, Space] | None = None
+        self._ids: dict[int, int] = {}           # trial number -> Optuna's trial id, which never changes
+        self._rescued: dict[int, float] = {}     # trial number -> when this process last beat for it
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Study) and (self.name, self.url) == (other.name, other.url)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.url))
+
+    def __repr__(self) -> str:
+        return f"Study({self.name!r}, {self.shown_url!r})"
+
+    @property
+    def shown_url(self) -> str:
+        return display_url(self.url)
+
+    @property
+    def storage(self) -> optuna.storages.RDBStorage:
+        return open_storage(self.url)
+
+    def reaching(self):
+        return reaching(self.url)
+
+    def load(self) -> tuple[optuna.Study, Space]:
+        if self._loaded is None:
+            self._loaded = load_study(self.name, self.storage)
+        return self._loaded
+
+    @property
+    def optuna(self) -> optuna.Study:
+        return self.load()[0]
+
+    @property
+    def space(self) -> Space:
+        return self.load()[1]
+
+    def trial_id(self, number: int) -> int:
+        """Optuna's id of trial `number`: what its heartbeat and its storage calls take."""
+        if number not in self._ids:
+            study_id = self.storage.get_study_id_from_name(self.name)
+            self._ids[number] = self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        return self._ids[number]
+
+    def trial(self, number: int) -> optuna.trial.FrozenTrial:
+        """Trial `number` as the storage has it now."""
+        return self.storage.get_trial(self.trial_id(number))
+
+    def beat_for(self, number: int) -> None:
+        """A heartbeat for trial `number`, from this process."""
+        self.storage.record_heartbeat(self.trial_id(number))
+        self._rescued[number] = time.monotonic()
+
+    def stop_requested(self) -> bool:
+        return stop_requested(self.optuna)
+
+    def fail_dead_trials(self) -> None:
+        """Optuna's search for dead trials (no heartbeat for GRACE_S: failed, and queued again by
+        RetryHeartbeatStaleTrialCallback), allowing for a database outage: while the database is away no trial
+        can beat, and one that lapsed only for that is not dead. Workers and explicit actions call this; reading
+        a study does not."""
+        with self.reaching():
+            if database_up_for(self.storage) < GRACE_S:
+                return  # every trial's heartbeat stopped with the database: give them time to beat again
+            for trial in self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if time.monotonic() - self._rescued.get(trial.number, -math.inf) > HEARTBEAT_S and alive_here(trial):
+                    self.beat_for(trial.number)  # its beats may have been lost to an outage; it lives here
+            optuna.storages.fail_stale_trials(self.optuna)
+
+
 def trial_run(trial: optuna.trial.FrozenTrial) -> Run | None:
     name = trial.user_attrs.get("run")
     run = Run.named(name) if name else None
     return run if run is not None and run.exists() else None
 
 
+def retry_of(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The number of the failed trial that Optuna queued again as `trial` (the first one, for a retry's retry)."""
+    return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
 def retried_numbers(trials: list) -> dict[int, int]:
     """The numbers of failed trials that Optuna queued again, and the numbers of their retries."""
-    return {t.system_attrs["failed_trial"]: t.number for t in trials if "failed_trial" in t.system_attrs}
+    return {retry_of(t): t.number for t in trials if retry_of(t) is not None}
 
 
 def is_counted(trial: optuna.trial.FrozenTrial, retried: dict[int, int]) -> bool:
@@ -222,12 +321,11 @@ def stop_requested(study: optuna.Study) -> bool:
     return bool(study.user_attrs.get("stop"))
 
 
-def continue_study(name: str, url: str) -> None:
+def continue_study(study: Study) -> None:
     """Searching again continues a stopped study. Cleared by whoever asks for a worker, not by the worker
     itself, so that a stop that comes while a detached worker is starting still stops it."""
-    study, _ = load_study(name, open_storage(url))
-    with reaching(url):
-        study.set_user_attr("stop", False)
+    with study.reaching():
+        study.optuna.set_user_attr("stop", False)
 
 
 def note_worker(name: str, pid: int) -> None:
@@ -255,13 +353,12 @@ def list_studies() -> list[str]:
     return [p.stem for p in records if STUDY_PATTERN.match(p.stem)]
 
 
-def start_study(space: Space, name: str, url: str | None, trials: int) -> str:
-    """Create (or reopen) the study, with its number of trials when given, and note it on this machine; returns
-    its storage URL."""
+def start_study(space: Space, name: str, url: str | None, trials: int) -> Study:
+    """Create (or reopen) the study, with its number of trials when given, and note it on this machine."""
     url = storage_url(check_study_name(name), url)
     study = create_study(name, space, url)
     if trials:  # before any worker starts: the page counts "0 of N" at once
         with reaching(url):
             study.set_user_attr("trials", trials)
     update_record(name, storage=url, trials=trials)
-    return url
+    return Study(name, url)

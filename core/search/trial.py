@@ -18,8 +18,7 @@ from optuna.trial import TrialState
 
 from core.design.budget import count
 from core.runs.run import PruneRequested, Run
-from core.search.study import (END_WAIT_S, HEARTBEAT_S, RETRY_FIRST_S, RETRY_MAX_S, StorageAway, load_study,
-                               open_storage, reaching)
+from core.search.study import END_WAIT_S, HEARTBEAT_S, RETRY_FIRST_S, RETRY_MAX_S, StorageAway, Study
 
 
 class SearchTrial:
@@ -28,6 +27,7 @@ class SearchTrial:
 
     def __init__(self, run: Run, tag: dict):
         self.run, self.tag, self.trial_id = run, tag, tag["trial_id"]
+        self.handle = Study(tag["study"], tag["storage"])
         self.storage = self.study = self.space = self.trial = None
         self.reports: dict[int, float] = {}  # epoch -> validation accuracy, not yet in the study
         self.lock = threading.Lock()          # one talk with the study at a time: the loop's or the heartbeat's
@@ -45,10 +45,10 @@ class SearchTrial:
         """`action` with the study (opened first if need be); False, and noted once, while its database is away."""
         with self.lock:
             try:
-                with reaching(self.tag["storage"]):
+                with self.handle.reaching():
                     if self.study is None:
-                        self.storage = open_storage(self.tag["storage"])
-                        self.study, self.space = load_study(self.tag["study"], self.storage)
+                        self.storage = self.handle.storage
+                        self.study, self.space = self.handle.load()
                         self.trial = optuna.Trial(self.study, self.trial_id)
                     action()
             except StorageAway as e:

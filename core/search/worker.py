@@ -15,10 +15,10 @@ from core.files import PROJECT_DIR, locked
 from core.processes import process_alive, start_detached
 from core.runs.run import ACTIVE, Run, create_run, launch, stop as stop_run
 from core.search.report import study_status
-from core.search.space import budget_share
-from core.search.study import (MAX_RELAUNCHES, RETRY_FIRST_S, RETRY_MAX_S, SearchError, StorageAway,
-                               continue_study, counted, display_url, load_study, note_worker, open_storage, reaching,
-                               record_path, search_dir, stop_requested, storage_url, trial_run)
+from core.search.space import Space, budget_share
+from core.search.study import (MAX_RELAUNCHES, RETRY_FIRST_S, RETRY_MAX_S, SearchError, StorageAway, Study,
+                               continue_study, counted, note_worker, record_path, retry_of, search_dir, start_study,
+                               trial_run)
 
 POLL_S = 1.0          # how often a worker looks at its trials
 MAX_REJECTED = 1000   # a worker gives up after this many over-budget samples in a row
@@ -36,11 +36,9 @@ def devices(request: str) -> list[str]:
 class Worker:
     """One machine's share of a study: asks for trials, launches them, relaunches the ones that died."""
 
-    def __init__(self, name: str, url: str | None, trials: int, device: str | None = None):
-        self.url = storage_url(name, url)
-        self.storage = open_storage(self.url)
-        self.study, self.space = load_study(name, self.storage)
-        self.name, self.trials = name, trials
+    def __init__(self, handle: Study, trials: int, device: str | None = None):
+        self.handle, self.name, self.trials = handle, handle.name, trials
+        self.study, self.space = handle.load()
         self.devices = devices(device or self.space.device)
         self.in_flight: dict[str, Run] = {}  # device -> the run of a trial training there
         self.rejected_in_a_row = 0
@@ -49,13 +47,13 @@ class Worker:
         print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)  # stdout is for the JSON
 
     def run(self) -> dict:
-        with reaching(self.url):
+        with self.handle.reaching():
             self.study.set_user_attr("trials", self.trials)
         note_worker(self.name, os.getpid())
         stop = {"asked": False}
         signal.signal(signal.SIGTERM, lambda *_: stop.update(asked=True))
         self.log(f"study {self.name}: {self.trials} trials on {', '.join(self.devices)}, storage "
-                 f"{display_url(self.url)}")
+                 f"{self.handle.shown_url}")
         share = budget_share(self.space)
         if share.over:
             widths = f"; first-stage widths {share.width[0]} to {share.width[1]} keep {share.width_over:.0%} over" \
@@ -68,7 +66,7 @@ class Worker:
                 self.stop_in_flight()
                 break
             try:
-                with reaching(self.url):
+                with self.handle.reaching():
                     ended = self.turn()
             except StorageAway as e:  # trials keep training and their reports wait: so does the worker
                 if away_since is None:
@@ -82,14 +80,14 @@ class Worker:
                 away_since, delay = None, RETRY_FIRST_S
             if ended:
                 break
-        return study_status(self.name, self.url)
+        return study_status(self.handle)
 
     def turn(self) -> bool:
         """One look at the study: relaunch a dead trial, start one, or wait. True when the worker is done."""
-        optuna.storages.fail_stale_trials(self.study)
+        self.handle.fail_dead_trials()
         self.in_flight = {d: r for d, r in self.in_flight.items() if r.status().get("state") in ACTIVE}
         trials = self.study.get_trials(deepcopy=False)
-        if stop_requested(self.study):
+        if self.handle.stop_requested():
             self.stop_in_flight()
             return True
         free = [d for d in self.devices if d not in self.in_flight]
@@ -118,7 +116,7 @@ class Worker:
         seed = self.space.seed + len(self.study.get_trials(deepcopy=False))
         self.study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
         trial = self.study.ask()
-        self.storage.record_heartbeat(trial._trial_id)  # from now until the run beats itself
+        self.handle.beat_for(trial.number)  # from now until the run beats itself
         # The reservation. Trial numbers are handed out one at a time (Optuna locks the study's row), so the
         # trials numbered up to this one are the asks that came first: when they make more than the target,
         # another worker asked at the same moment, and this one is given back, uncounted.
@@ -153,20 +151,22 @@ class Worker:
         run = self.resumable_run(trial) or create_run(cfg, f"{self.name}-{trial.number:03d}",
                                                        origin=f"search {self.name}, trial {trial.number}")
         trial.set_user_attr("run", run.name)
-        run.update_status(search=self.tag(trial._trial_id, trial.number))
+        run.update_status(search=self.tag(trial.number))
         launch(run, device)
         self.log(f"trial {trial.number}: {run.name} on {device}, {cost.params:,} parameters")
         return run
 
-    def tag(self, trial_id: int, number: int) -> dict:
-        return {"study": self.name, "storage": self.url, "trial_id": trial_id, "trial": number}
+    def tag(self, number: int) -> dict:
+        """What a trial's run folder notes of it (status.json `search`): where its trial lives, and which it is."""
+        return {"study": self.name, "storage": self.handle.url, "trial_id": self.handle.trial_id(number),
+                "trial": number}
 
     def resumable_run(self, trial: optuna.Trial) -> Run | None:
         """A retried trial (Optuna queued it again after its heartbeat stopped) resumes its run if it is here."""
-        original = self.storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
+        original = retry_of(self.handle.trial(trial.number))
         if original is None:
             return None
-        run = trial_run(self.study.trials[original])
+        run = trial_run(self.handle.trial(original))
         return run if run is not None and run.status().get("state") not in ACTIVE else None
 
     def relaunch_dead(self, trials: list, device: str) -> bool:
@@ -180,10 +180,11 @@ class Worker:
                 status = run.status()
                 if status.get("pid") is None or process_alive(status["pid"], status.get("pid_start")):
                     continue  # not launched yet, or alive (perhaps between its last status and telling Optuna)
-                if self.storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+                if self.handle.trial(trial.number).state != TrialState.RUNNING:
                     continue  # it told Optuna and ended after `trials` was read
                 if status.get("stalled"):  # its watcher killed it: run again, it would stall again
-                    self.storage.set_trial_user_attr(trial._trial_id, "error", status.get("error"))
+                    self.handle.storage.set_trial_user_attr(self.handle.trial_id(trial.number), "error",
+                                                            status.get("error"))
                     self.study.tell(trial.number, state=TrialState.FAIL)
                     self.log(f"trial {trial.number}: {run.name} stalled; failed, and the study goes on")
                     continue
@@ -193,7 +194,7 @@ class Worker:
                     self.log(f"trial {trial.number}: its process died {MAX_RELAUNCHES} times; failed")
                     continue
                 run.update_status(relaunches=relaunches)
-                self.storage.record_heartbeat(trial._trial_id)
+                self.handle.beat_for(trial.number)
                 launch(run, device)
                 self.in_flight[device] = run
                 self.log(f"trial {trial.number}: {run.name} had no process ({status.get('state')}); resumed on "
@@ -202,9 +203,10 @@ class Worker:
         return False
 
 
-def detach(name: str, url: str, trials: int, device: str | None) -> int:
+def detach(study: Study, trials: int, device: str | None) -> int:
     """Run a worker in its own process and session, logging to runs/.search/NAME.log; returns its pid."""
-    continue_study(name, url)
+    continue_study(study)
+    name, url = study.name, study.url
     cmd = [sys.executable, "-m", "core", "search", "--study", name, "--storage", url, "--trials", str(trials),
            "--detached"]
     if device:
@@ -215,15 +217,22 @@ def detach(name: str, url: str, trials: int, device: str | None) -> int:
     return started.pid
 
 
-def request_stop(name: str, url: str | None = None) -> dict:
-    """Every worker of the study stops (they read the flag from the storage) and so do its runs here."""
-    url = storage_url(name, url)
-    study, _ = load_study(name, open_storage(url))
-    with reaching(url):
-        study.set_user_attr("stop", True)
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+def request_stop(study: Study) -> dict:
+    """Every worker of the study stops (they read the flag from the storage) and so do its runs here. An explicit
+    action, so it also fails the study's dead trials (their retries wait for the next search)."""
+    with study.reaching():
+        study.optuna.set_user_attr("stop", True)
+        running = study.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in running:
         run = trial_run(trial)
         if run is not None:
             stop_run(run)
-    return study_status(name, url)
+    study.fail_dead_trials()
+    return study_status(study)
+
+
+def search_in_background(space: Space, name: str, trials: int) -> Study:
+    """A new study of `space` on this machine's default storage, searched by a detached worker."""
+    study = start_study(space, name, None, trials)
+    detach(study, trials, None)
+    return study
