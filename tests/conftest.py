@@ -13,7 +13,7 @@ import pytest
 
 from core.design.last import last_design_path
 from core.runs.run import Run
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, HANG, ROOT, SMALL_ARCH, Postgres, core_cli, serve_app
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, HANG, SMALL_ARCH, Postgres, core_cli, serve_app, sitecustomize
 
 # One thread per process, for this process and every one the tests start (set before torch is imported): the
 # suite runs training processes beside pytest, the app and each other on machines of two cores, and torch's
@@ -146,9 +146,7 @@ def page(browser, app_url):
 @pytest.fixture
 def hang(tmp_path, monkeypatch):
     """Make the training process of the run named NAME hang after `after` steps: hang(NAME, after)."""
-    (tmp_path / "hang").mkdir()
-    (tmp_path / "hang" / "sitecustomize.py").write_text(HANG)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "hang"), str(ROOT)]))
+    sitecustomize(tmp_path / "hang", monkeypatch, HANG)
 
     def set_up(name: str, after: int) -> None:
         monkeypatch.setenv("HANG_RUN", name)

@@ -191,35 +191,61 @@ def screenshot(page, name: str) -> None:
     page.set_viewport_size(viewport)
 
 
-# Loaded by every Python process started with its folder on PYTHONPATH: in the training process of the run named
-# in HANG_RUN (the one the watcher starts, with --watched), every training step after the HANG_AFTER-th never
-# returns, and it is deaf to SIGTERM there, as a process inside a hung C kernel is.
-HANG = textwrap.dedent('''
-    import os, sys
-    if os.environ.get("HANG_RUN") and "--watched" in sys.argv and sys.argv[sys.argv.index("--resume") + 1] \\
-            .endswith(os.environ["HANG_RUN"]):
-        import importlib.abc, importlib.util, time
+# ---- code patched into the processes a test starts, as a sitecustomize.py ------------------------------------------
 
+# The start of every such sitecustomize.py: patch_on_import({"core.engine.trainer": patch}) makes the process run
+# patch(module) right after it imports that module, before anything uses it.
+PATCH_ON_IMPORT = textwrap.dedent('''
+    import importlib.abc, importlib.util, os, sys
+
+    def patch_on_import(patches):
         class Patch(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path, target=None):
-                if name != "core.engine.trainer":
+                patch = patches.pop(name, None)
+                if patch is None:
                     return None
                 sys.meta_path.remove(self)
-                spec = importlib.util.find_spec(name)
+                try:
+                    spec = importlib.util.find_spec(name)
+                finally:
+                    sys.meta_path.insert(0, self)
                 load = spec.loader.exec_module
 
                 def exec_module(module):
                     load(module)
-                    step, done = module.Trainer.step, [0]
-
-                    def hanging(self, *args):
-                        done[0] += 1
-                        while done[0] > int(os.environ["HANG_AFTER"]):
-                            time.sleep(3600)
-                        return step(self, *args)
-                    module.Trainer.step = hanging
+                    patch(module)
                 spec.loader.exec_module = exec_module
                 return spec
 
         sys.meta_path.insert(0, Patch())
 ''')
+
+
+def sitecustomize(folder: Path, monkeypatch, code: str) -> None:
+    """Every Python process the test starts from now on runs `code` at its start, after PATCH_ON_IMPORT: Python
+    runs the sitecustomize.py it finds on its path, and `folder` goes first on PYTHONPATH, then this checkout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(PATCH_ON_IMPORT + textwrap.dedent(code))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), str(ROOT)]))
+
+
+# For sitecustomize: in the training process of the run named in HANG_RUN (the one the watcher starts, with
+# --watched), every training step after the HANG_AFTER-th never returns, and it is deaf to SIGTERM there, as a
+# process inside a hung C kernel is.
+HANG = '''
+    if os.environ.get("HANG_RUN") and "--watched" in sys.argv and sys.argv[sys.argv.index("--resume") + 1] \\
+            .endswith(os.environ["HANG_RUN"]):
+        import time
+
+        def hanging_steps(module):
+            step, done = module.Trainer.step, [0]
+
+            def hanging(self, *args):
+                done[0] += 1
+                while done[0] > int(os.environ["HANG_AFTER"]):
+                    time.sleep(3600)
+                return step(self, *args)
+            module.Trainer.step = hanging
+
+        patch_on_import({"core.engine.trainer": hanging_steps})
+'''

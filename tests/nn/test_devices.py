@@ -2,8 +2,6 @@
 resuming with a smaller batch; P100, V100, T4, A100, H100 and Apple silicon with torch.cuda and torch.backends.mps
 mocked (the wheel's arch list, the driver, mps); the queue's GPU locks by UUID."""
 import json
-import os
-import textwrap
 
 import pytest
 import torch
@@ -17,59 +15,34 @@ from core.runs import queue
 from core.runs.queue import DeviceRequest, plan
 from core.runs.run import Run
 from core.runs.speeds import device_label
-from tests.helpers import QUICK_ARCH, ROOT, SMALL, core_cli
+from tests.helpers import QUICK_ARCH, SMALL, core_cli, sitecustomize
 
-# Loaded by every Python process started with its folder on PYTHONPATH: with OOM_ABOVE, a training step on more
-# than that many images raises torch's out-of-memory error, with the allocation a CUDA one names; with FAKE_DRIVER,
-# the machine has an NVIDIA driver of that version (which cannot run this torch: there is no GPU).
-PATCHES = textwrap.dedent('''
-    import os, sys
-    if os.environ.get("OOM_ABOVE") or os.environ.get("FAKE_DRIVER"):
-        import importlib.abc, importlib.util
+# For sitecustomize: with OOM_ABOVE, a training step on more than that many images raises torch's out-of-memory
+# error, with the allocation a CUDA one names; with FAKE_DRIVER, the machine has an NVIDIA driver of that version
+# (which cannot run this torch: there is no GPU).
+PATCHES = '''
+    def out_of_memory(module):
+        step = module.Trainer.step
 
-        def out_of_memory(module):
-            step = module.Trainer.step
+        def patched(self, images, *args):
+            import torch
+            if len(images) > int(os.environ["OOM_ABOVE"]):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return step(self, images, *args)
+        module.Trainer.step = patched
 
-            def patched(self, images, *args):
-                import torch
-                if len(images) > int(os.environ["OOM_ABOVE"]):
-                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-                return step(self, images, *args)
-            module.Trainer.step = patched
+    def driver(module):
+        module.driver_version = lambda: os.environ["FAKE_DRIVER"]
 
-        def driver(module):
-            module.driver_version = lambda: os.environ["FAKE_DRIVER"]
-
-        PATCH = {"core.engine.trainer": out_of_memory if os.environ.get("OOM_ABOVE") else None,
-                 "core.nn.gpu": driver if os.environ.get("FAKE_DRIVER") else None}
-
-        class Patch(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if PATCH.get(name) is None:
-                    return None
-                sys.meta_path.remove(self)
-                try:
-                    spec = importlib.util.find_spec(name)
-                finally:
-                    sys.meta_path.insert(0, self)
-                load = spec.loader.exec_module
-
-                def exec_module(module):
-                    load(module)
-                    PATCH[name](module)
-                spec.loader.exec_module = exec_module
-                return spec
-
-        sys.meta_path.insert(0, Patch())
-''')
+    patch_on_import({"core.engine.trainer": out_of_memory if os.environ.get("OOM_ABOVE") else None,
+                     "core.nn.gpu": driver if os.environ.get("FAKE_DRIVER") else None})
+'''
 
 
 @pytest.fixture
 def patched(tmp_path, monkeypatch):
     """Every process the test starts runs with PATCHES: patched(OOM_ABOVE=..., FAKE_DRIVER=...)."""
-    (tmp_path / "patches").mkdir()
-    (tmp_path / "patches" / "sitecustomize.py").write_text(PATCHES)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "patches"), str(ROOT)]))
+    sitecustomize(tmp_path / "patches", monkeypatch, PATCHES)
 
     def set_up(**env) -> None:
         for name, value in env.items():
