@@ -50,6 +50,22 @@ def own_device_locks(tmp_path_factory, monkeypatch) -> Path:
     return folder
 
 
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch) -> Path:
+    """An empty runs folder of the test's own, for this process and the ones it starts."""
+    root = tmp_path / "runs"
+    root.mkdir()
+    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(root))
+    return root
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """A cache folder of the test's own: what the studio knows of this machine (devices, speeds) starts empty."""
+    monkeypatch.setenv("RESNET_STUDIO_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory) -> Path:
     """A runs folder holding `small`: a small net trained for two epochs on the built-in slice by

@@ -82,6 +82,33 @@ def holder(name: str, gpus: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, text=True)
 
 
+class Payload:
+    """A hostile pickle's content: unpickling it runs a shell command that creates `marker` (so a reader that
+    refused it leaves no marker)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+# ---- the app under Streamlit's AppTest --------------------------------------------------------------------------
+
+APP = ROOT / "app.py"
+
+
+def runs_page(monkeypatch, runs_dir: Path):
+    """The Runs page under AppTest, `runs_dir` its runs folder, drawn without an exception."""
+    from streamlit.testing.v1 import AppTest  # imported by the page tests alone
+
+    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(runs_dir))
+    app = AppTest.from_file(APP, default_timeout=300).run()
+    app.switch_page("pages/runs.py").run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
 # ---- a real PostgreSQL server, for shared studies ---------------------------------------------------------------
 
 class Postgres:

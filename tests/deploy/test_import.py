@@ -2,7 +2,6 @@
 exactly as the original; files holding code or whole models are refused without running anything; a design that
 does not fit names the first tensor that differs."""
 import json
-import os
 import pickle
 import subprocess
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import core_cli, core_main
+from tests.helpers import Payload, core_cli, core_main
 from core.data.datasets import load_dataset
 from core.deploy.importer import OURS, WeightsError, _apply, import_weights
 from core.deploy.predict import Classifier, evaluate_run
@@ -78,16 +77,6 @@ def test_normalisation_it_was_trained_with_is_kept(trained, design, tmp_path):
     assert done.returncode == 0, done.stderr
     meta = load_checkpoint(tmp_path / "runs" / "k" / "checkpoints").meta
     assert meta["std"] == [0.2023, 0.1994, 0.2010] and json.loads(done.stdout)["std"] == meta["std"]
-
-
-class Payload:
-    """Unpickling this runs a shell command that creates a file."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 @pytest.mark.parametrize("protocol, message", [

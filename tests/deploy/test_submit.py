@@ -4,14 +4,13 @@ a hostile pickle never runs; bad inputs get one line each."""
 import csv
 import io
 import json
-import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import core_cli, core_main
+from tests.helpers import Payload, core_cli, core_main
 from core.data.datasets import CLASSES, load_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,13 +82,8 @@ def test_submit_through_a_real_process_without_tta(shuffled, tmp_path):
 
 def test_a_hostile_pickle_is_refused_and_its_payload_never_runs(tmp_path):
     marker = tmp_path / "payload-ran"
-
-    class Payload:
-        def __reduce__(self):
-            return os.system, (f"touch {marker}",)
-
     hostile = tmp_path / "cifar_test_nolabel.pkl"
-    hostile.write_bytes(pickle.dumps({b"data": Payload(), b"ids": [0]}))
+    hostile.write_bytes(pickle.dumps({b"data": Payload(marker), b"ids": [0]}))
     out = tmp_path / "submission.csv"
     proc = core_cli("submit", str(EXAMPLE), str(hostile), "--out", str(out), check=False)
     assert proc.returncode == 2 and proc.stdout == ""

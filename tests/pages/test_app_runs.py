@@ -6,9 +6,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers import ROOT, core_cli
-
-APP = ROOT / "app.py"
+from tests.helpers import APP, ROOT, core_cli, runs_page
 
 
 def shipped_runs(tmp_path: Path, *names: str) -> Path:
@@ -16,14 +14,6 @@ def shipped_runs(tmp_path: Path, *names: str) -> Path:
     for name in names:
         shutil.copytree(ROOT / "runs" / name, runs_dir / name)
     return runs_dir
-
-
-def runs_page(monkeypatch, runs_dir: Path) -> AppTest:
-    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(runs_dir))
-    app = AppTest.from_file(APP, default_timeout=300).run()
-    app.switch_page("pages/runs.py").run()
-    assert not app.exception, [e.value for e in app.exception]
-    return app
 
 
 def test_a_time_budgeted_run_counts_the_epochs_it_trained_not_its_evaluations(tmp_path, monkeypatch):

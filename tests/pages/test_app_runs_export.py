@@ -2,7 +2,6 @@
 trained: what the page shows is what the files it wrote say."""
 import io
 import json
-import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -10,24 +9,13 @@ from pathlib import Path
 import torch
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers import ROOT, wait_for
+from tests.helpers import ROOT, Payload, runs_page, wait_for
 from core.deploy.importer import OURS, _apply
 from core.deploy.jobs import read_job, start_export
 from core.deploy.onnx_model import OnnxModel, exported_file, report_path
 from core.deploy.predict import Classifier
 from core.nn.checkpoint import load_checkpoint
 from core.runs.run import Run, process_alive
-
-APP = Path(__file__).resolve().parents[2] / "app.py"
-
-
-def runs_page(monkeypatch, runs_dir: Path) -> AppTest:
-    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(runs_dir))
-    app = AppTest.from_file(APP, default_timeout=300).run()
-    app.switch_page("pages/runs.py").run()
-    assert not app.exception, [e.value for e in app.exception]
-    return app
-
 
 def metric(app: AppTest, label: str, index: int) -> str:
     return [m.value for m in app.metric if m.label == label][index]
@@ -105,14 +93,6 @@ def test_five_runs_compared_keep_their_names_whole(trained, tmp_path, monkeypatc
     assert not any(layer.get("mark", {}).get("type") == "text" and layer["encoding"].get("text", {}).get("field")
                    == "Run" for layer in scatter["layer"])  # no names beside the dots to overlap
     assert scatter["layer"][-1]["encoding"]["color"]["legend"]["labelLimit"] == 0
-
-
-class Payload:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 def test_the_import_box_makes_a_run_and_refuses_a_file_with_code(trained, tmp_path, monkeypatch):

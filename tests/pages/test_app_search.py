@@ -23,10 +23,9 @@ APP = Path(__file__).resolve().parents[2] / "app.py"
 
 
 @pytest.fixture
-def runs_dir(tmp_path, monkeypatch) -> Path:
-    """A runs folder of the test's own; a study still searching at the end is stopped."""
-    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(tmp_path / "runs"))
-    yield tmp_path / "runs"
+def runs_dir(runs_dir) -> Path:
+    """conftest's runs folder of the test's own; a study still searching at the end is stopped."""
+    yield runs_dir
     for name in list_studies():
         if worker_alive(name):
             request_stop(name)

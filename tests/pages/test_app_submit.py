@@ -1,7 +1,6 @@
 """Evaluate and Classify test each run with its own test-time augmentation unless told otherwise, and a result made
 with other settings is marked; Evaluate's "Predict a test set" reads the course pickle, previews it and offers the
 CSV. AppTest, real uploads, the shipped runs (runs/laptop tested with flip TTA, runs/example without)."""
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -15,6 +14,7 @@ from core.data.testsets import read_unlabelled_bytes
 from core.deploy.predict import Classifier, evaluate_run
 from core.deploy.submit import predict_test_set
 from core.runs.run import Run
+from tests.helpers import Payload
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "app.py"
@@ -100,14 +100,9 @@ def test_predict_a_test_set_previews_it_and_offers_the_csv(shipped_runs):
 
 def test_a_hostile_upload_is_refused_and_never_runs(shipped_runs, tmp_path):
     marker = tmp_path / "payload-ran"
-
-    class Payload:
-        def __reduce__(self):
-            return os.system, (f"touch {marker}",)
-
     app = open_page("evaluate")
     app.file_uploader(key="evaluate_submit_upload").set_value(
-        [("cifar_test_nolabel.pkl", pickle.dumps({b"data": Payload()}), "application/octet-stream")]).run()
+        [("cifar_test_nolabel.pkl", pickle.dumps({b"data": Payload(marker)}), "application/octet-stream")]).run()
     assert not app.exception
     assert any("it asks to load posix.system" in e.value for e in app.error)
     assert not marker.exists() and not app.download_button

@@ -33,21 +33,6 @@ TINY = ArchSpec.from_dict(QUICK_ARCH)  # trains an epoch in seconds
 
 
 @pytest.fixture
-def runs_dir(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "runs"
-    root.mkdir()
-    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(root))
-    return root
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    """A cache folder of the test's own: what the page knows of this machine starts empty."""
-    monkeypatch.setenv("RESNET_STUDIO_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture
 def cpu_timed(cache) -> dict:
     """This machine known as a CPU alone, trained at 100 images/s on resnet20 (as a probe would record it)."""
     update_machine(lambda machine: machine | {"devices": {"cpu": "CPU"}})

@@ -31,6 +31,29 @@ def set_number(page, key: str, value: int) -> None:
     wait_until_settled(page)
 
 
+def launch_button(page, name: str):
+    """The Launch button, enabled once the run's name is typed in."""
+    from playwright.sync_api import expect
+
+    run_name = page.get_by_role("textbox", name="Run name")
+    run_name.fill(name)
+    run_name.press("Enter")
+    wait_until_settled(page)
+    launch = page.get_by_role("button", name="Launch")
+    expect(launch).to_be_enabled(timeout=SLOW)
+    return launch
+
+
+def stop_and_delete(run: Run) -> None:
+    """The run a test launched is gone at its end, so the other tests see the session's runs folder as it was."""
+    if run.exists():
+        stop(run)
+        deadline = time.monotonic() + 60
+        while run.status()["state"] in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        delete(run)
+
+
 def test_a_design_launched_from_the_browser_is_followed_live_from_its_first_steps_to_its_end(page, trained_runs):
     from playwright.sync_api import expect
 
@@ -41,12 +64,7 @@ def test_a_design_launched_from_the_browser_is_followed_live_from_its_first_step
     expect(page.locator("h1")).to_have_text("Train", timeout=2 * SLOW)  # its first visit imports torch
     set_number(page, "train-epochs", 1)
     page.get_by_role("radio", name="Built-in slice").click()
-    run_name = page.get_by_role("textbox", name="Run name")
-    run_name.fill(name)
-    run_name.press("Enter")
-    wait_until_settled(page)
-    launch = page.get_by_role("button", name="Launch")
-    expect(launch).to_be_enabled(timeout=SLOW)
+    launch = launch_button(page, name)
     page.evaluate("document.querySelector('h1').scrollIntoView()")  # at the top, where the settings are
     launch.dispatch_event("click")  # a click that does not scroll the page itself
     try:
@@ -81,12 +99,7 @@ def test_a_design_launched_from_the_browser_is_followed_live_from_its_first_step
         assert_no_exception(page)
         screenshot(page, "runs")
     finally:
-        if run.exists():
-            stop(run)
-            deadline = time.monotonic() + 60
-            while run.status()["state"] in ("queued", "running") and time.monotonic() < deadline:
-                time.sleep(0.5)
-            delete(run)
+        stop_and_delete(run)
 
 
 def test_a_time_budget_run_reads_its_time_honestly_while_it_trains(page, trained_runs):
@@ -106,12 +119,7 @@ def test_a_time_budget_run_reads_its_time_honestly_while_it_trains(page, trained
     box.fill("0.5")
     box.press("Enter")
     wait_until_settled(page)
-    run_name = page.get_by_role("textbox", name="Run name")
-    run_name.fill(name)
-    run_name.press("Enter")
-    wait_until_settled(page)
-    launch = page.get_by_role("button", name="Launch")
-    expect(launch).to_be_enabled(timeout=SLOW)
+    launch = launch_button(page, name)
     launch.dispatch_event("click")
     try:
         progress = page.get_by_test_id("stProgress")
@@ -128,12 +136,7 @@ def test_a_time_budget_run_reads_its_time_honestly_while_it_trains(page, trained
             os.kill(trainer, signal.SIGCONT)
         assert_no_exception(page)
     finally:
-        if run.exists():
-            stop(run)
-            deadline = time.monotonic() + 60
-            while run.status()["state"] in ("queued", "running") and time.monotonic() < deadline:
-                time.sleep(0.5)
-            delete(run)
+        stop_and_delete(run)
 
 
 def test_a_reload_and_a_new_tab_keep_the_design_and_its_settings(page):

@@ -26,12 +26,6 @@ TINY = ArchSpec.from_dict(QUICK_ARCH)
 MOMENTS = ["queued", "starting", "loading data", "saving"]
 
 
-@pytest.fixture
-def runs_dir(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(tmp_path / "runs"))
-    return tmp_path / "runs"
-
-
 def lines(run: Run, kind: str) -> list[dict]:
     return [line for line in run.metrics() if line.get("kind") == kind]
 

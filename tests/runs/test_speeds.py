@@ -18,12 +18,6 @@ from core.design.presets import preset_spec
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("RESNET_STUDIO_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def test_an_epoch_counts_evaluation_as_a_forward_pass():
     assert epoch_seconds(100.0, 5000, 1000) == pytest.approx((5000 + EVAL_COST * 1000) / 100)
 

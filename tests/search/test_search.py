@@ -37,13 +37,6 @@ TINY = {"budget": BUDGET, "epochs": 1, "startup_trials": 1, "device": "cpu",
                    "ema_decay": 0.0}}
 
 
-@pytest.fixture
-def runs_dir(tmp_path, monkeypatch) -> Path:
-    """A runs folder of the test's own, for this process and the ones it starts."""
-    monkeypatch.setenv("RESNET_STUDIO_RUNS", str(tmp_path / "runs"))
-    return tmp_path / "runs"
-
-
 def worker(*args: str, log: Path) -> subprocess.Popen:
     with open(log, "w") as f:
         return subprocess.Popen([sys.executable, "-m", "core", "search", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
