@@ -6,7 +6,7 @@ fp32, bf16 and fp16 with its GradScaler, evaluate and predict, the bench, and th
 Marked `gpu`, and skipped where torch sees no CUDA device: `pytest -m gpu` runs just these on a GPU
 machine (see docs/PERFORMANCE.md for the one call that does it). Data: the built-in slice. Everything that is
 not a kernel (which arithmetic and device are chosen, the arch list and driver checks, locks, OOM, mps) is tested
-without a GPU, with torch.cuda mocked: tests/test_devices.py and tests/test_precision.py.
+without a GPU, with torch.cuda mocked: tests/nn/test_devices.py and tests/nn/test_precision.py.
 """
 import json
 
