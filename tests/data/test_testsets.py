@@ -93,7 +93,7 @@ def test_a_pickle_that_would_run_code_is_refused_before_it_runs(tmp_path, slice_
     assert not marker.exists()
     pickle.loads(hostile)  # the check above means something: unpickled plainly, it does run
     assert marker.exists()
-    with pytest.raises(DataError, match=r"it asks to load test_testsets\.Stranger"):
+    with pytest.raises(DataError, match=r"it asks to load tests\.data\.test_testsets\.Stranger"):
         read_unlabelled_bytes("class.pkl", pickle.dumps({b"data": Stranger()}))
 
 
