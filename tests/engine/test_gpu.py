@@ -196,7 +196,7 @@ def test_bench_on_cuda_reports_the_share_of_the_measured_peak(compile_flag):
 
 def test_the_train_page_lists_the_gpu_the_probe_found_and_launches_on_it(tmp_path, monkeypatch):
     pytest.importorskip("streamlit")
-    from test_app_train import TINY, assert_clean, button, open_page, wait_for_state
+    from tests.pages.test_app_train import TINY, assert_clean, button, open_page, wait_for_state
 
     monkeypatch.setenv("RESNET_STUDIO_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("RESNET_STUDIO_CACHE", str(tmp_path / "cache"))
