@@ -1,6 +1,6 @@
-"""The tests' fixtures: a run really trained by the engine, caches and device locks of the tests' own, a
-PostgreSQL server, the app in a real browser, a hanging training step. What they share besides fixtures is in
-tests/helpers.py."""
+"""The tests' fixtures: a run really trained by the engine, runs folders, caches and device locks of the tests'
+own, a PostgreSQL server, the app in a real browser, a hanging training step. What the tests share besides
+fixtures is in tests/helpers.py."""
 import json
 import os
 import pwd

@@ -1,6 +1,7 @@
-"""What the tests share, imported by name (`from tests.helpers import core_cli`): the repository root, small
-designs, the `python -m core` command, waiting, free ports, a device holder, a PostgreSQL server, and the app in a
-real browser. The fixtures built on them are in conftest.py."""
+"""What the tests share, imported by name (`from tests.helpers import core_cli`): the repository root and app.py,
+small designs, the `python -m core` command, waiting, free ports, a device holder, a hostile pickle, the Runs page
+under AppTest, a PostgreSQL server, the app in a real browser, and code patched into the processes a test starts.
+The fixtures built on them are in conftest.py; nothing else is shared between test files."""
 import contextlib
 import io
 import os
@@ -105,8 +106,13 @@ def runs_page(monkeypatch, runs_dir: Path):
     monkeypatch.setenv("RESNET_STUDIO_RUNS", str(runs_dir))
     app = AppTest.from_file(APP, default_timeout=300).run()
     app.switch_page("pages/runs.py").run()
-    assert not app.exception, [e.value for e in app.exception]
+    assert_clean(app)
     return app
+
+
+def assert_clean(app) -> None:
+    """The AppTest script ran without an exception; if not, their messages are the failure's."""
+    assert not app.exception, [e.value for e in app.exception]
 
 
 # ---- a real PostgreSQL server, for shared studies ---------------------------------------------------------------

@@ -20,8 +20,8 @@ from PIL import Image
 import core.data.archives as archives
 from core.data.datasets import CLASSES, Split, load_class_folders, load_dataset, split_validation
 from core.data.sources import BUILTIN, BUILTIN_ARCHIVE, DataError, resolve_data
+from tests.helpers import ROOT
 
-REPO = Path(__file__).resolve().parents[2]
 SHARED_COPY = Path("/work/shared/cifar10/cifar10-jpg.tar.gz")
 
 
@@ -144,7 +144,7 @@ def test_unwritable_cache_is_skipped(tmp_path, monkeypatch):
 @pytest.mark.skipif(not SHARED_COPY.exists(), reason=f"{SHARED_COPY} is not on this machine")
 def test_builtin_slice_is_remade_byte_for_byte(tmp_path):
     out = tmp_path / "slice.tar.gz"
-    subprocess.run([sys.executable, "-m", "scripts.make_builtin_slice", str(SHARED_COPY), str(out)], cwd=REPO,
+    subprocess.run([sys.executable, "-m", "scripts.make_builtin_slice", str(SHARED_COPY), str(out)], cwd=ROOT,
                    check=True, capture_output=True)
     assert out.read_bytes() == BUILTIN_ARCHIVE.read_bytes()
 

@@ -2,7 +2,6 @@
 images, in the file's order; a pickle that would run code is refused before it runs; each bad input gets its line."""
 import hashlib
 import io
-import os
 import pickle
 import zipfile
 
@@ -13,6 +12,7 @@ from PIL import Image
 from core.data.datasets import load_dataset
 from core.data.sources import DataError
 from core.data.testsets import read_unlabelled, read_unlabelled_bytes
+from tests.helpers import Payload
 
 
 @pytest.fixture(scope="module")
@@ -64,16 +64,6 @@ def test_a_folder_or_zip_of_images_is_named_by_file_stem(slice_test, tmp_path):
             z.write(folder / ("10.png" if name == "b" else "2.png"), f"test/{name}.png")
     read = read_unlabelled_bytes("upload.zip", archive.getvalue())
     assert read.ids == ["b", "a"] and np.array_equal(read.images, slice_test[[10, 2]])
-
-
-class Payload:
-    """What a hostile pickle does: a __reduce__ that calls os.system when unpickled."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 class Stranger:

@@ -9,15 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import Payload, core_cli, core_main
+from tests.helpers import core_cli, core_main, Payload
 from core.data.datasets import load_dataset
 from core.deploy.importer import OURS, WeightsError, _apply, import_weights
 from core.deploy.predict import Classifier, evaluate_run
 from core.design.config import RunConfig
 from core.nn.checkpoint import load_checkpoint
 from core.runs.run import Run
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def import_cli(weights: Path, design: Path, run_dir: Path, *extra: str, process: bool = False

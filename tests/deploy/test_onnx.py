@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import core_cli, core_main
+from tests.helpers import ROOT, core_cli, core_main
 from core.data.datasets import CLASSES, load_dataset
 from core.deploy.onnx_export import ExportError, export_onnx
 from core.deploy.onnx_model import OnnxModel
@@ -23,7 +23,6 @@ from core.nn.infer import predict_logits
 from core.runs.run import Run
 
 pytestmark = pytest.mark.kernels  # onnxruntime's int8 kernels differ with and without VNNI
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,16 @@ import json
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import core_main
+from tests.helpers import ROOT, core_main
 from core.data.datasets import load_dataset
 from core.deploy.predict import Classifier, classify, evaluate_run
 from core.runs.run import Run
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def png_bytes(image: Image.Image) -> bytes:

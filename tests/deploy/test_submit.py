@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import Payload, core_cli, core_main
+from tests.helpers import ROOT, core_cli, core_main, Payload
 from core.data.datasets import CLASSES, load_dataset
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "runs" / "example"   # tested without TTA
 LAPTOP = ROOT / "runs" / "laptop"     # tested with flip TTA
 

@@ -1,17 +1,15 @@
 """Every reader of a run tests as the run did: evaluate and predict use the run's own test-time augmentation unless
 told otherwise (--no-tta, --tta-flip), and say which they used."""
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.helpers import core_main
+from tests.helpers import ROOT, core_main
 from core.data.datasets import load_dataset
 from core.deploy.predict import Classifier, evaluate_run
 from core.runs.run import Run
 
-ROOT = Path(__file__).resolve().parents[2]
 LAPTOP = ROOT / "runs" / "laptop"   # trained and tested with flip TTA
 EXAMPLE = ROOT / "runs" / "example"  # without
 

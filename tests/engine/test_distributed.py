@@ -22,9 +22,8 @@ from core.errors import StudioError
 from core.nn.model import build_model
 from core.runs.queue import DeviceRequest, plan, queue_state
 from core.runs.run import Run, create_run, launch, process_alive, stop
-from tests.helpers import core_cli, free_port, holder, wait_for
+from tests.helpers import ROOT, core_cli, free_port, holder, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY_ARCH = {"stages": [{"blocks": 1, "channels": 8}, {"blocks": 1, "channels": 16}], "pool_size": 16,
              "batch_norm": False}  # no BatchNorm: its statistics are per process, so 2x250 != 1x500 with it
 TINY = {"arch": TINY_ARCH, "data": "builtin",

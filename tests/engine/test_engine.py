@@ -21,7 +21,6 @@ from core.runs.queue import queue
 from core.runs.run import Run, RunError, create_run, launch, stop
 from tests.helpers import QUICK_ARCH, SMALL, core_cli, core_main, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 QUICK = SMALL | {"arch": QUICK_ARCH}
 
 

@@ -11,7 +11,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,8 +18,8 @@ from bench.shortcut_speed import HUNG, SLICE_SPACE, SMALLEST
 from core.data.sources import BUILTIN_IMAGES
 from core.design.budget import count
 from core.design.config import RunConfig
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 THREADS = {"OMP_NUM_THREADS": "2"}  # a 2-core laptop's; one thread crashed (SIGSEGV) where two hung
 DESIGNS = {"hung-7614": HUNG, **{f"smallest-{n}-stages": SMALLEST | {"stages": n} for n in (2, 3, 4)}}

@@ -20,8 +20,7 @@ from streamlit.testing.v1 import AppTest
 from core.data.datasets import CLASSES, load_dataset
 from core.deploy.predict import Classifier, classify, evaluate_run, predictions_csv, sample_files
 from core.runs.run import Run
-
-APP = Path(__file__).resolve().parents[2] / "app.py"
+from tests.helpers import APP, assert_clean
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -31,10 +30,6 @@ def open_page(name: str) -> AppTest:
     app.switch_page(f"pages/{name}.py").run()
     assert_clean(app)
     return app
-
-
-def assert_clean(app: AppTest) -> None:
-    assert not app.exception, [e.value for e in app.exception]
 
 
 def use_runs(monkeypatch, folder: Path) -> None:

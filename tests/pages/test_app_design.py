@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -16,8 +15,8 @@ from core.design.budget import BUDGET, count, fit_to_budget
 from core.design.link import from_query, to_query
 from core.design.presets import PRESETS, preset_spec
 from core.design.spec import BLOCKS_RANGE, ArchSpec, SpecError
+from tests.helpers import APP, assert_clean
 
-APP = Path(__file__).resolve().parents[2] / "app.py"
 DEFAULT = "resnet26-seed"
 
 
@@ -47,10 +46,6 @@ def with_stage(spec: ArchSpec, stage: int, **changes) -> ArchSpec:
     data = spec.to_dict()
     data["stages"][stage].update(changes)
     return ArchSpec.from_dict(data)
-
-
-def assert_clean(app: AppTest) -> None:
-    assert not app.exception, [e.value for e in app.exception]
 
 
 def test_app_opens_on_the_design_page_with_the_default_preset():

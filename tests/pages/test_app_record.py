@@ -1,12 +1,10 @@
 """The Runs and Evaluate pages show a run's reproducibility record, and Runs offers the report as a download,
 through Streamlit's AppTest on a run the engine really trained."""
-from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
 from core.runs.record import read_record
-
-APP = Path(__file__).resolve().parents[2] / "app.py"
+from tests.helpers import APP
 
 
 def record_shown(app: AppTest) -> dict:

@@ -18,8 +18,7 @@ from core.search.report import study_status
 from core.search.space import TOLERATED_OVER, Space
 from core.search.study import list_studies, record_path, start_study, worker_alive
 from core.search.worker import request_stop
-
-APP = Path(__file__).resolve().parents[2] / "app.py"
+from tests.helpers import APP, assert_clean
 
 
 @pytest.fixture
@@ -36,10 +35,6 @@ def runs_dir(runs_dir) -> Path:
 
 def open_search() -> AppTest:
     return AppTest.from_file(APP, default_timeout=120).run().switch_page("pages/search.py").run()
-
-
-def assert_clean(app: AppTest) -> None:
-    assert not app.exception, [e.value for e in app.exception]
 
 
 def define_a_tiny_space(app: AppTest) -> AppTest:

@@ -14,10 +14,8 @@ from core.data.testsets import read_unlabelled_bytes
 from core.deploy.predict import Classifier, evaluate_run
 from core.deploy.submit import predict_test_set
 from core.runs.run import Run
-from tests.helpers import Payload
+from tests.helpers import APP, ROOT, Payload
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "app.py"
 STALE = "Made with other settings than those above"
 
 

@@ -10,13 +10,12 @@ import re
 import shutil
 import time
 from dataclasses import fields
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers import QUICK_ARCH, holder, wait_for
+from tests.helpers import APP, QUICK_ARCH, assert_clean, holder, wait_for
 from core.data.sources import BUILTIN_ARCHIVE
 from core.design.budget import BUDGET, count
 from core.design.config import RunConfig, TrainConfig
@@ -28,7 +27,6 @@ from core.runs.speeds import (estimate, kernels_text, probe_running, read_machin
                               update_machine)
 from core.units import duration_text
 
-APP = Path(__file__).resolve().parents[2] / "app.py"
 TINY = ArchSpec.from_dict(QUICK_ARCH)  # trains an epoch in seconds
 
 
@@ -55,10 +53,6 @@ def open_page(page: str, design: ArchSpec | None = None, preset: str | None = No
         app.session_state["design"] = design.to_dict()
         app.session_state["design_preset"] = preset
     return app.switch_page(f"pages/{page}.py").run()
-
-
-def assert_clean(app: AppTest) -> None:
-    assert not app.exception, [e.value for e in app.exception]
 
 
 def button(app: AppTest, label: str):

@@ -6,14 +6,13 @@ itself does; if Streamlit renames the flag or stops reading it, deep links break
 """
 import inspect
 import re
-from pathlib import Path
 
 import streamlit
 from streamlit.commands import navigation
 from streamlit.runtime import pages_manager
 from streamlit.runtime.scriptrunner import script_runner
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 UPGRADE = "Streamlit changed PagesManager.uses_pages_directory: see through_app_shell in pages/_ui.py"
 
 

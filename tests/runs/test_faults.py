@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers import ROOT, core_main
+from tests.helpers import APP, ROOT, core_main
 from core.errors import StudioError
 from core.runs.run import Run, delete, find_damage, repair, scan_runs
 
-APP = ROOT / "app.py"
 EXAMPLE = ROOT / "runs" / "example"
 PAGES = ("pages/runs.py", "pages/evaluate.py", "pages/classify.py", "pages/train.py")
 

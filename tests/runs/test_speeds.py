@@ -14,8 +14,7 @@ from core.measure.probe import probe
 from core.runs.speeds import (EVAL_COST, epoch_seconds, estimate, kernels_text, known_devices, probe_lock_path,
                               probe_running, read_machine, record_run_speed, record_speed, update_machine)
 from core.design.presets import preset_spec
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
 
 
 def test_an_epoch_counts_evaluation_as_a_forward_pass():

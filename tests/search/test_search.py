@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.helpers import core_cli, core_main, free_port, wait_for
+from tests.helpers import ROOT, core_cli, core_main, free_port, wait_for
 from core.design.budget import count
 from core.design.config import TrainConfig
 from core.design.presets import PRESETS, preset_spec
@@ -28,7 +28,6 @@ from core.search.space import TOLERATED_OVER, Space, budget_share
 from core.search.study import GRACE_S, continue_study, counted, start_study, storage_url
 from core.search.worker import Worker, request_stop
 
-ROOT = Path(__file__).resolve().parents[2]
 BUDGET = 20_000  # width 4 or 8: 470 or 1,506 parameters (a trial's epoch in seconds); width 64: 76,490, over
 TINY = {"budget": BUDGET, "epochs": 1, "startup_trials": 1, "device": "cpu",
         "ranges": {"stages": 1, "blocks": 1, "width": {"choices": [4, 8, 64]}, "growth": 1.0, "kernel_size": 3,
@@ -75,7 +74,6 @@ def test_the_default_space_spans_the_presets_and_holds_resnet20():
     resnet20 = space.design({"stages": 3, "blocks": 3, "width": 16, "growth": 2.0, "kernel_size": 3, "se_ratio": 0,
                              "dropout": 0.0})
     assert resnet20 == preset_spec("resnet20")
-
 
 
 def test_a_whitened_stem_is_searched_only_when_the_space_asks_for_it():
