@@ -31,7 +31,7 @@ from core.search.space import Space
 SLICE_SPACE = Space.from_dict(json.loads((Path(__file__).resolve().parent.parent / "docs" / "search-slice.json")
                                          .read_text()))
 # docs/search-slice.json's smallest sample, and the trial that hung on AVX2 (stem 4, stages 4/6/10 of 2/1/1
-# blocks, kernel 5, SE 8: 7,614 parameters); tests/test_isa.py trains both under the AVX2 cap
+# blocks, kernel 5, SE 8: 7,614 parameters); tests/engine/test_isa.py trains both under the AVX2 cap
 SMALLEST = {"stages": 2, "width": 4, "growth": 1.5, "blocks": 1, "kernel_size": 3, "se_ratio": 0, "dropout": 0.0,
             "lr": 0.1, "weight_decay": 5e-4, "batch_size": 64, "augment": ["flip"], "label_smoothing": 0.0,
             "ema_decay": 0.0}

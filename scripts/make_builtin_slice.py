@@ -1,4 +1,4 @@
-"""Make the built-in slice (core/assets/cifar10-slice.tar.gz) from the CIFAR-10 JPEG copy.
+"""Make the built-in slice (core/data/assets/cifar10-slice.tar.gz) from the CIFAR-10 JPEG copy.
 
 Takes the first N train and M test files of each class, by sorted file name, and copies their JPEG
 bytes unchanged into a new archive of the same train/<class>/, test/<class>/ layout. The output
@@ -6,7 +6,7 @@ depends only on the source: members are sorted, owners blanked and the gzip head
 time, so running it twice gives the same bytes.
 
     .venv/bin/python -m scripts.make_builtin_slice ../shared/cifar10/cifar10-jpg.tar.gz \\
-        core/assets/cifar10-slice.tar.gz --train 500 --test 100
+        core/data/assets/cifar10-slice.tar.gz --train 500 --test 100
 """
 from __future__ import annotations
 

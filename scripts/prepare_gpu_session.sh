@@ -41,7 +41,7 @@ Device calls for issue 22, in this order, each with carry [".gpu"]: two calls fi
 machine back after the last.
 
 1. Works + speed (steps 1-2), timeout_s 300:
-. scripts/gpu_env.sh && { python3 -m pytest tests/test_gpu.py -m gpu -n 4 -p no:cacheprovider 2>&1 | tee $OUT/pytest_gpu.log; python3 -m bench.gpu_speed $OUT --seconds 5; }
+. scripts/gpu_env.sh && { python3 -m pytest tests/engine/test_gpu.py -m gpu -n 4 -p no:cacheprovider 2>&1 | tee $OUT/pytest_gpu.log; python3 -m bench.gpu_speed $OUT --seconds 5; }
 
 2. Accuracy at equal time (step 3), timeout_s 420:
 . scripts/gpu_env.sh && python3 -m bench.equal_time $OUT --minutes 3 --export best

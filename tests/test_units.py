@@ -2,15 +2,13 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from core.design.budget import BUDGET, count
 from core.design.presets import preset_spec
 from core.units import bytes_text, duration_text, macs_text, margin_text, params_text, rate_text
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("macs, text", [(1_179_483_088, "1.18 G"), (40_813_184, "40.8 M"), (2_500, "2.5 k"),

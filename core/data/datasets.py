@@ -1,7 +1,7 @@
 """CIFAR-10, or any images in class folders, as uint8 tensors in memory.
 
 Which data (`resolve_data`): the path or "builtin" given, else $CIFAR10_DATA, else ./data if it
-exists, else the built-in slice in core/assets. Two layouts are read:
+exists, else the built-in slice in core/data/assets. Two layouts are read:
 
   * torchvision's: a folder holding `cifar-10-batches-py/` (the original, lossless CIFAR-10), read by
     torchvision itself; `download=True` fetches it into that folder.

@@ -7,7 +7,7 @@ step on CUDA. SIGTERM (Stop) lets
 the current step finish, saves `last`, and ends the run as `stopped`; resuming continues at the
 saved epoch and step, with the same data order, flips and augmentation draws, the optimizer rebuilt from
 the config for this device and its state loaded: a run of epochs stopped and resumed ends with the weights
-of one that was not (tests/test_engine.py, on the CPU). With `time_limit` the run trains for that many seconds
+of one that was not (tests/engine/test_engine.py, on the CPU). With `time_limit` the run trains for that many seconds
 instead of its epochs, and the schedule drawn over its epochs is stretched over that time. Under torchrun
 the same loop runs in every process, with DistributedDataParallel; core/engine/distributed.py says what that
 means for batch, order and stop. A resume may change the batch (`--resume --batch-size N`, after running out of
