@@ -13,7 +13,7 @@ import pytest
 
 from core.files import FileLock, is_locked
 from core.processes import process_alive, process_start_time, start_detached
-from conftest import ROOT, wait_for
+from tests.helpers import ROOT, wait_for
 
 SLEEPER = "import os, sys, time; print(os.getcwd(), os.environ.get('PROBE_WORD'), flush=True); time.sleep(60)"
 

@@ -11,14 +11,16 @@ from pathlib import Path
 import optuna
 import pyarrow as pa
 import pytest
+from optuna.trial import TrialState
 from streamlit.testing.v1 import AppTest
 
-from core.runs.run import Run, delete, stop
+from core.design.config import RunConfig
+from core.runs.run import Run, create_run, delete, launch, stop
 from core.search.report import study_status
 from core.search.space import TOLERATED_OVER, Space
 from core.search.study import Study, list_studies, record_path, start_study, worker_alive
-from core.search.worker import request_stop
-from tests.helpers import APP, assert_clean
+from core.search.worker import detach, request_stop
+from tests.helpers import APP, QUICK_ARCH, assert_clean, wait_for
 
 
 @pytest.fixture
@@ -297,3 +299,54 @@ def test_trials_in_flight_are_not_counted_as_done(runs_dir):
     assert_clean(app)
     (trials,) = [m for m in app.metric if m.label == "Trials done"]
     assert trials.value == "0 of 2" and trials.proto.delta == "1 running"
+
+
+def test_a_trial_queued_behind_another_run_is_not_counted_as_done(runs_dir):
+    """Issue 27, item 13, with a trial that is truly queued: its run waits in the run queue behind another run on
+    the CPU."""
+    holder = create_run(RunConfig.from_dict({"arch": QUICK_ARCH, "train": {"epochs": 500}}), "holder")
+    launch(holder, device="cpu", data="builtin")
+    trial_run = None
+    try:
+        wait_for(lambda: holder.status()["state"] == "running", 120, "the holding run to take the CPU")
+        study = start_study(fixed_space(), "behind", None, 2)
+        detach(study, 2, "cpu")
+
+        def queued_trial() -> bool:
+            rows = study_status(study)["trials"]
+            return bool(rows) and rows[0]["state"] == "queued"
+        wait_for(queued_trial, 180, "the study's first trial to wait in the run queue")
+        trial_run = Run.named(study_status(study)["trials"][0]["run"])
+        assert trial_run.status()["state"] == "queued" and holder.status()["state"] == "running"
+
+        app = open_search()
+        assert_clean(app)
+        (trials,) = [m for m in app.metric if m.label == "Trials done"]
+        assert trials.value == "0 of 2" and trials.proto.delta == "1 queued"
+        assert [(m.label, m.value) for m in app.metric][1:3] == [("Finished", "0"), ("Pruned", "0")]
+    finally:
+        request_stop(Study("behind"))
+        stop(holder)
+        for run in (holder, trial_run):
+            if run is not None:
+                wait_for(lambda run=run: run.status()["state"] not in ("queued", "running"), 120,
+                         f"{run.name} to end")
+        delete(holder)
+
+
+def test_a_failed_trial_queued_again_by_optuna_is_not_counted_as_done(runs_dir):
+    """A trial whose process died is failed and queued again by Optuna (RetryHeartbeatStaleTrialCallback, as a
+    worker's fail_stale_trials does): its retry waits in the study's queue, and is not done either."""
+    handle = start_study(fixed_space(), "again", None, 2)
+    study = optuna.load_study(study_name="again", storage=handle.url)
+    trial = study.ask()
+    study.tell(trial, state=TrialState.FAIL)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, study.get_trials()[0])
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+    status = study_status(handle)
+    assert status["in_flight"] == {"running": 0, "queued": 1}
+
+    app = open_search()
+    assert_clean(app)
+    (trials,) = [m for m in app.metric if m.label == "Trials done"]
+    assert trials.value == "0 of 2" and trials.proto.delta == "1 queued"

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 import core.data.sources as sources
+from tests.helpers import ROOT
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED_COPY = sources.SHARED_COPY  # as the module has it, before a test puts it elsewhere
 
 
@@ -19,7 +19,7 @@ def nothing_set_up(tmp_path, monkeypatch):
 
 
 def test_the_shared_copy_is_the_one_beside_the_repo_and_the_help_names_it():
-    assert REPO.parent / "shared" / "cifar10" / "cifar10-jpg.tar.gz" == SHARED_COPY
+    assert ROOT.parent / "shared" / "cifar10" / "cifar10-jpg.tar.gz" == SHARED_COPY
     assert sources.SHARED_COPY_NAME in sources.HOW_TO_GET_DATA
 
 

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from conftest import CHROMIUM, assert_no_exception, serve_app, wait_until_settled
+from tests.helpers import CHROMIUM, assert_no_exception, serve_app, wait_until_settled
 
 # the client's guesses under the page's path, answered 404 by Streamlit by design (see the module's docstring)
 STREAMLIT_PROBES = ("/_stcore/health", "/_stcore/host-config")

@@ -13,7 +13,7 @@ from core.design.config import RunConfig
 from core.design.presets import preset_spec
 from core.design.spec import ArchSpec
 from core.runs.speeds import estimate, read_machine, record_run_speed, speed_basis, update_machine
-from conftest import QUICK_ARCH, ROOT
+from tests.helpers import QUICK_ARCH, ROOT
 
 
 @pytest.fixture
