@@ -2,9 +2,9 @@
 
 Each device has a lock file in one folder per machine (not per runs folder): `gpu-<UUID>.lock` per GPU,
 `cpu.lock` for the CPU, which a CPU run takes whole (two CPU trainings on the same cores slow each
-other tenfold), `mps.lock` for Apple's GPU. A run starts when it holds every lock it needs; locks are tried in sorted order and
-all let go when one is busy, so two runs never hold half of each other's GPUs. A lock (core.files.FileLock)
-dies with its process, so a killed run never blocks the queue.
+other tenfold), `mps.lock` for Apple's GPU. A run starts when it holds every lock it needs; locks are tried in
+sorted order and all let go when one is busy, so two runs never hold half of each other's GPUs. A lock
+(core.files.FileLock) dies with its process, so a killed run never blocks the queue.
 
 GPU IDs are the machine's numbering as CUDA_VISIBLE_DEVICES lists it (else 0..N-1): what runs ask for. Their
 locks are named by each GPU's UUID, which names the same physical GPU in every process: under Slurm every job
@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from core.errors import StudioError
 from core.files import FileLock, is_locked
@@ -101,7 +101,7 @@ class DeviceRequest:
     gpus: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, device: str = "auto", gpus: str | None = None) -> "DeviceRequest":
+    def parse(cls, device: str = "auto", gpus: str | None = None) -> DeviceRequest:
         """From `--device` (auto, cpu, cuda, cuda:N, mps) and `--gpus` (a count like 2, or IDs like 0,2)."""
         visible = visible_gpus()
         if gpus:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from core.files import read_json, write_json
+from core.files import read_json
 from core.runs.record import differences, read_record
 from core.runs.run import Run, create_run
 
@@ -63,8 +63,8 @@ def compare(original: Run, copy: Run) -> dict:
     elif worst_acc == 0 and worst_loss == 0:
         verdict = "identical: every epoch's accuracy and loss are equal to the last bit"
     elif worst_acc <= tolerance["accuracy"] and worst_loss <= tolerance["loss"]:
-        verdict = (f"matches within the tolerance for runs on different machines ({tolerance['accuracy']:.0%} accuracy, "
-                   f"{tolerance['loss']:g} loss)")
+        verdict = (f"matches within the tolerance for runs on different machines ({tolerance['accuracy']:.0%} "
+                   f"accuracy, {tolerance['loss']:g} loss)")
     else:
         verdict = (f"differs: up to {worst_acc:.2%} accuracy and {worst_loss:.4f} loss apart" +
                    ("" if facts else ", on the same machine, code, libraries and data: something in the loop is "

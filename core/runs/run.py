@@ -134,11 +134,11 @@ class Run:
     dir: Path
 
     @classmethod
-    def named(cls, name: str, runs_dir: Path | None = None) -> "Run":
+    def named(cls, name: str, runs_dir: Path | None = None) -> Run:
         return cls((runs_dir or runs_root()) / check_name(name))
 
     @classmethod
-    def at(cls, path: str | Path) -> "Run":
+    def at(cls, path: str | Path) -> Run:
         """A run given as a path like runs/NAME (as the CLI takes it) or as a bare name."""
         path = Path(path)
         if len(path.parts) == 1:
@@ -171,19 +171,19 @@ class Run:
     def exists(self) -> bool:
         return self.config_path.exists()
 
-    def require(self) -> "Run":
+    def require(self) -> Run:
         if not self.exists():
             raise RunError(f"{self.dir}: no such run (no config.json there); `python -m core runs` lists the runs")
         return self
 
-    def finished(self) -> "Run":
+    def finished(self) -> Run:
         """This run, when it has finished; else a RunError: an export takes only a finished run."""
         state = self.require().status().get("state")
         if state != "finished":
             raise RunError(f"{self.name} is {state}; only a finished run can be exported")
         return self
 
-    def intact(self) -> "Run":
+    def intact(self) -> Run:
         """This run, when its files read well (find_damage; damaged weights of a checkpoint are said by whoever
         loads them); else a RunError naming the damaged file and what to do: for the commands that read a run
         (evaluate, export, report, resume)."""
@@ -238,7 +238,8 @@ class Run:
         """The epoch a checkpoint was saved at as epochs trained (24.5), from the epoch line of its evaluation (the
         same elapsed time); its meta alone has the whole epochs before it (24)."""
         for line in reversed(self.metrics()):
-            if line.get("kind") == "epoch" and meta.get("elapsed") is not None and line.get("elapsed") == meta["elapsed"]:
+            if (line.get("kind") == "epoch" and meta.get("elapsed") is not None
+                    and line.get("elapsed") == meta["elapsed"]):
                 return line["epoch"]
         return meta.get("epoch")
 

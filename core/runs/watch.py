@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import psutil
 
 from core.files import FileError, read_json
+from core.processes import kill_tree
 from core.runs.run import ACTIVE, Run, ended_by_death
 
 BEAT_EVERY = 1.0          # seconds between two writes of heartbeat.json within a phase (twice that, idle)
@@ -321,8 +322,8 @@ def resume_point(run: Run) -> str:
 
 
 def stopped_by_force(run: Run, beat: dict, machine: int | None = None) -> Ending:
-    message = (f"stopped: the training process{on_machine(machine)} did not stop within {stop_grace(beat):.0f} s of the request "
-               f"({where_text(beat)}) and was killed; a resume starts {resume_point(run)}")
+    message = (f"stopped: the training process{on_machine(machine)} did not stop within {stop_grace(beat):.0f} s of "
+               f"the request ({where_text(beat)}) and was killed; a resume starts {resume_point(run)}")
     return Ending({"state": "stopped", "forced": True}, message)
 
 

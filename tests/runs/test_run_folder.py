@@ -4,7 +4,6 @@ torch, which core.runs never imports). And no function of core/ is over 80 lines
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from tests.helpers import ROOT
 
