@@ -1,6 +1,6 @@
 """Runs on disk: the one place that knows the run-folder layout and a run's life cycle, and the one module that
 writes into a run folder (Run's methods; the checkpoints' files are written by core.nn.checkpoint into the folder
-Run.checkpoints names, as that format needs torch; tests/test_run_folder.py keeps it so).
+Run.checkpoints names, as that format needs torch; tests/runs/test_run_folder.py keeps it so).
 
     runs/<name>/
         config.json         the RunConfig, with the parameter count
