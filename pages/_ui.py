@@ -17,7 +17,7 @@ from core.design.presets import PRESETS, preset_spec
 from core.design.settings import LABELS, recipe
 from core.design.spec import ArchSpec, SpecError
 from core.errors import StudioError
-from core.runs.choice import best_run, default_run  # noqa: F401  (the pages import them from here)
+from core.runs.choice import best_run
 from core.runs.record import read_record, summary_lines
 from core.runs.run import ACTIVE, Damage, Run, delete, find_damage, repair, scan_runs
 from core.units import epoch_text, significant

@@ -19,7 +19,8 @@ from core.deploy.prediction import tta_words
 from core.nn.visual import cam_overlay, enlarge
 from core.report.charts import probability_chart
 from core.runs.run import Run
-from pages._ui import (RUN_CHOICE, checkpoint_id, default_run, open_classifier, runs_or_stop, select_checkpoint,
+from core.runs.choice import default_run
+from pages._ui import (RUN_CHOICE, checkpoint_id, open_classifier, runs_or_stop, select_checkpoint,
                        select_run, through_app_shell)
 
 through_app_shell()

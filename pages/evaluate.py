@@ -28,7 +28,8 @@ from core.errors import StudioError
 from core.nn.visual import enlarge
 from core.report.charts import confusion_chart, per_class_chart
 from core.runs.run import Run
-from pages._ui import (RUN_CHOICE, checkpoint_id, default_run, runs_or_stop, open_classifier,
+from core.runs.choice import default_run
+from pages._ui import (RUN_CHOICE, checkpoint_id, runs_or_stop, open_classifier,
                        select_checkpoint, select_run, show_record, through_app_shell)
 
 through_app_shell()

@@ -25,7 +25,8 @@ from core.report.charts import (accuracy_vs_parameters_chart, confusion_chart, o
 from core.runs.progress import metric_frames
 from core.runs.run import ACTIVE, Run, delete, list_runs, runs_root
 from core.units import duration_text, epoch_text, epochs_done_text, points_change_text
-from pages._ui import (FOLLOWED, RUN_CHOICE, chosen_run, current_design, data_label, default_run,
+from core.runs.choice import default_run
+from pages._ui import (FOLLOWED, RUN_CHOICE, chosen_run, current_design, data_label,
                        select_run, show_record, state_badge, through_app_shell, usable_runs)
 
 through_app_shell()
