@@ -18,8 +18,9 @@ import streamlit as st
 from core.design.budget import BUDGET, Cost, count, fit_to_budget
 from core.design.config import RunConfig
 from core.design.presets import PRESETS, preset_spec
-from core.design.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES, SE_RATIO_RANGE,
-                              SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, ArchSpec, SpecError, stage_sizes)
+from core.design.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DOWNSAMPLES, DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES,
+                              SE_RATIO_RANGE, SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, ArchSpec, SpecError,
+                              stage_sizes)
 from core.design.link import to_query
 from core.report.charts import parameter_share_chart
 from core.units import macs_text, margin_text, params_text
@@ -36,6 +37,7 @@ EXACT = ":exact"                  # key suffix of a width's exact box, beside it
 EXACT_BOX_WIDTH = 76              # pixels: a width of 4 digits, whole
 WIDTH_STEP = 8
 OVER_COLOUR = "#dc2626"          # red: over budget
+DOWNSAMPLE_LABELS = {"stride": "strided conv", "maxpool": "max pool"}
 SLIDER_WIDTHS = 512               # one 3×3 block of 512 channels is 4.7M parameters; of 1,024, 18.9M
 
 
@@ -353,6 +355,13 @@ def stage_cards(draft: dict, sizes: list[int]) -> None:
                    help="Side of the square kernel of every convolution in the stage: 3 means 3×3")
             one_of("Stride", ("stages", i, "stride"), STRIDES,
                    help="2 halves the feature map in the stage's first block")
+            stage.setdefault("downsample", "stride")  # a draft kept from before max-pool downsampling
+            one_of("Halve by", ("stages", i, "downsample"), DOWNSAMPLES, disabled=stage["stride"] == 1,
+                   format_func=DOWNSAMPLE_LABELS.get,
+                   help="How the first block halves the map: its first convolution strided (ResNet), or that "
+                        "convolution at full size then 2×2 max pooling, on the shortcut too (ResNet-9, airbench): "
+                        "4× that convolution's MACs, often more accuracy an epoch"
+                        + ("" if stage["stride"] != 1 else "; this stage keeps its map (stride 1)"))
             projects = stage["stride"] != 1 or stage["channels"] != in_channels
             one_of("Shortcut kernel", ("stages", i, "shortcut_kernel_size"), SHORTCUT_KERNEL_SIZES,
                    disabled=not projects,

@@ -18,6 +18,11 @@ SMALL_ARCH = {"stages": [{"blocks": 1, "channels": 16}, {"blocks": 1, "channels"
 # a seventeenth of SMALL_ARCH's work (532,560 MACs, 1,586 parameters): an epoch of the built-in slice in a second or
 # two, for runs whose accuracy does not matter
 QUICK_ARCH = {"stem": {"channels": 8}, "stages": [{"blocks": 1, "channels": 8, "stride": 2}], "pool_size": 16}
+# the speed-run parts of a design: a whitened stem, max-pool downsampling (with a 3x3 shortcut after the pool)
+SPEEDRUN_ARCH = {"stem": {"channels": 16, "kernel_size": 3, "whiten": True},
+                 "stages": [{"blocks": 1, "channels": 16, "stride": 2, "downsample": "maxpool"},
+                            {"blocks": 2, "channels": 32, "shortcut_kernel_size": 3, "downsample": "maxpool"}],
+                 "pool_size": 8}
 SMALL = {"arch": SMALL_ARCH, "train": {"epochs": 1, "batch_size": 128, "log_every": 10, "lr": 0.05},
          "data": "builtin"}  # a run config that trains an epoch of the built-in slice in seconds
 
@@ -282,3 +287,24 @@ HANG = '''
 
         patch_on_import({"core.engine.trainer": hanging_steps})
 '''
+
+
+def random_run(arch: dict, tmp_path: Path, name: str, train: dict | None = None):
+    """A finished run of `arch` with random weights (and batch norm statistics that are not the identity)."""
+    import torch
+
+    from core.data.augment import MEAN, STD
+    from core.data.datasets import CLASSES
+    from core.deploy.importer import import_tensors
+    from core.design.config import RunConfig
+    from core.nn.model import build_model
+
+    cfg = RunConfig.from_dict({"arch": arch, "train": train or {}})
+    torch.manual_seed(1)
+    weights = build_model(cfg.arch).state_dict()
+    for key, value in weights.items():
+        if key.endswith("running_var"):
+            value.uniform_(0.5, 1.5)
+        elif key.endswith("running_mean"):
+            value.normal_(0, 0.2)
+    return import_tensors(weights, "0" * 64, "random", cfg, tmp_path / "runs" / name, MEAN, STD, CLASSES)

@@ -90,8 +90,9 @@ def count(spec: ArchSpec) -> Cost:
         for bi in range(stage.blocks):
             stride = stage.stride if bi == 0 else 1
             out = conv_out(size, stride)
+            pooled = stride != 1 and stage.downsample == "maxpool"  # the first conv at the input's size
             convs = conv_params(in_ch, c, k, bias) + conv_params(c, c, k, bias)
-            macs = (in_ch * c + c * c) * k * k * out * out
+            macs = (in_ch * c * (size if pooled else out) ** 2 + c * c * out * out) * k * k
             shortcut = 0
             if stride != 1 or in_ch != c:
                 ks = stage.shortcut_kernel_size
@@ -105,6 +106,8 @@ def count(spec: ArchSpec) -> Cost:
             params = convs + bn(c) * 2 + shortcut + se
             blocks.append(BlockCost(bi, in_ch, c, stride, out, convs, bn(c) * 2, shortcut, se, params, macs))
             receptive += (k - 1) * jump
+            if pooled:  # the 2x2 window
+                receptive += (stride - 1) * jump
             jump *= stride
             receptive += (k - 1) * jump
             in_ch, size = c, out

@@ -1,9 +1,10 @@
 """A design as a short, readable link: ?stem=128&stage=3x128s1&stage=3x100s2&pool=2
 
 One `stage` parameter per stage: blocks x channels, then kK (kernel), pP (projection-shortcut
-kernel) and sS (stride); `stem` is channels, then kK, then w for a whitened stem. A field at the
-value ArchSpec.from_dict gives it by default is left out, except the stride, whose default depends
-on the stage's place. Parsing checks the form of each value; ArchSpec.from_dict checks the numbers.
+kernel), sS (stride) and m for max-pool downsampling; `stem` is channels, then kK, then w for a
+whitened stem. A field at the value ArchSpec.from_dict gives it by default is left out, except the
+stride, whose default depends on the stage's place. Parsing checks the form of each value;
+ArchSpec.from_dict checks the numbers.
 `preset=NAME` names the preset the design started from (a reload or a shared link still says so once
 the design was changed); the design is in the other parameters.
 """
@@ -20,7 +21,7 @@ KEYS = ("stem", "stage", *NETWORK_WIDE)
 PRESET = "preset"
 STEM = re.compile(r"(?P<channels>\d+)(?:k(?P<kernel_size>\d+))?")
 STAGE = re.compile(r"(?P<blocks>\d+)x(?P<channels>\d+)(?:k(?P<kernel_size>\d+))?"
-                   r"(?:p(?P<shortcut_kernel_size>\d+))?(?:s(?P<stride>\d+))?")
+                   r"(?:p(?P<shortcut_kernel_size>\d+))?(?:s(?P<stride>\d+))?(?P<maxpool>m)?")
 
 
 def to_query(spec: ArchSpec, preset: str | None = None) -> dict[str, list[str]]:
@@ -32,7 +33,8 @@ def to_query(spec: ArchSpec, preset: str | None = None) -> dict[str, list[str]]:
         kernel = f"k{s.kernel_size}" if s.kernel_size != default_stage.kernel_size else ""
         shortcut = (f"p{s.shortcut_kernel_size}"
                     if s.shortcut_kernel_size != default_stage.shortcut_kernel_size else "")
-        return f"{s.blocks}x{s.channels}{kernel}{shortcut}s{s.stride}"
+        maxpool = "m" if s.downsample == "maxpool" else ""
+        return f"{s.blocks}x{s.channels}{kernel}{shortcut}s{s.stride}{maxpool}"
 
     stem_kernel = f"k{spec.stem.kernel_size}" if spec.stem.kernel_size != DEFAULTS.stem.kernel_size else ""
     whiten = "w" if spec.stem.whiten else ""
@@ -51,8 +53,7 @@ def from_query(query: dict[str, list[str]]) -> ArchSpec:
         raise SpecError(f"{unknown[0]}: not a design parameter; a design link uses {', '.join(KEYS)}")
     if not query.get("stage"):
         raise SpecError("stage: missing; give one per stage, e.g. stage=3x128s1&stage=3x256s2")
-    data = {"stages": [_parts(f"stage {i}", text, STAGE, "3x128s2 or 3x128k5p3s2")
-                       for i, text in enumerate(query["stage"])]}
+    data = {"stages": [_stage(f"stage {i}", text) for i, text in enumerate(query["stage"])]}
     if query.get("stem"):
         text = query["stem"][-1]
         data["stem"] = _parts("stem", text.removesuffix("w"), STEM, "64, 64k3 or 64k3w (whitened)")
@@ -64,11 +65,17 @@ def from_query(query: dict[str, list[str]]) -> ArchSpec:
     return ArchSpec.from_dict(data)
 
 
-def _parts(where: str, text: str, form: re.Pattern, example: str) -> dict[str, int]:
+def _stage(where: str, text: str) -> dict:
+    parts = _parts(where, text, STAGE, "3x128s2, 3x128k5p3s2 or 3x128s2m (max-pool downsampling)")
+    return parts | ({"downsample": "maxpool"} if parts.pop("maxpool", None) else {})
+
+
+def _parts(where: str, text: str, form: re.Pattern, example: str) -> dict[str, int | str]:
     match = form.fullmatch(text)
     if match is None:
         raise SpecError(f"{where}: {text!r} is not in the form {example}")
-    return {name: int(value) for name, value in match.groupdict().items() if value is not None}
+    return {name: int(value) if value.isdigit() else value for name, value in match.groupdict().items()
+            if value is not None}
 
 
 def _value(key: str, text: str, kind: type) -> bool | int | float:

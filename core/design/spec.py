@@ -24,6 +24,9 @@ CHANNELS_RANGE = (4, 1024)
 KERNEL_SIZES = (1, 3, 5, 7)
 SHORTCUT_KERNEL_SIZES = (1, 3)
 STRIDES = (1, 2)
+# how a stride-2 stage halves the map: its first conv strided (ResNet), or that conv at full size then 2x2 max
+# pooling, on the shortcut too (ResNet-9, airbench: 4x the first conv's MACs, more accuracy an epoch)
+DOWNSAMPLES = ("stride", "maxpool")
 SE_RATIO_RANGE = (0, 1024)  # 0 = no squeeze-and-excitation
 DROPOUT_RANGE = (0.0, 0.9)
 CLASSES_RANGE = (2, 1000)
@@ -114,6 +117,7 @@ class StageSpec:
     kernel_size: int = 3
     shortcut_kernel_size: int = 1
     stride: int = 1
+    downsample: str = "stride"
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,9 @@ class ArchSpec:
         d["stages"] = list(d["stages"])
         if not self.stem.whiten:  # designs without it read as they did before it existed
             del d["stem"]["whiten"]
+        for stage in d["stages"]:  # the same for max-pool downsampling
+            if stage["downsample"] == "stride":
+                del stage["downsample"]
         return d
 
     def to_json(self) -> str:
@@ -200,6 +207,7 @@ def _stage_from_dict(i: int, data: Any) -> StageSpec:
                                           data.get("shortcut_kernel_size", 1), SHORTCUT_KERNEL_SIZES),
         # the usual CIFAR ResNet halves the map at every stage but the first
         stride=check_choice(f"{where}.stride", data.get("stride", 1 if i == 0 else 2), STRIDES),
+        downsample=check_choice(f"{where}.downsample", data.get("downsample", "stride"), DOWNSAMPLES),
     )
 
 

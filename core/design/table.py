@@ -35,6 +35,8 @@ def hyperparameters(cfg: RunConfig, imported: bool = False) -> dict[str, str]:
         "Channels": f"stem {a.stem.channels}{' (whitened)' if a.stem.whiten else ''}; "
                     + ", ".join(str(s.channels) for s in stages),
         "Strides": each([s.stride for s in stages]),
+        "Downsampling": each([("max pool" if s.downsample == "maxpool" else "strided conv") if s.stride != 1 else "–"
+                              for s in stages]),
         "Pool size": str(a.pool_size),
         "Batch norm": ("yes, scales frozen" if t.freeze_bn_scale else "yes") if a.batch_norm else "no",
         "Squeeze-excitation": f"ratio {a.se_ratio}" if a.se_ratio else "no",

@@ -51,23 +51,29 @@ class SqueezeExcite(nn.Module):
 
 class BasicBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: int, kernel_size: int, shortcut_kernel_size: int,
-                 batch_norm: bool, se_ratio: int, dropout: float):
+                 batch_norm: bool, se_ratio: int, dropout: float, downsample: str = "stride"):
         super().__init__()
         bias = not batch_norm  # a conv followed by BN needs no bias
-        self.conv1 = conv(in_ch, out_ch, kernel_size, stride, bias)
+        # max-pool downsampling: the convs at stride 1, then 2x2 max pooling (ceil: the map a strided conv gives)
+        pooled = stride != 1 and downsample == "maxpool"
+        conv_stride = 1 if pooled else stride
+        self.pool = nn.MaxPool2d(stride, ceil_mode=True) if pooled else nn.Identity()
+        self.conv1 = conv(in_ch, out_ch, kernel_size, conv_stride, bias)
         self.bn1 = norm(out_ch, batch_norm)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = conv(out_ch, out_ch, kernel_size, 1, bias)
         self.bn2 = norm(out_ch, batch_norm)
         self.se = SqueezeExcite(out_ch, se_ratio) if se_ratio > 0 else nn.Identity()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(conv(in_ch, out_ch, shortcut_kernel_size, stride, bias),
+            self.shortcut = nn.Sequential(conv(in_ch, out_ch, shortcut_kernel_size, conv_stride, bias),
                                           norm(out_ch, batch_norm))
+            if pooled:  # pool first: the projection then costs a quarter
+                self.shortcut.insert(0, nn.MaxPool2d(stride, ceil_mode=True))
         else:
             self.shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn1(self.pool(self.conv1(x))))
         out = self.dropout(out)
         out = self.se(self.bn2(self.conv2(out)))
         return torch.relu(out + self.shortcut(x))
@@ -103,7 +109,8 @@ class ResNet(nn.Module):
         for i in range(stage.blocks):
             blocks.append(BasicBlock(in_ch if i == 0 else stage.channels, stage.channels,
                                      stage.stride if i == 0 else 1, stage.kernel_size,
-                                     stage.shortcut_kernel_size, s.batch_norm, s.se_ratio, s.dropout))
+                                     stage.shortcut_kernel_size, s.batch_norm, s.se_ratio, s.dropout,
+                                     stage.downsample))
         return nn.Sequential(*blocks)
 
     @torch.no_grad()

@@ -14,11 +14,10 @@ import torch
 from nbclient import NotebookClient
 from PIL import Image
 
-from tests.helpers import QUICK_ARCH, ROOT, core_cli, core_main
+from tests.helpers import QUICK_ARCH, ROOT, SPEEDRUN_ARCH, core_cli, core_main, random_run
 from core.data.augment import MEAN, STD, Normalizer
 from core.data.datasets import CLASSES, load_dataset
 from core.deploy.code_export import notebook
-from core.deploy.importer import import_tensors
 from core.deploy.predict import Classifier
 from core.deploy.run_zip import RunZipError, import_run_zip
 from core.design.budget import count
@@ -58,27 +57,14 @@ def isolated(code: str, cwd: Path, timeout: float = 120) -> subprocess.Completed
     return proc
 
 
-def random_run(arch: dict, tmp_path: Path, name: str, train: dict | None = None) -> Run:
-    """A finished run of `arch` with random weights (and batch norm statistics that are not the identity)."""
-    cfg = RunConfig.from_dict({"arch": arch, "train": train or {}})
-    torch.manual_seed(1)
-    weights = build_model(cfg.arch).state_dict()
-    for key, value in weights.items():
-        if key.endswith("running_var"):
-            value.uniform_(0.5, 1.5)
-        elif key.endswith("running_mean"):
-            value.normal_(0, 0.2)
-    return import_tensors(weights, "0" * 64, "random", cfg, tmp_path / "runs" / name, MEAN, STD, CLASSES)
-
-
 def export(run: Run, out: Path) -> dict:
     return json.loads(core_main("export", str(run.dir), str(out), "--format", "code").stdout)
 
 
-@pytest.mark.parametrize("design", ["example", "odd", "no-batch-norm"])
+@pytest.mark.parametrize("design", ["example", "odd", "no-batch-norm", "speedrun"])
 def test_model_py_gives_the_runs_logits_in_a_process_without_core(design, tmp_path):
     run = EXAMPLE if design == "example" else \
-        random_run(ODD if design == "odd" else NO_BATCH_NORM, tmp_path, design)
+        random_run({"odd": ODD, "no-batch-norm": NO_BATCH_NORM, "speedrun": SPEEDRUN_ARCH}[design], tmp_path, design)
     out = tmp_path / "code"
     made = export(run, out)
     assert made["files"] == ["README.md", "model.py", "notebook.ipynb", "train.py", "weights.pt"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import ROOT, core_cli, core_main
+from tests.helpers import ROOT, SPEEDRUN_ARCH, core_cli, core_main, random_run
 from core.data.datasets import CLASSES, load_dataset
 from core.deploy.onnx_export import ExportError, export_onnx
 from core.deploy.onnx_model import OnnxModel
@@ -207,3 +207,14 @@ def test_an_exported_model_carries_the_runs_thresholds_and_flags_odd_images_with
         assert rows[0]["ood_score"]["threshold"] == pytest.approx(known.threshold, abs=1e-4)
         assert rows[0]["pixels"]["roughness"] > rows[0]["pixels"]["roughness_high"]  # noise: rougher than any photo
         assert rows[1]["pixels"]["contrast"] == 0  # one pixel, enlarged: flat
+
+
+def test_a_whitened_stem_and_max_pool_downsampling_export_with_pytorchs_logits(tmp_path):
+    run = random_run(SPEEDRUN_ARCH, tmp_path, "speedrun")
+    out = tmp_path / "speedrun.onnx"
+    report = export_onnx(run, out, data="builtin")
+    assert report["max_logit_diff"] < 1e-4 and report["agreement"] >= 0.995
+    images = load_dataset("builtin").test.images[:7]
+    classifier = Classifier.load(run)
+    expected = predict_logits(classifier.model, images, classifier.normalizer, classifier.device, precision="fp32")
+    np.testing.assert_allclose(OnnxModel.load(out).logits(images.numpy()), expected.numpy(), atol=1e-4)

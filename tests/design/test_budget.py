@@ -40,7 +40,7 @@ def random_spec(rng: random.Random) -> ArchSpec:
         size = conv_out(size, stride)
         stages.append({"blocks": rng.choice([1, 1, 2, 3, 16]), "channels": rng.choice([4, 5, 17, 64, 100, 1024]),
                        "kernel_size": rng.choice([1, 3, 5, 7]), "shortcut_kernel_size": rng.choice([1, 3]),
-                       "stride": stride})
+                       "stride": stride, "downsample": rng.choice(["stride", "maxpool"])})
     return ArchSpec.from_dict({
         "stem": {"channels": rng.randint(4, 200), "kernel_size": rng.choice([1, 3, 5, 7]),
                  "whiten": rng.random() < 0.2},
@@ -91,6 +91,26 @@ def test_breakdown_adds_up_and_reports_geometry():
     # stem 3x3 (rf 3), then 6 convs at jump 1 (rf 15), stride-2 conv adds 2, then 5 convs at jump 2 ...
     assert cost.stages[0].receptive_field == 15
     assert cost.stages[1].receptive_field == 15 + 2 + 5 * 4
+
+
+def test_max_pool_downsampling_keeps_parameters_and_maps_and_costs_the_first_conv_at_full_size():
+    strided = ArchSpec.from_dict({"stem": {"channels": 32}, "stages": [{"blocks": 2, "channels": 64, "stride": 2},
+                                                                      {"blocks": 1, "channels": 96, "stride": 2}]})
+    pooled = strided.replace(stages=[{**s, "downsample": "maxpool"} for s in strided.to_dict()["stages"]])
+    a, b = count(strided), count(pooled)
+    assert b.params == a.params == built_params(pooled) and pooled.feature_sizes == strided.feature_sizes == [16, 8]
+    # each stage's first conv at its input's size: 4x its MACs; the rest, shortcut included, as before
+    assert b.macs - a.macs == 32 * 64 * 9 * (32 * 32 - 16 * 16) + 64 * 96 * 9 * (16 * 16 - 8 * 8)
+    # the 2x2 window adds one pixel at the jump before it: stem 3, +2 (conv), +1 (pool), +4, +4 (second block)
+    assert [s.receptive_field for s in a.stages] == [3 + 2 + 4 + 4 + 4, 17 + 4 + 8]
+    assert [s.receptive_field for s in b.stages] == [3 + 2 + 1 + 4 + 4 + 4, 18 + 4 + 2 + 8]
+    out = build_model(pooled)(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    # down to a 1x1 map, as strided convs take it
+    deep = ArchSpec.from_dict({"stages": [{"blocks": 1, "channels": 8, "stride": 2, "downsample": "maxpool"}] * 5,
+                               "pool_size": 1})
+    assert deep.feature_sizes == [16, 8, 4, 2, 1]
+    assert build_model(deep).eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
 def test_fit_to_budget_scales_resnet18_to_the_largest_design_under_5m():

@@ -19,6 +19,15 @@ def test_issue_example_round_trips_through_json():
     assert ArchSpec.from_dict(json.loads(spec.to_json())) == spec
 
 
+def test_max_pool_downsampling_is_written_only_where_a_stage_has_it():
+    data = {"stages": [{"channels": 32}, {"channels": 64, "downsample": "maxpool"}]}
+    spec = ArchSpec.from_dict(data)
+    assert [s.downsample for s in spec.stages] == ["stride", "maxpool"]
+    written = spec.to_dict()["stages"]
+    assert "downsample" not in written[0] and written[1]["downsample"] == "maxpool"
+    assert ArchSpec.from_dict(json.loads(spec.to_json())) == spec
+
+
 def test_omitted_keys_take_defaults():
     spec = ArchSpec.from_dict({"stages": [{"channels": 32}, {"channels": 48}, {"channels": 96}]})
     assert spec.stem.channels == 32  # stem follows the first stage
@@ -42,6 +51,7 @@ def test_the_map_sizes_of_a_draft_that_does_not_validate_are_those_a_spec_has():
     ({"stages": [{"kernel_size": 4}]}, "stages[0].kernel_size", "1, 3, 5, 7"),
     ({"stages": [{"shortcut_kernel_size": 5}]}, "stages[0].shortcut_kernel_size", "1, 3"),
     ({"stages": [{"stride": 3}]}, "stages[0].stride", "1, 2"),
+    ({"stages": [{"downsample": "avgpool"}]}, "stages[0].downsample", "stride, maxpool"),
     ({"stages": [{"blocks": 17}]}, "stages[0].blocks", "1 to 16"),
     ({"stages": [{"blocks": 0}]}, "stages[0].blocks", "1 to 16"),
     ({"stages": [{"channels": 2000}]}, "stages[0].channels", "4 to 1024"),

@@ -293,11 +293,11 @@ def test_a_link_keeps_every_field_and_leaves_defaults_out():
     spec = ArchSpec.from_dict({
         "stem": {"channels": 24, "kernel_size": 5},
         "stages": [{"blocks": 1, "channels": 24, "kernel_size": 7, "shortcut_kernel_size": 3, "stride": 2},
-                   {"blocks": 2, "channels": 48, "stride": 1}],
-        "batch_norm": False, "se_ratio": 4, "dropout": 0.25, "pool_size": 16, "num_classes": 100})
+                   {"blocks": 2, "channels": 48, "stride": 1}, {"blocks": 1, "channels": 64, "downsample": "maxpool"}],
+        "batch_norm": False, "se_ratio": 4, "dropout": 0.25, "pool_size": 8, "num_classes": 100})
     query = to_query(spec)
-    assert query == {"stem": ["24k5"], "stage": ["1x24k7p3s2", "2x48s1"], "bn": ["0"], "se": ["4"],
-                     "dropout": ["0.25"], "pool": ["16"], "classes": ["100"]}
+    assert query == {"stem": ["24k5"], "stage": ["1x24k7p3s2", "2x48s1", "1x64s2m"], "bn": ["0"], "se": ["4"],
+                     "dropout": ["0.25"], "pool": ["8"], "classes": ["100"]}
     assert from_query(query) == spec
     assert to_query(preset_spec(DEFAULT)) == {"stem": ["128"], "stage": ["3x128s1", "3x100s2", "3x164s2", "3x200s2"]}
 
@@ -310,6 +310,7 @@ def test_a_link_keeps_every_field_and_leaves_defaults_out():
     ({"stage": ["3x128"], "pool": ["4.5"]}, "pool: '4.5' is not a whole number"),
     ({"stage": ["3x128"], "dropout": ["lots"]}, "dropout: 'lots' is not a number"),
     ({"stage": ["3x2000"]}, "stages[0].channels: 2000 is out of range"),
+    ({"stage": ["3x128s2mm"]}, "stage 0: '3x128s2mm' is not in the form"),
 ])
 def test_a_bad_link_raises_one_clear_spec_error(query, message):
     with pytest.raises(SpecError, match=re.escape(message)):
@@ -327,3 +328,19 @@ def test_a_whitened_stem_is_a_toggle_whose_frozen_filters_are_shown_apart_from_t
     assert f"{cost.frozen_params:,} frozen weights" in metric(app, "Parameters").help
     assert any(f"plus {cost.frozen_params:,} frozen (the whitened stem's filters)" in c.value for c in app.caption)
     assert to_query(whitened)["stem"] == ["32w"] and from_query(to_query(whitened)) == whitened
+
+
+def test_max_pool_downsampling_is_a_choice_of_stride_2_stages_that_costs_macs_and_no_parameters():
+    app = open_app()
+    app.get_by_key("design:preset").set_value("laptop").run()
+    params = shown_params(app)
+    assert app.get_by_key("design:stages.0.downsample").value == "stride"
+    app.get_by_key("design:stages.1.downsample").set_value("maxpool").run()
+    assert_clean(app)
+    laptop = preset_spec("laptop").to_dict()
+    pooled = ArchSpec.from_dict({**laptop, "stages": [{**s, "downsample": "maxpool" if i == 1 else "stride"}
+                                                      for i, s in enumerate(laptop["stages"])]})
+    assert shown_params(app) == params == count(pooled).params
+    assert app.query_params["stage"][1].endswith("s2m")
+    app.get_by_key("design:stages.1.stride").set_value(1).run()  # a stage that keeps its map: nothing to choose
+    assert app.get_by_key("design:stages.1.downsample").disabled
