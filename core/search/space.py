@@ -13,9 +13,9 @@ import optuna
 from core.design.budget import BUDGET, count
 from core.design.config import RunConfig, TrainConfig
 from core.design.presets import PRESETS, get_preset
-from core.design.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES, SE_RATIO_RANGE,
-                              STAGES_RANGE, ArchSpec, SpecError, check_bool, check_choice, check_float, check_int,
-                              check_keys, conv_out)
+from core.design.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DOWNSAMPLES, DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES,
+                              SE_RATIO_RANGE, STAGES_RANGE, ArchSpec, SpecError, check_bool, check_choice, check_float,
+                              check_int, check_keys, conv_out)
 
 
 OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "macs": "minimize"}
@@ -24,7 +24,7 @@ OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "macs": "minimize"}
 PRUNERS = ("median", "halving", "none")
 
 
-ARCH_RANGES = ("stages", "blocks", "width", "growth", "kernel_size", "se_ratio", "dropout", "whiten")
+ARCH_RANGES = ("stages", "blocks", "width", "growth", "kernel_size", "se_ratio", "dropout", "whiten", "downsample")
 
 
 TRAIN_RANGES = ("lr", "weight_decay", "batch_size", "augment", "label_smoothing", "ema_decay")
@@ -48,7 +48,8 @@ def _check_arch_value(where: str, name: str, value: Any) -> Any:
               "kernel_size": lambda: check_choice(where, value, KERNEL_SIZES),
               "se_ratio": lambda: check_int(where, value, *SE_RATIO_RANGE),
               "dropout": lambda: check_float(where, value, *DROPOUT_RANGE),
-              "whiten": lambda: check_bool(where, value)}
+              "whiten": lambda: check_bool(where, value),
+              "downsample": lambda: check_choice(where, value, DOWNSAMPLES)}
     return checks[name]()
 
 
@@ -73,7 +74,7 @@ def _check_range(where: str, name: str, raw: Any) -> Any:
         return {"choices": [_check_value(f"{where}.choices[{i}]", name, c) for i, c in enumerate(choices)]}
     if isinstance(raw, dict):
         check_keys(where, raw, ("low", "high", "log"))
-        if name in ("kernel_size", "augment", "whiten"):
+        if name in ("kernel_size", "augment", "whiten", "downsample"):
             raise SpecError(f"{where}: {name} takes {{\"choices\": [...]}} or one value, not a low-high range")
         for bound in ("low", "high"):
             if bound not in raw:
@@ -168,13 +169,14 @@ class Space:
     # -- one trial --
     def design(self, values: dict) -> ArchSpec:
         """The network of one sample: a stem (whitened or not), then stage i has blocks_i blocks of
-        width * growth ** i channels, stride 2 from the second stage on, and global average pooling."""
+        width * growth ** i channels, stride 2 (strided or max-pooled) from the second stage on, and global average
+        pooling."""
         stages, size = [], IMAGE_SIZE
         for i in range(values["stages"]):
             size = conv_out(size, 1 if i == 0 else 2)
             channels = min(CHANNELS_RANGE[1], max(CHANNELS_RANGE[0], round(values["width"] * values["growth"] ** i)))
             stages.append({"blocks": values.get(f"blocks_{i}", values.get("blocks")), "channels": channels,
-                           "kernel_size": values["kernel_size"]})
+                           "kernel_size": values["kernel_size"], "downsample": values.get("downsample", "stride")})
         return ArchSpec.from_dict({"stem": {"channels": stages[0]["channels"], "whiten": values.get("whiten", False)},
                                    "stages": stages,
                                    "se_ratio": values["se_ratio"], "dropout": values["dropout"], "pool_size": size})
@@ -297,6 +299,7 @@ def default_ranges() -> dict:
         "kernel_size": {"choices": sorted({s.kernel_size for a in archs for s in a.stages} | {5})},
         "se_ratio": {"choices": sorted({a.se_ratio for a in archs})},
         "whiten": False,  # searched only when asked: {"choices": [false, true]}
+        "downsample": "stride",  # likewise: {"choices": ["stride", "maxpool"]}
         "dropout": {"low": 0.0, "high": max(a.dropout for a in archs), "log": False},
         "lr": {"low": min(lrs), "high": max(lrs), "log": True},
         "weight_decay": {"low": 5e-5, "high": max(t.weight_decay for t in trains), "log": True},

@@ -92,6 +92,21 @@ def test_a_whitened_stem_is_searched_only_when_the_space_asks_for_it():
         Space.from_dict({"ranges": {"whiten": "yes"}})
 
 
+def test_max_pool_downsampling_is_searched_only_when_the_space_asks_for_it():
+    assert Space.from_dict({}).ranges["downsample"] == "stride"
+    space = Space.from_dict({"ranges": {"stages": 3, "downsample": {"choices": ["stride", "maxpool"]}}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(20):
+        trial = study.ask()
+        design = space.design(space.sample(trial))
+        seen.add((trial.params["downsample"], tuple(s.downsample for s in design.stages)))
+        study.tell(trial, 0.0)
+    assert seen == {("stride", ("stride",) * 3), ("maxpool", ("maxpool",) * 3)}
+    with pytest.raises(SpecError, match="space.ranges.downsample"):
+        Space.from_dict({"ranges": {"downsample": {"low": "stride", "high": "maxpool"}}})
+
+
 def optuna_share_over(space: Space, draws: int = 400) -> float:
     """The share over the budget among designs drawn by Optuna's RandomSampler (TPE's first trials)."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
