@@ -5,7 +5,10 @@ code`); nothing written here imports `core`.
         model.py            the network in plain PyTorch (a block class and a builder, as torchvision's resnet.py
                             reads); `load_model("weights.pt")` takes float images in [0, 1], the normalisation inside
         weights.pt          the checkpoint's weights as a state dict in fp32 (torch.load(..., weights_only=True))
-        train.py            the run's recipe; prints `parameters: N` first and `test accuracy: X%` last, and writes
+        train.py            the run's recipe, every setting with the studio's math (the speed-run ones too: linear
+                            schedule, alternating flip, averaging ramp, frozen BatchNorm scales, BatchNorm bias lr,
+                            shift TTA, a whitened stem computed from the training images); prints `parameters: N`
+                            first and `test accuracy: X%` last, and writes
                             run.zip: config, per-epoch metrics and the checkpoint, as a run folder holds them
                             (`python -m core import run.zip` reads it back: core.deploy.run_zip)
         notebook.ipynb      train.py's cells as a notebook (Colab, Kaggle)
@@ -61,7 +64,8 @@ def fill(template: str, values: dict[str, str]) -> str:
 
 
 def epochs_to_train(run: Run, cfg) -> int:
-    """The run's epochs; for a run trained for a time, the epochs it reached in that time (rounded up)."""
+    """The run's epochs; for a run trained for a time, the epochs it reached in that time (rounded up), over which
+    train.py stretches the schedule as the run stretched it over its time."""
     if not cfg.train.time_limit:
         return cfg.train.epochs
     done = [m["epoch"] for m in run.metrics() if m.get("kind") == "epoch"]
@@ -101,13 +105,19 @@ def notebook(source: str) -> dict:
                          "language_info": {"name": "python"}, "accelerator": "GPU"}}
 
 
+def tta_phrase(meta: dict) -> str:
+    """The test-time augmentation a checkpoint was measured with, for the README's accuracy."""
+    views = ["flip"] * bool(meta.get("tta_flip")) + ["1-pixel shift"] * bool(meta.get("tta_shift"))
+    return f" (with {' and '.join(views)} test-time augmentation)" if views else ""
+
+
 def readme(run: Run, cfg, meta: dict, epochs: int) -> str:
     record = read_record(run.record_path)
     data = data_copy(record, meta.get("data"))
     counted = count(cfg.arch)
     accuracy = meta.get("eval_acc")
     measured = (f"**{accuracy:.2%}** on the {meta.get('eval_split') or 'test'} split of {data}, the weights of "
-                f"epoch {meta.get('epoch')}" + (" (with flip test-time augmentation)" if meta.get("tta_flip") else "")
+                f"epoch {meta.get('epoch')}" + tta_phrase(meta)
                 if accuracy is not None else "not measured in the studio (the weights were imported)")
     epochs_done = [m for m in run.metrics() if m.get("kind") == "epoch"]
     elapsed = f"{duration_text(epochs_done[-1]['elapsed'])} on {run.status().get('device_name') or 'its device'}" \
@@ -115,8 +125,11 @@ def readme(run: Run, cfg, meta: dict, epochs: int) -> str:
     rows = "\n".join(f"| {name} | {value} |" for name, value in
                      hyperparameters(cfg, imported=bool(meta.get("imported_from"))).items())
     reached = epochs_done[-1]["epoch"] if epochs_done else epochs
+    held_out = (f" The run held out {cfg.train.val_fraction:.0%} of its training images to validate on; {TRAIN} "
+                f"trains on all of them and tests on the test split.") if cfg.train.val_fraction else ""
     time_note = (f" The run trained for {duration_text(cfg.train.time_limit)} and reached epoch {reached:.3g}; "
-                 f"{TRAIN} trains {epochs} epochs.") if cfg.train.time_limit else ""
+                 f"{TRAIN} trains {epochs} epochs, with the schedule stretched over them as the run stretched it "
+                 f"over its time (warm-up included).") if cfg.train.time_limit else ""
     return f"""# {run.name}
 
 A residual network for CIFAR-10 designed in ResNet Studio, as code that needs only `torch` and `torchvision`.
@@ -137,6 +150,9 @@ unless given `--data`, and accuracies on one copy of CIFAR-10 do not carry over 
   {meta['std']}) is inside. Classes, in the order of the logits: {', '.join(meta['classes'])}.
 - `{WEIGHTS}`: the trained weights, a state dict (`torch.load(path, weights_only=True)`).
 - `{TRAIN}`: trains the design again with its recipe (below), from scratch: no pretrained weights, no extra data.
+  It does each setting with ResNet Studio's math: the same data order, augmentations, learning rates, weight
+  averaging and test-time views{"; the whitened stem's frozen filters are computed from the first training images, "
+  "as the run's were" if cfg.arch.stem.whiten else ""}.{held_out}
 - `{NOTEBOOK}`: the same cells, for Colab or Kaggle.
 
 ## Commands
