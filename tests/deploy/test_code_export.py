@@ -121,22 +121,22 @@ def class_folders(tmp_path_factory) -> Path:
     return root
 
 
+def exported_code(tmp_path_factory, name: str, arch: dict, recipe: dict) -> Path:
+    tmp = tmp_path_factory.mktemp(name)
+    export(random_run(arch, tmp, name, recipe), tmp / "code")
+    return tmp / "code"
+
+
 @pytest.fixture(scope="module")
 def quick_export(tmp_path_factory) -> Path:
     """The code of a tiny design with a recipe that uses every path of train.py a CPU takes."""
-    tmp = tmp_path_factory.mktemp("quick")
-    out = tmp / "code"
-    export(random_run(QUICK_ARCH, tmp, "quick", RECIPE), out)
-    return out
+    return exported_code(tmp_path_factory, "quick", QUICK_ARCH, RECIPE)
 
 
 @pytest.fixture(scope="module")
 def speedrun_export(tmp_path_factory) -> Path:
     """The code of a whitened-stem, max-pool design with every speed-run setting."""
-    tmp = tmp_path_factory.mktemp("speedrun")
-    out = tmp / "code"
-    export(random_run(SPEEDRUN_ARCH, tmp, "speedrun", SPEEDRUN_RECIPE), out)
-    return out
+    return exported_code(tmp_path_factory, "speedrun", SPEEDRUN_ARCH, SPEEDRUN_RECIPE)
 
 
 # (the exported code, its design, and the recipe its run.zip records: the epochs trained, no time limit, and the
