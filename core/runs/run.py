@@ -732,4 +732,14 @@ def delete(run: Run) -> None:
             status = {"state": "running", "pid": pid} if pid is not None else {}
         if status.get("state") in ACTIVE:
             raise RunError(f"{run.name} is {status['state']}; stop it before deleting it")
-        shutil.rmtree(run.dir)
+        remove_folder(run)
+
+
+def remove_folder(run: Run) -> None:
+    """Delete the run folder, its lock held: first moved aside in one rename, so that an action waiting for the lock
+    finds the run gone. Deleted in place, the folder would still be there, empty of its lock file, while that action
+    polled: it would make the file anew, and the delete would fail half done ("Directory not empty")."""
+    doomed = run.dir.with_name(f".{run.name}.deleting")  # hidden: never listed as a run
+    shutil.rmtree(doomed, ignore_errors=True)  # what a killed delete left
+    run.dir.rename(doomed)
+    shutil.rmtree(doomed)

@@ -237,9 +237,12 @@ def test_a_change_that_waited_for_a_delete_of_its_run_is_told_the_run_is_gone(ru
     """A stop that waits while a delete holds the lock finds, once it has the lock, the run folder gone (and its lock
     file with it): it says so rather than act on a run that is no more."""
     run = create_run(RunConfig(TINY), "going")
-    deleter = subprocess.Popen([sys.executable, "-c", "import shutil, sys; from pathlib import Path; "
-                                "from core.files import FileLock; FileLock(Path(sys.argv[1]) / '.run.lock').acquire(); "
-                                "print('held', flush=True); sys.stdin.readline(); shutil.rmtree(sys.argv[1])",
+    # the delete's steps, with a pause between taking the lock and removing the folder
+    deleter = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
+                                "from core.files import FileLock; from core.runs.run import Run, remove_folder; "
+                                "FileLock(Path(sys.argv[1]) / '.run.lock').acquire(); "
+                                "print('held', flush=True); sys.stdin.readline(); "
+                                "remove_folder(Run(Path(sys.argv[1])))",
                                 str(run.dir)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert deleter.stdout.readline() == "held\n"
@@ -252,6 +255,7 @@ def test_a_change_that_waited_for_a_delete_of_its_run_is_told_the_run_is_gone(ru
         assert deleter.wait(30) == 0
         waiter.join(30)
         assert len(said) == 1 and f"{run.dir}: no such run" in str(said[0])
+        assert list(runs_dir.iterdir()) == []  # nothing left behind, the moved-aside folder included
     finally:
         deleter.kill()
         deleter.stdout.close()
