@@ -29,6 +29,9 @@ def cmd_train(args) -> int:
 
         if problem := driver_problem():
             raise RunError(problem)
+    if args.resume and args.time_limit is not None:
+        raise RunError("--time-limit: a resumed run keeps its time limit (the schedule is stretched over it); "
+                       "start a new run to train for another time")
     if args.resume:
         run = Run.at(args.resume).intact()
         if args.watched:
@@ -42,6 +45,8 @@ def cmd_train(args) -> int:
     else:
         cfg = config_from_args(args)
         overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v}
+        if args.time_limit is not None:
+            overrides["time_limit"] = args.time_limit
         if overrides:
             cfg = cfg.replace_train(**overrides)
         if args.allow_over_budget:
@@ -196,6 +201,8 @@ def add_commands(sub) -> None:
     p.add_argument("--data", help="CIFAR-10 folder or archive, or 'builtin' (default: $CIFAR10_DATA, ./data, "
                                   "else the built-in slice)")
     p.add_argument("--epochs", type=int, help="override the number of epochs (with --resume: the new total)")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="override the training time: the schedule stretches over it (0: train for the epochs)")
     p.add_argument("--batch-size", type=int, help="override the batch size (with --resume: the batch from the saved "
                                                   "position on, e.g. a smaller one after running out of memory)")
     p.add_argument("--allow-over-budget", action="store_true", help="train a design over its parameter budget")
@@ -222,7 +229,7 @@ def add_commands(sub) -> None:
     p.add_argument("--detach", action="store_true", help="train in a background process and return at once; "
                                                          "runs/NEW/reproduces.json holds the comparison at its end")
     p.set_defaults(func=cmd_reproduce, gpus=None, nproc_per_node=None, nnodes=1, node_rank=0, rdzv=None, watched=False,
-                   max_restarts=0, create_only=False, data=None, epochs=None)
+                   max_restarts=0, create_only=False, data=None, epochs=None, time_limit=None)
 
     p = sub.add_parser("data", help="check a CIFAR-10 copy (decode and cache it), or download it")
     p.add_argument("--data", help="folder or archive (default: $CIFAR10_DATA, ./data, else the built-in slice)")

@@ -52,6 +52,21 @@ def test_a_preset_run_records_its_preset_its_exact_count_and_the_options_given(t
     assert Run(run_dir).status()["state"] == "queued" and not Run(run_dir).metrics_path.exists()
 
 
+def test_a_time_limit_from_the_command_line_replaces_the_presets_and_a_resume_refuses_a_new_one(tmp_path):
+    """Issue 29's check trains `--preset laptop` (a 30-minute recipe) for 10 minutes: `--time-limit 600`."""
+    ten, epochs = tmp_path / "runs" / "ten", tmp_path / "runs" / "epochs"
+    core_cli("train", "--preset", "laptop", "--run-dir", str(ten), "--time-limit", "600", "--data", "builtin",
+             "--create-only")
+    core_cli("train", "--preset", "laptop", "--run-dir", str(epochs), "--time-limit", "0", "--epochs", "3",
+             "--data", "builtin", "--create-only")
+    assert RunConfig.from_preset("laptop").train.time_limit == 1800
+    assert json.loads(Run(ten).config_path.read_text())["train"]["time_limit"] == 600
+    assert {k: json.loads(Run(epochs).config_path.read_text())["train"][k] for k in ("time_limit", "epochs")} == {
+        "time_limit": 0, "epochs": 3}
+    refused = core_cli("train", "--resume", str(ten), "--time-limit", "60", check=False)
+    assert refused.returncode != 0 and "a resumed run keeps its time limit" in refused.stderr
+    assert Run(ten).status()["state"] == "queued"  # untouched
+
 @pytest.mark.kernels
 def test_a_trained_run_has_every_file_and_its_checkpoint_predicts_what_training_measured(trained):
     """The session's `trained` run: two epochs of SMALL by `python -m core train` in a process of its own (the
