@@ -15,7 +15,6 @@ import streamlit as st
 
 from core.data.images import IMAGE_SUFFIXES
 from core.deploy.predict import Classifier, Prediction, classify, prediction_rows, predictions_csv, sample_files
-from core.deploy.prediction import tta_words
 from core.nn.visual import cam_overlay, enlarge
 from core.report.charts import probability_chart
 from core.runs.run import Run
@@ -111,7 +110,7 @@ def pick_network(runs: list[Run]) -> tuple[Run, str, Classifier | None, bool]:
                                     "accurate, since CIFAR-10 classes look the same mirrored. It starts as the run "
                                     "was tested.")
     if classifier is not None:
-        st.caption(f"Test-time augmentation: {tta_words(tta_flip, own_tta_flip)}.")
+        st.caption(f"Test-time augmentation: {classifier.tta_said(tta_flip)}.")
     return run, tag, classifier, tta_flip
 
 

@@ -22,7 +22,6 @@ import torch
 from core.data.sources import BUILTIN, suggested_data
 from core.data.testsets import read_unlabelled_bytes
 from core.deploy.predict import Classifier, Report, evaluate_archive, evaluate_run
-from core.deploy.prediction import tta_words
 from core.deploy.submit import Submission, predict_test_set
 from core.errors import StudioError
 from core.nn.visual import enlarge
@@ -39,7 +38,8 @@ DATA_PATH = "evaluate_path"
 DATA_UPLOAD = "evaluate_upload"
 TTA = "evaluate_tta"                # "own", "flip" or "none"
 TTA_CHOICES = {"own": "Each run's own", "flip": "Flip", "none": "None"}
-TTA_FLIP = {"own": None, "flip": True, "none": False}  # what core.deploy.predict takes: None, the run's own
+# (tta_flip, tta_shift) as core.deploy.predict takes them: None, the run's own; "flip" is the flip alone for every run
+TTA_VIEWS = {"own": (None, None), "flip": (True, False), "none": (False, False)}
 SUBMIT_UPLOAD = "evaluate_submit_upload"
 SUBMIT_RUN = "evaluate_submit_run"
 SUBMIT_SUFFIXES = ["pkl", "pickle", "npy", "npz", "zip", "tar", "gz", "tgz"]
@@ -66,16 +66,16 @@ class TestData:
 class Evaluated:
     label: str   # whose report: run and checkpoint
     report: Report
-    own_tta_flip: bool  # the run's own test-time augmentation (report.tta_flip is the one used)
+    tta: str     # the test-time augmentation used, and whether it is the run's own (tta_words)
     made_with: tuple    # the controls it was made with: run, checkpoint, data, TTA choice
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def evaluation(_classifier: Classifier, checkpoint: tuple, data: TestData, tta_flip: bool | None) -> Report:
+def evaluation(_classifier: Classifier, checkpoint: tuple, data: TestData, tta: tuple) -> Report:
     """`checkpoint` (checkpoint_id) stands for the classifier in the cache key."""
     if isinstance(data.source, tuple):
-        return evaluate_archive(_classifier, *data.source, mistakes=MISTAKES, tta_flip=tta_flip)
-    return evaluate_run(_classifier, data.source, mistakes=MISTAKES, tta_flip=tta_flip)
+        return evaluate_archive(_classifier, *data.source, MISTAKES, *tta)
+    return evaluate_run(_classifier, data.source, MISTAKES, *tta)
 
 
 def choose_test_data() -> TestData | None:
@@ -120,8 +120,9 @@ def choose_test_data() -> TestData | None:
 def evaluate(name: str, run: Run, tag: str, classifier: Classifier, data: TestData, tta: str) -> Evaluated:
     """Raises StudioError, saying what is wrong with the data or checkpoint."""
     with st.spinner(f"Evaluating {run.name}…"):
-        report = evaluation(classifier, checkpoint_id(run, tag, classifier), data, TTA_FLIP[tta])
-    return Evaluated(f"{name}{run.name} · {tag}", report, classifier.own_tta_flip, (run.name, tag, data, tta))
+        report = evaluation(classifier, checkpoint_id(run, tag, classifier), data, TTA_VIEWS[tta])
+    return Evaluated(f"{name}{run.name} · {tag}", report, classifier.tta_said(*TTA_VIEWS[tta]),
+                     (run.name, tag, data, tta))
 
 
 def mark_if_stale(shown: tuple[Evaluated, ...], now: tuple[tuple, ...]) -> None:
@@ -140,7 +141,7 @@ def per_class_table(*evaluated: Evaluated) -> pd.DataFrame:
 def describe(evaluated: Evaluated) -> str:
     report = evaluated.report
     return (f"{report.images:,} images of {report.data} · test-time augmentation: "
-            f"{tta_words(report.tta_flip, evaluated.own_tta_flip)}")
+            f"{evaluated.tta}")
 
 
 def show_report(evaluated: Evaluated) -> None:
@@ -185,15 +186,15 @@ def show_comparison(first: Evaluated, second: Evaluated) -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def submission(_classifier: Classifier, checkpoint: tuple, name: str, data: bytes, tta_flip: bool | None) -> Submission:
+def submission(_classifier: Classifier, checkpoint: tuple, name: str, data: bytes, tta: tuple) -> Submission:
     """`checkpoint` (checkpoint_id) stands for the classifier in the cache key. Raises StudioError."""
-    return predict_test_set(_classifier, read_unlabelled_bytes(name, data), tta_flip)
+    return predict_test_set(_classifier, read_unlabelled_bytes(name, data), *tta)
 
 
-def show_submission(result: Submission, own_tta_flip: bool) -> None:
+def show_submission(result: Submission) -> None:
     summary = result.summary()
     st.caption(f"{summary['count']:,} images · read as {summary['layout']} · test-time augmentation: "
-               f"{tta_words(result.tta_flip, own_tta_flip)} · sha256 {summary['sha256'][:16]}…")
+               f"{summary['tta']} · sha256 {summary['sha256'][:16]}…")
     st.download_button("Download submission.csv", result.csv(), file_name="submission.csv", mime="text/csv",
                        on_click="ignore", icon=":material/download:", type="primary", key="submit_download",
                        help="ID,Labels: one row per image in the file's order, the label 0-9 in CIFAR-10's class "
@@ -217,8 +218,9 @@ def choose_tta() -> str:
     return st.segmented_control("Test-time augmentation", list(TTA_CHOICES), format_func=TTA_CHOICES.get,
                                 default="own", required=True, key=TTA, **PERSIST,
                                 help="Each run's own: as it was tested when it trained (flip: each image's "
-                                     "prediction averaged with its mirror image's), which its best accuracy "
-                                     "comes from. Flip or None: the same for every run.")
+                                     "prediction averaged with its mirror image's; 6 views: with 1-pixel shifts "
+                                     "too), which its best accuracy comes from. Flip (alone) or None: the same for "
+                                     "every run.")
 
 
 def waiting_for(data: TestData | None) -> str | None:
@@ -294,11 +296,11 @@ def predict_a_test_set(runs: list[Run], tta: str) -> None:
         try:
             with st.spinner(f"Predicting {unlabelled.name} with {run.name}…"):
                 result = submission(classifier, checkpoint_id(run, tag, classifier), unlabelled.name,
-                                    unlabelled.getvalue(), TTA_FLIP[tta])
+                                    unlabelled.getvalue(), TTA_VIEWS[tta])
         except StudioError as e:
             st.error(f"Could not predict {unlabelled.name}: {e}", icon=":material/error:")
         else:
-            show_submission(result, classifier.own_tta_flip)
+            show_submission(result)
 
 
 # ---- the page -----------------------------------------------------------------------------------------------

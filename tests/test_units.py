@@ -7,7 +7,7 @@ import pytest
 
 from core.design.budget import BUDGET, count
 from core.design.presets import preset_spec
-from core.units import bytes_text, duration_text, macs_text, margin_text, params_text, rate_text
+from core.units import bytes_text, duration_text, epoch_text, macs_text, margin_text, params_text, rate_text
 from tests.helpers import ROOT
 
 
@@ -15,6 +15,11 @@ from tests.helpers import ROOT
                                         (512, "512")])
 def test_macs_read_to_three_figures(macs, text):
     assert macs_text(macs) == text
+
+
+@pytest.mark.parametrize("epoch, text", [(24.456410256, "24.5"), (27.0, "27"), (1.5, "1.5"), (30, "30")])
+def test_an_epoch_a_time_budget_ended_within_reads_to_a_tenth_and_a_whole_one_without(epoch, text):
+    assert epoch_text(epoch) == text  # the first shipped laptop run's best checkpoint read "epoch 24", not 24.5
 
 
 @pytest.mark.parametrize("size, text", [(170_498_071, "170 MB"), (2_147_483_648, "2.15 GB"), (999, "999 B")])

@@ -17,18 +17,14 @@ def cmd_predict(args) -> int:
     files = [(f, Path(f)) for f in args.images]
     if args.onnx:  # the device path: onnxruntime, numpy and Pillow, never torch
         from core.deploy.onnx_model import OnnxModel, classify
-        from core.deploy.prediction import tta_words
 
         model = OnnxModel.load(args.onnx)
-        flip = model.tta(args.tta_flip)
-        predictions, tta = classify(model, files, tta_flip=flip), tta_words(flip, model.own_tta_flip)
+        predictions, tta = classify(model, files, tta_flip=args.tta_flip), model.tta_said(args.tta_flip)
     else:
         from core.deploy.predict import Classifier, classify
-        from core.deploy.prediction import tta_words
 
         classifier = Classifier.load(Run.at(args.run).intact(), args.checkpoint, args.device)
-        predictions = classify(classifier, files, tta_flip=args.tta_flip)
-        tta = tta_words(classifier.tta(args.tta_flip), classifier.own_tta_flip)
+        predictions, tta = classify(classifier, files, tta_flip=args.tta_flip), classifier.tta_said(args.tta_flip)
     emit([p.to_json(args.top) | ({"tta": tta} if p.ok else {}) for p in predictions])
     return 0 if all(p.ok for p in predictions) else 1
 
@@ -36,24 +32,19 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     from core.data.sources import resolve_data
     from core.deploy.predict import Classifier, evaluate_onnx, evaluate_run
-    from core.deploy.prediction import tta_words
 
     start = time.perf_counter()
-    if args.tta_shift and args.onnx:
-        print("error: --tta-shift is for --run; an ONNX model is evaluated with --tta-flip at most", file=sys.stderr)
-        return 2
     if args.onnx:
         from core.deploy.onnx_model import OnnxModel
 
         model = OnnxModel.load(args.onnx)
-        report = evaluate_onnx(model, resolve_data(args.data), args.mistakes, model.tta(args.tta_flip))
+        report = evaluate_onnx(model, resolve_data(args.data), args.mistakes, args.tta_flip, args.tta_shift)
         where = {"model": args.onnx, "precision": model.meta.get("precision"),
-                 "checkpoint": model.meta.get("checkpoint"), "tta": tta_words(report.tta_flip, model.own_tta_flip)}
+                 "checkpoint": model.meta.get("checkpoint"), "tta": model.tta_said(args.tta_flip, args.tta_shift)}
     else:
         classifier = Classifier.load(Run.at(args.run).intact(), args.checkpoint, args.device)
         report = evaluate_run(classifier, resolve_data(args.data), args.mistakes, args.tta_flip, args.tta_shift)
-        where = {"checkpoint": args.checkpoint, "tta": tta_words(report.tta_flip, classifier.own_tta_flip,
-                                                                 report.tta_shift, classifier.own_tta_shift)}
+        where = {"checkpoint": args.checkpoint, "tta": classifier.tta_said(args.tta_flip, args.tta_shift)}
     emit(report.to_json() | where | {"seconds": time.perf_counter() - start})
     return 0
 
@@ -171,7 +162,7 @@ def add_commands(sub) -> None:
     p.add_argument("--mistakes", type=int, default=20, help="how many of the most confident mistakes to list")
     p.add_argument("--tta-shift", action="store_const", const=True, default=None,
                    help="also average with the image shifted a pixel up-left and down-right (6 views with the flip; "
-                        "--run only; default: as the run was tested)")
+                        "default: as the run was tested)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("submit", help="a Kaggle submission: the class of every image of an unlabelled test set "

@@ -82,7 +82,8 @@ def with_metadata(proto, classifier: Classifier, run: Run, tag: str, precision: 
             "input": INPUT_FORMAT, "mean": json.dumps(classifier.meta["mean"]),
             "std": json.dumps(classifier.meta["std"]), "precision": precision, "run": run.name,
             "checkpoint": tag, "generation": classifier.meta["generation"], "exported_by": "ResNet Studio",
-            "tta_flip": json.dumps(classifier.own_tta_flip)}  # so a device tests as the run did
+            "tta_flip": json.dumps(classifier.own_tta_flip),  # so a device tests as the run did
+            "tta_shift": json.dumps(classifier.own_tta_shift)}
     known = classifier.familiarity()
     if known is not None:  # the run's out-of-distribution thresholds, for predictions on a device
         meta["familiarity"] = json.dumps(known.to_json())

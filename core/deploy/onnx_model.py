@@ -2,9 +2,9 @@
 numpy and Pillow, no torch, which is all a device needs.
 
 The model takes uint8 RGB images, NCHW (N, 3, 32, 32), values 0-255, any batch size; it scales and
-normalises them itself and returns logits (N, classes). Its metadata holds the class names, the design and the
-run's test-time augmentation (`tta_flip`), which predictions use unless asked otherwise, and its out-of-distribution
-thresholds (`familiarity`, see core.deploy.prediction).
+normalises them itself and returns logits (N, classes). Its metadata holds the class names, the design, the
+run's test-time augmentation (`tta_flip`, `tta_shift`), which predictions use unless asked otherwise, and its
+out-of-distribution thresholds (`familiarity`, see core.deploy.prediction).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data.images import to_pixels
-from core.deploy.prediction import Familiarity, Prediction, read_files, unjudged
+from core.deploy.prediction import Familiarity, OwnTta, Prediction, read_files, unjudged
 from core.errors import StudioError
 
 INPUT = "images"
@@ -39,7 +39,7 @@ class OnnxModelError(StudioError):
 
 
 @dataclass
-class OnnxModel:
+class OnnxModel(OwnTta):
     session: object        # onnxruntime.InferenceSession
     meta: dict[str, str]   # the model's metadata_props: classes and design as JSON, input, run, ...
 
@@ -52,9 +52,10 @@ class OnnxModel:
         """The run's own test-time augmentation; None from an export made before exports recorded it."""
         return json.loads(self.meta["tta_flip"]) if "tta_flip" in self.meta else None
 
-    def tta(self, tta_flip: bool | None) -> bool:
-        """The flip TTA to use when asked for `tta_flip`: None means the run's own (none where unrecorded)."""
-        return bool(self.own_tta_flip) if tta_flip is None else tta_flip
+    @property
+    def own_tta_shift(self) -> bool:
+        """Whether the run tested with 1-pixel shifts too; not from an export made before exports recorded it."""
+        return bool(json.loads(self.meta.get("tta_shift", "false")))
 
     def familiarity(self) -> Familiarity | None:
         """The run's thresholds as exported; None for a model exported before they were."""
@@ -88,17 +89,22 @@ class OnnxModel:
                                  f"input '{INPUT}' and class names in its metadata)")
         return cls(session, dict(meta))
 
-    def logits(self, images: np.ndarray, tta_flip: bool = False) -> np.ndarray:
-        """float32 logits (N, classes) for uint8 images (N, 3, 32, 32), in batches of BATCH."""
+    def logits(self, images: np.ndarray, tta_flip: bool = False, tta_shift: bool = False) -> np.ndarray:
+        """float32 logits (N, classes) for uint8 images (N, 3, 32, 32), in batches of BATCH; with the test-time
+        views core.nn.infer.views makes."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
+        if tta_shift:  # the views' shifts, on pixels: reflecting edges commutes with the model's normalisation
+            padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+            shifted = (self.logits(padded[..., :-2, :-2], tta_flip) + self.logits(padded[..., 2:, 2:], tta_flip)) / 2
+            return (self.logits(images, tta_flip) + shifted) / 2
         out = [self.session.run([OUTPUT], {INPUT: images[i:i + BATCH]})[0] for i in range(0, len(images), BATCH)]
         logits = np.concatenate(out) if out else np.empty((0, len(self.classes)), np.float32)
         if tta_flip:  # as core.nn.infer does it: the mean of the image's and its mirror's logits
             logits = (logits + self.logits(images[..., ::-1])) / 2
         return logits
 
-    def probabilities(self, images: np.ndarray, tta_flip: bool = False) -> np.ndarray:
-        return softmax(self.logits(images, tta_flip))
+    def probabilities(self, images: np.ndarray, tta_flip: bool = False, tta_shift: bool = False) -> np.ndarray:
+        return softmax(self.logits(images, tta_flip, tta_shift))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -107,12 +113,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(1, keepdims=True)
 
 
-def classify(model: OnnxModel, files: list[tuple[str, bytes | Path]], tta_flip: bool = False) -> list[Prediction]:
-    """As core.deploy.predict.classify, with an exported model."""
+def classify(model: OnnxModel, files: list[tuple[str, bytes | Path]], tta_flip: bool | None = None) -> list[Prediction]:
+    """As core.deploy.predict.classify, with an exported model: its run's own test-time augmentation unless
+    `tta_flip` says otherwise."""
     results = read_files(files, lambda image: {"input": to_pixels(image)})
     good = [pred for pred in results if pred.ok]
     if good:
-        logits = model.logits(np.stack([pred.input for pred in good]), tta_flip)
+        tta_flip, tta_shift = model.tta(tta_flip), model.shift(tta_flip)
+        logits = model.logits(np.stack([pred.input for pred in good]), tta_flip, tta_shift)
         for pred, row in zip(good, softmax(logits)):
             pred.probabilities = dict(zip(model.classes, row.tolist()))
         known = model.familiarity()

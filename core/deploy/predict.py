@@ -21,7 +21,7 @@ from core.data.augment import Normalizer
 from core.data.datasets import Split, load_class_folders, load_dataset
 from core.data.images import to_pixels
 from core.data.sources import BUILTIN, DataError
-from core.deploy.prediction import Familiarity, Prediction, read_files, unjudged
+from core.deploy.prediction import Familiarity, OwnTta, Prediction, read_files, unjudged
 from core.errors import StudioError
 from core.files import FileLock, read_json
 from core.nn.checkpoint import load_model
@@ -32,7 +32,7 @@ from core.runs.run import Run
 
 
 @dataclass
-class Classifier:
+class Classifier(OwnTta):
     """A run's checkpoint, ready to predict."""
     model: ResNet
     meta: dict
@@ -55,17 +55,6 @@ class Classifier:
     def own_tta_shift(self) -> bool:
         """Whether the run tested with 1-pixel shifts too (airbench's 6 views with the flip)."""
         return bool(self.meta.get("tta_shift", False))
-
-    def tta(self, tta_flip: bool | None) -> bool:
-        """The flip TTA to use when asked for `tta_flip`: None means the run's own."""
-        return self.own_tta_flip if tta_flip is None else tta_flip
-
-    def shift(self, tta_flip: bool | None, tta_shift: bool | None = None) -> bool:
-        """The shift TTA to use: as asked, else none where no TTA was asked for (`tta_flip` False), else the
-        run's own."""
-        if tta_shift is not None:
-            return tta_shift
-        return False if tta_flip is False else self.own_tta_shift
 
     @classmethod
     def load(cls, run: Run, tag: str = "best", device: str = "cpu") -> Classifier:
@@ -268,12 +257,14 @@ def evaluate_run(classifier: Classifier, data: str, mistakes: int = 20, tta_flip
     return evaluate_split(classifier, *labelled_test_set(data, classifier.classes), mistakes, tta_flip, tta_shift)
 
 
-def evaluate_onnx(model, data: str, mistakes: int = 20, tta_flip: bool = False) -> Report:
+def evaluate_onnx(model, data: str, mistakes: int = 20, tta_flip: bool | None = None,
+                  tta_shift: bool | None = None) -> Report:
     """evaluate_run for an exported model (core.deploy.onnx_model.OnnxModel): onnxruntime computes the logits.
     Reading the test set still takes torch (core.data.datasets decodes it into tensors)."""
     split, source = labelled_test_set(data, model.classes)
-    logits = torch.from_numpy(model.logits(split.images.numpy(), tta_flip))
-    return report(logits, split, model.classes, source, mistakes, tta_flip)
+    tta_flip, tta_shift = model.tta(tta_flip), model.shift(tta_flip, tta_shift)
+    logits = torch.from_numpy(model.logits(split.images.numpy(), tta_flip, tta_shift))
+    return report(logits, split, model.classes, source, mistakes, tta_flip, tta_shift)
 
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
@@ -281,7 +272,7 @@ UPLOAD_DIR = Path(tempfile.gettempdir()) / "resnet-studio-upload"
 
 
 def evaluate_archive(classifier: Classifier, name: str, data: bytes, mistakes: int = 20,
-                     tta_flip: bool | None = None) -> Report:
+                     tta_flip: bool | None = None, tta_shift: bool | None = None) -> Report:
     """Evaluate on an archive of class folders given as bytes (an upload called `name`); errors name it.
 
     The bytes are written to one fixed path, under a lock, for load_class_folders: its decoding cache
@@ -301,7 +292,7 @@ def evaluate_archive(classifier: Classifier, name: str, data: bytes, mistakes: i
             raise DataError(str(e).replace(str(path), name)) from None
         finally:
             path.unlink(missing_ok=True)
-    return evaluate_split(classifier, split, f"{name} (uploaded class folders)", mistakes, tta_flip)
+    return evaluate_split(classifier, split, f"{name} (uploaded class folders)", mistakes, tta_flip, tta_shift)
 
 
 def evaluate_split(classifier: Classifier, split: Split, source: str, mistakes: int = 20,

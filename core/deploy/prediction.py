@@ -169,3 +169,26 @@ def tta_words(tta_flip: bool, own: bool | None, tta_shift: bool = False, own_shi
     if (tta_flip, tta_shift) == (own, own_shift):
         return f"{used}: the run's own"
     return f"{used}: asked for; the run's own is {name(own, own_shift)}"
+
+
+class OwnTta:
+    """The test-time augmentation a reader of a run's network uses: the run's own unless a caller asks otherwise
+    (`tta_flip` True or False rather than None). A reader gives `own_tta_flip` (None: not recorded, taken as none)
+    and `own_tta_shift`."""
+    own_tta_flip: bool | None
+    own_tta_shift: bool
+
+    def tta(self, tta_flip: bool | None) -> bool:
+        """The flip to use when asked for `tta_flip`."""
+        return bool(self.own_tta_flip) if tta_flip is None else tta_flip
+
+    def shift(self, tta_flip: bool | None, tta_shift: bool | None = None) -> bool:
+        """The 1-pixel shifts to use: as asked, else none where no TTA was asked for (`tta_flip` False), else the
+        run's own."""
+        if tta_shift is not None:
+            return tta_shift
+        return False if tta_flip is False else self.own_tta_shift
+
+    def tta_said(self, tta_flip: bool | None, tta_shift: bool | None = None) -> str:
+        """tta_words for what `tta_flip` and `tta_shift`, as asked, use."""
+        return tta_words(self.tta(tta_flip), self.own_tta_flip, self.shift(tta_flip, tta_shift), self.own_tta_shift)

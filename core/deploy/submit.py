@@ -20,7 +20,7 @@ import torch
 from core.data.datasets import CLASSES
 from core.data.testsets import UnlabelledSet
 from core.deploy.predict import Classifier
-from core.deploy.prediction import ood_scores, tta_words
+from core.deploy.prediction import ood_scores
 from core.nn.infer import predict_logits
 from core.errors import StudioError
 from core.files import write_atomic
@@ -37,7 +37,7 @@ class Submission:
     test_set: UnlabelledSet
     probabilities: torch.Tensor   # (N, 10) in CIFAR-10's class order
     tta_flip: bool
-    own_tta_flip: bool
+    tta: str                      # which test-time augmentation, in tta_words's words
     ood: list[bool | None]        # per image: unlike the run's training images; None where the run has no thresholds
 
     @property
@@ -64,27 +64,28 @@ class Submission:
 
     def summary(self) -> dict:
         return {"count": len(self.test_set), "histogram": self.histogram(), "tta_flip": self.tta_flip,
-                "tta": tta_words(self.tta_flip, self.own_tta_flip), "sha256": self.test_set.sha256,
+                "tta": self.tta, "sha256": self.test_set.sha256,
                 "layout": self.test_set.layout,
                 "ood": None if None in self.ood else sum(self.ood)}  # how many look unlike the training images
 
 
-def predict_test_set(classifier: Classifier, test_set: UnlabelledSet, tta_flip: bool | None = None) -> Submission:
+def predict_test_set(classifier: Classifier, test_set: UnlabelledSet, tta_flip: bool | None = None,
+                     tta_shift: bool | None = None) -> Submission:
     """The classifier's prediction for every image; refused when its classes are not CIFAR-10's (a label is a
     CIFAR-10 class index)."""
     foreign = [name for name in classifier.classes if name not in CLASSES]
     if foreign:
         raise SubmissionError(f"the run's classes include {', '.join(foreign)}, which are not CIFAR-10's: a "
                               f"submission labels images 0-9 in CIFAR-10's order ({', '.join(CLASSES)})")
-    flip = classifier.tta(tta_flip)
+    flip, shift = classifier.tta(tta_flip), classifier.shift(tta_flip, tta_shift)
     logits = predict_logits(classifier.model, torch.from_numpy(test_set.images), classifier.normalizer,
-                            classifier.device, tta_flip=flip, tta_shift=classifier.shift(flip)).float().cpu()
+                            classifier.device, tta_flip=flip, tta_shift=shift).float().cpu()
     in_cifar_order = torch.zeros(len(test_set), len(CLASSES))
     in_cifar_order[:, [CLASSES.index(name) for name in classifier.classes]] = logits.softmax(1)
     known = classifier.familiarity()
     ood = [None] * len(test_set) if known is None else \
         known.flags(ood_scores(logits.numpy(), known.score), test_set.images, flip).tolist()
-    return Submission(test_set, in_cifar_order, flip, classifier.own_tta_flip, ood)
+    return Submission(test_set, in_cifar_order, flip, classifier.tta_said(tta_flip, tta_shift), ood)
 
 
 def write_submission(submission: Submission, out: Path) -> None:

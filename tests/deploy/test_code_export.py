@@ -45,7 +45,7 @@ NO_BATCH_NORM = {"stem": {"channels": 16, "kernel_size": 7},
 RECIPE = {"epochs": 1, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "nesterov": True, "lookahead": True,
           "schedule": "cosine", "warmup_epochs": 0.5, "grad_clip": 1.0, "label_smoothing": 0.1, "ema_decay": 0.9,
           "augment": ["trivialaugment", "crop", "flip", "cutout"], "tta_flip": True}
-# every speed-run setting (laptop-speedrun's, and an EMA on the ramp too), for a whitened-stem, max-pool design; trained
+# every speed-run setting (laptop's, and an EMA on the ramp too), for a whitened-stem, max-pool design; trained
 # for a time, so train.py stretches the schedule over the epochs it trains
 SPEEDRUN_RECIPE = {"epochs": 2, "time_limit": 60, "batch_size": 64, "lr": 0.4, "nesterov": True, "weight_decay": 5e-4,
                    "schedule": "linear", "warmup_epochs": 1, "lookahead": True, "averaging_ramp": True,

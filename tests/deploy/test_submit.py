@@ -14,7 +14,7 @@ from tests.helpers import ROOT, core_cli, core_main, Payload
 from core.data.datasets import CLASSES, load_dataset
 
 EXAMPLE = ROOT / "runs" / "example"   # tested without TTA
-LAPTOP = ROOT / "runs" / "laptop"     # tested with flip TTA
+LAPTOP = ROOT / "runs" / "laptop"     # tested with 6-view TTA (flip and 1-pixel shifts)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,8 @@ def test_submit_through_a_real_process_without_tta(shuffled, tmp_path):
     out = tmp_path / "submission.csv"
     proc = core_cli("submit", str(LAPTOP), str(files["2025"]), "--out", str(out), "--no-tta")
     summary = json.loads(proc.stdout)
-    assert summary["tta_flip"] is False and summary["tta"] == "none: asked for; the run's own is flip"
+    assert summary["tta_flip"] is False
+    assert summary["tta"] == "none: asked for; the run's own is flip and 1-pixel shifts (6 views)"
     plain = json.loads(core_main("evaluate", "--run", str(LAPTOP), "--data", "builtin", "--mistakes", "0",
                                  "--no-tta").stdout)
     assert csv_accuracy(read_csv(out), truth) == pytest.approx(plain["accuracy"], abs=1e-6)  # evaluate: float32

@@ -2,15 +2,19 @@
 told otherwise (--no-tta, --tta-flip), and say which they used."""
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from tests.helpers import ROOT, core_main
 from core.data.datasets import load_dataset
+from core.deploy.onnx_model import OnnxModel
 from core.deploy.predict import Classifier, evaluate_run
+from core.nn.infer import predict_logits
 from core.runs.run import Run
 
-LAPTOP = ROOT / "runs" / "laptop"   # trained and tested with flip TTA
+LAPTOP = ROOT / "runs" / "laptop"   # trained and tested with 6-view TTA (flip and 1-pixel shifts)
+SIX = "flip and 1-pixel shifts (6 views)"
 EXAMPLE = ROOT / "runs" / "example"  # without
 
 
@@ -20,11 +24,13 @@ def evaluate(*args: str) -> dict:
 
 def test_evaluate_uses_the_runs_own_tta_by_default_and_says_so():
     own, off = evaluate("--run", str(LAPTOP)), evaluate("--run", str(LAPTOP), "--no-tta")
-    assert own["tta_flip"] is True and own["tta"] == "flip (each image averaged with its mirror): the run's own"
-    assert off["tta_flip"] is False and off["tta"] == "none: asked for; the run's own is flip"
+    assert own["tta_flip"] is own["tta_shift"] is True and own["tta"] == f"{SIX}: the run's own"
+    assert off["tta_flip"] is off["tta_shift"] is False and off["tta"] == f"none: asked for; the run's own is {SIX}"
+    flip = evaluate("--run", str(LAPTOP), "--tta-flip")  # the flip alone: it keeps the run's own shifts
+    assert (flip["tta_flip"], flip["tta_shift"], flip["tta"]) == (True, True, f"{SIX}: the run's own")
     classifier = Classifier.load(Run(LAPTOP), "best")
-    assert own["accuracy"] == pytest.approx(evaluate_run(classifier, "builtin", 0, tta_flip=True).accuracy)
-    assert off["accuracy"] == pytest.approx(evaluate_run(classifier, "builtin", 0, tta_flip=False).accuracy)
+    assert own["accuracy"] == pytest.approx(evaluate_run(classifier, "builtin", 0, True, True).accuracy)
+    assert off["accuracy"] == pytest.approx(evaluate_run(classifier, "builtin", 0, False, False).accuracy)
     assert own["accuracy"] != off["accuracy"]
     plain = evaluate("--run", str(EXAMPLE))
     assert plain["tta_flip"] is False and plain["tta"] == "none: the run's own"
@@ -40,10 +46,10 @@ def test_predict_uses_the_runs_own_tta_and_says_so(tmp_path):
         files.append(str(tmp_path / f"{i}.png"))
     own = json.loads(core_main("predict", "--run", str(LAPTOP), *files).stdout)
     off = json.loads(core_main("predict", "--run", str(LAPTOP), "--no-tta", *files).stdout)
-    assert {row["tta"] for row in own} == {"flip (each image averaged with its mirror): the run's own"}
-    assert {row["tta"] for row in off} == {"none: asked for; the run's own is flip"}
+    assert {row["tta"] for row in own} == {f"{SIX}: the run's own"}
+    assert {row["tta"] for row in off} == {f"none: asked for; the run's own is {SIX}"}
     classifier = Classifier.load(Run(LAPTOP), "best")
-    expected = classifier.probabilities(test.images[:3], True)
+    expected = classifier.probabilities(test.images[:3], True, True)
     for row, probabilities in zip(own, expected):
         assert list(row["probabilities"].values()) == pytest.approx(probabilities.tolist(), abs=1e-6)
     assert own[0]["probabilities"] != off[0]["probabilities"]
@@ -54,9 +60,17 @@ def test_an_onnx_export_carries_the_runs_tta_and_its_readers_use_it(tmp_path):
     core_main("export", str(LAPTOP), str(model), "--format", "onnx", "--data", "builtin")
     own = evaluate("--onnx", str(model))
     off = evaluate("--onnx", str(model), "--no-tta")
-    assert own["tta_flip"] is True and own["tta"] == "flip (each image averaged with its mirror): the run's own"
-    assert off["tta_flip"] is False and own["accuracy"] != off["accuracy"]
+    assert own["tta_flip"] is own["tta_shift"] is True and own["tta"] == f"{SIX}: the run's own"
+    assert off["tta_flip"] is off["tta_shift"] is False and own["accuracy"] != off["accuracy"]
     assert own["accuracy"] == evaluate("--onnx", str(model), "--tta-flip")["accuracy"]
-    Image.fromarray(load_dataset("builtin").test.images[0].permute(1, 2, 0).numpy()).save(tmp_path / "0.png")
+    # the 6 views on a device are the run's: onnxruntime's logits against PyTorch's, in fp32
+    images = load_dataset("builtin").test.images[:64]
+    classifier = Classifier.load(Run(LAPTOP), "best")
+    expected = predict_logits(classifier.model, images, classifier.normalizer, classifier.device, tta_flip=True,
+                              precision="fp32", tta_shift=True)
+    device = OnnxModel.load(model).logits(images.numpy(), True, True)
+    assert np.abs(device - expected.numpy()).max() < 2e-3
+    assert own["accuracy"] == pytest.approx(evaluate("--run", str(LAPTOP))["accuracy"], abs=0.002)
+    Image.fromarray(images[0].permute(1, 2, 0).numpy()).save(tmp_path / "0.png")
     rows = json.loads(core_main("predict", "--onnx", str(model), str(tmp_path / "0.png")).stdout)
-    assert rows[0]["tta"] == "flip (each image averaged with its mirror): the run's own"
+    assert rows[0]["tta"] == f"{SIX}: the run's own"

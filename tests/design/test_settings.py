@@ -44,7 +44,7 @@ def test_the_speed_run_settings_are_off_in_every_preset_but_the_one_made_for_the
                   "linear schedule": t.schedule == "linear", "ramp": t.averaging_ramp,
                   "frozen BN scale": t.freeze_bn_scale, "BN bias lr": t.bn_bias_lr_scale != 1,
                   "shift TTA": t.tta_shift}
-        assert all(tricks.values()) if name == "laptop-speedrun" else not any(tricks.values()), (name, tricks)
+        assert all(tricks.values()) if name == "laptop" else not any(tricks.values()), (name, tricks)
 
 
 def test_the_averaging_ramp_applies_only_to_an_average():

@@ -388,12 +388,12 @@ def test_a_run_stopped_at_an_epoch_boundary_and_resumed_ends_with_the_same_weigh
 
 
 @pytest.mark.kernels
-def test_the_laptop_speedrun_preset_trains_an_epoch_of_the_slice_with_its_tricks(tmp_path):
-    """A sanity check of the candidate, not a measure of it: an epoch of the built-in slice, every trick on."""
+def test_the_laptop_preset_trains_an_epoch_of_the_slice_with_its_tricks(tmp_path):
+    """A sanity check of the preset, not a measure of it: an epoch of the built-in slice, every trick on."""
     from core.engine.loop import train
     from core.nn.model import build_model
 
-    cfg = RunConfig.from_dict(RunConfig.from_preset("laptop-speedrun").to_dict() | {"data": "builtin"})
+    cfg = RunConfig.from_dict(RunConfig.from_preset("laptop").to_dict() | {"data": "builtin"})
     run = create_run(cfg.replace_train(epochs=1, time_limit=0), "speedrun", tmp_path / "runs")
     assert train(run, "cpu", stop=lambda: False)["state"] == "finished", run.log_tail()
     epoch = [m for m in run.metrics() if m["kind"] == "epoch"][-1]

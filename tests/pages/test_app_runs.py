@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.helpers import APP, ROOT, core_cli, runs_page
@@ -20,15 +21,15 @@ def test_a_time_budgeted_run_counts_the_epochs_it_trained_not_its_evaluations(tm
     runs_dir = shipped_runs(tmp_path, "laptop", "example")
     monkeypatch.setenv("RESNET_STUDIO_RUNS", str(runs_dir))
     listed = {row["name"]: row for row in json.loads(core_cli("runs").stdout)}
-    assert listed["laptop"]["epochs_done"] == 24.5 and listed["laptop"]["time_limit"] == 1800  # 16 evaluations
+    assert listed["laptop"]["epochs_done"] == 27.3 and listed["laptop"]["time_limit"] == 1800  # 15 evaluations
     assert listed["example"]["epochs_done"] == 30 and listed["example"]["time_limit"] is None
 
     app = runs_page(monkeypatch, runs_dir)
     table = app.dataframe[0].value.set_index("Run")
-    assert table.loc["laptop", "Epochs"] == "24.5 in a time budget of 30 min"
+    assert table.loc["laptop", "Epochs"] == "27.3 in a time budget of 30 min"
     assert table.loc["example", "Epochs"] == "30 of 30"
     app.selectbox(key="run_choice:widget").set_value("laptop").run()
-    assert any("24.5 epochs in a time budget of 30 min" in c.value for c in app.caption), [c.value for c in app.caption]
+    assert any("27.3 epochs in a time budget of 30 min" in c.value for c in app.caption), [c.value for c in app.caption]
 
 
 def test_importing_a_fake_pt_says_what_the_file_is_not(tmp_path, monkeypatch):
@@ -72,4 +73,6 @@ def test_classify_names_a_time_budgeted_runs_checkpoint_by_the_epochs_it_trained
     app = AppTest.from_file(APP, default_timeout=300).run()
     app.switch_page("pages/classify.py").run()
     assert not app.exception, [e.value for e in app.exception]
-    assert "Best checkpoint: epoch 24.5, 88.1% on its test split." in [c.value for c in app.caption]  # not epoch 24
+    best = json.loads((runs_dir / "laptop" / "checkpoints" / "best.json").read_text())
+    assert best["epoch"] == 27 and best["eval_acc"] == pytest.approx(0.9143)  # the epoch it trained, to a tenth
+    assert "Best checkpoint: epoch 27, 91.4% on its test split." in [c.value for c in app.caption]

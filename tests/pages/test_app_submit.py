@@ -50,18 +50,19 @@ def test_evaluate_uses_the_runs_own_tta_and_marks_a_result_made_otherwise(shippe
     laptop = Classifier.load(Run(shipped_runs / "laptop"), "best")
     own, off = (evaluate_run(laptop, "builtin", 0, flip).accuracy for flip in (True, False))
     assert accuracy(app) == f"{own:.2%}"
-    assert any("flip (each image averaged with its mirror): the run's own" in c.value for c in app.caption)
+    assert any("flip and 1-pixel shifts (6 views): the run's own" in c.value for c in app.caption)
     assert not any(STALE in w for w in warnings(app))
     app.segmented_control(key="evaluate_tta").set_value("none").run()
     assert any(STALE in w for w in warnings(app))  # the figure on screen is no longer what the controls say
     app.button(key="evaluate").click().run()
     assert accuracy(app) == f"{off:.2%}" and not any(STALE in w for w in warnings(app))
-    assert any("none: asked for; the run's own is flip" in c.value for c in app.caption)
+    assert any("none: asked for; the run's own is flip and 1-pixel shifts (6 views)" in c.value for c in app.caption)
 
 
 def test_classify_starts_at_each_runs_own_tta(shipped_runs):
     app = open_page("classify")
-    assert app.toggle(key="classify_tta").value is True  # runs/laptop, the best run, was tested with flip
+    assert app.toggle(key="classify_tta").value is True  # runs/laptop, the best run, was tested with 6 views
+    assert any("flip and 1-pixel shifts (6 views): the run's own" in c.value for c in app.caption)
     app.selectbox(key="run_choice:widget").set_value("example").run()
     assert app.toggle(key="classify_tta").value is False
     assert any("none: the run's own" in c.value for c in app.caption)
