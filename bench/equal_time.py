@@ -1,8 +1,10 @@
-"""Table "Accuracy at equal time" (issue 11, step 3): seed 000's recipe (resnet26-seed) against `best`, each
-trained for the same N minutes on the same GPU and data; test accuracy side by side.
+"""Table "Accuracy at equal time" (issues 11, 23 and 29): presets, each trained for the same N minutes on the same
+device and data; test accuracy side by side. On a GPU: seed 000's recipe (resnet26-seed) against `best`; on a
+CPU (--device cpu): laptop, laptop-onecycle and resnet20 (docs/PERFORMANCE.md).
 
-    python -m bench.gpu_accuracy $OUT --minutes 8 [--recipes resnet26-seed,best] [--compile] [--export best]
-    python -m bench.gpu_accuracy /tmp/accuracy --dry-run
+    python -m bench.equal_time $OUT --minutes 8 [--recipes resnet26-seed,best] [--compile] [--export best]
+    python -m bench.equal_time $OUT --device cpu --minutes 10,30 --recipes laptop,laptop-onecycle,resnet20
+    python -m bench.equal_time /tmp/accuracy --dry-run
 
 What is fair: one clock for both. Each recipe trains for N minutes of training time (the engine's
 `time_limit`: the steps, their augmentation and, with --compile, compiling count; evaluations and

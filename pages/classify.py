@@ -107,8 +107,8 @@ def pick_network(runs: list[Run]) -> tuple[Run, str, Classifier | None, bool]:
         st.session_state[TTA_RUN] = run.name
     tta_flip = pick_tta.toggle("Flip test-time augmentation", key=TTA, persist_state="session",
                                help="Average the prediction for each image and its mirror image: often a little more "
-                                    "accurate, since CIFAR-10 classes look the same mirrored. It starts as the run "
-                                    "was tested.")
+                                    "accurate, since CIFAR-10 classes look the same mirrored; with 1-pixel shifts "
+                                    "too (6 views) for a run tested with them. It starts as the run was tested.")
     if classifier is not None:
         st.caption(f"Test-time augmentation: {classifier.tta_said(tta_flip)}.")
     return run, tag, classifier, tta_flip
@@ -153,7 +153,7 @@ def show_all_in_a_table(results: list[Prediction], classifier: Classifier, run: 
     shown = table[["File", "Top class", "Probability", "Second class", "Looks like its training images", *errors]]
     st.dataframe(shown.assign(Probability=100 * shown["Probability"]), hide_index=True, column_config={
         "Probability": st.column_config.ProgressColumn(format="%.1f%%", min_value=0, max_value=100)})
-    made = predictions_csv(results, classifier.classes, run.name, tag, tta_flip)
+    made = predictions_csv(results, classifier.classes, run.name, tag, classifier.tta_name(tta_flip))
     st.download_button("Download all predictions as CSV", made,
                        file_name=f"predictions-{run.name}-{tag}{'-tta' if tta_flip else ''}.csv",
                        mime="text/csv", on_click="ignore", icon=":material/download:")

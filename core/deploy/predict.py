@@ -140,10 +140,11 @@ def prediction_rows(results: list[Prediction], classes: list[str]) -> list[dict]
     return rows
 
 
-def predictions_csv(results: list[Prediction], classes: list[str], run_name: str, tag: str, tta_flip: bool) -> str:
-    """prediction_rows as CSV, with what made them in every row: the run, its checkpoint, flip TTA on or off."""
+def predictions_csv(results: list[Prediction], classes: list[str], run_name: str, tag: str, tta: str) -> str:
+    """prediction_rows as CSV, with what made them in every row: the run, its checkpoint, its test-time views
+    (tta_name)."""
     out = io.StringIO()
-    made_by = {"Run": run_name, "Checkpoint": tag, "TTA": "flip" if tta_flip else "off"}
+    made_by = {"Run": run_name, "Checkpoint": tag, "TTA": tta}
     rows = [row | made_by for row in prediction_rows(results, classes)]
     writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else list(made_by), lineterminator="\n")
     writer.writeheader()

@@ -155,20 +155,22 @@ def read_files(files: list[tuple[str, bytes | Path]], prepare: Callable[[Image.I
     return results
 
 
+def tta_name(tta_flip: bool, tta_shift: bool) -> str:
+    """The test-time views in a word or three: "none", "flip", "flip and 1-pixel shifts (6 views)"."""
+    return {(False, False): "none", (True, False): "flip", (False, True): "1-pixel shifts",
+            (True, True): "flip and 1-pixel shifts (6 views)"}[bool(tta_flip), bool(tta_shift)]
+
+
 def tta_words(tta_flip: bool, own: bool | None, tta_shift: bool = False, own_shift: bool = False) -> str:
     """Which test-time augmentation made a result, and whether it is the run's own (`own`, `own_shift`; `own`
     None: unknown)."""
-    def name(flip: bool, shift: bool) -> str:
-        return {(False, False): "none", (True, False): "flip", (False, True): "1-pixel shifts",
-                (True, True): "flip and 1-pixel shifts (6 views)"}[flip, shift]
-
     used = "flip (each image averaged with its mirror)" if (tta_flip, tta_shift) == (True, False) \
-        else name(tta_flip, tta_shift)
+        else tta_name(tta_flip, tta_shift)
     if own is None:
         return used
     if (tta_flip, tta_shift) == (own, own_shift):
         return f"{used}: the run's own"
-    return f"{used}: asked for; the run's own is {name(own, own_shift)}"
+    return f"{used}: asked for; the run's own is {tta_name(own, own_shift)}"
 
 
 class OwnTta:
@@ -188,6 +190,10 @@ class OwnTta:
         if tta_shift is not None:
             return tta_shift
         return False if tta_flip is False else self.own_tta_shift
+
+    def tta_name(self, tta_flip: bool | None, tta_shift: bool | None = None) -> str:
+        """tta_name for what `tta_flip` and `tta_shift`, as asked, use."""
+        return tta_name(self.tta(tta_flip), self.shift(tta_flip, tta_shift))
 
     def tta_said(self, tta_flip: bool | None, tta_shift: bool | None = None) -> str:
         """tta_words for what `tta_flip` and `tta_shift`, as asked, use."""

@@ -351,7 +351,9 @@ def test_odd_images_are_said_in_words_not_to_look_like_the_training_images(train
 def test_the_csv_says_which_run_checkpoint_and_tta_made_it(trained):
     files = odd_images() + [("image.png", encoded(picture(3), "PNG")), ("empty.png", b"")]
     results = classify(Classifier.load(trained, "last"), files, tta_flip=True)
-    rows = list(csv.DictReader(io.StringIO(predictions_csv(results, CLASSES, "small", "last", True))))
+    classifier = Classifier.load(trained, "last")
+    rows = list(csv.DictReader(io.StringIO(predictions_csv(results, CLASSES, "small", "last",
+                                                           classifier.tta_name(True)))))
     assert [row["File"] for row in rows] == [name for name, _ in files]
     assert {(row["Run"], row["Checkpoint"], row["TTA"]) for row in rows} == {("small", "last", "flip")}
     assert rows[0]["Looks like its training images"] == "no: unlike its training images"
