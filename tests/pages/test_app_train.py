@@ -191,8 +191,8 @@ def test_a_preset_made_for_a_time_budget_opens_with_it_and_says_what_it_is_for(r
     assert "for 30 min of training" in next(c.value for c in app.caption if c.value.startswith("Launch trains"))
     app.get_by_key("train_length").set_value("epochs").run()  # the user's choice: the recipe's epochs
     assert_clean(app)
-    assert not app.get_by_key("train:epochs").disabled and app.get_by_key("train:epochs").value == 30
-    assert "for 30 epochs" in next(c.value for c in app.caption if c.value.startswith("Launch trains"))
+    assert not app.get_by_key("train:epochs").disabled and app.get_by_key("train:epochs").value == 10
+    assert "for 10 epochs" in next(c.value for c in app.caption if c.value.startswith("Launch trains"))
     assert "(changed here)" in next(c.value for c in app.caption if c.value.startswith("They start from"))
 
 
