@@ -47,15 +47,23 @@ class OnnxModel(OwnTta):
     def classes(self) -> list[str]:
         return json.loads(self.meta["classes"])
 
+    def flag(self, key: str) -> bool | None:
+        """A true/false of the metadata; None where it is missing or not one (an older or hand-edited file)."""
+        try:
+            value = json.loads(self.meta[key])
+        except (KeyError, ValueError):
+            return None
+        return value if isinstance(value, bool) else None
+
     @property
     def own_tta_flip(self) -> bool | None:
         """The run's own test-time augmentation; None from an export made before exports recorded it."""
-        return json.loads(self.meta["tta_flip"]) if "tta_flip" in self.meta else None
+        return self.flag("tta_flip")
 
     @property
     def own_tta_shift(self) -> bool:
         """Whether the run tested with 1-pixel shifts too; not from an export made before exports recorded it."""
-        return bool(json.loads(self.meta.get("tta_shift", "false")))
+        return bool(self.flag("tta_shift"))
 
     def familiarity(self) -> Familiarity | None:
         """The run's thresholds as exported; None for a model exported before they were."""

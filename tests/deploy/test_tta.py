@@ -74,3 +74,12 @@ def test_an_onnx_export_carries_the_runs_tta_and_its_readers_use_it(tmp_path):
     Image.fromarray(images[0].permute(1, 2, 0).numpy()).save(tmp_path / "0.png")
     rows = json.loads(core_main("predict", "--onnx", str(model), str(tmp_path / "0.png")).stdout)
     assert rows[0]["tta"] == f"{SIX}: the run's own"
+
+
+@pytest.mark.parametrize("flip, shift", [("garbage", "{"), ("1", "null"), (None, None)])
+def test_an_onnx_models_unreadable_tta_record_means_none_and_says_so(flip, shift):
+    """A hand-edited or older export: its TTA flags are unreadable or missing. Readers use none, never crash."""
+    meta = {"classes": "[]"} | ({"tta_flip": flip, "tta_shift": shift} if flip is not None else {})
+    model = OnnxModel(None, meta)
+    assert (model.own_tta_flip, model.own_tta_shift, model.tta(None), model.shift(None)) == (None, False, False, False)
+    assert model.tta_said(None) == "none" and model.tta_said(True).startswith("flip (each image averaged")
