@@ -19,7 +19,7 @@ import streamlit as st
 
 from core.design.budget import BUDGET, Cost, count
 from core.design.config import RunConfig, TrainConfig
-from core.design.presets import PRESETS
+from core.design.presets import PRESETS, preset_for_cpu, preset_spec
 from core.design.settings import LABELS, SETTINGS, Setting, settings_error
 from core.design.spec import ArchSpec
 from core.errors import StudioError
@@ -652,9 +652,9 @@ def download_box() -> bool:
     return False
 
 
-def device_section() -> str:
-    """The devices to train on, what a GPU lacks, the CPU's kernels, and the machine's queue. Returns the one
-    device the estimate is for."""
+def device_section(preset: str | None) -> str:
+    """The devices to train on, what a GPU lacks, the CPU's kernels, a preset's variant for this CPU, and the
+    machine's queue. Returns the one device the estimate is for."""
     st.subheader("Device", divider="gray")
     look_at_machine(str(cache_dir()))
     devices = list(known_devices() or ["auto"])  # "auto" (the training process picks) until the probe has looked
@@ -677,8 +677,23 @@ def device_section() -> str:
                              "global batch, split over them")
     if device != "cuda" and (kernels := kernels_text(read_machine().get("cpu"))):  # as the last probe found the CPU
         st.caption(f"Kernels that train here: {kernels}")
+    if device == "cpu":
+        offer_cpu_variant(preset)
     st.fragment(show_queue, run_every=REFRESH_S)()
     return (st.session_state[GPUS] or gpus)[0] if device == "cuda" else device
+
+
+def offer_cpu_variant(preset: str | None) -> None:
+    """A preset sized for bf16 matrix units (AMX, AVX512-BF16), on a CPU the probe found without them: its variant
+    for such CPUs, as `python -m core train --preset` picks it there."""
+    cpu = read_machine().get("cpu") or {}
+    if preset not in PRESETS or (variant := preset_for_cpu(preset, cpu.get("computes_bf16", True))) == preset:
+        return
+    st.info(f"This CPU has no native bf16 (AMX or AVX512-BF16): it trains **{preset}** in fp32, about three times "
+            f"slower an image than **{variant}**, which ends ahead in the same time. {PRESETS[variant]['description']}",
+            icon=":material/speed:")
+    st.button(f"Train {variant} instead", icon=":material/swap_horiz:", key="train_cpu_variant",
+              on_click=load_design, args=(preset_spec(variant), variant))
 
 
 def estimate_section(spec: ArchSpec, timed: str, data: str | None, values: dict) -> None:
@@ -791,7 +806,7 @@ remember()
 introduction()
 design_section(spec, preset, cost)
 data, data_problem = data_section()
-timed = device_section()
+timed = device_section(preset)
 show_length()
 values = setting_values()  # as the widgets hold them, before they are drawn again below
 estimate_section(spec, timed, data, values)

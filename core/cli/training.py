@@ -9,7 +9,7 @@ import time
 
 from core.cli.common import add_source, config_from_args, emit
 from core.design.config import RunConfig
-from core.design.presets import PRESETS
+from core.design.presets import PRESETS, preset_for_cpu
 from core.measure.probe import PROBE_SECONDS
 from core.runs.queue import plan, queue
 from core.runs.record import read_record
@@ -43,6 +43,8 @@ def cmd_train(args) -> int:
         if args.batch_size and not args.watched and "TORCHELASTIC_RUN_ID" not in os.environ:
             change_batch_size(run, args.batch_size)  # the config: every process of the session reads it
     else:
+        if args.preset:
+            args.preset = preset_for_this_machine(args)
         cfg = config_from_args(args)
         overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v}
         if args.time_limit is not None:
@@ -190,6 +192,24 @@ def cmd_delete(args) -> int:
     return 0
 
 
+def preset_for_this_machine(args) -> str:
+    """--preset, or the variant it names for a CPU that trains it in fp32 where this run trains on such a CPU (the
+    switch said on stderr; --as-named keeps the preset)."""
+    variant = preset_for_cpu(args.preset, computes_bf16=False)
+    if variant == args.preset or args.as_named or args.gpus or args.device not in ("auto", "cpu"):
+        return args.preset
+    from core.nn.infer import amp_policy, auto_device  # torch: only for a preset with a variant
+
+    arithmetic = amp_policy("cpu", None, RunConfig.from_preset(args.preset).train.precision)
+    if arithmetic.dtype is not None or (args.device == "auto" and auto_device()[0] != "cpu"):
+        return args.preset
+    print(f"note: training {variant}, not {args.preset}: this run trains on the CPU in fp32 "
+          f"({arithmetic.why.removeprefix('auto: ')}), where {args.preset} takes about three times as long an image "
+          f"as {variant}, which ends ahead in the same time (docs/PERFORMANCE.md). --as-named trains "
+          f"{args.preset} itself.", file=sys.stderr)
+    return variant
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train a design (or resume a run) and write its run folder")
     g = p.add_mutually_exclusive_group(required=True)
@@ -206,6 +226,9 @@ def add_commands(sub) -> None:
     p.add_argument("--batch-size", type=int, help="override the batch size (with --resume: the batch from the saved "
                                                   "position on, e.g. a smaller one after running out of memory)")
     p.add_argument("--allow-over-budget", action="store_true", help="train a design over its parameter budget")
+    p.add_argument("--as-named", action="store_true",
+                   help="train --preset itself where it names a variant for CPUs without native bf16 (laptop: "
+                        "laptop-narrow) and this run trains on such a CPU")
     p.add_argument("--detach", action="store_true", help="train in a background process and return at once")
     p.add_argument("--watched", action="store_true", help=argparse.SUPPRESS)  # the process a watcher started
     p.add_argument("--create-only", action="store_true",

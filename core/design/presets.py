@@ -2,7 +2,8 @@
 
 Each preset is plain data: an architecture (ArchSpec JSON) and the training settings that differ
 from the defaults in core.design.config (its recipe). `source` says where it comes from and the
-parameter count the source reports, when it reports one.
+parameter count the source reports, when it reports one. `fp32_cpu_variant` names the preset to train instead
+on a CPU that computes in fp32 (no AMX or AVX512-BF16), for a design sized for bf16 matrix units.
 """
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ def _stages(blocks: list[int], channels: list[int]) -> list[dict]:
 # Seed 000's recipe, the best of the seeds (97.12% on lossless CIFAR-10).
 SEED_000_RECIPE = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
                    "batch_size": 128, "augment": ["crop", "flip", "perspective", "autoaugment"]}
+
+# airbench94's tricks and step sizes, for a time limit rather than epochs (epochs: the warm-up's share, 23%).
+LAPTOP_RECIPE = {"epochs": 10, "time_limit": 1800, "batch_size": 512, "lr": 0.75, "momentum": 0.85, "nesterov": True,
+                 "weight_decay": 0.00133, "schedule": "linear", "warmup_epochs": 2.3, "lookahead": True,
+                 "averaging_ramp": True, "freeze_bn_scale": True, "bn_bias_lr_scale": 64, "label_smoothing": 0.2,
+                 "augment": ["crop", "alternating_flip"], "crop_padding": 2, "tta_flip": True, "tta_shift": True}
 
 PRESETS: dict[str, dict] = {
     "resnet26-seed": {
@@ -90,8 +97,9 @@ PRESETS: dict[str, dict] = {
                         "by 2x2 max pooling after its first conv, on a whitened stem; trained for 30 minutes, not for "
                         "epochs, with airbench's tricks: alternating flip, Nesterov SGD at batch 512 with warm-up then "
                         "linear decay, Lookahead on a (t/T)^3 ramp, frozen BatchNorm scales with 64x lr on their "
-                        "biases, label smoothing 0.2, and 6-view TTA. In 10 minutes on a 2-core laptop-class Xeon: "
-                        "90.2% on the test images."),
+                        "biases, label smoothing 0.2, and 6-view TTA. In 10 minutes on a 2-core laptop-class Xeon with "
+                        "AMX: 90.2% on the test images. Sized for bf16 matrix units: a CPU without them trains "
+                        "laptop-narrow instead."),
         "source": ("ours, after airbench94 (Keller Jordan, cifar10-airbench: 94% in 9.9 epochs) and David Page's "
                    "ResNet-9: the widths, max pooling and airbench's step sizes (lr, momentum, weight decay, "
                    "warm-up) each chosen by measurement on the JPEG copy of CIFAR-10, on a 2-core Xeon; 91.4% "
@@ -99,11 +107,22 @@ PRESETS: dict[str, dict] = {
         "arch": {"stem": {"channels": 32, "kernel_size": 3, "whiten": True}, "pool_size": 4,
                  "stages": [{"blocks": 1, "channels": c, "stride": 2, "downsample": "maxpool"}
                             for c in (64, 256, 256)]},
-        "train": {"epochs": 10, "time_limit": 1800, "batch_size": 512, "lr": 0.75, "momentum": 0.85,
-                  "nesterov": True, "weight_decay": 0.00133, "schedule": "linear", "warmup_epochs": 2.3,
-                  "lookahead": True, "averaging_ramp": True, "freeze_bn_scale": True, "bn_bias_lr_scale": 64,
-                  "label_smoothing": 0.2, "augment": ["crop", "alternating_flip"], "crop_padding": 2, "tta_flip": True,
-                  "tta_shift": True},
+        "train": LAPTOP_RECIPE,
+        "fp32_cpu_variant": "laptop-narrow",
+    },
+    "laptop-narrow": {
+        "description": ("laptop at half its widths (32, 128, 128), for CPUs that compute in fp32: 0.52M parameters and "
+                        "47M MACs an image, the same recipe. A CPU without AVX512-BF16 or AMX (most laptops: AVX2 "
+                        "Intel and AMD before Zen 4) trains laptop at a third of the speed it trains this one, so "
+                        "this one sees three times the epochs in a time limit. In 10 minutes on a 2-core Xeon "
+                        "restricted to AVX2: 87.2% on the test images (laptop 80.9%, laptop-onecycle 82.9%); with "
+                        "its AMX, laptop is ahead (90.2% against 89.4%)."),
+        "source": ("ours: laptop's design and recipe at half width, measured on the JPEG copy of CIFAR-10 on a 2-core "
+                   "Xeon under ONEDNN_MAX_CPU_ISA=AVX2, in fp32 (docs/PERFORMANCE.md, fifth round)"),
+        "arch": {"stem": {"channels": 32, "kernel_size": 3, "whiten": True}, "pool_size": 4,
+                 "stages": [{"blocks": 1, "channels": c, "stride": 2, "downsample": "maxpool"}
+                            for c in (32, 128, 128)]},
+        "train": LAPTOP_RECIPE,
     },
     "laptop-onecycle": {
         "description": ("laptop before the speed-run tricks, kept for comparison: a ResNet-9-like net narrowed to "
@@ -132,6 +151,13 @@ def get_preset(name: str) -> dict:
     if name not in PRESETS:
         raise SpecError(f"preset: unknown name {name!r}; available: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def preset_for_cpu(name: str, computes_bf16: bool) -> str:
+    """The preset to train for `name` on a CPU: its `fp32_cpu_variant` where the CPU has no native bf16 (no
+    AVX512-BF16 or AMX, or oneDNN capped below them), since a design sized for bf16 matrix units trains a few
+    epochs at most in fp32 in the same time; else `name`."""
+    return name if computes_bf16 else PRESETS.get(name, {}).get("fp32_cpu_variant", name)
 
 
 def preset_spec(name: str) -> ArchSpec:

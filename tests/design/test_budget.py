@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from core.design.budget import count, fit_to_budget
-from core.design.presets import PRESETS, preset_spec
+from core.design.presets import PRESETS, preset_for_cpu, preset_spec
 from core.design.spec import ArchSpec, SpecError, conv_out
 from core.nn.model import build_model
 
@@ -127,3 +127,16 @@ def test_fit_to_budget_scales_resnet18_to_the_largest_design_under_5m():
 def test_fit_to_budget_refuses_an_impossible_budget():
     with pytest.raises(SpecError, match="narrowest widths"):
         fit_to_budget(preset_spec("resnet26-seed"), budget=1000)
+
+
+def test_laptop_names_its_half_width_variant_for_cpus_that_train_in_fp32():
+    """A CPU without AMX or AVX512-BF16 trains laptop in fp32 at a third of the speed: `train --preset laptop`
+    takes laptop-narrow there, the same recipe at half the widths. Every other preset is itself everywhere."""
+    assert preset_for_cpu("laptop", computes_bf16=False) == "laptop-narrow"
+    assert preset_for_cpu("laptop", computes_bf16=True) == "laptop"
+    assert {name for name in PRESETS if preset_for_cpu(name, computes_bf16=False) != name} == {"laptop"}
+    wide, narrow = preset_spec("laptop"), preset_spec("laptop-narrow")
+    assert [s.channels for s in narrow.stages] == [s.channels // 2 for s in wide.stages]
+    assert narrow.replace(stages=wide.to_dict()["stages"]) == wide
+    assert PRESETS["laptop-narrow"]["train"] == PRESETS["laptop"]["train"]
+    assert (count(narrow).params, count(narrow).macs) == (523_978, 46_517_504)

@@ -67,6 +67,27 @@ def test_a_time_limit_from_the_command_line_replaces_the_presets_and_a_resume_re
     assert refused.returncode != 0 and "a resumed run keeps its time limit" in refused.stderr
     assert Run(ten).status()["state"] == "queued"  # untouched
 
+
+def test_laptop_on_a_cpu_that_trains_in_fp32_trains_its_narrow_variant_unless_asked_not_to(tmp_path, monkeypatch):
+    """An AVX2 CPU's kernels (the ISA caps, as on most laptops) train in fp32: `--preset laptop` takes
+    laptop-narrow and says so; --as-named keeps laptop; a GPU's device keeps it too."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    fit, named = tmp_path / "runs" / "fit", tmp_path / "runs" / "named"
+    said = core_cli("train", "--preset", "laptop", "--run-dir", str(fit), "--device", "cpu", "--data", "builtin",
+                    "--create-only").stderr
+    core_cli("train", "--preset", "laptop", "--as-named", "--run-dir", str(named), "--device", "cpu", "--data",
+             "builtin", "--create-only")
+    assert "note: training laptop-narrow, not laptop: this run trains on the CPU in fp32 (oneDNN is capped below " \
+           "its bf16 ISAs" in said and "--as-named trains laptop itself" in said
+    config = {run.name: json.loads(Run(run).config_path.read_text()) for run in (fit, named)}
+    assert (config["fit"]["preset"], config["fit"]["params"]) == ("laptop-narrow", 523_978)
+    assert (config["named"]["preset"], config["named"]["params"]) == ("laptop", 2_064_010)
+    assert config["fit"]["train"] == config["named"]["train"]
+    gpu = core_cli("train", "--preset", "laptop", "--device", "cuda", "--run-dir", str(tmp_path / "gpu"),
+                   "--data", "builtin", "--create-only", check=False)  # no GPU here: refused, but not switched
+    assert "laptop-narrow" not in gpu.stderr
+
 @pytest.mark.kernels
 def test_a_trained_run_has_every_file_and_its_checkpoint_predicts_what_training_measured(trained):
     """The session's `trained` run: two epochs of SMALL by `python -m core train` in a process of its own (the

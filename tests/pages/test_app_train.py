@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.helpers import APP, QUICK_ARCH, assert_clean, holder, wait_for
+from tests.helpers import APP, QUICK_ARCH, assert_clean, core_cli, holder, wait_for
 from core.data.sources import BUILTIN_ARCHIVE
 from core.design.budget import BUDGET, count
 from core.design.config import RunConfig, TrainConfig
@@ -194,6 +194,25 @@ def test_a_preset_made_for_a_time_budget_opens_with_it_and_says_what_it_is_for(r
     assert not app.get_by_key("train:epochs").disabled and app.get_by_key("train:epochs").value == 10
     assert "for 10 epochs" in next(c.value for c in app.caption if c.value.startswith("Launch trains"))
     assert "(changed here)" in next(c.value for c in app.caption if c.value.startswith("They start from"))
+
+
+def test_on_a_cpu_that_trains_in_fp32_laptop_offers_its_narrow_variant(runs_dir, cache, monkeypatch):
+    """The probe (a real `core machine`, under an AVX2 CPU's ISA caps) finds no native bf16; the CPU device then
+    offers laptop-narrow for laptop, and the button makes it the design."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    core_cli("machine", "--seconds", "0.1")
+    assert read_machine()["cpu"]["computes_bf16"] is False
+    app = open_page("train", preset_spec("laptop"), "laptop")
+    app.get_by_key("train_device").set_value("cpu").run()
+    assert_clean(app)
+    offer = texts(app.info)
+    assert "This CPU has no native bf16 (AMX or AVX512-BF16): it trains **laptop** in fp32" in offer
+    assert "laptop at half its widths (32, 128, 128)" in offer
+    button(app, "Train laptop-narrow instead").click().run()
+    assert_clean(app)
+    assert app.session_state["design_preset"] == "laptop-narrow"
+    assert "**laptop-narrow**" in texts(app.markdown) and "This CPU has no native bf16" not in texts(app.info)
 
 
 def test_a_time_budget_is_the_launched_runs_time_limit_and_its_progress_follows_the_time(runs_dir):
