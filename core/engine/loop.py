@@ -48,7 +48,8 @@ from core.runs.speeds import record_run_speed
 from core.runs.watch import Heartbeat
 
 
-EVALS_IN_A_TIME_LIMIT = 25  # a time-limited run evaluates about this often, and at its end
+EVALS_IN_A_TIME_LIMIT = 25  # a time-limited run evaluates at most about this often, and at its end,
+EVAL_SHARE = 0.1            # and evaluating and saving take at most about this share of its training time
 STEP_LINE_SECONDS = 3.0     # a "step" metrics line at least this often (and every log_every steps): live charts
 WARMUP_STEPS = 3            # a session's first steps compile and tune kernels: the watcher allows them longer
 
@@ -366,19 +367,28 @@ def fit(run: Run, cfg: RunConfig, device: torch.device, stop: StopFlag, world: W
     t, at = cfg.train, s.at
     s.started, s.elapsed_before, next_eval = time.perf_counter(), at.elapsed, 0.0
     beat.phase("warming up", epoch=at.epoch, step=at.step)
+    last = None  # the last epoch's evaluation: of the final weights, once the loop ends
     for epoch in itertools.count(at.epoch) if t.time_limit else range(at.epoch, t.epochs):
         figures = train_epoch(s, epoch, stop)
-        if t.time_limit:  # epochs can take a second on a GPU: evaluate and save a few times, not after each
-            if at.trained < next_eval and not figures.out_of_time:
-                continue
-            next_eval = at.trained + t.time_limit / EVALS_IN_A_TIME_LIMIT
-        accuracy = end_epoch(s, figures)
+        if t.time_limit and at.trained < next_eval and not figures.out_of_time:
+            continue  # a GPU's epoch can take a second, a CPU's 6-view evaluation most of an epoch's time
+        paused = time.perf_counter()
+        last = end_epoch(s, figures)
+        if t.time_limit:
+            next_eval = next_evaluation(at.trained, t.time_limit, time.perf_counter() - paused)
         beat.phase("training", epoch=at.epoch, step=at.step)
         if hooks is not None:
-            hooks.on_epoch(at.epoch, accuracy)
+            hooks.on_epoch(at.epoch, last.accuracy)
         if figures.out_of_time:
             break
-    write_results(s, evaluate_now(s))
+    write_results(s, last or evaluate_now(s))  # a resume of a run that had ended trains nothing
+
+
+def next_evaluation(trained: float, time_limit: float, pause: float) -> float:
+    """When a time-limited run at `trained` seconds of training, which just spent `pause` seconds evaluating and
+    saving, evaluates next: after time_limit / EVALS_IN_A_TIME_LIMIT more seconds of training, or after more where
+    the pause would otherwise take over EVAL_SHARE of the time (6-view TTA on a CPU: 25-45 s an evaluation)."""
+    return trained + max(time_limit / EVALS_IN_A_TIME_LIMIT, pause / EVAL_SHARE)
 
 
 def open_session(run: Run, cfg: RunConfig, device: torch.device, world: World, beat: Heartbeat) -> Session:
@@ -473,9 +483,9 @@ def write_step_line(s: Session, tally: EpochTally, epoch: float, step: int, lr: 
                               "elapsed": s.elapsed()})
 
 
-def end_epoch(s: Session, figures: EpochFigures) -> float:
+def end_epoch(s: Session, figures: EpochFigures) -> Evaluation:
     """The epoch's end (or the time limit's): evaluate, write its metrics and log lines, save `best` when it is the
-    best yet, and `last`; returns its accuracy."""
+    best yet, and `last`; returns the evaluation."""
     t, at, world = s.cfg.train, s.at, s.world
     result = evaluate_now(s)  # every process evaluates: no process waits for another
     at.elapsed = s.elapsed()
@@ -498,7 +508,7 @@ def end_epoch(s: Session, figures: EpochFigures) -> float:
     checkpoint(s, "last", result.accuracy)
     if world.is_main:
         s.run.update_status(epoch=line["epoch"], best_acc=at.best_acc)
-    return result.accuracy
+    return result
 
 
 def keep_speed(s: Session, images_per_s: float) -> None:

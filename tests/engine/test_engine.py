@@ -13,6 +13,7 @@ from core.data.augment import Normalizer, alternating_flip, cutout, random_crop,
 from core.data.datasets import load_dataset
 from core.design.config import RunConfig, TrainConfig
 from core.design.spec import SpecError
+from core.engine.loop import next_evaluation
 from core.engine.optim import Lookahead, WeightEMA, load_optimizer_state, lr_at
 from core.engine.trainer import Trainer
 from core.nn.checkpoint import CheckpointError, load_checkpoint, load_model, load_train_state
@@ -262,6 +263,16 @@ def test_a_time_limit_trains_for_that_time_with_the_schedule_stretched_over_it(t
     steps = [m for m in run.metrics() if m["kind"] == "step"]
     assert len(steps) >= 2 and all(a["lr"] >= b["lr"] for a, b in zip(steps, steps[1:]))
     assert json.loads((run.checkpoints / "last.json").read_text())["trained"] == pytest.approx(last["trained"])
+    results = json.loads(run.results_path.read_text())  # the last evaluation's, not a second one of the same weights
+    assert (results["accuracy"], results["loss"]) == (last["eval_acc"], last["eval_loss"])
+
+
+def test_a_time_limited_run_evaluates_often_when_evaluating_is_cheap_and_seldom_when_it_is_not():
+    """25 evaluations in a time limit at most; an evaluation of 40 s (6 views in fp32 on a CPU) waits for 400 s
+    of training, so 10 minutes of training take about 12 of wall time, not 15.5 (laptop-narrow, AVX2)."""
+    assert next_evaluation(100, 600, pause=1) == 124
+    assert next_evaluation(100, 600, pause=40) == 500
+    assert next_evaluation(0, 1800, pause=25) == 250
 
 
 def test_flip_and_alternating_flip_exclude_each_other():
