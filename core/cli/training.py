@@ -203,10 +203,10 @@ def preset_for_this_machine(args) -> str:
     arithmetic = amp_policy("cpu", None, RunConfig.from_preset(args.preset).train.precision)
     if arithmetic.dtype is not None or (args.device == "auto" and auto_device()[0] != "cpu"):
         return args.preset
-    print(f"note: training {variant}, not {args.preset}: this run trains on the CPU in fp32 "
-          f"({arithmetic.why.removeprefix('auto: ')}), where {args.preset} takes about three times as long an image "
-          f"as {variant}, which ends ahead in the same time (docs/PERFORMANCE.md). --as-named trains "
-          f"{args.preset} itself.", file=sys.stderr)
+    print(f"note: training {variant}, not {args.preset}: this run trains on the CPU in fp32, since "
+          f"{arithmetic.why.removeprefix('auto: ')}. There {args.preset} takes about three times as long an image as "
+          f"{variant}, which ends ahead in the same time (docs/PERFORMANCE.md). --as-named trains {args.preset} "
+          f"itself.", file=sys.stderr)
     return variant
 
 
