@@ -210,7 +210,7 @@ def preset_for_this_machine(args) -> str:
     return variant
 
 
-def add_commands(sub) -> None:
+def add_train_command(sub) -> None:
     p = sub.add_parser("train", help="train a design (or resume a run) and write its run folder")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--preset", help="a preset name")
@@ -244,6 +244,9 @@ def add_commands(sub) -> None:
     g.add_argument("--max-restarts", type=int, default=0, help="restarts after a process fails (default 0)")
     p.set_defaults(func=cmd_train)
 
+
+def add_commands(sub) -> None:
+    add_train_command(sub)
     p = sub.add_parser("reproduce", help="train RUN's config and data again as a new run, then compare the two "
                                          "runs' curves, final accuracy and records")
     p.add_argument("run", metavar="runs/NAME")
