@@ -49,6 +49,11 @@ def cmd_train(args) -> int:
         overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v}
         if args.time_limit is not None:
             overrides["time_limit"] = args.time_limit
+        elif args.epochs and cfg.train.time_limit:  # else the epochs would only reshape a time limit's schedule
+            overrides["time_limit"] = 0
+            print(f"note: --epochs {args.epochs} trains for {args.epochs} epochs, not for the recipe's time limit "
+                  f"({cfg.train.time_limit:g} s); give --time-limit as well to keep a time limit, over which the "
+                  f"epochs only set the schedule's shape (the warm-up's share).", file=sys.stderr)
         if overrides:
             cfg = cfg.replace_train(**overrides)
         if args.allow_over_budget:
@@ -220,7 +225,8 @@ def add_train_command(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda or cuda:N")
     p.add_argument("--data", help="CIFAR-10 folder or archive, or 'builtin' (default: $CIFAR10_DATA, ./data, "
                                   "else the built-in slice)")
-    p.add_argument("--epochs", type=int, help="override the number of epochs (with --resume: the new total)")
+    p.add_argument("--epochs", type=int, help="override the number of epochs, and train for them rather than for a "
+                                              "recipe's time limit (with --resume: the new total)")
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="override the training time: the schedule stretches over it (0: train for the epochs)")
     p.add_argument("--batch-size", type=int, help="override the batch size (with --resume: the batch from the saved "

@@ -64,6 +64,12 @@ def test_a_time_limit_from_the_command_line_replaces_the_presets_and_a_resume_re
     assert json.loads(Run(ten).config_path.read_text())["train"]["time_limit"] == 600
     assert {k: json.loads(Run(epochs).config_path.read_text())["train"][k] for k in ("time_limit", "epochs")} == {
         "time_limit": 0, "epochs": 3}
+    alone = tmp_path / "runs" / "alone"  # --epochs alone means epochs, not a warm-up reshaped inside 30 minutes
+    said = core_cli("train", "--preset", "laptop", "--run-dir", str(alone), "--epochs", "3", "--data", "builtin",
+                    "--create-only").stderr
+    assert {k: json.loads(Run(alone).config_path.read_text())["train"][k] for k in ("time_limit", "epochs")} == {
+        "time_limit": 0, "epochs": 3}
+    assert "note: --epochs 3 trains for 3 epochs, not for the recipe's time limit (1800 s)" in said
     refused = core_cli("train", "--resume", str(ten), "--time-limit", "60", check=False)
     assert refused.returncode != 0 and "a resumed run keeps its time limit" in refused.stderr
     assert Run(ten).status()["state"] == "queued"  # untouched
