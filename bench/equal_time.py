@@ -1,9 +1,9 @@
 """Table "Accuracy at equal time" (issues 11, 23 and 29): presets, each trained for the same N minutes on the same
 device and data; test accuracy side by side. On a GPU: seed 000's recipe (resnet26-seed) against `best`; on a
-CPU (--device cpu): laptop, laptop-onecycle and resnet20 (docs/PERFORMANCE.md).
+CPU (--device cpu): laptop, laptop-onecycle, resnet20 and the anchor, airbench94 (docs/PERFORMANCE.md).
 
     python -m bench.equal_time $OUT --minutes 8 [--recipes resnet26-seed,best] [--compile] [--export best]
-    python -m bench.equal_time $OUT --device cpu --minutes 10,30 --recipes laptop,laptop-onecycle,resnet20
+    python -m bench.equal_time $OUT --device cpu --minutes 10,30 --recipes laptop,laptop-onecycle,resnet20,airbench94
     python -m bench.equal_time /tmp/accuracy --dry-run
 
 What is fair: one clock for both. Each recipe trains for N minutes of training time (the engine's
@@ -13,6 +13,8 @@ ends its schedule whatever its speed: a slow recipe sees fewer epochs, as it wou
 Everything else is the recipe's own: batch size, augmentations, EMA, flip TTA. Accuracy: the final
 weights (EMA ones where the recipe keeps them) on the copy's 10,000 test images; seed 0, one run each.
 --export PRESET writes that recipe's run, exported as it would ship (fp16 best checkpoint), as one .tar.
+`airbench94` as a recipe, on the CPU only, is airbench94's own code for the same minutes (bench/airbench_cpu.py:
+its time counts its whitening and steps, its TTA apart, as ours); on a GPU, bench/airbench_compare.py.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bench.airbench_cpu import AIRBENCH94, BATCH_SIZE, DRY_RUN_BATCH_SIZE, Airbench94OnCpu
 from bench.common import JPEG_COPY, Report, parser, preset_config, timed_training
 
 from core.deploy.fp16 import export
@@ -38,11 +41,19 @@ def main() -> None:
     if args.dry_run:
         args.device, args.data, args.minutes = "cpu", "builtin", "0.1"
     minutes = [float(m) for m in args.minutes.split(",")]
+    recipes = args.recipes.split(",")
+    if AIRBENCH94 in recipes and args.device != "cpu":
+        p.error(f"{AIRBENCH94} runs here on the CPU only; on a GPU, python -m bench.airbench_compare")
     report = Report(args.out, "equal_time", args)
     report.data |= {"minutes": minutes, "compile": args.compile, "threads": torch.get_num_threads(),
                     "copy": "built-in slice" if args.data == "builtin" else JPEG_COPY}
+    anchor = Airbench94OnCpu(args.data, report.log, DRY_RUN_BATCH_SIZE if args.dry_run else BATCH_SIZE) \
+        if AIRBENCH94 in recipes else None
     for limit in minutes:
-        for preset in args.recipes.split(","):
+        for preset in recipes:
+            if preset == AIRBENCH94:
+                report.add({"recipe": preset} | anchor.row(seed=0, minutes=limit))
+                continue
             cfg = preset_config(preset, args, time_limit=limit * 60, compile=args.compile)
             report.log(f"{preset}: {count(cfg.arch).params:,} parameters, {limit:g} min of training on "
                        f"{args.device}, recipe {cfg.train.to_dict()}")
