@@ -3,8 +3,9 @@
 `TrainConfig` lists every training hyperparameter with its default (the best seed's recipe:
 SGD momentum 0.9, lr 0.1, cosine, weight decay 5e-4, batch 128). A run folder stores the
 whole `RunConfig` as JSON, so every run says exactly how it was made. The speed-run tricks of airbench
-(alternating flip, the linear schedule, the (t/T)^3 averaging ramp, frozen BatchNorm scales and a BatchNorm
-bias lr multiplier, 1-pixel-shift TTA) are settings here, each off by default, so no preset changes meaning.
+(alternating flip, the linear schedule, the (t/T)^3 averaging ramp, Lookahead's pull and its ending on the slow
+weights, frozen BatchNorm scales and a BatchNorm bias lr multiplier, 1-pixel-shift TTA) are settings here, each
+off by default, so no preset changes meaning.
 """
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ class TrainConfig:
     momentum: float = 0.9          # SGD and RMSprop
     nesterov: bool = False         # SGD
     weight_decay: float = 5e-4
-    lookahead: bool = False        # wrap the optimizer in Lookahead (k=5, alpha=0.5)
+    lookahead: bool = False        # wrap the optimizer in Lookahead (k=5)
+    lookahead_alpha: float = 0.5   # the share of the way the slow weights move to the fast ones (airbench: 0.23)
+    lookahead_ends_slow: bool = False  # BatchNorm statistics averaged too, and the run ends on the slow weights
     averaging_ramp: bool = False   # EMA decay and Lookahead's slow share grow as (t/T)^3 over the training (airbench)
     freeze_bn_scale: bool = False  # BatchNorm weights stay 1, not trained (airbench); biases still train
     bn_bias_lr_scale: float = 1.0  # BatchNorm biases train at lr x this, weight decay / this (airbench: 64)
@@ -86,6 +89,8 @@ class TrainConfig:
             nesterov=check_bool("train.nesterov", d["nesterov"]),
             weight_decay=check_float("train.weight_decay", d["weight_decay"], 0.0, 1.0),
             lookahead=check_bool("train.lookahead", d["lookahead"]),
+            lookahead_alpha=check_float("train.lookahead_alpha", d["lookahead_alpha"], 0.01, 1.0),
+            lookahead_ends_slow=check_bool("train.lookahead_ends_slow", d["lookahead_ends_slow"]),
             averaging_ramp=check_bool("train.averaging_ramp", d["averaging_ramp"]),
             freeze_bn_scale=check_bool("train.freeze_bn_scale", d["freeze_bn_scale"]),
             bn_bias_lr_scale=check_float("train.bn_bias_lr_scale", d["bn_bias_lr_scale"], 0.01, 1000.0),

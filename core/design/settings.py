@@ -30,6 +30,7 @@ def unless(field: str, wanted: tuple, reason: str) -> Callable[[dict], str | Non
 
 
 STEP_ONLY = unless("schedule", ("step",), "Only the step schedule uses it")
+NO_LOOKAHEAD = unless("lookahead", (True,), "Only Lookahead uses it")
 SETTINGS = {
     "Schedule": [
         Setting("epochs", "Epochs", "Passes over the training images", step=1,
@@ -62,8 +63,15 @@ SETTINGS = {
                 unused=unless("optimizer", ("sgd",), "Only SGD has Nesterov momentum")),
         Setting("weight_decay", "Weight decay", "Pull on every weight towards 0, e.g. 5e-4 with SGD; 0 for none",
                 step=1e-4),
-        Setting("lookahead", "Lookahead", "Every 5 steps, move a slow copy of the weights halfway to the "
+        Setting("lookahead", "Lookahead", "Every 5 steps, move a slow copy of the weights part of the way to the "
                                           "optimizer's and restart from there (Zhang et al. 2019)"),
+        Setting("lookahead_alpha", "Lookahead pull", "The share of the way the slow weights move: 0.5 in Zhang et "
+                                                     "al.; airbench's 0.23 averages over more steps. With the "
+                                                     "averaging ramp, the pull at the end of the training",
+                step=0.01, unused=NO_LOOKAHEAD),
+        Setting("lookahead_ends_slow", "End on the slow weights",
+                "Average BatchNorm's statistics with the weights, and end the run on the slow weights rather than "
+                "the fast ones of the last few steps (airbench)", unused=NO_LOOKAHEAD),
         Setting("grad_clip", "Gradient clipping", "Largest gradient norm of a step; 0 for none", step=0.1),
         Setting("averaging_ramp", "Averaging ramp (t/T)³",
                 "Weight EMA's decay and Lookahead's slow share grow as the cube of the share of training done: "

@@ -23,7 +23,9 @@ def hyperparameters(cfg: RunConfig, imported: bool = False) -> dict[str, str]:
         (f", ×{t.step_gamma:g} every {t.step_epochs} epochs" if t.schedule == "step" else "")
     optimizer = t.optimizer + (f", momentum {t.momentum:g}" if t.optimizer in ("sgd", "rmsprop") else "") + \
         (", Nesterov" if t.nesterov and t.optimizer == "sgd" else "") + (", Lookahead" if t.lookahead else "") + \
+        (f" (pull {t.lookahead_alpha:g})" if t.lookahead and t.lookahead_alpha != 0.5 else "") + \
         (" on a (t/T)³ ramp" if t.lookahead and t.averaging_ramp else "") + \
+        (", ending on its slow weights" if t.lookahead and t.lookahead_ends_slow else "") + \
         (f", BatchNorm biases at lr ×{t.bn_bias_lr_scale:g}" if t.bn_bias_lr_scale != 1 else "")
     augment = ", ".join(f"{name} ({t.crop_padding} px)" if name == "crop" else
                         f"{name} ({t.cutout_size} px)" if name == "cutout" else name for name in t.augment)

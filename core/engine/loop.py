@@ -465,6 +465,8 @@ def train_epoch(s: Session, epoch: int, stop: StopFlag) -> EpochFigures:
         if t.time_limit and trained_now >= t.time_limit:
             out_of_time = True
             break
+    if out_of_time or (not t.time_limit and epoch == t.epochs - 1 and step + 1 == steps_per_epoch):
+        s.trainer.finish()
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
     train_loss, train_acc, images_seen = tally.totals(world)

@@ -19,11 +19,14 @@ class Lookahead:
     """Lookahead (Zhang et al. 2019): every k steps, move slow weights alpha of the way to the
     fast ones and restart the fast ones from there."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, k: int = 5, alpha: float = 0.5):
+    def __init__(self, optimizer: torch.optim.Optimizer, k: int = 5, alpha: float = 0.5,
+                 buffers: list[torch.Tensor] | tuple = ()):
+        """`buffers` (BatchNorm's running statistics) are averaged alongside the weights, so that the slow weights
+        come with statistics of their own (airbench)."""
         self.optimizer, self.k, self.alpha, self.steps = optimizer, k, alpha, 0
         self.pull = alpha  # this step's alpha: the trainer lowers it early on with the (t/T)^3 ramp
-        self.params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.slow = [p.detach().clone() for p in self.params]
+        self.fast = [p for g in optimizer.param_groups for p in g["params"]] + list(buffers)
+        self.slow = [p.detach().clone() for p in self.fast]
 
     @property
     def param_groups(self) -> list[dict]:
@@ -39,8 +42,14 @@ class Lookahead:
         self.optimizer.step()
         self.steps += 1
         if self.steps % self.k == 0:
-            torch._foreach_lerp_(self.slow, self.params, self.pull)
-            torch._foreach_copy_(self.params, self.slow)
+            torch._foreach_lerp_(self.slow, self.fast, self.pull)
+            torch._foreach_copy_(self.fast, self.slow)
+
+    @torch.no_grad()
+    def end_on_slow(self) -> None:
+        """The weights become the slow ones, as Lookahead returns them (Zhang et al., Algorithm 1), not the fast
+        ones of the up to k-1 steps since the last sync."""
+        torch._foreach_copy_(self.fast, self.slow)
 
     def state_dict(self) -> dict:
         return {"inner": self.optimizer.state_dict(), "steps": self.steps,
@@ -102,7 +111,10 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: torch.device
         opt = torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     else:
         opt = torch.optim.Adagrad(params, lr=t.lr, weight_decay=t.weight_decay)
-    return Lookahead(opt) if t.lookahead else opt
+    if not t.lookahead:
+        return opt
+    statistics = [b for b in model.buffers() if b.is_floating_point()] if t.lookahead_ends_slow else []
+    return Lookahead(opt, alpha=t.lookahead_alpha, buffers=statistics)
 
 
 class WeightEMA:

@@ -92,6 +92,11 @@ class Trainer:
             self.ema.update(self.model, ema_decay_at(self.t, progress))
         return loss.detach(), logits.detach()
 
+    def finish(self) -> None:
+        """After the run's last step: Lookahead that ends on the slow weights puts them in the model."""
+        if isinstance(self.optimizer, Lookahead) and self.t.lookahead_ends_slow:
+            self.optimizer.end_on_slow()
+
     def clip(self) -> None:
         if self.t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.grad_clip)

@@ -45,11 +45,12 @@ NO_BATCH_NORM = {"stem": {"channels": 16, "kernel_size": 7},
 RECIPE = {"epochs": 1, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "nesterov": True, "lookahead": True,
           "schedule": "cosine", "warmup_epochs": 0.5, "grad_clip": 1.0, "label_smoothing": 0.1, "ema_decay": 0.9,
           "augment": ["trivialaugment", "crop", "flip", "cutout"], "tta_flip": True}
-# every speed-run setting (laptop's, and an EMA on the ramp too), for a whitened-stem, max-pool design; trained
-# for a time, so train.py stretches the schedule over the epochs it trains
+# every speed-run setting (laptop's, an EMA on the ramp, airbench's Lookahead pull and ending), for a whitened-stem,
+# max-pool design; trained for a time, so train.py stretches the schedule over the epochs it trains
 SPEEDRUN_RECIPE = {"epochs": 2, "time_limit": 60, "batch_size": 64, "lr": 0.4, "nesterov": True, "weight_decay": 5e-4,
                    "schedule": "linear", "warmup_epochs": 1, "lookahead": True, "averaging_ramp": True,
-                   "ema_decay": 0.9, "freeze_bn_scale": True, "bn_bias_lr_scale": 64, "label_smoothing": 0.2,
+                   "lookahead_alpha": 0.23, "lookahead_ends_slow": True, "ema_decay": 0.9, "freeze_bn_scale": True,
+                   "bn_bias_lr_scale": 64, "label_smoothing": 0.2,
                    "augment": ["crop", "alternating_flip"], "crop_padding": 2, "tta_flip": True, "tta_shift": True}
 
 
@@ -315,6 +316,10 @@ def test_train_py_has_the_studios_time_limit_schedule_averaging_ramp_and_alterna
             assert train["ema_decay_at"](progress) == optim.ema_decay_at(ramped, progress)
             assert train["lookahead_pull_at"](progress, 0.5) == optim.lookahead_pull_at(ramped, progress, 0.5)
     train["T"]["averaging_ramp"] = True
+    # Lookahead as the studio builds it: its pull, and BatchNorm's statistics among what it averages
+    model, cpu = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)), torch.device("cpu")
+    ours, theirs = optim.build_optimizer(model, t, cpu), train["build_optimizer"](model, cpu)
+    assert (theirs.alpha, len(theirs.slow)) == (ours.alpha, len(ours.slow)) == (0.23, 4 + 2)
     # the data order and alternating flips of the studio's epochs: the same images mirrored, epoch by epoch
     split = load_dataset("builtin").train
     split = Split(split.images[:700], split.labels[:700])
@@ -367,7 +372,7 @@ def test_train_py_starts_trains_and_tests_the_speedrun_network_as_the_studio_doe
         x = train["augment"](images, None, model.mean)
         train["train_step"](model, optimizer, scaler, ema, x, labels, 0.01, progress, torch.device("cpu"),
                             torch.float32)
-    assert optimizer.steps == 6 and optimizer.pull == optim.lookahead_pull_at(t, 0.7, 0.5) < 1
+    assert optimizer.steps == 6 and optimizer.pull == optim.lookahead_pull_at(t, 0.7, t.lookahead_alpha) < 1
     # (the studio's channels_last convolutions add up in another order; BatchNorm biases' 64x lr magnifies that)
     torch.testing.assert_close(model.state_dict(), ours.model.state_dict(), atol=5e-4, rtol=1e-3)
     torch.testing.assert_close(ema.module.state_dict(), ours.ema.module.state_dict(), atol=5e-4, rtol=1e-3)

@@ -342,6 +342,33 @@ def test_lookahead_sets_the_lr_of_the_groups_its_optimizer_steps_after_loading()
     assert again.optimizer.param_groups[0]["lr"] == 0.001
 
 
+def test_lookahead_that_ends_slow_averages_batchnorm_statistics_and_ends_on_the_slow_weights():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    statistics = [model[1].running_mean, model[1].running_var]
+    opt = Lookahead(torch.optim.SGD(model.parameters(), lr=0.1), k=2, alpha=0.25, buffers=statistics)
+    before, fast, inner_step = [t.clone() for t in opt.slow], [], opt.optimizer.step
+
+    def recording_step():  # the fast weights and statistics the inner optimizer leaves, before any sync
+        inner_step()
+        fast[:] = [t.clone() for t in opt.fast]
+
+    opt.optimizer.step = recording_step
+    for _ in range(2):  # a sync after the second step: slow = before + 0.25 (fast - before), fast = slow
+        opt.zero_grad()
+        model(torch.randn(8, 3, 6, 6)).square().mean().backward()
+        opt.step()
+    for slow, old, new, now in zip(opt.slow, before, fast, opt.fast):
+        assert torch.allclose(slow, old + 0.25 * (new - old)) and torch.equal(now, slow)
+    assert len(opt.slow) == len(list(model.parameters())) + 2  # the running mean and variance, not the count
+    opt.zero_grad()
+    model(torch.randn(8, 3, 6, 6)).square().mean().backward()
+    opt.step()  # one step past the sync: the model's weights and statistics are fast ones again
+    assert not torch.equal(model[1].running_mean, opt.slow[-2])
+    opt.end_on_slow()
+    assert torch.equal(model[1].running_mean, opt.slow[-2]) and torch.equal(model[0].weight, opt.slow[0])
+
+
 def test_weight_ema_is_averaged_models_math_and_layout_with_a_plain_counter():
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -409,7 +436,8 @@ WHITENED = {**QUICK_ARCH, "stem": {**QUICK_ARCH["stem"], "kernel_size": 1, "whit
     (WHITENED, {"optimizer": "sgd", "nesterov": True, "ema_decay": 0.9, "averaging_ramp": True, "freeze_bn_scale": True,
      "bn_bias_lr_scale": 8, "schedule": "linear", "warmup_epochs": 0.5, "label_smoothing": 0.2,
      "augment": ["crop", "alternating_flip", "cutout"], "tta_flip": True, "tta_shift": True}),
-    (QUICK_ARCH, {"optimizer": "adamw", "lr": 0.003, "lookahead": True, "averaging_ramp": True, "ema_decay": 0.5}),
+    (QUICK_ARCH, {"optimizer": "adamw", "lr": 0.003, "lookahead": True, "averaging_ramp": True, "ema_decay": 0.5,
+                  "lookahead_alpha": 0.3, "lookahead_ends_slow": True}),
 ], ids=["whitened-sgd-speedrun", "adamw-lookahead-ema"])
 def test_a_run_stopped_at_an_epoch_boundary_and_resumed_ends_with_the_same_weights(tmp_path, arch, recipe):
     whole = in_process_run(tmp_path, "whole", epochs=2, arch=arch, **recipe)
@@ -421,6 +449,11 @@ def test_a_run_stopped_at_an_epoch_boundary_and_resumed_ends_with_the_same_weigh
     (ta, pa, _), (tb, pb, _) = load_train_state(whole.checkpoints), load_train_state(resumed.checkpoints)
     assert ta.keys() == tb.keys() and pa == pb
     assert [k for k in ta if not torch.equal(ta[k], tb[k])] == []  # model, optimizer, EMA, Lookahead
+    if recipe.get("lookahead_ends_slow"):  # 78 steps, the last sync at 75: the run ended on the slow weights anyway
+        slow = [v for k, v in ta.items() if k.startswith("optimizer.slow.")]
+        ends = [v for k, v in ta.items() if k.startswith("model.") and k.endswith(("running_mean", "running_var",
+                                                                                     "conv1.weight"))]
+        assert ends and all(any(torch.equal(e, s) for s in slow) for e in ends)
     assert json.loads(whole.results_path.read_text())["accuracy"] == json.loads(resumed.results_path.read_text())[
         "accuracy"]
 
