@@ -35,6 +35,7 @@ from bench.airbench_compare import last_row
 from bench.common import JPEG_COPY, Report, parser
 
 from core.nn.infer import amp_policy
+from core.runs.speeds import kernels_text
 from scripts.prepare_gpu_data import write_airbench_data
 
 CALIBRATION_EPOCHS = (0.1, 0.4)  # two lengths: their difference in wall time is what an epoch of training costs
@@ -182,8 +183,8 @@ def main() -> None:
     for row in report.data["rows"]:
         print(f"{row['minutes'] or '-':>5} {row['epochs']:7.1f} {row['trained_seconds']:8.0f} "
               f"{row['its_seconds']:7.0f} {row['accuracy']:8.2%}")
-    print(f"data: {report.data['copy']}; {report.data['cpu']['cpu']} ({report.data['cpu']['vector_isa']}), "
-          f"{report.data['threads']} threads, {anchor.policy.name}")
+    print(f"data: {report.data['copy']}; {kernels_text(report.data['cpu'])}, {report.data['threads']} threads, "
+          f"{anchor.policy.name}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 from core.design.config import RunConfig
 from core.engine.loop import train
 from core.files import write_json
-from core.host import describe
+from core.nn.platform import describe
 from core.runs.run import create_run
 
 JPEG_COPY = "the JPEG copy of CIFAR-10 (quality 75, 4:2:0)"

@@ -29,6 +29,7 @@ from bench.common import JPEG_COPY, Report, parser, preset_config, timed_trainin
 from core.deploy.fp16 import export
 from core.design.budget import count
 from core.runs.run import Run
+from core.runs.speeds import kernels_text
 
 
 def main() -> None:
@@ -70,8 +71,8 @@ def main() -> None:
     for row in report.data["rows"]:
         print(f"{row['minutes']:4g} {row['recipe']:16} {row['params']:10,} {row['trained_seconds']:8.0f} "
               f"{row['epochs']:7.1f} {row['images_per_s_median']:8.0f} {row['accuracy']:9.2%}")
-    print(f"data: {report.data['copy']}; device {report.data['device_name']}, {report.data['cpu']['cpu']} "
-          f"({report.data['cpu']['vector_isa']}), {report.data['threads']} threads; compile {args.compile}")
+    print(f"data: {report.data['copy']}; device {report.data['device_name']}, {kernels_text(report.data['cpu'])}, "
+          f"{report.data['threads']} threads; compile {args.compile}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from core.nn.infer import amp_policy
+from core.runs.speeds import kernels_text
 from tests.helpers import ROOT
 
 
@@ -14,7 +15,9 @@ def anchor(out, *args: str) -> dict:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "|   eval  |" in (out / "airbench_cpu.log").read_text()  # airbench's own last row, with its TTA
-    return json.loads((out / "airbench_cpu.json").read_text())
+    report = json.loads((out / "airbench_cpu.json").read_text())
+    assert kernels_text(report["cpu"]) in proc.stdout  # the summary names the kernels that ran, caps included
+    return report
 
 
 def test_airbench94_gets_the_epochs_that_fill_the_minutes(tmp_path):
