@@ -41,6 +41,7 @@ from scripts.prepare_gpu_data import write_airbench_data
 CALIBRATION_EPOCHS = (0.1, 0.4)  # two lengths: their difference in wall time is what an epoch of training costs
 BATCH_SIZE = 1024  # airbench94's
 DRY_RUN_BATCH_SIZE = 250  # the built-in slice's 5,000 images make 4 steps an epoch at 1,024
+DRY_RUN_EPOCHS = 2
 AIRBENCH94 = "airbench94"  # its name as a recipe of bench/equal_time.py
 
 
@@ -168,12 +169,15 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="torch seed of the timed runs")
     args = p.parse_args()
     if args.dry_run:
-        args.data, args.minutes = "builtin", "0.1"
+        args.data, args.epochs = "builtin", None
     args.device = "cpu"
     report = Report(args.out, "airbench_cpu", args)
     anchor = Airbench94OnCpu(args.data, report.log, DRY_RUN_BATCH_SIZE if args.dry_run else BATCH_SIZE)
     report.data |= {"copy": "built-in slice" if args.data == "builtin" else JPEG_COPY, "amp": anchor.policy.name,
                     "amp_why": anchor.policy.why, "threads": torch.get_num_threads(), "batch_size": anchor.batch_size}
+    if args.dry_run:  # the minutes that DRY_RUN_EPOCHS take on this machine: enough to learn, on a fast or slow one
+        anchor.calibration = anchor.calibrate(args.seed)
+        args.minutes = str(DRY_RUN_EPOCHS * anchor.calibration["seconds_per_epoch"] / 60)
     for minutes in [None] if args.epochs else [float(m) for m in args.minutes.split(",")]:
         report.add(anchor.row(args.seed, minutes, args.epochs))
         report.data["calibration"] = anchor.calibration
