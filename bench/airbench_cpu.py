@@ -21,6 +21,7 @@ Its time is what it prints: whitening init, training steps with their augmentati
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import tempfile
@@ -131,6 +132,9 @@ class Airbench94OnCpu:
     table row per call of `row`."""
 
     def __init__(self, data: str, log, batch_size: int = BATCH_SIZE):
+        if importlib.util.find_spec("airbench") is None:  # before minutes of data preparation, not after
+            raise SystemExit("airbench is not installed here: pip install airbench==0.1.8 (requirements-dev.txt; "
+                             "`make setup` installs it)")
         self.log, self.batch_size = log, batch_size
         self.policy = amp_policy("cpu", None, "auto")
         self.workdir = Path(tempfile.mkdtemp(prefix="airbench-cpu-"))
