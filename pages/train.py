@@ -31,8 +31,8 @@ from core.runs.queue import launch_options, queue
 from core.runs.run import (ACTIVE, Run, RunError, change_batch_size, check_name, create_run, launch, resume_problem,
                            runs_root, stop)
 from core.runs.watch import read_heartbeat
-from core.runs.speeds import (device_label, estimate, kernels_text, known_devices, probe_running, read_machine,
-                              speed_basis, start_probe)
+from core.runs.speeds import (device_label, estimate, isa_caps_text, kernels_text, known_devices, probe_running,
+                              read_machine, speed_basis, start_probe)
 from core.data.sources import (BUILTIN, CHOICES, CIFAR10_DOWNLOAD_BYTES, DEFAULT_DIR, HOW_TO_GET_DATA, chosen_data,
                                image_counts, resolve_data)
 from core.units import (bytes_text, duration_of_text, duration_text, macs_text, margin_text, params_text,
@@ -689,8 +689,11 @@ def offer_cpu_variant(preset: str | None) -> None:
     cpu = read_machine().get("cpu") or {}
     if preset not in PRESETS or (variant := preset_for_cpu(preset, cpu.get("computes_bf16", True))) == preset:
         return
-    st.info(f"This CPU has no native bf16 (AMX or AVX512-BF16): it trains **{preset}** in fp32, about three times "
-            f"slower an image than **{variant}**, which ends ahead in the same time. {PRESETS[variant]['description']}",
+    caps = isa_caps_text(cpu)  # a CPU with bf16 units, capped below them (how CI plays an AVX2 machine)
+    why = f"Its bf16 kernels are capped off here ({caps})" if cpu.get("has_bf16") and caps else \
+        "This CPU has no native bf16 (AMX or AVX512-BF16)"
+    st.info(f"{why}: it trains **{preset}** in fp32, about three times slower an image than **{variant}**, which "
+            f"ends ahead in the same time. {PRESETS[variant]['description']}",
             icon=":material/speed:")
     st.button(f"Train {variant} instead", icon=":material/swap_horiz:", key="train_cpu_variant",
               on_click=load_design, args=(preset_spec(variant), variant))

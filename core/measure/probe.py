@@ -70,12 +70,13 @@ def probe(again: bool = False, arch_preset: str = REFERENCE, seconds: float = PR
         return read_machine()
     try:
         from core.nn import platform  # torch: the probe's own process only
-        from core.nn.infer import cpu_bf16_is_native
+        from core.nn.infer import cpu_bf16_is_native, cpu_has_bf16
 
         devices, problems = find_devices()
         # which kernels: the same machine is another one under ONEDNN_MAX_CPU_ISA=AVX2; whether it trains in bf16
-        # (the Train page offers a preset's variant for CPUs that train in fp32)
-        cpu = platform.describe() | {"computes_bf16": cpu_bf16_is_native()}
+        # (the Train page offers a preset's variant for CPUs that train in fp32), and if not, whether only a cap
+        # keeps it from bf16
+        cpu = platform.describe() | {"computes_bf16": cpu_bf16_is_native(), "has_bf16": cpu_has_bf16()}
         update_machine(lambda machine: machine | {"devices": devices, "gpu_problems": problems, "cpu": cpu,
                                                   "found": time.time()})
         speeds = read_machine().get("speeds", {})

@@ -264,11 +264,16 @@ def cost_weight(runs: list[dict]) -> float:
     return per_activation / per_mac if per_mac > 0 and per_activation > 0 else 0.0
 
 
+def isa_caps_text(cpu: dict) -> str:
+    """The ISA caps the probe found set (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY), as "NAME=VALUE, ..."; "" without."""
+    return ", ".join(f"{k}={v}" for k, v in cpu.get("isa_caps", {}).items())
+
+
 def kernels_text(cpu: dict | None) -> str | None:
     """Which kernels train and run exports here, in a line: "oneDNN Intel AVX2 · ATen AVX2 · onnxruntime int8
     AVX2 (no VNNI)", from the probe's record of the CPU; None before a probe."""
     if not cpu:
         return None
-    caps = ", ".join(f"{k}={v}" for k, v in cpu.get("isa_caps", {}).items())
+    caps = isa_caps_text(cpu)
     return (f"{cpu.get('cpu')}: oneDNN {cpu.get('onednn_isa') or 'unknown'} · ATen {cpu.get('aten_capability')} · "
             f"onnxruntime int8 {cpu.get('int8_kernels')}" + (f" (capped by {caps})" if caps else ""))
