@@ -168,3 +168,9 @@ def hang(tmp_path, monkeypatch):
         monkeypatch.setenv("HANG_RUN", name)
         monkeypatch.setenv("HANG_AFTER", str(after))
     return set_up
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests marked `long` first: pytest-xdist hands tests out in this order, and a half-minute test handed out
+    last keeps one worker busy while the other has nothing left (stable: the rest keep their order)."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)

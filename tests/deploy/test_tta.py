@@ -22,6 +22,7 @@ def evaluate(*args: str) -> dict:
     return json.loads(core_main("evaluate", "--data", "builtin", "--mistakes", "0", *args).stdout)
 
 
+@pytest.mark.long
 def test_evaluate_uses_the_runs_own_tta_by_default_and_says_so():
     own, off = evaluate("--run", str(LAPTOP)), evaluate("--run", str(LAPTOP), "--no-tta")
     assert own["tta_flip"] is own["tta_shift"] is True and own["tta"] == f"{SIX}: the run's own"
@@ -55,6 +56,7 @@ def test_predict_uses_the_runs_own_tta_and_says_so(tmp_path):
     assert own[0]["probabilities"] != off[0]["probabilities"]
 
 
+@pytest.mark.long
 def test_an_onnx_export_carries_the_runs_tta_and_its_readers_use_it(tmp_path):
     model = tmp_path / "laptop.onnx"
     core_main("export", str(LAPTOP), str(model), "--format", "onnx", "--data", "builtin")

@@ -5,11 +5,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from core.nn.infer import amp_policy
 from core.runs.speeds import kernels_text
 from tests.helpers import ROOT
 
 
+@pytest.mark.long
 def test_airbench94_trains_the_epochs_that_fill_the_minutes_on_the_cpu_and_learns(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench.airbench_cpu", str(tmp_path), "--dry-run"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)

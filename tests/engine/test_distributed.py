@@ -180,6 +180,7 @@ def end_all(nodes: list[subprocess.Popen], family: list[psutil.Process]) -> None
             proc.kill()
 
 
+@pytest.mark.long
 def test_each_machine_watches_its_own_processes_and_ends_a_stall_there_naming_the_machine(tmp_path):
     """Two "machines" on localhost, each `core train --nnodes 2 --node-rank K` with its own watcher and heartbeat.
     Machine 1's training process frozen with SIGSTOP: machine 1's watcher ends the run as stalled on node 1 (machine

@@ -75,6 +75,7 @@ def course_pickle() -> tuple[bytes, np.ndarray]:
     return pickle.dumps({b"data": images[order].reshape(len(order), -1), b"ids": order + 1}), order
 
 
+@pytest.mark.long
 def test_predict_a_test_set_previews_it_and_offers_the_csv(shipped_runs):
     app = open_page("evaluate")
     data, order = course_pickle()

@@ -47,6 +47,7 @@ def test_quick_keys_and_clicks_on_every_slider_never_show_an_exception(browser, 
         context.close()
 
 
+@pytest.mark.long
 def test_no_page_asks_anything_of_another_host(page):
     """Issue 27, item 16: the app works offline. Every page's favicon, a :material/...: icon, was fetched from
     fonts.gstatic.com (ERR_NAME_NOT_RESOLVED offline, the tab showing "Λ")."""

@@ -11,6 +11,8 @@ import signal
 import time
 from urllib.parse import urlencode
 
+import pytest
+
 from tests.helpers import (CHART, QUICK_ARCH, assert_no_exception, holder, open_app_page, screenshot, serve_app,
                       wait_until_settled)
 from core.design.budget import count
@@ -54,6 +56,7 @@ def stop_and_delete(run: Run) -> None:
         delete(run)
 
 
+@pytest.mark.long
 def test_a_design_launched_from_the_browser_is_followed_live_from_its_first_steps_to_its_end(page, trained_runs):
     from playwright.sync_api import expect
 

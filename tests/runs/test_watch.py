@@ -68,6 +68,7 @@ def test_a_frozen_run_ends_failed_as_stalled_by_itself_and_the_next_queued_run_s
     assert wait_for(lambda: ended(waiting), 120, "the second run to stop")["state"] == "stopped"
 
 
+@pytest.mark.long
 def test_a_run_stuck_in_a_step_stalls_and_one_that_ignores_stop_is_killed_and_ends_stopped(runs, tmp_path, hang):
     hang("stuck", after=8)
     stuck = launch(runs, tmp_path, "stuck", stall_limit=5)

@@ -26,7 +26,7 @@ from core.processes import process_alive
 from core.runs.run import Run, list_runs
 from core.search.report import study_status
 from core.search.space import TOLERATED_OVER, Space, budget_share
-from core.search.study import GRACE_S, Study, continue_study, counted, start_study
+from core.search.study import GRACE_S, HEARTBEAT_S, Study, continue_study, counted, start_study
 from core.search.worker import Worker, request_stop
 
 BUDGET = 20_000  # width 4 or 8: 470 or 1,506 parameters (a trial's epoch in seconds); width 64: 76,490, over
@@ -337,8 +337,9 @@ def test_two_workers_asking_at_the_same_moment_never_overshoot_the_trials(storag
     assert [run.name for run in trained_runs()] == ["race-000"]
 
 
+@pytest.mark.long
 def test_a_database_outage_mid_trial_is_ridden_out(runs_dir, tmp_path, postgres):
-    """PostgreSQL stops after the trial's first epoch and comes back 60 s later (twice the heartbeat's grace).
+    """PostgreSQL stops after the trial's first epoch and comes back 40 s later (two beats past the heartbeat's grace).
     Meanwhile the trial trains to its end, its reports wait and its process waits to tell the study; the worker
     stays up and says the database is away. Back, every report arrives, the trial is complete, nothing is
     failed or relaunched, and the worker ends as usual."""
@@ -351,7 +352,7 @@ def test_a_database_outage_mid_trial_is_ridden_out(runs_dir, tmp_path, postgres)
     wait_for(lambda: study.get_trials()[0].intermediate_values if study.get_trials() else None, 240,
              "the first epoch's report")
     postgres.stop()
-    back_at = time.monotonic() + 2 * GRACE_S  # 60 s: every heartbeat is stale by then
+    back_at = time.monotonic() + GRACE_S + 2 * HEARTBEAT_S  # 40 s: every heartbeat is stale by then
     try:
         wait_for(lambda: run.status()["state"] == "finished", 240, "the trial's end, with the database away")
         time.sleep(max(back_at - time.monotonic(), 20.0))  # and long after it: its process would have exited
