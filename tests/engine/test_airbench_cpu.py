@@ -1,7 +1,9 @@
 """bench/airbench_cpu.py: airbench94's own code (airbench==0.1.8) trains on the CPU, in a real process, through the
 script's dry run (the built-in slice, at the minutes its calibration says 2 epochs take here): it calibrates,
-picks the epochs that fill the minutes, prints airbench's own table and the kernels it ran on, and learns."""
+picks the epochs that fill the minutes, prints airbench's own table and the kernels it ran on, learns, and leaves
+no copy of the data behind."""
 import json
+import os
 import subprocess
 import sys
 
@@ -14,11 +16,16 @@ from tests.helpers import ROOT
 
 @pytest.mark.long
 def test_airbench94_trains_the_epochs_that_fill_the_minutes_on_the_cpu_and_learns(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bench.airbench_cpu", str(tmp_path), "--dry-run"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    scratch = tmp_path / "tmp"  # where its copy of the data in airbench's format goes, and must not stay
+    scratch.mkdir()
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "bench.airbench_cpu", str(out), "--dry-run"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=os.environ | {"TMPDIR": str(scratch)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "|   eval  |" in (tmp_path / "airbench_cpu.log").read_text()  # airbench's own last row, with its TTA
-    report = json.loads((tmp_path / "airbench_cpu.json").read_text())
+    assert "airbench data: " + str(scratch) in (out / "airbench_cpu.log").read_text()
+    assert not list(scratch.glob("airbench-cpu-*"))  # torch may leave its compiler's cache there
+    assert "|   eval  |" in (out / "airbench_cpu.log").read_text()  # airbench's own last row, with its TTA
+    report = json.loads((out / "airbench_cpu.json").read_text())
     assert kernels_text(report["cpu"]) in proc.stdout  # the summary names the kernels that ran, caps included
     (row,) = report["rows"]
     seconds_per_epoch = report["calibration"]["seconds_per_epoch"]
