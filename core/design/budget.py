@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from core.design.spec import (CHANNELS_RANGE, IMAGE_SIZE, IN_CHANNELS, ArchSpec, SpecError, conv_out,
+from core.design.spec import (CHANNELS_RANGE, IN_CHANNELS, ArchSpec, SpecError, stage_out, stem_size,
                               whitening_channels)
 
 BUDGET = 5_000_000
@@ -70,8 +70,8 @@ def count(spec: ArchSpec) -> Cost:
     def bn(c: int) -> int:
         return 2 * c if bn_on else 0
 
-    size = IMAGE_SIZE
     k = spec.stem.kernel_size
+    size = stem_size(k)
     if spec.stem.whiten:  # frozen kxk whitening conv, then a trainable 1x1 conv
         whitened = whitening_channels(k)
         frozen = conv_params(IN_CHANNELS, whitened, k, False)
@@ -89,7 +89,7 @@ def count(spec: ArchSpec) -> Cost:
         c, k, blocks = stage.channels, stage.kernel_size, []
         for bi in range(stage.blocks):
             stride = stage.stride if bi == 0 else 1
-            out = conv_out(size, stride)
+            out = stage_out(size, stride, stage.downsample)
             pooled = stride != 1 and stage.downsample == "maxpool"  # the first conv at the input's size
             convs = conv_params(in_ch, c, k, bias) + conv_params(c, c, k, bias)
             macs = (in_ch * c * (size if pooled else out) ** 2 + c * c * out * out) * k * k

@@ -22,6 +22,9 @@ STAGES_RANGE = (1, 6)
 BLOCKS_RANGE = (1, 16)
 CHANNELS_RANGE = (4, 1024)
 KERNEL_SIZES = (1, 3, 5, 7)
+# a whitened stem may also be 2x2, without padding (airbench): a 31x31 map, which max pooling floors to 15, 7, 3,
+# a fifth fewer MACs than 32, 16, 8 for the same layers
+WHITENED_STEM_KERNEL_SIZES = (1, 2, 3, 5, 7)
 SHORTCUT_KERNEL_SIZES = (1, 3)
 STRIDES = (1, 2)
 # how a stride-2 stage halves the map: its first conv strided (ResNet), or that conv at full size then 2x2 max
@@ -82,13 +85,28 @@ def conv_out(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
-def stage_sizes(strides: Iterable[int]) -> list[int]:
-    """Side of the output feature map of stages of these strides, in pixels (ArchSpec.feature_sizes); for a
-    design being edited too, which may not validate."""
-    size = conv_out(IMAGE_SIZE, 1)  # the stem keeps 32x32
-    sizes = []
-    for stride in strides:
-        size = conv_out(size, stride)
+def stem_padding(kernel_size: int) -> int:
+    """kernel//2 for an odd kernel (the map keeps its size), none for a 2x2 one."""
+    return (kernel_size - 1) // 2
+
+
+def stem_size(kernel_size: int) -> int:
+    """Side of the stem's output map: 32, or 31 after a 2x2 whitening conv."""
+    return IMAGE_SIZE + 2 * stem_padding(kernel_size) - kernel_size + 1
+
+
+def stage_out(size: int, stride: int, downsample: str) -> int:
+    """Side of a stage's output map: a strided conv rounds up (its padding), 2x2 max pooling rounds down (floor, as
+    airbench: 31 -> 15); the two agree on the even sizes of a 32x32 stem."""
+    return size // stride if downsample == "maxpool" else conv_out(size, stride)
+
+
+def stage_sizes(stages: Iterable[tuple[int, str]], stem_kernel_size: int = 3) -> list[int]:
+    """Side of the output feature map of stages of these (stride, downsample), in pixels (ArchSpec.feature_sizes);
+    for a design being edited too, which may not validate."""
+    size, sizes = stem_size(stem_kernel_size), []
+    for stride, downsample in stages:
+        size = stage_out(size, stride, downsample)
         sizes.append(size)
     return sizes
 
@@ -106,7 +124,8 @@ class StemSpec:
     channels: int = 64
     kernel_size: int = 3
     # whiten: a frozen kxk conv that whitens the image's patches (computed from training images when a run
-    # starts; airbench), a ReLU, then a trainable 1x1 conv to `channels`, instead of one trainable kxk conv
+    # starts; airbench), a ReLU, then a trainable 1x1 conv to `channels`, instead of one trainable kxk conv;
+    # such a stem may be 2x2 (WHITENED_STEM_KERNEL_SIZES)
     whiten: bool = False
 
 
@@ -151,7 +170,7 @@ class ArchSpec:
     @property
     def feature_sizes(self) -> list[int]:
         """Side of each stage's output feature map, in pixels."""
-        return stage_sizes(stage.stride for stage in self.stages)
+        return stage_sizes(((stage.stride, stage.downsample) for stage in self.stages), self.stem.kernel_size)
 
     @classmethod
     def from_dict(cls, data: Any) -> ArchSpec:
@@ -167,10 +186,16 @@ class ArchSpec:
         stages = tuple(_stage_from_dict(i, s) for i, s in enumerate(raw_stages))
 
         stem_raw = check_keys("stem", data.get("stem", {}), ("channels", "kernel_size", "whiten"))
+        whiten = check_bool("stem.whiten", stem_raw.get("whiten", False))
+        kernel_size = stem_raw.get("kernel_size", 3)
+        if kernel_size == 2 and whiten is False:
+            raise SpecError("stem.kernel_size: 2 is for a whitened stem only (its frozen 2x2 conv has no padding); "
+                            "turn stem.whiten on, or use 1, 3, 5 or 7")
         stem = StemSpec(
             channels=check_int("stem.channels", stem_raw.get("channels", stages[0].channels), *CHANNELS_RANGE),
-            kernel_size=check_choice("stem.kernel_size", stem_raw.get("kernel_size", 3), KERNEL_SIZES),
-            whiten=check_bool("stem.whiten", stem_raw.get("whiten", False)),
+            kernel_size=check_choice("stem.kernel_size", kernel_size,
+                                     WHITENED_STEM_KERNEL_SIZES if whiten else KERNEL_SIZES),
+            whiten=whiten,
         )
         spec = cls(
             stem=stem,
@@ -185,12 +210,12 @@ class ArchSpec:
         return spec
 
     def _check_geometry(self) -> None:
-        size = IMAGE_SIZE
+        size = stem_size(self.stem.kernel_size)
         for i, stage in enumerate(self.stages):
             if size < 2 and stage.stride == 2:
                 raise SpecError(f"stages[{i}].stride: the feature map is already {size}x{size} here, so stride 2 "
                                 f"would shrink it below 1 pixel; use stride 1 or fewer stride-2 stages")
-            size = conv_out(size, stage.stride)
+            size = stage_out(size, stage.stride, stage.downsample)
         if self.pool_size > size:
             raise SpecError(f"pool_size: {self.pool_size} is larger than the last feature map ({size}x{size}); "
                             f"allowed: 1 to {size}")

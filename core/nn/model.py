@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.design.spec import IN_CHANNELS, ArchSpec, StageSpec, whitening_channels
+from core.design.spec import IN_CHANNELS, ArchSpec, StageSpec, stem_padding, whitening_channels
 
 
 # oneDNN's 1x1 convolutions with a stride and fewer input channels than this hang, crash or return wrong
@@ -54,10 +54,10 @@ class BasicBlock(nn.Module):
                  batch_norm: bool, se_ratio: int, dropout: float, downsample: str = "stride"):
         super().__init__()
         bias = not batch_norm  # a conv followed by BN needs no bias
-        # max-pool downsampling: the convs at stride 1, then 2x2 max pooling (ceil: the map a strided conv gives)
+        # max-pool downsampling: the convs at stride 1, then 2x2 max pooling (floor: 31 -> 15, as spec.stage_out)
         pooled = stride != 1 and downsample == "maxpool"
         conv_stride = 1 if pooled else stride
-        self.pool = nn.MaxPool2d(stride, ceil_mode=True) if pooled else nn.Identity()
+        self.pool = nn.MaxPool2d(stride) if pooled else nn.Identity()
         self.conv1 = conv(in_ch, out_ch, kernel_size, conv_stride, bias)
         self.bn1 = norm(out_ch, batch_norm)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -68,7 +68,7 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(conv(in_ch, out_ch, shortcut_kernel_size, conv_stride, bias),
                                           norm(out_ch, batch_norm))
             if pooled:  # pool first: the projection then costs a quarter
-                self.shortcut.insert(0, nn.MaxPool2d(stride, ceil_mode=True))
+                self.shortcut.insert(0, nn.MaxPool2d(stride))
         else:
             self.shortcut = nn.Identity()
 
@@ -86,7 +86,7 @@ class ResNet(nn.Module):
         bn = spec.batch_norm
         if spec.stem.whiten:
             k, whitened = spec.stem.kernel_size, whitening_channels(spec.stem.kernel_size)
-            whiten = nn.Conv2d(IN_CHANNELS, whitened, k, padding=k // 2, bias=False)
+            whiten = nn.Conv2d(IN_CHANNELS, whitened, k, padding=stem_padding(k), bias=False)
             whiten.weight.requires_grad_(False)  # frozen: set by whiten_stem, never trained
             self.stem = nn.Sequential(whiten, nn.ReLU(inplace=True), conv(whitened, spec.stem.channels, 1, 1, not bn),
                                       norm(spec.stem.channels, bn), nn.ReLU(inplace=True))

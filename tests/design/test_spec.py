@@ -41,10 +41,24 @@ def test_the_map_sizes_of_a_draft_that_does_not_validate_are_those_a_spec_has():
     draft = {"stages": [{"channels": 16, "stride": 1}, {"channels": 0, "stride": 2}, {"channels": 32, "stride": 2}]}
     with pytest.raises(SpecError):
         ArchSpec.from_dict(draft)  # a width of 0, while it is being typed
-    assert stage_sizes(stage["stride"] for stage in draft["stages"]) == [32, 16, 8]
+    assert stage_sizes((stage["stride"], "stride") for stage in draft["stages"]) == [32, 16, 8]
     draft["stages"][1]["channels"] = 24
     assert ArchSpec.from_dict(draft).feature_sizes == [32, 16, 8]
-    assert stage_sizes([2] * 6) == [16, 8, 4, 2, 1, 1]  # a 1×1 map stays 1×1
+    assert stage_sizes([(2, "stride")] * 6) == [16, 8, 4, 2, 1, 1]  # a 1×1 map stays 1×1
+
+
+def test_a_2x2_whitened_stem_gives_31x31_maps_that_max_pooling_floors_and_a_strided_conv_rounds_up():
+    stem = {"channels": 16, "kernel_size": 2, "whiten": True}
+    pooled = ArchSpec.from_dict({"stem": stem, "pool_size": 3,
+                                 "stages": [{"channels": 16, "stride": 2, "downsample": "maxpool"}] * 3})
+    assert pooled.feature_sizes == [15, 7, 3] == stage_sizes([(2, "maxpool")] * 3, 2)  # airbench94's maps
+    strided = ArchSpec.from_dict({"stem": stem, "stages": [{"channels": 16, "stride": 2}] * 3})
+    assert strided.feature_sizes == [16, 8, 4]
+    assert ArchSpec.from_dict(json.loads(pooled.to_json())) == pooled
+    with pytest.raises(SpecError, match="pool_size: 4 is larger than the last feature map \\(3x3\\)"):
+        pooled.replace(pool_size=4)
+    with pytest.raises(SpecError, match="stem.kernel_size: 2 is for a whitened stem only"):
+        ArchSpec.from_dict({"stem": {"kernel_size": 2}, "stages": [{}]})
 
 
 @pytest.mark.parametrize("change, field, allowed", [
@@ -64,7 +78,8 @@ def test_the_map_sizes_of_a_draft_that_does_not_validate_are_those_a_spec_has():
     ({"stages": [{}], "pool_size": 64}, "pool_size", "1 to 32"),
     ({"stages": [{}], "dropout": 1.5}, "dropout", "0.0 to 0.9"),
     ({"stages": [{}], "batch_norm": "yes"}, "batch_norm", "true or false"),
-    ({"stages": [{}], "stem": {"kernel_size": 2}}, "stem.kernel_size", "1, 3, 5, 7"),
+    ({"stages": [{}], "stem": {"kernel_size": 4}}, "stem.kernel_size", "1, 3, 5, 7"),
+    ({"stages": [{}], "stem": {"kernel_size": 4, "whiten": True}}, "stem.kernel_size", "1, 2, 3, 5, 7"),
     ({"stages": [{}], "stem": {"whiten": 1}}, "stem.whiten", "true or false"),
     ({"stages": [{"stride": 2}] * 6, "pool_size": 1}, "stages[5].stride", "stride 1"),
     ({"stages": [{}, {}, {}, {}], "pool_size": 8}, "pool_size", "1 to 4"),

@@ -136,7 +136,7 @@ def test_the_laptop_preset_speaks_to_a_user_not_to_its_developers():
     app = open_app()
     app.get_by_key("design:preset").set_value("laptop").run()
     about = " ".join(m.value for m in app.markdown)
-    assert "157M MACs an image" in about
+    assert "125M MACs an image" in about
     assert not re.search(r"issue \d+|docs/|\.md\b", about), about
 
 

@@ -154,7 +154,7 @@ def test_a_whitened_stem_s_frozen_filters_show_in_the_cost_table_apart_from_its_
     cfg = RunConfig.from_preset("laptop")
     stem, *_, total = cost_table(cfg).rows
     assert stem[0] == "whitened stem"
-    assert stem[5] == f"{count(cfg.arch).stem_params:,} (+1,458 frozen: the whitening filters)"
+    assert stem[5] == f"{count(cfg.arch).stem_params:,} (+288 frozen: the whitening filters)"  # 24 2x2 ones
     assert total[5] == f"{count(cfg.arch).params:,}"  # the trainable parameters, as the budget counts them
     assert cost_table(RunConfig.from_preset("laptop-onecycle")).rows[0][:6] == ["stem", "–", "32", "1", "32×32", "928"]
 
