@@ -391,12 +391,26 @@ def died(status: dict) -> bool:
         not process_alive(status.get("pid"), status.get("pid_start"))  # judged on the machine of the process
 
 
-def ended_by_death(status: dict) -> dict:
+def ended_by_death(status: dict, exit_code: int | None = None) -> dict:
+    """A run whose training process is gone without a word: stopped if a stop was asked for, else failed, with
+    what its exit code says when its watcher saw it (a reader sees only that the pid is gone)."""
     if status.get("stop_requested"):
         return {"state": "stopped", "ended": time.time(), "waiting_for": None}
     return {"state": "failed", "ended": time.time(), "waiting_for": None,
-            "error": (f"the training process (pid {status.get('pid')}) ended without saying why: it was killed, "
-                      f"crashed, or the machine restarted; resume to continue from the last checkpoint")}
+            "error": death_text(status.get("pid"), exit_code)}
+
+
+def death_text(pid: int | None, exit_code: int | None) -> str:
+    process = f"the training process (pid {pid})"
+    if exit_code == -signal.SIGKILL:  # what Linux's out-of-memory killer sends: nothing in the process sees it
+        return (f"{process} was killed by SIGKILL without saying why: on Linux most often by the kernel when memory "
+                f"ran out (its log, `dmesg`, then says 'Out of memory'), else by `kill -9`; resume to continue from "
+                f"the last checkpoint, with a smaller batch if memory ran out")
+    if exit_code is not None and exit_code < 0:
+        return (f"{process} was killed by {signal.Signals(-exit_code).name} without saying why (a crash in native "
+                f"code, or another program); resume to continue from the last checkpoint")
+    return (f"{process} ended without saying why: it was killed, crashed, or the machine restarted; resume to "
+            f"continue from the last checkpoint")
 
 
 def all_runs(runs_dir: Path | None = None) -> list[Run]:

@@ -52,7 +52,7 @@ import psutil
 
 from core.files import FileError, read_json
 from core.processes import kill_tree
-from core.runs.run import ACTIVE, Run, ended_by_death
+from core.runs.run import ACTIVE, Run, death_text, ended_by_death
 
 BEAT_EVERY = 1.0          # seconds between two writes of heartbeat.json within a phase (twice that, idle)
 STALL_FLOOR = 120.0       # seconds: no run is called stalled sooner (unless its config says so)
@@ -276,9 +276,11 @@ def watch(run: Run, command: list[str], configured_limit: float = 0.0, node: int
         status = run.status()  # a training process that died without a word is marked failed now, not when read
     except FileError:
         status = run.update_status()
-    if status.get("state") in ACTIVE and status.get("watcher_pid") == os.getpid() and \
-            status.get("pid") in (None, os.getpid(), child.pid):
-        run.update_status(**ended_by_death(status))  # it died before it could say it was running
+    ours = status.get("watcher_pid") == os.getpid() and status.get("pid") in (None, os.getpid(), child.pid)
+    if ours and status.get("state") in ACTIVE:
+        run.update_status(**ended_by_death(status, child.returncode))  # it died before it could say it was running
+    elif ours and status.get("error") == death_text(status.get("pid"), None) and child.returncode < 0:
+        run.update_status(error=death_text(status.get("pid"), child.returncode))  # a reader saw it first: say more
     return child.returncode
 
 

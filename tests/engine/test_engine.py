@@ -143,7 +143,10 @@ def test_a_detached_run_queues_dies_resumes_stops_and_resumes_to_its_end(tmp_pat
     killed_at = time.time()
     os.kill(first.status()["pid"], signal.SIGKILL)
     status = wait_for(lambda: first.status()["state"] == "failed" and first.status(), timeout=5, what="failed")
-    assert "ended without saying why" in status["error"] and "resume" in status["error"]
+    assert "without saying why" in status["error"] and "resume" in status["error"]
+    # its watcher saw the exit code: what the out-of-memory killer sends, and what to do then
+    status = wait_for(lambda: "SIGKILL" in first.status()["error"] and first.status(), timeout=5, what="SIGKILL")
+    assert "memory ran out" in status["error"] and "smaller batch" in status["error"]
     steps = [m for m in first.metrics() if m["kind"] == "step"]
     assert steps[0]["step"] == 10 and 0 < steps[0]["epoch"] < 1  # charts move within an epoch
     assert wait_for(lambda: ended(second), what="second to end")["state"] == "finished"
