@@ -331,6 +331,22 @@ def test_a_whitened_stem_is_a_toggle_whose_frozen_filters_are_shown_apart_from_t
     assert to_query(whitened)["stem"] == ["32w"] and from_query(to_query(whitened)) == whitened
 
 
+def test_laptop_s_2x2_whitened_stem_shows_airbench_s_maps_and_is_refused_unwhitened_with_what_to_do():
+    app = open_app()
+    app.get_by_key("design:preset").set_value("laptop").run()
+    assert_clean(app)
+    assert app.get_by_key("design:stem.kernel_size").value == 2
+    table = app.dataframe[0].value.set_index("Part")
+    assert list(table["Output"][:4]) == ["31×31", "15×15", "7×7", "3×3"]
+    assert table.loc["Stem", "MACs"] == count(preset_spec("laptop")).stem_macs
+    app.get_by_key("design:stem.whiten").set_value(False).run()
+    assert any("stem.kernel_size: 2 is for a whitened stem only" in e.value and "turn stem.whiten on" in e.value
+               for e in app.error)
+    app.get_by_key("design:stem.kernel_size").set_value(3).run()
+    assert not app.error
+    assert list(app.dataframe[0].value.set_index("Part")["Output"][:4]) == ["32×32", "16×16", "8×8", "4×4"]
+
+
 def test_max_pool_downsampling_is_a_choice_of_stride_2_stages_that_costs_macs_and_no_parameters():
     app = open_app()
     app.get_by_key("design:preset").set_value("laptop-onecycle").run()
