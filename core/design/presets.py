@@ -106,12 +106,12 @@ PRESETS: dict[str, dict] = {
                         "epochs, with airbench's tricks: alternating flip, Nesterov SGD at batch 512 with warm-up then "
                         "linear decay, Lookahead on a (t/T)^3 ramp, frozen BatchNorm scales with 64x lr on their "
                         "biases, label smoothing 0.2, and 6-view TTA. In 10 minutes on a 2-core laptop-class Xeon with "
-                        "AMX: 90.2% on the test images. Sized for bf16 matrix units: a CPU without them trains "
+                        "AMX: 90.1-90.4% on the test images. Sized for bf16 matrix units: a CPU without them trains "
                         "laptop-narrow instead."),
         "source": ("ours, after airbench94 (Keller Jordan, cifar10-airbench: 94% in 9.9 epochs) and David Page's "
                    "ResNet-9: the widths, max pooling and airbench's step sizes (lr, momentum, weight decay, "
-                   "warm-up) each chosen by measurement on the JPEG copy of CIFAR-10, on a 2-core Xeon; 91.4% "
-                   "there in 30 minutes"),
+                   "warm-up) and airbench's 2x2 whitening each chosen by measurement on the JPEG copy of CIFAR-10, on "
+                   "a 2-core Xeon; 91.6% there in 30 minutes"),
         "arch": _laptop_arch(stem=32, widths=(64, 256, 256)),
         "train": LAPTOP_RECIPE,
         "fp32_cpu_variant": "laptop-narrow",
@@ -121,10 +121,10 @@ PRESETS: dict[str, dict] = {
                         "37M MACs an image, the same recipe. A CPU without AVX512-BF16 or AMX (most laptops: AVX2 "
                         "Intel and AMD before Zen 4) trains laptop at a third of the speed it trains this one, so "
                         "this one sees three times the epochs in a time limit. In 10 minutes on a 2-core Xeon "
-                        "restricted to AVX2: 87.2% on the test images (laptop 80.9%, laptop-onecycle 82.9%); with "
-                        "its AMX, laptop is ahead (90.2% against 89.4%)."),
+                        "restricted to AVX2: 87.3% on the test images (laptop 80.9% and laptop-onecycle 82.9%, "
+                        "measured with the 3x3 stem of the time); with its AMX, laptop is ahead."),
         "source": ("ours: laptop's design and recipe at half width, measured on the JPEG copy of CIFAR-10 on a 2-core "
-                   "Xeon under ONEDNN_MAX_CPU_ISA=AVX2, in fp32 (docs/PERFORMANCE.md, fifth round)"),
+                   "Xeon under ONEDNN_MAX_CPU_ISA=AVX2, in fp32 (docs/PERFORMANCE.md, fifth and eighth rounds)"),
         "arch": _laptop_arch(stem=32, widths=(32, 128, 128)),
         "train": LAPTOP_RECIPE,
     },
