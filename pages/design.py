@@ -18,9 +18,10 @@ import streamlit as st
 from core.design.budget import BUDGET, Cost, count, fit_to_budget
 from core.design.config import RunConfig
 from core.design.presets import PRESETS, preset_spec
-from core.design.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DOWNSAMPLES, DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES,
-                              SE_RATIO_RANGE, SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES,
-                              WHITENED_STEM_KERNEL_SIZES, ArchSpec, SpecError, stage_sizes, stem_size)
+from core.design.spec import (ACTIVATION_NAMES, ACTIVATIONS, BLOCKS_RANGE, CHANNELS_RANGE, DOWNSAMPLES,
+                              DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES, SE_RATIO_RANGE, SHORTCUT_KERNEL_SIZES,
+                              STAGES_RANGE, STRIDES, WHITENED_STEM_KERNEL_SIZES, ArchSpec, SpecError, stage_sizes,
+                              stem_size)
 from core.design.link import to_query
 from core.report.charts import parameter_share_chart
 from core.units import macs_text, margin_text, params_text
@@ -232,11 +233,12 @@ def introduction() -> None:
                  f"Showing {origin_text() or 'another design'} instead.")
 
 
-def preset_row(draft: dict) -> bool:
+def preset_row(spec: ArchSpec, draft_error: str | None) -> bool:
     """The preset the design started from, what it is, and a way back to it; returns whether the design was
     changed from it."""
     preset = st.session_state[PRESET]
-    modified = preset is not None and draft != preset_spec(preset).to_dict()
+    # specs compared, not drafts: a draft holds defaults a preset's JSON leaves out (whiten false, relu, ...)
+    modified = preset is not None and (draft_error is not None or spec != preset_spec(preset))
     picker, about = st.columns([2, 3], vertical_alignment="bottom")
     drawn(CONTROL + "preset", picker.selectbox(
         "Start from a preset", list(PRESETS), key=show_value(CONTROL + "preset", preset), format_func=preset_label,
@@ -328,7 +330,7 @@ def architecture_section(draft: dict, cost: Cost, draft_error: str | None) -> No
                      "channels. Its frozen weights are counted apart from the budget's trainable parameters")
     budget_gauge(cost, draft_error)
     stage_cards(draft, sizes)
-    every_block_row(sizes)
+    every_block_row(draft, sizes)
 
 
 def budget_gauge(cost: Cost, draft_error: str | None) -> None:
@@ -376,11 +378,16 @@ def stage_cards(draft: dict, sizes: list[int]) -> None:
         in_channels = stage["channels"]
 
 
-def every_block_row(sizes: list[int]) -> None:
-    """Batch norm, SE, dropout and the pool before the head."""
-    batch_norm, se_ratio, dropout, pool = st.columns(4)
+def every_block_row(draft: dict, sizes: list[int]) -> None:
+    """Batch norm, the activation, SE, dropout and the pool before the head."""
+    batch_norm, activation, se_ratio, dropout, pool = st.columns(5)
     with batch_norm:
         control(st.toggle, "Batch norm", ("batch_norm",), help="Batch normalization after every convolution")
+    with activation:
+        draft.setdefault("activation", "relu")  # a draft kept from before the choice
+        one_of("Activation", ("activation",), ACTIVATIONS, format_func=ACTIVATION_NAMES.get,
+               help="After every convolution of the stem and the blocks. GELU (airbench94's) learned more an epoch "
+                    "than ReLU on CIFAR-10 and costs about 5% more time a step on a CPU (docs/PERFORMANCE.md)")
     with se_ratio:
         whole_number("SE ratio", ("se_ratio",), SE_RATIO_RANGE,
                      help="Squeeze-and-excitation in every block, with channels ÷ ratio hidden units (16 is usual); "
@@ -436,7 +443,7 @@ keep_link(spec, st.session_state[PRESET])
 remember()
 
 introduction()
-modified = preset_row(draft)
+modified = preset_row(spec, draft_error)
 budget_section(cost, draft_error)
 architecture_section(draft, cost, draft_error)
 breakdown_section(spec, cost)

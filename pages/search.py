@@ -16,7 +16,8 @@ import streamlit as st
 
 from core.data.sources import BUILTIN, chosen_data
 from core.design.budget import BUDGET
-from core.design.spec import BLOCKS_RANGE, DOWNSAMPLES, KERNEL_SIZES, STAGES_RANGE
+from core.design.spec import (ACTIVATION_NAMES, ACTIVATIONS, BLOCKS_RANGE, DOWNSAMPLES, KERNEL_SIZES,
+                              STAGES_RANGE)
 from core.errors import StudioError
 from core.report.charts import COST_TITLES, importance_chart, trade_off_chart
 from core.runs.run import Run
@@ -40,7 +41,8 @@ LABELS = {                        # each setting of the space as its control nam
     "growth": "Width growth per stage", "dropout": "Dropout", "kernel_size": "Kernel sizes",
     "se_ratio": "Squeeze-and-excitation ratio (0 = off)", "lr": "Learning rate", "weight_decay": "Weight decay",
     "label_smoothing": "Label smoothing", "batch_size": "Batch sizes", "augment": "Augmentations",
-    "ema_decay": "Weight EMA", "whiten": "Whitened stem", "downsample": "Halve by", "budget": "Parameter budget",
+    "ema_decay": "Weight EMA", "whiten": "Whitened stem", "downsample": "Halve by",
+    "activation": "Activation", "budget": "Parameter budget",
     "max_macs": "MACs ceiling (millions, 0 = none)",
     "objectives": "Objectives", "epochs": "Epochs per trial", "pruner": "Pruner", "device": "Devices", "data": "Data",
 }
@@ -107,6 +109,7 @@ def space_controls() -> dict:
         "whiten": choices(left, "whiten", [False, True], [False], format_func=lambda v: "on" if v else "off"),
         "downsample": choices(middle, "downsample", list(DOWNSAMPLES), ["stride"],
                               format_func={"stride": "strided conv", "maxpool": "max pool"}.get),
+        "activation": choices(right, "activation", list(ACTIVATIONS), ["relu"], format_func=ACTIVATION_NAMES.get),
     }
     st.markdown("**Recipe**")
     left, middle, right = st.columns(3)

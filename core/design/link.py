@@ -5,6 +5,7 @@ kernel), sS (stride) and m for max-pool downsampling; `stem` is channels, then k
 whitened stem. A field at the value ArchSpec.from_dict gives it by default is left out, except the
 stride, whose default depends on the stage's place. Parsing checks the form of each value;
 ArchSpec.from_dict checks the numbers.
+Network-wide fields have a parameter each: bn=0, se=16, dropout=0.1, pool=2, classes=100, act=gelu.
 `preset=NAME` names the preset the design started from (a reload or a shared link still says so once
 the design was changed); the design is in the other parameters.
 """
@@ -16,7 +17,7 @@ from core.design.spec import ArchSpec, SpecError
 
 DEFAULTS = ArchSpec.from_dict({"stages": [{}]})  # what from_dict fills in for a field left out
 NETWORK_WIDE = {"bn": "batch_norm", "se": "se_ratio", "dropout": "dropout", "pool": "pool_size",
-                "classes": "num_classes"}
+                "classes": "num_classes", "act": "activation"}
 KEYS = ("stem", "stage", *NETWORK_WIDE)
 PRESET = "preset"
 STEM = re.compile(r"(?P<channels>\d+)(?:k(?P<kernel_size>\d+))?")
@@ -42,7 +43,7 @@ def to_query(spec: ArchSpec, preset: str | None = None) -> dict[str, list[str]]:
     for key, field in NETWORK_WIDE.items():
         value = getattr(spec, field)
         if value != getattr(DEFAULTS, field):
-            query[key] = [f"{value:g}" if isinstance(value, float) else str(int(value))]  # True -> "1"
+            query[key] = [_text(value)]
     return query | ({PRESET: [preset]} if preset else {})
 
 
@@ -78,7 +79,15 @@ def _parts(where: str, text: str, form: re.Pattern, example: str) -> dict[str, i
             if value is not None}
 
 
-def _value(key: str, text: str, kind: type) -> bool | int | float:
+def _text(value: bool | int | float | str) -> str:
+    if isinstance(value, str):
+        return value
+    return f"{value:g}" if isinstance(value, float) else str(int(value))  # True -> "1"
+
+
+def _value(key: str, text: str, kind: type) -> bool | int | float | str:
+    if kind is str:  # a choice: ArchSpec.from_dict names the allowed ones
+        return text
     if kind is bool:
         if text not in ("0", "1"):
             raise SpecError(f"{key}: {text!r} is not allowed; use 1 for on, 0 for off")

@@ -6,12 +6,19 @@ from __future__ import annotations
 
 from core.design.budget import count
 from core.design.config import RunConfig
+from core.design.spec import ACTIVATION_NAMES
 from core.units import duration_text
 
 
 def each(values: list) -> str:
     """One value when every stage has it, else all of them: "3" or "2, 2, 2, 2"."""
     return str(values[0]) if len(set(values)) == 1 else ", ".join(map(str, values))
+
+
+def tta_text(flip: bool, shift: bool) -> str:
+    views = (2 if flip else 1) * (3 if shift else 1)
+    parts = [name for name, on in (("flip", flip), ("1-pixel shifts", shift)) if on]
+    return f"{' and '.join(parts)} ({views} views)" if parts else "no"
 
 
 def hyperparameters(cfg: RunConfig, imported: bool = False) -> dict[str, str]:
@@ -40,6 +47,7 @@ def hyperparameters(cfg: RunConfig, imported: bool = False) -> dict[str, str]:
         "Downsampling": each([("max pool" if s.downsample == "maxpool" else "strided conv") if s.stride != 1 else "–"
                               for s in stages]),
         "Pool size": str(a.pool_size),
+        "Activation": ACTIVATION_NAMES[a.activation],
         "Batch norm": ("yes, scales frozen" if t.freeze_bn_scale else "yes") if a.batch_norm else "no",
         "Squeeze-excitation": f"ratio {a.se_ratio}" if a.se_ratio else "no",
         "Dropout": f"{a.dropout:g}",
@@ -55,6 +63,7 @@ def hyperparameters(cfg: RunConfig, imported: bool = False) -> dict[str, str]:
         "Epochs": f"as many as {duration_text(t.time_limit)} of training allow" if t.time_limit else str(t.epochs),
         "Label smoothing": f"{t.label_smoothing:g}",
         "EMA": (f"decay {t.ema_decay:g}" + (" on a (t/T)³ ramp" if t.averaging_ramp else "")) if t.ema_decay else "no",
+        "Test-time augmentation": tta_text(t.tta_flip, t.tta_shift),
         "Precision": t.precision,
         "Seed": str(t.seed),
     }

@@ -34,6 +34,10 @@ def norm(channels: int, batch_norm: bool) -> nn.Module:
     return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
 
 
+def activation(name: str) -> nn.Module:
+    return nn.GELU() if name == "gelu" else nn.ReLU(inplace=True)
+
+
 class SqueezeExcite(nn.Module):
     """Channel attention: global pool, C -> C//r -> C, sigmoid gate."""
 
@@ -51,7 +55,7 @@ class SqueezeExcite(nn.Module):
 
 class BasicBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: int, kernel_size: int, shortcut_kernel_size: int,
-                 batch_norm: bool, se_ratio: int, dropout: float, downsample: str = "stride"):
+                 batch_norm: bool, se_ratio: int, dropout: float, downsample: str = "stride", act: str = "relu"):
         super().__init__()
         bias = not batch_norm  # a conv followed by BN needs no bias
         # max-pool downsampling: the convs at stride 1, then 2x2 max pooling (floor: 31 -> 15, as spec.stage_out)
@@ -60,6 +64,7 @@ class BasicBlock(nn.Module):
         self.pool = nn.MaxPool2d(stride) if pooled else nn.Identity()
         self.conv1 = conv(in_ch, out_ch, kernel_size, conv_stride, bias)
         self.bn1 = norm(out_ch, batch_norm)
+        self.act1 = activation(act)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = conv(out_ch, out_ch, kernel_size, 1, bias)
         self.bn2 = norm(out_ch, batch_norm)
@@ -71,12 +76,13 @@ class BasicBlock(nn.Module):
                 self.shortcut.insert(0, nn.MaxPool2d(stride))
         else:
             self.shortcut = nn.Identity()
+        self.act2 = activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.pool(self.conv1(x))))
+        out = self.act1(self.bn1(self.pool(self.conv1(x))))
         out = self.dropout(out)
         out = self.se(self.bn2(self.conv2(out)))
-        return torch.relu(out + self.shortcut(x))
+        return self.act2(out + self.shortcut(x))
 
 
 class ResNet(nn.Module):
@@ -88,11 +94,12 @@ class ResNet(nn.Module):
             k, whitened = spec.stem.kernel_size, whitening_channels(spec.stem.kernel_size)
             whiten = nn.Conv2d(IN_CHANNELS, whitened, k, padding=stem_padding(k), bias=False)
             whiten.weight.requires_grad_(False)  # frozen: set by whiten_stem, never trained
-            self.stem = nn.Sequential(whiten, nn.ReLU(inplace=True), conv(whitened, spec.stem.channels, 1, 1, not bn),
-                                      norm(spec.stem.channels, bn), nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(whiten, activation(spec.activation),
+                                      conv(whitened, spec.stem.channels, 1, 1, not bn),
+                                      norm(spec.stem.channels, bn), activation(spec.activation))
         else:
             self.stem = nn.Sequential(conv(IN_CHANNELS, spec.stem.channels, spec.stem.kernel_size, 1, bias=not bn),
-                                      norm(spec.stem.channels, bn), nn.ReLU(inplace=True))
+                                      norm(spec.stem.channels, bn), activation(spec.activation))
         in_ch = spec.stem.channels
         stages = []
         for stage in spec.stages:
@@ -110,7 +117,7 @@ class ResNet(nn.Module):
             blocks.append(BasicBlock(in_ch if i == 0 else stage.channels, stage.channels,
                                      stage.stride if i == 0 else 1, stage.kernel_size,
                                      stage.shortcut_kernel_size, s.batch_norm, s.se_ratio, s.dropout,
-                                     stage.downsample))
+                                     stage.downsample, s.activation))
         return nn.Sequential(*blocks)
 
     @torch.no_grad()

@@ -13,9 +13,9 @@ import optuna
 from core.design.budget import BUDGET, count
 from core.design.config import RunConfig, TrainConfig
 from core.design.presets import PRESETS, get_preset
-from core.design.spec import (BLOCKS_RANGE, CHANNELS_RANGE, DOWNSAMPLES, DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES,
-                              SE_RATIO_RANGE, STAGES_RANGE, ArchSpec, SpecError, check_bool, check_choice, check_float,
-                              check_int, check_keys, conv_out)
+from core.design.spec import (ACTIVATIONS, BLOCKS_RANGE, CHANNELS_RANGE, DOWNSAMPLES, DROPOUT_RANGE, IMAGE_SIZE,
+                              KERNEL_SIZES, SE_RATIO_RANGE, STAGES_RANGE, ArchSpec, SpecError, check_bool, check_choice,
+                              check_float, check_int, check_keys, conv_out)
 
 
 OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "macs": "minimize"}
@@ -24,7 +24,8 @@ OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "macs": "minimize"}
 PRUNERS = ("median", "halving", "none")
 
 
-ARCH_RANGES = ("stages", "blocks", "width", "growth", "kernel_size", "se_ratio", "dropout", "whiten", "downsample")
+ARCH_RANGES = ("stages", "blocks", "width", "growth", "kernel_size", "se_ratio", "dropout", "whiten", "downsample",
+               "activation")
 
 
 TRAIN_RANGES = ("lr", "weight_decay", "batch_size", "augment", "label_smoothing", "ema_decay")
@@ -49,7 +50,8 @@ def _check_arch_value(where: str, name: str, value: Any) -> Any:
               "se_ratio": lambda: check_int(where, value, *SE_RATIO_RANGE),
               "dropout": lambda: check_float(where, value, *DROPOUT_RANGE),
               "whiten": lambda: check_bool(where, value),
-              "downsample": lambda: check_choice(where, value, DOWNSAMPLES)}
+              "downsample": lambda: check_choice(where, value, DOWNSAMPLES),
+              "activation": lambda: check_choice(where, value, ACTIVATIONS)}
     return checks[name]()
 
 
@@ -74,7 +76,7 @@ def _check_range(where: str, name: str, raw: Any) -> Any:
         return {"choices": [_check_value(f"{where}.choices[{i}]", name, c) for i, c in enumerate(choices)]}
     if isinstance(raw, dict):
         check_keys(where, raw, ("low", "high", "log"))
-        if name in ("kernel_size", "augment", "whiten", "downsample"):
+        if name in ("kernel_size", "augment", "whiten", "downsample", "activation"):
             raise SpecError(f"{where}: {name} takes {{\"choices\": [...]}} or one value, not a low-high range")
         for bound in ("low", "high"):
             if bound not in raw:
@@ -179,7 +181,8 @@ class Space:
                            "kernel_size": values["kernel_size"], "downsample": values.get("downsample", "stride")})
         return ArchSpec.from_dict({"stem": {"channels": stages[0]["channels"], "whiten": values.get("whiten", False)},
                                    "stages": stages,
-                                   "se_ratio": values["se_ratio"], "dropout": values["dropout"], "pool_size": size})
+                                   "se_ratio": values["se_ratio"], "dropout": values["dropout"], "pool_size": size,
+                                   "activation": values.get("activation", "relu")})
 
     def config(self, values: dict) -> RunConfig:
         """The run config of one sample: the recipe, the sampled settings, and the fixed per-trial ones."""
@@ -300,6 +303,7 @@ def default_ranges() -> dict:
         "se_ratio": {"choices": sorted({a.se_ratio for a in archs})},
         "whiten": False,  # searched only when asked: {"choices": [false, true]}
         "downsample": "stride",  # likewise: {"choices": ["stride", "maxpool"]}
+        "activation": "relu",  # likewise: {"choices": ["relu", "gelu"]}
         "dropout": {"low": 0.0, "high": max(a.dropout for a in archs), "log": False},
         "lr": {"low": min(lrs), "high": max(lrs), "log": True},
         "weight_decay": {"low": 5e-5, "high": max(t.weight_decay for t in trains), "log": True},

@@ -3,7 +3,10 @@ import json
 
 import pytest
 
+import torch
+
 from core.design.spec import ArchSpec, SpecError, stage_sizes
+from core.nn.model import build_model
 
 ISSUE_EXAMPLE = {
     "stem": {"channels": 64, "kernel_size": 3},
@@ -26,6 +29,17 @@ def test_max_pool_downsampling_is_written_only_where_a_stage_has_it():
     written = spec.to_dict()["stages"]
     assert "downsample" not in written[0] and written[1]["downsample"] == "maxpool"
     assert ArchSpec.from_dict(json.loads(spec.to_json())) == spec
+
+
+def test_gelu_is_written_only_where_a_design_has_it_and_builds_no_parameters():
+    relu = ArchSpec.from_dict({"stages": [{"channels": 32}]})
+    gelu = relu.replace(activation="gelu")
+    assert relu.activation == "relu" and "activation" not in relu.to_dict()  # designs before it read as they did
+    assert gelu.to_dict()["activation"] == "gelu" and ArchSpec.from_dict(json.loads(gelu.to_json())) == gelu
+    relu_net, gelu_net = build_model(relu), build_model(gelu)
+    assert relu_net.state_dict().keys() == gelu_net.state_dict().keys()  # a checkpoint's tensors are the same
+    kinds = {type(m) for m in gelu_net.modules()}
+    assert torch.nn.GELU in kinds and torch.nn.ReLU not in kinds
 
 
 def test_omitted_keys_take_defaults():
@@ -81,6 +95,7 @@ def test_a_2x2_whitened_stem_gives_31x31_maps_that_max_pooling_floors_and_a_stri
     ({"stages": [{}], "stem": {"kernel_size": 4}}, "stem.kernel_size", "1, 3, 5, 7"),
     ({"stages": [{}], "stem": {"kernel_size": 4, "whiten": True}}, "stem.kernel_size", "1, 2, 3, 5, 7"),
     ({"stages": [{}], "stem": {"whiten": 1}}, "stem.whiten", "true or false"),
+    ({"stages": [{}], "activation": "swish"}, "activation", "relu, gelu"),
     ({"stages": [{"stride": 2}] * 6, "pool_size": 1}, "stages[5].stride", "stride 1"),
     ({"stages": [{}, {}, {}, {}], "pool_size": 8}, "pool_size", "1 to 4"),
     ({}, "stages", "list of 1 to 6"),

@@ -311,6 +311,7 @@ def test_a_link_keeps_every_field_and_leaves_defaults_out():
     ({"stage": ["3x128"], "dropout": ["lots"]}, "dropout: 'lots' is not a number"),
     ({"stage": ["3x2000"]}, "stages[0].channels: 2000 is out of range"),
     ({"stage": ["3x128s2mm"]}, "stage 0: '3x128s2mm' is not in the form"),
+    ({"stage": ["3x128"], "act": ["tanh"]}, "activation: 'tanh' is not allowed; allowed values: relu, gelu"),
 ])
 def test_a_bad_link_raises_one_clear_spec_error(query, message):
     with pytest.raises(SpecError, match=re.escape(message)):
@@ -345,6 +346,31 @@ def test_laptop_s_2x2_whitened_stem_shows_airbench_s_maps_and_is_refused_unwhite
     app.get_by_key("design:stem.kernel_size").set_value(3).run()
     assert not app.error
     assert list(app.dataframe[0].value.set_index("Part")["Output"][:4]) == ["32×32", "16×16", "8×8", "4×4"]
+
+
+def test_the_activation_is_a_choice_for_every_block_that_costs_no_parameters_and_travels_in_the_link():
+    app = open_app()
+    app.get_by_key("design:preset").set_value("laptop").run()
+    assert app.get_by_key("design:activation").value == "gelu"
+    assert app.query_params["act"] in ("gelu", ["gelu"])
+    params = shown_params(app)
+    app.get_by_key("design:activation").set_value("relu").run()
+    assert_clean(app)
+    assert shown_params(app) == params == count(preset_spec("laptop").replace(activation="relu")).params
+    assert "act" not in app.query_params  # the default is left out of the link
+    revert = next(b for b in app.button if b.label == "Modified: revert to laptop")
+    revert.click().run()
+    assert app.get_by_key("design:activation").value == "gelu"
+    assert app.session_state["design"]["activation"] == "gelu"
+
+
+def test_a_preset_shown_again_is_unchanged_though_its_controls_filled_in_defaults():
+    """The controls add fields a preset's JSON leaves out (whiten false, downsample stride, relu): not a change."""
+    app = open_app()
+    app.get_by_key("design:preset").set_value("resnet20").run()
+    app.run()
+    assert any(b.label == "Unchanged from resnet20" for b in app.button)
+    assert not any(b.label.startswith("Modified") for b in app.button)
 
 
 def test_max_pool_downsampling_is_a_choice_of_stride_2_stages_that_costs_macs_and_no_parameters():

@@ -77,34 +77,27 @@ def test_the_default_space_spans_the_presets_and_holds_resnet20():
     assert resnet20 == preset_spec("resnet20")
 
 
-def test_a_whitened_stem_is_searched_only_when_the_space_asks_for_it():
-    assert Space.from_dict({}).ranges["whiten"] is False  # the presets' spaces are as before
-    space = Space.from_dict({"ranges": {"whiten": {"choices": [False, True]}}})
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    stems = set()
-    for _ in range(20):
-        trial = study.ask()
-        values = space.sample(trial)
-        stems.add((trial.params["whiten"], space.design(values).stem.whiten))
-        study.tell(trial, 0.0)
-    assert stems == {(False, False), (True, True)}
-    with pytest.raises(SpecError, match="space.ranges.whiten"):
-        Space.from_dict({"ranges": {"whiten": "yes"}})
-
-
-def test_max_pool_downsampling_is_searched_only_when_the_space_asks_for_it():
-    assert Space.from_dict({}).ranges["downsample"] == "stride"
-    space = Space.from_dict({"ranges": {"stages": 3, "downsample": {"choices": ["stride", "maxpool"]}}})
+@pytest.mark.parametrize("name, default, choices, built, bad", [
+    ("whiten", False, [False, True], lambda design: {design.stem.whiten}, "yes"),
+    ("downsample", "stride", ["stride", "maxpool"], lambda design: {s.downsample for s in design.stages},
+     {"low": "stride", "high": "maxpool"}),
+    ("activation", "relu", ["relu", "gelu"], lambda design: {design.activation}, "tanh"),
+])
+def test_a_design_choice_off_the_presets_is_searched_only_when_the_space_asks_for_it(name, default, choices, built,
+                                                                                      bad):
+    assert Space.from_dict({}).ranges[name] == default  # the presets' spaces are as before
+    space = Space.from_dict({"ranges": {"stages": 3, name: {"choices": choices}}})
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(20):
         trial = study.ask()
         design = space.design(space.sample(trial))
-        seen.add((trial.params["downsample"], tuple(s.downsample for s in design.stages)))
+        assert built(design) == {trial.params[name]}  # every block of the design has what was drawn
+        seen.add(trial.params[name])
         study.tell(trial, 0.0)
-    assert seen == {("stride", ("stride",) * 3), ("maxpool", ("maxpool",) * 3)}
-    with pytest.raises(SpecError, match="space.ranges.downsample"):
-        Space.from_dict({"ranges": {"downsample": {"low": "stride", "high": "maxpool"}}})
+    assert seen == set(choices)
+    with pytest.raises(SpecError, match=f"space.ranges.{name}"):
+        Space.from_dict({"ranges": {name: bad}})
 
 
 def optuna_share_over(space: Space, draws: int = 400) -> float:
