@@ -81,6 +81,13 @@ def copy_name(source: str | None, sha256: str | None = None) -> str:
     return f"CIFAR-10 as class folders ({Path(source.split(' (')[0]).name})"
 
 
+def test_set_name(source: str, images: int) -> str:
+    """A test split in words and without this machine's paths, for what travels with a run (its familiarity
+    thresholds, an ONNX file): "CIFAR-10, JPEG copy (quality 75, 4:2:0): its 10,000 test images, cifar10-jpg.tar.gz"."""
+    copy, file = copy_name(source), Path(source.split(" (")[0]).name
+    return f"{copy}: its {images:,} test images" + ("" if file in copy else f", {file}")
+
+
 def image_counts(data: str | None) -> tuple[int, int]:
     """(train, test) images a run on `data` goes through per epoch: the slice's, else a full copy's."""
     return BUILTIN_IMAGES if data == BUILTIN else CIFAR10_IMAGES

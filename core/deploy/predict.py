@@ -20,7 +20,7 @@ from PIL import Image
 from core.data.augment import Normalizer
 from core.data.datasets import Split, load_class_folders, load_dataset
 from core.data.images import to_pixels
-from core.data.sources import BUILTIN, DataError
+from core.data.sources import BUILTIN, DataError, test_set_name
 from core.deploy.prediction import Familiarity, OwnTta, Prediction, read_files, unjudged
 from core.errors import StudioError
 from core.files import FileLock, read_json
@@ -181,7 +181,7 @@ def familiarity(classifier: Classifier, data: str | None = None) -> Familiarity 
         return None
     plain, tta = (predict_logits(classifier.model, split.images, classifier.normalizer, classifier.device,
                                  tta_flip=flip).numpy() for flip in (False, True))
-    measured = Familiarity.measure(plain, tta, split.images.numpy(), source)
+    measured = Familiarity.measure(plain, tta, split.images.numpy(), test_set_name(source, len(split.images)))
     run.keep_familiarity(tag, measured.to_json() | {"generation": generation})
     return measured
 

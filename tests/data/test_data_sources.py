@@ -40,3 +40,12 @@ def test_a_copy_set_up_for_the_studio_comes_before_the_shared_one(tmp_path, monk
     assert sources.suggested_data() == str(tmp_path / "data")  # ./data, as an absolute path
     monkeypatch.setenv("CIFAR10_DATA", "~/cifar")
     assert sources.suggested_data() == str(Path("~/cifar").expanduser().resolve())
+
+
+@pytest.mark.parametrize("source, images, name", [
+    ("/home/ada/data/cifar10-jpg.tar.gz (class folders)", 10_000,
+     "CIFAR-10, JPEG copy (quality 75, 4:2:0): its 10,000 test images, cifar10-jpg.tar.gz"),
+    ("/home/ada/photos", 12, "CIFAR-10 as class folders (photos): its 12 test images"),
+])
+def test_a_test_split_is_named_in_words_without_the_machines_paths(source, images, name):
+    assert sources.test_set_name(source, images) == name and "/home/ada" not in name

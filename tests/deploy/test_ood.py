@@ -68,6 +68,8 @@ def test_thresholds_are_measured_once_per_checkpoint_save_and_kept(trained, tmp_
     kept = json.loads(run.familiarity_path.read_text())
     assert kept["best"]["generation"] == Classifier.load(run).meta["generation"]
     assert kept["best"]["images"] == 1000 and 0.93 <= kept["best"]["passed"] <= 0.96
+    # named in words, as the shipped runs' are: no path of this machine travels with the run
+    assert kept["best"]["data"] == "CIFAR-10, built-in slice of the JPEG copy (quality 75): its 1,000 test images"
     stamp = run.familiarity_path.stat().st_mtime_ns
     assert Classifier.load(run).familiarity() == first and run.familiarity_path.stat().st_mtime_ns == stamp
     last = Classifier.load(run, "last").familiarity()  # each checkpoint has its own
