@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from core.data.images import open_image
+from core.design.table import tta_name
 from core.errors import StudioError
 
 
@@ -153,12 +154,6 @@ def read_files(files: list[tuple[str, bytes | Path]], prepare: Callable[[Image.I
         except StudioError as e:
             results.append(Prediction(name, False, error=str(e)))
     return results
-
-
-def tta_name(tta_flip: bool, tta_shift: bool) -> str:
-    """The test-time views in a word or three: "none", "flip", "flip and 1-pixel shifts (6 views)"."""
-    return {(False, False): "none", (True, False): "flip", (False, True): "1-pixel shifts",
-            (True, True): "flip and 1-pixel shifts (6 views)"}[bool(tta_flip), bool(tta_shift)]
 
 
 def tta_words(tta_flip: bool, own: bool | None, tta_shift: bool = False, own_shift: bool = False) -> str:

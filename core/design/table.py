@@ -15,10 +15,10 @@ def each(values: list) -> str:
     return str(values[0]) if len(set(values)) == 1 else ", ".join(map(str, values))
 
 
-def tta_text(flip: bool, shift: bool) -> str:
-    views = (2 if flip else 1) * (3 if shift else 1)
-    parts = [name for name, on in (("flip", flip), ("1-pixel shifts", shift)) if on]
-    return f"{' and '.join(parts)} ({views} views)" if parts else "no"
+def tta_name(tta_flip: bool, tta_shift: bool) -> str:
+    """The test-time views in a word or three: "none", "flip", "flip and 1-pixel shifts (6 views)"."""
+    return {(False, False): "none", (True, False): "flip", (False, True): "1-pixel shifts",
+            (True, True): "flip and 1-pixel shifts (6 views)"}[bool(tta_flip), bool(tta_shift)]
 
 
 def hyperparameters(cfg: RunConfig, imported: bool = False) -> dict[str, str]:
@@ -63,7 +63,7 @@ def hyperparameters(cfg: RunConfig, imported: bool = False) -> dict[str, str]:
         "Epochs": f"as many as {duration_text(t.time_limit)} of training allow" if t.time_limit else str(t.epochs),
         "Label smoothing": f"{t.label_smoothing:g}",
         "EMA": (f"decay {t.ema_decay:g}" + (" on a (t/T)³ ramp" if t.averaging_ramp else "")) if t.ema_decay else "no",
-        "Test-time augmentation": tta_text(t.tta_flip, t.tta_shift),
+        "Test-time augmentation": tta_name(t.tta_flip, t.tta_shift),
         "Precision": t.precision,
         "Seed": str(t.seed),
     }
