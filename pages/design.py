@@ -19,9 +19,9 @@ from core.design.budget import BUDGET, Cost, count, fit_to_budget
 from core.design.config import RunConfig
 from core.design.presets import PRESETS, preset_spec
 from core.design.spec import (ACTIVATION_NAMES, ACTIVATIONS, BLOCKS_RANGE, CHANNELS_RANGE, DOWNSAMPLES,
-                              DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES, SE_RATIO_RANGE, SHORTCUT_KERNEL_SIZES,
-                              STAGES_RANGE, STRIDES, WHITENED_STEM_KERNEL_SIZES, ArchSpec, SpecError, stage_sizes,
-                              stem_size)
+                              DROPOUT_RANGE, IMAGE_SIZE, KERNEL_SIZES, LOGIT_SCALE_RANGE, POOLING_NAMES, POOLINGS,
+                              SE_RATIO_RANGE, SHORTCUT_KERNEL_SIZES, STAGES_RANGE, STRIDES, WHITENED_STEM_KERNEL_SIZES,
+                              ArchSpec, SpecError, stage_sizes, stem_size)
 from core.design.link import to_query
 from core.report.charts import parameter_share_chart
 from core.units import macs_text, margin_text, params_text
@@ -330,7 +330,8 @@ def architecture_section(draft: dict, cost: Cost, draft_error: str | None) -> No
                      "channels. Its frozen weights are counted apart from the budget's trainable parameters")
     budget_gauge(cost, draft_error)
     stage_cards(draft, sizes)
-    every_block_row(draft, sizes)
+    every_block_row(draft)
+    head_row(draft, sizes)
 
 
 def budget_gauge(cost: Cost, draft_error: str | None) -> None:
@@ -378,9 +379,9 @@ def stage_cards(draft: dict, sizes: list[int]) -> None:
         in_channels = stage["channels"]
 
 
-def every_block_row(draft: dict, sizes: list[int]) -> None:
-    """Batch norm, the activation, SE, dropout and the pool before the head."""
-    batch_norm, activation, se_ratio, dropout, pool = st.columns(5)
+def every_block_row(draft: dict) -> None:
+    """Batch norm, the activation, SE and dropout."""
+    batch_norm, activation, se_ratio, dropout = st.columns(4)
     with batch_norm:
         control(st.toggle, "Batch norm", ("batch_norm",), help="Batch normalization after every convolution")
     with activation:
@@ -395,9 +396,25 @@ def every_block_row(draft: dict, sizes: list[int]) -> None:
     with dropout:
         control(st.slider, "Dropout", ("dropout",), min_value=DROPOUT_RANGE[0], max_value=DROPOUT_RANGE[1], step=0.05,
                 help="Dropout between the two convolutions of every block")
+
+
+def head_row(draft: dict, sizes: list[int]) -> None:
+    """The pool over the last feature map, and the scale of the linear head's logits."""
+    pool, pooling, logit_scale = st.columns(3)
     with pool:
         control(st.select_slider, "Pool size", ("pool_size",), options=range(1, sizes[-1] + 1),
-                help=f"Average-pool window before the linear head; the last feature map is {square(sizes[-1])}")
+                help=f"Window of the pool before the linear head; the last feature map is {square(sizes[-1])}")
+    with pooling:
+        draft.setdefault("pooling", "avg")  # a draft kept from before the choice
+        one_of("Pooling", ("pooling",), POOLINGS, format_func=POOLING_NAMES.get,
+               help="Average or max over each window. ResNet-9 and airbench94 take the max over the last map")
+    with logit_scale:
+        draft.setdefault("logit_scale", 1.0)
+        control(st.number_input, "Logit scale", ("logit_scale",), min_value=LOGIT_SCALE_RANGE[0],
+                max_value=LOGIT_SCALE_RANGE[1], step=0.01, format="%g",
+                help="A constant the head's outputs are multiplied by before the loss: no parameters. Below 1 the "
+                     "loss starts flatter and the head learns more slowly (ResNet-9: 0.125, airbench94: 1/9); 1 "
+                     "leaves them as they are")
 
 
 def breakdown_section(spec: ArchSpec, cost: Cost) -> None:
@@ -411,9 +428,11 @@ def breakdown_section(spec: ArchSpec, cost: Cost) -> None:
                      width="content")
         st.altair_chart(parameter_share_chart(table), height=ROW_HEIGHT * (len(table) + 1), width=CHART_WIDTH)
     pooled = cost.stages[-1].out_size // spec.pool_size
-    st.caption(f"Head: {square(spec.pool_size)} average pool on the {square(cost.stages[-1].out_size)} map, "
-               f"then {cost.head_features:,} features ({spec.stages[-1].channels} channels × {square(pooled)}) "
-               f"into a linear layer to {spec.num_classes} classes. Total: {cost.params:,} parameters, "
+    scale = f", its outputs multiplied by {spec.logit_scale:g}" if spec.logit_scale != 1 else ""
+    st.caption(f"Head: {square(spec.pool_size)} {POOLING_NAMES[spec.pooling].lower()} pool on the "
+               f"{square(cost.stages[-1].out_size)} map, then {cost.head_features:,} features "
+               f"({spec.stages[-1].channels} channels × {square(pooled)}) into a linear layer to {spec.num_classes} "
+               f"classes{scale}. Total: {cost.params:,} parameters, "
                + (f"plus {cost.frozen_params:,} frozen (the whitened stem's filters), " if cost.frozen_params else "")
                + f"{cost.macs:,} MACs per image.")
 

@@ -16,8 +16,8 @@ import streamlit as st
 
 from core.data.sources import BUILTIN, chosen_data
 from core.design.budget import BUDGET
-from core.design.spec import (ACTIVATION_NAMES, ACTIVATIONS, BLOCKS_RANGE, DOWNSAMPLES, KERNEL_SIZES,
-                              STAGES_RANGE)
+from core.design.spec import (ACTIVATION_NAMES, ACTIVATIONS, BLOCKS_RANGE, DOWNSAMPLES, KERNEL_SIZES, POOLING_NAMES,
+                              POOLINGS, STAGES_RANGE)
 from core.errors import StudioError
 from core.report.charts import COST_TITLES, importance_chart, trade_off_chart
 from core.runs.run import Run
@@ -42,7 +42,7 @@ LABELS = {                        # each setting of the space as its control nam
     "se_ratio": "Squeeze-and-excitation ratio (0 = off)", "lr": "Learning rate", "weight_decay": "Weight decay",
     "label_smoothing": "Label smoothing", "batch_size": "Batch sizes", "augment": "Augmentations",
     "ema_decay": "Weight EMA", "whiten": "Whitened stem", "downsample": "Halve by",
-    "activation": "Activation", "budget": "Parameter budget",
+    "activation": "Activation", "pooling": "Pooling", "logit_scale": "Logit scale", "budget": "Parameter budget",
     "max_macs": "MACs ceiling (millions, 0 = none)",
     "objectives": "Objectives", "epochs": "Epochs per trial", "pruner": "Pruner", "device": "Devices", "data": "Data",
 }
@@ -57,6 +57,7 @@ LOG_STEPS = {"lr": [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0
              "weight_decay": [1e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]}
 AUGMENT_SETS = list(dict.fromkeys(["+".join(a) for a in DEFAULTS["augment"]["choices"]] +
                                   ["crop+flip+cutout", "crop+flip+trivialaugment", "crop+alternating_flip"]))
+LOGIT_SCALES = [1.0, 0.25, 0.125, 0.1111]  # none, and the speed-run recipes' (ResNet-9: 0.125, airbench94: 1/9)
 OBJECTIVE_SETS = {"accuracy": "Accuracy", "accuracy,params": "Accuracy and parameters",
                   "accuracy,macs": "Accuracy and MACs"}
 # ---- the space, from the controls ---------------------------------------------------------------------
@@ -110,6 +111,8 @@ def space_controls() -> dict:
         "downsample": choices(middle, "downsample", list(DOWNSAMPLES), ["stride"],
                               format_func={"stride": "strided conv", "maxpool": "max pool"}.get),
         "activation": choices(right, "activation", list(ACTIVATIONS), ["relu"], format_func=ACTIVATION_NAMES.get),
+        "pooling": choices(left, "pooling", list(POOLINGS), ["avg"], format_func=POOLING_NAMES.get),
+        "logit_scale": choices(middle, "logit_scale", LOGIT_SCALES, [1.0], format_func=lambda v: f"×{v:g}"),
     }
     st.markdown("**Recipe**")
     left, middle, right = st.columns(3)

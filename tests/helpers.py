@@ -23,7 +23,7 @@ QUICK_ARCH = {"stem": {"channels": 8}, "stages": [{"blocks": 1, "channels": 8, "
 SPEEDRUN_ARCH = {"stem": {"channels": 16, "kernel_size": 2, "whiten": True},
                  "stages": [{"blocks": 1, "channels": 16, "stride": 2, "downsample": "maxpool"},
                             {"blocks": 2, "channels": 32, "shortcut_kernel_size": 3, "downsample": "maxpool"}],
-                 "pool_size": 7, "activation": "gelu"}  # laptop's parts, small
+                 "pool_size": 7, "activation": "gelu", "pooling": "max", "logit_scale": 0.1111}  # laptop's parts, small
 SMALL = {"arch": SMALL_ARCH, "train": {"epochs": 1, "batch_size": 128, "log_every": 10, "lr": 0.05},
          "data": "builtin"}  # a run config that trains an epoch of the built-in slice in seconds
 

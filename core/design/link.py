@@ -5,7 +5,8 @@ kernel), sS (stride) and m for max-pool downsampling; `stem` is channels, then k
 whitened stem. A field at the value ArchSpec.from_dict gives it by default is left out, except the
 stride, whose default depends on the stage's place. Parsing checks the form of each value;
 ArchSpec.from_dict checks the numbers.
-Network-wide fields have a parameter each: bn=0, se=16, dropout=0.1, pool=2, classes=100, act=gelu.
+Network-wide fields have a parameter each: bn=0, se=16, dropout=0.1, pool=2, classes=100, act=gelu, pooling=max,
+logits=0.125.
 `preset=NAME` names the preset the design started from (a reload or a shared link still says so once
 the design was changed); the design is in the other parameters.
 """
@@ -17,7 +18,7 @@ from core.design.spec import ArchSpec, SpecError
 
 DEFAULTS = ArchSpec.from_dict({"stages": [{}]})  # what from_dict fills in for a field left out
 NETWORK_WIDE = {"bn": "batch_norm", "se": "se_ratio", "dropout": "dropout", "pool": "pool_size",
-                "classes": "num_classes", "act": "activation"}
+                "classes": "num_classes", "act": "activation", "pooling": "pooling", "logits": "logit_scale"}
 KEYS = ("stem", "stage", *NETWORK_WIDE)
 PRESET = "preset"
 STEM = re.compile(r"(?P<channels>\d+)(?:k(?P<kernel_size>\d+))?")

@@ -37,6 +37,12 @@ CLASSES_RANGE = (2, 1000)
 # and costs about 5% of a CPU step (docs/PERFORMANCE.md); squeeze-and-excitation keeps its ReLU
 ACTIVATIONS = ("relu", "gelu")
 ACTIVATION_NAMES = {"relu": "ReLU", "gelu": "GELU"}  # as people write them
+# the head: the pool over the last map (average, or max as ResNet-9 and airbench94 have it), a linear layer, and a
+# constant that scales its logits (ResNet-9: 0.125, airbench94: 1/9), so the loss starts flatter and the head learns
+# at a pace of its own
+POOLINGS = ("avg", "max")
+POOLING_NAMES = {"avg": "Average", "max": "Max"}
+LOGIT_SCALE_RANGE = (0.01, 10.0)
 
 
 class SpecError(StudioError, ValueError):
@@ -153,6 +159,8 @@ class ArchSpec:
     pool_size: int = 4
     num_classes: int = 10
     activation: str = "relu"
+    pooling: str = "avg"
+    logit_scale: float = 1.0
 
     # -- conversion --
     def to_dict(self) -> dict:
@@ -163,8 +171,9 @@ class ArchSpec:
         for stage in d["stages"]:  # the same for max-pool downsampling
             if stage["downsample"] == "stride":
                 del stage["downsample"]
-        if self.activation == "relu":  # and for the activation
-            del d["activation"]
+        for field in ("activation", "pooling", "logit_scale"):  # and for the settings that came later
+            if d[field] == self.__dataclass_fields__[field].default:
+                del d[field]
         return d
 
     def to_json(self) -> str:
@@ -181,7 +190,8 @@ class ArchSpec:
 
     @classmethod
     def from_dict(cls, data: Any) -> ArchSpec:
-        fields = ("stem", "stages", "batch_norm", "se_ratio", "dropout", "pool_size", "num_classes", "activation")
+        fields = ("stem", "stages", "batch_norm", "se_ratio", "dropout", "pool_size", "num_classes", "activation",
+                  "pooling", "logit_scale")
         check_keys("spec", data, fields)
         if "stages" not in data:
             raise SpecError("stages: missing; give a list of 1 to 6 stages, e.g. "
@@ -213,6 +223,8 @@ class ArchSpec:
             pool_size=check_int("pool_size", data.get("pool_size", 4), 1, IMAGE_SIZE),
             num_classes=check_int("num_classes", data.get("num_classes", 10), *CLASSES_RANGE),
             activation=check_choice("activation", data.get("activation", "relu"), ACTIVATIONS),
+            pooling=check_choice("pooling", data.get("pooling", "avg"), POOLINGS),
+            logit_scale=check_float("logit_scale", data.get("logit_scale", 1.0), *LOGIT_SCALE_RANGE),
         )
         spec._check_geometry()
         return spec

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from core.design.budget import count
 from core.design.config import RunConfig
-from core.design.spec import ACTIVATION_NAMES
+from core.design.spec import ACTIVATION_NAMES, POOLING_NAMES
 from core.units import duration_text
 
 
@@ -46,7 +46,8 @@ def hyperparameters(cfg: RunConfig, imported: bool = False) -> dict[str, str]:
         "Strides": each([s.stride for s in stages]),
         "Downsampling": each([("max pool" if s.downsample == "maxpool" else "strided conv") if s.stride != 1 else "–"
                               for s in stages]),
-        "Pool size": str(a.pool_size),
+        "Pool size": f"{a.pool_size} ({POOLING_NAMES[a.pooling].lower()})",
+        "Logit scale": f"{a.logit_scale:g}",
         "Activation": ACTIVATION_NAMES[a.activation],
         "Batch norm": ("yes, scales frozen" if t.freeze_bn_scale else "yes") if a.batch_norm else "no",
         "Squeeze-excitation": f"ratio {a.se_ratio}" if a.se_ratio else "no",

@@ -106,7 +106,7 @@ class ResNet(nn.Module):
             stages.append(self._make_stage(in_ch, stage))
             in_ch = stage.channels
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AvgPool2d(spec.pool_size)
+        self.pool = nn.MaxPool2d(spec.pool_size) if spec.pooling == "max" else nn.AvgPool2d(spec.pool_size)
         pooled = spec.feature_sizes[-1] // spec.pool_size
         self.fc = nn.Linear(in_ch * pooled * pooled, spec.num_classes)
 
@@ -143,7 +143,8 @@ class ResNet(nn.Module):
         return self.stages(self.stem(x))
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(features), 1))
+        logits = self.fc(torch.flatten(self.pool(features), 1))
+        return logits if self.spec.logit_scale == 1 else logits * self.spec.logit_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.features(x))

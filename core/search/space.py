@@ -14,8 +14,8 @@ from core.design.budget import BUDGET, count
 from core.design.config import RunConfig, TrainConfig
 from core.design.presets import PRESETS, get_preset
 from core.design.spec import (ACTIVATIONS, BLOCKS_RANGE, CHANNELS_RANGE, DOWNSAMPLES, DROPOUT_RANGE, IMAGE_SIZE,
-                              KERNEL_SIZES, SE_RATIO_RANGE, STAGES_RANGE, ArchSpec, SpecError, check_bool, check_choice,
-                              check_float, check_int, check_keys, conv_out)
+                              KERNEL_SIZES, LOGIT_SCALE_RANGE, POOLINGS, SE_RATIO_RANGE, STAGES_RANGE, ArchSpec,
+                              SpecError, check_bool, check_choice, check_float, check_int, check_keys, conv_out)
 
 
 OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "macs": "minimize"}
@@ -25,7 +25,8 @@ PRUNERS = ("median", "halving", "none")
 
 
 ARCH_RANGES = ("stages", "blocks", "width", "growth", "kernel_size", "se_ratio", "dropout", "whiten", "downsample",
-               "activation")
+               "activation", "pooling", "logit_scale")
+CHOICES_ONLY = ("kernel_size", "augment", "whiten", "downsample", "activation", "pooling")  # no low-high range
 
 
 TRAIN_RANGES = ("lr", "weight_decay", "batch_size", "augment", "label_smoothing", "ema_decay")
@@ -51,7 +52,9 @@ def _check_arch_value(where: str, name: str, value: Any) -> Any:
               "dropout": lambda: check_float(where, value, *DROPOUT_RANGE),
               "whiten": lambda: check_bool(where, value),
               "downsample": lambda: check_choice(where, value, DOWNSAMPLES),
-              "activation": lambda: check_choice(where, value, ACTIVATIONS)}
+              "activation": lambda: check_choice(where, value, ACTIVATIONS),
+              "pooling": lambda: check_choice(where, value, POOLINGS),
+              "logit_scale": lambda: check_float(where, value, *LOGIT_SCALE_RANGE)}
     return checks[name]()
 
 
@@ -76,7 +79,7 @@ def _check_range(where: str, name: str, raw: Any) -> Any:
         return {"choices": [_check_value(f"{where}.choices[{i}]", name, c) for i, c in enumerate(choices)]}
     if isinstance(raw, dict):
         check_keys(where, raw, ("low", "high", "log"))
-        if name in ("kernel_size", "augment", "whiten", "downsample", "activation"):
+        if name in CHOICES_ONLY:
             raise SpecError(f"{where}: {name} takes {{\"choices\": [...]}} or one value, not a low-high range")
         for bound in ("low", "high"):
             if bound not in raw:
@@ -172,7 +175,7 @@ class Space:
     def design(self, values: dict) -> ArchSpec:
         """The network of one sample: a stem (whitened or not), then stage i has blocks_i blocks of
         width * growth ** i channels, stride 2 (strided or max-pooled) from the second stage on, and global average
-        pooling."""
+        (or max) pooling into the linear head."""
         stages, size = [], IMAGE_SIZE
         for i in range(values["stages"]):
             size = conv_out(size, 1 if i == 0 else 2)
@@ -182,7 +185,9 @@ class Space:
         return ArchSpec.from_dict({"stem": {"channels": stages[0]["channels"], "whiten": values.get("whiten", False)},
                                    "stages": stages,
                                    "se_ratio": values["se_ratio"], "dropout": values["dropout"], "pool_size": size,
-                                   "activation": values.get("activation", "relu")})
+                                   "activation": values.get("activation", "relu"),
+                                   "pooling": values.get("pooling", "avg"),
+                                   "logit_scale": values.get("logit_scale", 1.0)})
 
     def config(self, values: dict) -> RunConfig:
         """The run config of one sample: the recipe, the sampled settings, and the fixed per-trial ones."""
@@ -304,6 +309,8 @@ def default_ranges() -> dict:
         "whiten": False,  # searched only when asked: {"choices": [false, true]}
         "downsample": "stride",  # likewise: {"choices": ["stride", "maxpool"]}
         "activation": "relu",  # likewise: {"choices": ["relu", "gelu"]}
+        "pooling": "avg",  # likewise: {"choices": ["avg", "max"]}
+        "logit_scale": 1.0,  # likewise: {"choices": [1.0, 0.125]} or {"low": 0.1, "high": 1.0, "log": true}
         "dropout": {"low": 0.0, "high": max(a.dropout for a in archs), "log": False},
         "lr": {"low": min(lrs), "high": max(lrs), "log": True},
         "weight_decay": {"low": 5e-5, "high": max(t.weight_decay for t in trains), "log": True},

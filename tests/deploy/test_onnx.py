@@ -209,7 +209,7 @@ def test_an_exported_model_carries_the_runs_thresholds_and_flags_odd_images_with
         assert rows[1]["pixels"]["contrast"] == 0  # one pixel, enlarged: flat
 
 
-def test_a_whitened_stem_max_pool_downsampling_and_gelu_export_with_pytorchs_logits(tmp_path):
+def test_a_whitened_stem_max_pooling_gelu_and_scaled_logits_export_with_pytorchs_logits(tmp_path):
     run = random_run(SPEEDRUN_ARCH, tmp_path, "speedrun")
     out = tmp_path / "speedrun.onnx"
     report = export_onnx(run, out, data="builtin")

@@ -32,8 +32,8 @@ def test_every_preset_counts_exactly(name):
 
 
 def random_spec(rng: random.Random) -> ArchSpec:
-    """A random valid spec over the whole allowed range, SE, BN-off, odd kernels, GELU and 2x2 whitened stems
-    (31x31 maps, which max pooling floors) included."""
+    """A random valid spec over the whole allowed range, SE, BN-off, odd kernels, GELU, max-pooled heads with scaled
+    logits and 2x2 whitened stems (31x31 maps, which max pooling floors) included."""
     n = rng.randint(1, 6)
     whiten = rng.random() < 0.3
     stem_kernel = rng.choice([1, 2, 2, 3, 5, 7] if whiten else [1, 3, 5, 7])
@@ -50,7 +50,8 @@ def random_spec(rng: random.Random) -> ArchSpec:
         "stages": stages, "batch_norm": rng.random() < 0.7,
         "se_ratio": rng.choice([0, 0, 1, 4, 16, 975]), "dropout": rng.choice([0.0, 0.3]),
         "pool_size": rng.randint(1, size), "num_classes": rng.choice([10, 2, 100]),
-        "activation": rng.choice(["relu", "gelu"]),
+        "activation": rng.choice(["relu", "gelu"]), "pooling": rng.choice(["avg", "max"]),
+        "logit_scale": rng.choice([1.0, 0.125]),
     })
 
 
@@ -157,6 +158,8 @@ def test_laptop_names_its_half_width_variant_for_cpus_that_train_in_fp32():
     assert [s.channels for s in narrow.stages] == [s.channels // 2 for s in wide.stages]
     # and ReLU: on an AVX2 CPU in fp32, GELU costs 13% of a step (0.87x), on AMX in bf16 5%
     assert (wide.activation, narrow.activation) == ("gelu", "relu")
-    assert narrow.replace(stages=wide.to_dict()["stages"], activation="gelu") == wide
+    # and the average-pooled head: airbench's head was measured on laptop only (docs/PERFORMANCE.md, tenth round)
+    assert (wide.pooling, wide.logit_scale, narrow.pooling, narrow.logit_scale) == ("max", 0.1111, "avg", 1.0)
+    assert narrow.replace(stages=wide.to_dict()["stages"], activation="gelu", pooling="max", logit_scale=0.1111) == wide
     assert PRESETS["laptop-narrow"]["train"] == PRESETS["laptop"]["train"]
     assert (count(narrow).params, count(narrow).macs) == (523_018, 36_597_024)  # 0.52M, 37M: a fifth fewer MACs

@@ -42,6 +42,20 @@ def test_gelu_is_written_only_where_a_design_has_it_and_builds_no_parameters():
     assert torch.nn.GELU in kinds and torch.nn.ReLU not in kinds
 
 
+def test_the_head_s_pooling_and_logit_scale_are_written_only_where_a_design_has_them_and_build_no_parameters():
+    plain = ArchSpec.from_dict({"stages": [{"channels": 32}], "pool_size": 2})
+    head = plain.replace(pooling="max", logit_scale=0.125)
+    assert (plain.pooling, plain.logit_scale) == ("avg", 1.0)
+    assert not {"pooling", "logit_scale"} & set(plain.to_dict())  # designs before them read as they did
+    assert ArchSpec.from_dict(json.loads(head.to_json())) == head
+    plain_net, head_net = build_model(plain), build_model(head)
+    assert plain_net.state_dict().keys() == head_net.state_dict().keys()  # a checkpoint's tensors are the same
+    head_net.load_state_dict(plain_net.state_dict())
+    features = torch.randn(2, 32, 32, 32)
+    pooled = torch.nn.functional.max_pool2d(features, 2).flatten(1)
+    assert torch.allclose(head_net.classify(features), plain_net.fc(pooled) * 0.125, atol=1e-6)
+
+
 def test_omitted_keys_take_defaults():
     spec = ArchSpec.from_dict({"stages": [{"channels": 32}, {"channels": 48}, {"channels": 96}]})
     assert spec.stem.channels == 32  # stem follows the first stage
@@ -96,6 +110,8 @@ def test_a_2x2_whitened_stem_gives_31x31_maps_that_max_pooling_floors_and_a_stri
     ({"stages": [{}], "stem": {"kernel_size": 4, "whiten": True}}, "stem.kernel_size", "1, 2, 3, 5, 7"),
     ({"stages": [{}], "stem": {"whiten": 1}}, "stem.whiten", "true or false"),
     ({"stages": [{}], "activation": "swish"}, "activation", "relu, gelu"),
+    ({"stages": [{}], "pooling": "min"}, "pooling", "avg, max"),
+    ({"stages": [{}], "logit_scale": 0}, "logit_scale", "0.01 to 10.0"),
     ({"stages": [{"stride": 2}] * 6, "pool_size": 1}, "stages[5].stride", "stride 1"),
     ({"stages": [{}, {}, {}, {}], "pool_size": 8}, "pool_size", "1 to 4"),
     ({}, "stages", "list of 1 to 6"),

@@ -312,6 +312,8 @@ def test_a_link_keeps_every_field_and_leaves_defaults_out():
     ({"stage": ["3x2000"]}, "stages[0].channels: 2000 is out of range"),
     ({"stage": ["3x128s2mm"]}, "stage 0: '3x128s2mm' is not in the form"),
     ({"stage": ["3x128"], "act": ["tanh"]}, "activation: 'tanh' is not allowed; allowed values: relu, gelu"),
+    ({"stage": ["3x128"], "logits": ["big"]}, "logits: 'big' is not a number"),
+    ({"stage": ["3x128"], "logits": ["0"]}, "logit_scale: 0.0 is out of range; allowed: 0.01 to 10.0"),
 ])
 def test_a_bad_link_raises_one_clear_spec_error(query, message):
     with pytest.raises(SpecError, match=re.escape(message)):
@@ -362,6 +364,24 @@ def test_the_activation_is_a_choice_for_every_block_that_costs_no_parameters_and
     revert.click().run()
     assert app.get_by_key("design:activation").value == "gelu"
     assert app.session_state["design"]["activation"] == "gelu"
+
+
+def test_the_head_s_pooling_and_logit_scale_cost_no_parameters_travel_in_the_link_and_show_in_the_breakdown():
+    app = open_app()
+    app.get_by_key("design:preset").set_value("resnet20").run()
+    assert (app.get_by_key("design:pooling").value, app.get_by_key("design:logit_scale").value) == ("avg", 1.0)
+    params = shown_params(app)
+    app.get_by_key("design:pooling").set_value("max").run()
+    app.get_by_key("design:logit_scale").set_value(0.125).run()
+    assert_clean(app)
+    assert shown_params(app) == params
+    assert app.session_state["design"]["pooling"] == "max" and app.session_state["design"]["logit_scale"] == 0.125
+    assert app.query_params["pooling"] in ("max", ["max"]) and app.query_params["logits"] in ("0.125", ["0.125"])
+    assert any("8×8 max pool" in c.value and "multiplied by 0.125" in c.value for c in app.caption)
+    revert = next(b for b in app.button if b.label == "Modified: revert to resnet20")
+    revert.click().run()
+    assert (app.get_by_key("design:pooling").value, app.get_by_key("design:logit_scale").value) == ("avg", 1.0)
+    assert "pooling" not in app.query_params and "logits" not in app.query_params  # defaults stay out of the link
 
 
 def test_a_preset_shown_again_is_unchanged_though_its_controls_filled_in_defaults():

@@ -54,9 +54,9 @@ def test_the_html_reports_open_offline_and_show_every_part(browser, trained, tmp
                             "Confusion matrix: rows true class, columns predicted; shade is the share of the row"):
                 assert page.locator("figcaption", has_text=caption).count() >= 1, caption
             table = page.locator("table").nth(1).inner_text()  # the seed projects' table
-            for row in ("Residual layers", "Blocks per layer", "Shortcut kernel sizes", "Pool size", "Activation",
-                        "Batch norm", "Augmentation", "Normalisation", "Optimizer", "Weight decay", "Batch size",
-                        "Test-time augmentation", "Total parameters"):
+            for row in ("Residual layers", "Blocks per layer", "Shortcut kernel sizes", "Pool size", "Logit scale",
+                        "Activation", "Batch norm", "Augmentation", "Normalisation", "Optimizer", "Weight decay",
+                        "Batch size", "Test-time augmentation", "Total parameters"):
                 assert row in table
             if run == "small":
                 assert "CIFAR-10, built-in slice of the JPEG copy" in page.locator("table").first.inner_text()

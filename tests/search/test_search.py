@@ -82,6 +82,8 @@ def test_the_default_space_spans_the_presets_and_holds_resnet20():
     ("downsample", "stride", ["stride", "maxpool"], lambda design: {s.downsample for s in design.stages},
      {"low": "stride", "high": "maxpool"}),
     ("activation", "relu", ["relu", "gelu"], lambda design: {design.activation}, "tanh"),
+    ("pooling", "avg", ["avg", "max"], lambda design: {design.pooling}, {"low": "avg", "high": "max"}),
+    ("logit_scale", 1.0, [1.0, 0.125], lambda design: {design.logit_scale}, 0.0),
 ])
 def test_a_design_choice_off_the_presets_is_searched_only_when_the_space_asks_for_it(name, default, choices, built,
                                                                                       bad):
