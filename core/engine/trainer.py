@@ -20,6 +20,7 @@ from core.engine.optim import (Lookahead, WeightEMA, build_optimizer, ema_decay_
 from core.nn.checkpoint import flatten_state, unflatten_state
 from core.nn.infer import policy_for
 from core.nn.model import build_model
+from core.nn.platform import keep_freed_memory
 
 
 WHITEN_IMAGES = 5000  # training images a whitened stem's patch statistics are computed from (airbench: 5,000)
@@ -33,6 +34,8 @@ class Trainer:
         """`train_images`: uint8 training images, which a whitened stem is computed from."""
         t = self.t = cfg.train
         world = world or World()
+        if device.type == "cpu":
+            keep_freed_memory()  # each step frees and allocates the same activations again: no page faults
         self.augment = Augment(t.augment, t.crop_padding, t.cutout_size, t.normalize, device)
         self.model = build_model(cfg.arch)
         if cfg.arch.stem.whiten:
