@@ -111,12 +111,13 @@ PRESETS: dict[str, dict] = {
                         "airbench's tricks: alternating flip, Nesterov SGD at batch 512 with warm-up then linear "
                         "decay, Lookahead on a (t/T)^3 ramp, frozen BatchNorm scales with 64x lr on their biases, "
                         "label smoothing 0.2, and 6-view TTA. In 10 minutes on a 2-core laptop-class Xeon with AMX: "
-                        "90.5-90.6% on the test images where it trains 810-870 images a second, 89.8% at 670. Sized "
-                        "for bf16 matrix units: a CPU without them trains laptop-narrow instead."),
+                        "90.5-90.6% on the test images where it trained 810-870 images a second (before the head), "
+                        "90.0% at 645 (8 epochs). Sized for bf16 matrix units: a CPU without them trains "
+                        "laptop-narrow instead."),
         "source": ("ours, after airbench94 (Keller Jordan, cifar10-airbench: 94% in 9.9 epochs) and David Page's "
                    "ResNet-9: the widths, max pooling and airbench's step sizes (lr, momentum, weight decay, "
                    "warm-up), airbench's 2x2 whitening, GELU and head each chosen by measurement on the JPEG copy of "
-                   "CIFAR-10, on a 2-core Xeon; 91.6% there in 30 minutes"),
+                   "CIFAR-10, on a 2-core Xeon; 91.3-91.6% there in 30 minutes"),
         "arch": _laptop_arch(stem=32, widths=(64, 256, 256), activation="gelu", head=AIRBENCH_HEAD),
         "train": LAPTOP_RECIPE,
         "fp32_cpu_variant": "laptop-narrow",
