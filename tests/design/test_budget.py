@@ -158,7 +158,7 @@ def test_laptop_names_its_half_width_variant_for_cpus_that_train_in_fp32():
     assert [s.channels for s in narrow.stages] == [s.channels // 2 for s in wide.stages]
     # and ReLU: on an AVX2 CPU in fp32, GELU costs 13% of a step (0.87x), on AMX in bf16 5%
     assert (wide.activation, narrow.activation) == ("gelu", "relu")
-    # and the average-pooled head: airbench's head was measured on laptop only (docs/PERFORMANCE.md, tenth round)
+    # and the average-pooled head: airbench's head gained on laptop, not on it (docs/PERFORMANCE.md, tenth round)
     assert (wide.pooling, wide.logit_scale, narrow.pooling, narrow.logit_scale) == ("max", 0.1111, "avg", 1.0)
     assert narrow.replace(stages=wide.to_dict()["stages"], activation="gelu", pooling="max", logit_scale=0.1111) == wide
     assert PRESETS["laptop-narrow"]["train"] == PRESETS["laptop"]["train"]
