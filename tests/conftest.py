@@ -6,11 +6,13 @@ import os
 import pwd
 import shutil
 import socket
+import tarfile
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from core.data.sources import BUILTIN_ARCHIVE
 from core.design.last import last_design_path
 from core.runs.run import Run
 from tests.helpers import CHROMIUM, CHROMIUM_ARGS, HANG, SMALL_ARCH, Postgres, core_cli, serve_app, sitecustomize
@@ -82,6 +84,21 @@ def trained_runs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(trained_runs) -> Run:
     return Run(trained_runs / "small")
+
+
+@pytest.fixture(scope="session")
+def test_slice(tmp_path_factory) -> str:
+    """The built-in slice cut to 20 test and 2 training images a class, as class folders (the JPEG bytes unchanged):
+    for tests that evaluate a shipped run again and again (runs/laptop's 2M-parameter net, each image in 6 TTA
+    views) and need real images, not a thousand of them."""
+    root = tmp_path_factory.mktemp("test-slice")
+    with tarfile.open(BUILTIN_ARCHIVE) as archive:
+        for member in archive.getmembers():
+            split, _, name = member.name.split("/")
+            if member.isfile() and int(name.split(".")[0]) < {"test": 20, "train": 2}[split]:
+                (root / member.name).parent.mkdir(parents=True, exist_ok=True)
+                (root / member.name).write_bytes(archive.extractfile(member).read())
+    return str(root)
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ LAPTOP = ROOT / "runs" / "laptop"     # tested with 6-view TTA (flip and 1-pixel
 
 
 @pytest.fixture(scope="module")
-def shuffled(tmp_path_factory):
-    """The built-in slice's test split in both course layouts, images shuffled, each ID standing for its image's
-    index (+ 5,000, so IDs are not row numbers); and the true label of every ID."""
-    test = load_dataset("builtin").test
+def shuffled(tmp_path_factory, test_slice):
+    """The test slice's 200 images in both course layouts, shuffled, each ID standing for its image's index
+    (+ 5,000, so IDs are not row numbers); and the true label of every ID."""
+    test = load_dataset(test_slice).test
     images, labels = test.images.numpy(), test.labels.numpy()
     order = np.random.default_rng(28).permutation(len(images))
     ids = order + 5000
@@ -41,9 +41,9 @@ def csv_accuracy(rows: list[list[str]], truth: dict[str, int]) -> float:
 
 
 @pytest.mark.parametrize("run", [EXAMPLE, LAPTOP], ids=["example", "laptop"])
-def test_both_layouts_give_evaluates_accuracy_with_the_runs_own_tta(shuffled, run, tmp_path):
+def test_both_layouts_give_evaluates_accuracy_with_the_runs_own_tta(shuffled, run, tmp_path, test_slice):
     files, truth, ids = shuffled
-    evaluated = json.loads(core_main("evaluate", "--run", str(run), "--data", "builtin", "--mistakes", "0").stdout)
+    evaluated = json.loads(core_main("evaluate", "--run", str(run), "--data", test_slice, "--mistakes", "0").stdout)
     for layout, file in files.items():
         out = tmp_path / f"{layout}.csv"
         summary = json.loads(core_main("submit", str(run), str(file), "--out", str(out)).stdout)
@@ -52,7 +52,7 @@ def test_both_layouts_give_evaluates_accuracy_with_the_runs_own_tta(shuffled, ru
         assert {r[1] for r in rows[1:]} <= {str(i) for i in range(10)}
         assert csv_accuracy(rows, truth) == pytest.approx(evaluated["accuracy"], abs=1e-6)  # evaluate: float32
         assert summary["tta_flip"] == evaluated["tta_flip"] == (run == LAPTOP)
-        assert summary["count"] == 1000 and sum(summary["histogram"].values()) == 1000
+        assert summary["count"] == 200 and sum(summary["histogram"].values()) == 200
         assert list(summary["histogram"]) == list(CLASSES)
         assert summary["histogram"]["cat"] == sum(r[1] == "3" for r in rows[1:])
         assert summary["checkpoint"]["tag"] == "best" and summary["sha256"] and "own" in summary["tta"]
@@ -67,14 +67,14 @@ def test_noise_in_a_test_set_is_counted_as_unlike_the_training_images(tmp_path):
     assert summary["count"] == 20 and summary["ood"] == 20
 
 
-def test_submit_through_a_real_process_without_tta(shuffled, tmp_path):
+def test_submit_through_a_real_process_without_tta(shuffled, tmp_path, test_slice):
     files, truth, ids = shuffled
     out = tmp_path / "submission.csv"
     proc = core_cli("submit", str(LAPTOP), str(files["2025"]), "--out", str(out), "--no-tta")
     summary = json.loads(proc.stdout)
     assert summary["tta_flip"] is False
     assert summary["tta"] == "none: asked for; the run's own is flip and 1-pixel shifts (6 views)"
-    plain = json.loads(core_main("evaluate", "--run", str(LAPTOP), "--data", "builtin", "--mistakes", "0",
+    plain = json.loads(core_main("evaluate", "--run", str(LAPTOP), "--data", test_slice, "--mistakes", "0",
                                  "--no-tta").stdout)
     assert csv_accuracy(read_csv(out), truth) == pytest.approx(plain["accuracy"], abs=1e-6)  # evaluate: float32
     assert not [p for p in tmp_path.iterdir() if p.name != "submission.csv"]  # no temporary file left beside it

@@ -43,12 +43,14 @@ def warnings(app: AppTest) -> list[str]:
     return [w.value for w in app.warning]
 
 
-def test_evaluate_uses_the_runs_own_tta_and_marks_a_result_made_otherwise(shipped_runs):
+def test_evaluate_uses_the_runs_own_tta_and_marks_a_result_made_otherwise(shipped_runs, test_slice):
     app = open_page("evaluate")
     assert app.segmented_control(key="evaluate_tta").value == "own"
+    app.segmented_control(key="evaluate_data").set_value("path").run()
+    app.text_input(key="evaluate_path").set_value(test_slice).run()
     app.button(key="evaluate").click().run()
     laptop = Classifier.load(Run(shipped_runs / "laptop"), "best")
-    own, off = (evaluate_run(laptop, "builtin", 0, flip).accuracy for flip in (True, False))
+    own, off = (evaluate_run(laptop, test_slice, 0, flip).accuracy for flip in (True, False))
     assert accuracy(app) == f"{own:.2%}"
     assert any("flip and 1-pixel shifts (6 views): the run's own" in c.value for c in app.caption)
     assert not any(STALE in w for w in warnings(app))
@@ -68,17 +70,16 @@ def test_classify_starts_at_each_runs_own_tta(shipped_runs):
     assert any("none: the run's own" in c.value for c in app.caption)
 
 
-def course_pickle() -> tuple[bytes, np.ndarray]:
-    """Spring 2024's layout, (N, 3072) CIFAR rows, of the slice's test split in a shuffled order."""
-    images = load_dataset("builtin").test.images.numpy()
+def course_pickle(data: str) -> tuple[bytes, np.ndarray]:
+    """Spring 2024's layout, (N, 3072) CIFAR rows, of DATA's test split in a shuffled order."""
+    images = load_dataset(data).test.images.numpy()
     order = np.random.default_rng(5).permutation(len(images))
     return pickle.dumps({b"data": images[order].reshape(len(order), -1), b"ids": order + 1}), order
 
 
-@pytest.mark.long
-def test_predict_a_test_set_previews_it_and_offers_the_csv(shipped_runs):
+def test_predict_a_test_set_previews_it_and_offers_the_csv(shipped_runs, test_slice):
     app = open_page("evaluate")
-    data, order = course_pickle()
+    data, order = course_pickle(test_slice)
     app.file_uploader(key="evaluate_submit_upload").set_value(
         [("cifar_test_nolabels.pkl", data, "application/octet-stream")]).run()
     assert not app.exception and not app.error, [e.value for e in app.error]
@@ -92,9 +93,9 @@ def test_predict_a_test_set_previews_it_and_offers_the_csv(shipped_runs):
                and "the run's own" in c.value for c in app.caption)
     histogram = app.get("arrow_vega_lite_chart") or app.get("vega_lite_chart")
     assert histogram  # the class histogram
-    labels = load_dataset("builtin").test.labels.numpy()[order]
+    labels = load_dataset(test_slice).test.labels.numpy()[order]
     assert sum(r["Labels"] == label for r, label in zip(rows, labels)) / len(rows) == pytest.approx(
-        evaluate_run(Classifier.load(Run(shipped_runs / "laptop"), "best"), "builtin", 0).accuracy, abs=1e-6)
+        evaluate_run(Classifier.load(Run(shipped_runs / "laptop"), "best"), test_slice, 0).accuracy, abs=1e-6)
     assert list(expected.histogram()) == list(CLASSES)
 
 
