@@ -249,7 +249,7 @@ def preset_row(spec: ArchSpec, draft_error: str | None) -> bool:
         about.markdown(f"From **{own_recipe()[0]}**  \n:gray[Train starts from its training settings]")
     if preset is not None:  # always there (greyed while unchanged): appearing, it moved every control down
         about.button(f"Modified: revert to {preset}" if modified else f"Unchanged from {preset}", type="tertiary",
-                     icon=":material/undo:", disabled=not modified, on_click=load_design,
+                     icon=":material/undo:", disabled=not modified, on_click=load_design, key="design_revert",
                      args=(preset_spec(preset), preset))
     return modified
 
@@ -293,12 +293,13 @@ def train_buttons(over: int, draft_error: str | None) -> None:
         train_blocked = None
     # buttons as wide as their labels, side by side (at 800 px, columns cut them), the reason beside them
     buttons = st.container(horizontal=True, vertical_alignment="center")
-    if buttons.button("Train this design", type="primary", icon=":material/play_arrow:",
+    if buttons.button("Train this design", type="primary", icon=":material/play_arrow:", key="design_train",
                       disabled=bool(train_blocked), help=train_blocked, width="content"):
         st.switch_page("pages/train.py")
     buttons.button("Fit to budget", icon=":material/fit_width:", on_click=fit_design, disabled=bool(draft_error),
-                   width="content", help=f"Scale every width by one factor, the largest that keeps the design within "
-                                         f"{BUDGET:,} parameters")
+                   width="content", key="design_fit",
+                   help=f"Scale every width by one factor, the largest that keeps the design within "
+                        f"{BUDGET:,} parameters")
     if train_blocked:
         buttons.caption(train_blocked)
     if FIT_REPORT in st.session_state:

@@ -228,7 +228,8 @@ def show_budget_share(space: Space) -> None:
     low, high = share.width
     st.warning(f"{said} First-stage widths {low} to {high} keep {share.width_over:.0%} over.",
                icon=":material/warning:")
-    st.button(f"Use widths {low} to {high}", icon=":material/compress:", on_click=use_widths, args=(low, high))
+    st.button(f"Use widths {low} to {high}", icon=":material/compress:", on_click=use_widths, args=(low, high),
+              key="search_use_widths")
 
 
 def launch_study(space: Space, name: str, trials: int) -> None:

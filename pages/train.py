@@ -253,7 +253,7 @@ def show_estimate(spec, device: str, data: str | None, epochs: int, time_limit: 
     else:
         st.info(f"On {device_name(device)}: {text}", icon=":material/memory:")
     st.button("Time it again" if figure else "Time it", icon=":material/timer:", type="tertiary", disabled=waiting,
-              on_click=start_probe, args=(True,),
+              on_click=start_probe, args=(True,), key="train_time_it",
               help="Time this machine's devices again, in the background: when it is less (or more) busy")
 
 
@@ -484,7 +484,7 @@ def resume_to_time_budget(run: Run, state: str | None, at: Progress, actions) ->
     if state == "finished":
         st.caption(f"It trained its whole time budget, {duration_text(at.time_limit)}. To train it longer: "
                    f"Open in Design, then Launch with a longer time budget.")
-    elif actions.button("Resume", type="primary", icon=":material/play_arrow:",
+    elif actions.button("Resume", type="primary", icon=":material/play_arrow:", key=f"train_resume:{run.name}",
                         help=f"Continue from the last checkpoint on {devices_text()}, to the end of its "
                              f"{duration_text(at.time_limit)} budget"):
         relaunch(run)
@@ -502,7 +502,7 @@ def resume_to_epochs(run: Run, state: str | None, per_epoch: pd.DataFrame, epoch
                                       "of memory")
     finished = state == "finished"
     if actions.button("Train longer" if finished else "Resume", type="primary", icon=":material/play_arrow:",
-                      disabled=finished and more <= done,
+                      disabled=finished and more <= done, key=f"train_resume:{run.name}",
                       help=f"Continue from the last checkpoint on {devices_text()}"):
         relaunch(run, batch_size=int(batch), epochs=int(more))
 
@@ -742,7 +742,7 @@ def launch_section(preset: str | None, cost: Cost, values: dict, data: str | Non
                                       help="The run's folder name: letters, digits, '.', '_' and '-'").strip()
     blocked = blocked or run_name_problem(run_name) or no_gpu_problem()
     launch_column.button("Launch", type="primary", icon=":material/rocket_launch:", width="stretch",
-                         disabled=bool(blocked), on_click=launch_run,
+                         disabled=bool(blocked), on_click=launch_run, key="train_launch",
                          help=blocked or f"Start training {run_name} on {devices_text()} in the background")
     if blocked:
         st.caption(f"Can't launch: {blocked}")

@@ -13,6 +13,7 @@ from dataclasses import fields
 
 import pandas as pd
 import pytest
+from filelock import FileLock
 from streamlit.testing.v1 import AppTest
 
 from tests.helpers import APP, QUICK_ARCH, assert_clean, core_cli, holder, wait_for
@@ -25,8 +26,8 @@ from core.nn.infer import cpu_has_bf16
 from core.runs.queue import launch_options
 from core.processes import process_start_time
 from core.runs.run import Run, stop
-from core.runs.speeds import (estimate, kernels_text, probe_running, read_machine, record_speed,
-                              update_machine)
+from core.runs.speeds import (estimate, kernels_text, probe_lock_path, probe_running, read_machine,
+                              record_speed, update_machine)
 from core.units import duration_text
 
 TINY = ArchSpec.from_dict(QUICK_ARCH)  # trains an epoch in seconds
@@ -378,13 +379,20 @@ def test_a_failed_run_shows_its_error_its_log_and_a_resume_button(trained_copy):
     assert any(b.label == "Resume" for b in app.button)
 
 
-def test_resume_takes_a_smaller_batch_after_running_out_of_memory(trained_copy):
+def test_resume_takes_a_smaller_batch_after_running_out_of_memory(trained_copy, cache):
+    """And the click lands though the button's help changed since it was drawn: on a busy machine the probe
+    told the devices while the page was open ("on Best available", then "on CPU"), and a button known by its
+    label and help lost the click."""
     fake_state(trained_copy, state="failed", pid=None, error="out of memory at batch 128 (...): resume with a "
                                                               "batch of 64")
-    app = open_page("train", TINY)
-    batch = app.get_by_key("train_resume_batch:small")
-    assert batch.value == 128  # the run's own
-    batch.set_value(64).run()
+    cache.mkdir(parents=True)
+    with FileLock(probe_lock_path()):  # a probe is looking: the page's own gives way, the devices are unknown
+        app = open_page("train", TINY)
+        batch = app.get_by_key("train_resume_batch:small")
+        assert batch.value == 128  # the run's own
+        batch.set_value(64).run()
+        assert button(app, "Resume").help.startswith("Continue from the last checkpoint on Best available")
+    update_machine(lambda machine: machine | {"devices": {"cpu": "CPU"}})  # and now it has told
     button(app, "Resume").click().run()
     assert_clean(app)
     assert trained_copy.config().train.batch_size == 64
