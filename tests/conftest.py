@@ -6,7 +6,6 @@ import os
 import pwd
 import shutil
 import socket
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from core.data.sources import BUILTIN_ARCHIVE
 from core.design.last import last_design_path
 from core.runs.run import Run
+from scripts.make_builtin_slice import read_class_folders
 from tests.helpers import CHROMIUM, CHROMIUM_ARGS, HANG, SMALL_ARCH, Postgres, core_cli, serve_app, sitecustomize
 
 # One thread per process, for this process and every one the tests start (set before torch is imported): the
@@ -92,12 +92,10 @@ def test_slice(tmp_path_factory) -> str:
     for tests that evaluate a shipped run again and again (runs/laptop's 2M-parameter net, each image in 6 TTA
     views) and need real images, not a thousand of them."""
     root = tmp_path_factory.mktemp("test-slice")
-    with tarfile.open(BUILTIN_ARCHIVE) as archive:
-        for member in archive.getmembers():
-            split, _, name = member.name.split("/")
-            if member.isfile() and int(name.split(".")[0]) < {"test": 20, "train": 2}[split]:
-                (root / member.name).parent.mkdir(parents=True, exist_ok=True)
-                (root / member.name).write_bytes(archive.extractfile(member).read())
+    for (split, name), files in read_class_folders(str(BUILTIN_ARCHIVE)).items():
+        (root / split / name).mkdir(parents=True)
+        for file in sorted(files)[:{"test": 20, "train": 2}[split]]:  # the first by name, as the slice was made
+            (root / split / name / file).write_bytes(files[file][1])
     return str(root)
 
 
