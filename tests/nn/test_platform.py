@@ -38,6 +38,6 @@ def test_a_cpu_trainer_keeps_freed_memory_so_each_step_does_not_fault_its_pages_
     plain, trainer = steps("plain"), steps("trainer")
     assert plain["faults"] >= 10  # glibc's default: every 64 MB allocation faults its pages in anew
     assert trainer["kept"] is True
-    # none of the 10 fault in most runs; under load a background thread's allocation meanwhile can make the heap grow
-    # once (CI: 16,385 faults, one allocation's, against 163,850)
+    # none of the 10 fault in most runs; one did once in CI, under load (16,385 faults, one allocation's, against
+    # 163,850): the heap may still grow once
     assert trainer["faults"] <= plain["faults"] / 5, (plain, trainer)
