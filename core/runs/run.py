@@ -161,6 +161,10 @@ class Run:
         run's; every other machine has its own, since machines that share the folder must never write one file."""
         return self.dir / f"heartbeat-node{node}.json" if node else self.heartbeat_path
 
+    def heartbeat_files(self) -> list[Path]:
+        """Every heartbeat the run's machines may have written (heartbeat_file): the first's, then those present."""
+        return [self.heartbeat_path, *sorted(self.dir.glob("heartbeat-node*.json"))]
+
     checkpoints = property(lambda self: self.dir / "checkpoints")
     results_path = property(lambda self: self.dir / "results.json")
     familiarity_path = property(lambda self: self.dir / "familiarity.json")
@@ -458,7 +462,7 @@ _checked: dict[tuple, Damage | None] = {}  # what _file_damage found, by file, s
 def find_damage(run: Run) -> Damage | None:
     """The first damaged file of `run` and what is wrong with it, or None when every file reads well. What a file
     was found to be is kept until it changes, so listing runs again costs a stat per file."""
-    files = [run.config_path, run.status_path, run.results_path, run.record_path, run.heartbeat_path,
+    files = [run.config_path, run.status_path, run.results_path, run.record_path, *run.heartbeat_files(),
              run.metrics_path, *sorted(run.exports.glob("*.json")), *sorted(run.checkpoints.glob("*.json")),
              *sorted(run.checkpoints.glob("*.safetensors"))]
     for path in files:
@@ -554,7 +558,7 @@ def _safetensors_problem(path: Path) -> str | None:
 def _repair_text(run: Run, path: Path) -> str | None:
     if path == run.status_path:
         return "rebuild the status from a live training process or the last checkpoint"
-    if path == run.heartbeat_path:
+    if path in run.heartbeat_files():
         return "remove the heartbeat: a live training process writes it again within a second"
     if path == run.metrics_path:
         return "keep the metrics lines that read well; the whole file is kept as metrics.jsonl.damaged"
@@ -575,7 +579,7 @@ def repair(run: Run) -> list[str]:
                                f"or delete the run")
             if path == run.status_path:
                 write_json(path, rebuilt_status(run, damage.problem))
-            elif path == run.heartbeat_path:
+            elif path in run.heartbeat_files():
                 path.unlink()
             elif path == run.metrics_path:
                 os.replace(path, path.with_name(path.name + ".damaged"))

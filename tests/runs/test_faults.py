@@ -18,13 +18,14 @@ EXAMPLE = ROOT / "runs" / "example"
 PAGES = ("pages/runs.py", "pages/evaluate.py", "pages/classify.py", "pages/train.py")
 
 # what a file holds before it is damaged, for the files runs/example does not have
-MADE = {"heartbeat.json": {"phase": "training", "epoch": 3, "step": 10, "step_time": 0.1, "pid": None, "time": 0.0},
+BEAT = {"phase": "training", "epoch": 3, "step": 10, "step_time": 0.1, "pid": None, "time": 0.0}
+MADE = {"heartbeat.json": BEAT, "heartbeat-node1.json": BEAT,  # the second machine's, of a run across two
         "exports/healthy-fp32.onnx.json": {"precision": "fp32", "agreement": 1.0, "max_logit_diff": 0.0}}
-FILES = ("status.json", "config.json", "results.json", "record.json", "heartbeat.json", "metrics.jsonl",
-         "exports/healthy-fp32.onnx.json", "checkpoints/best.json", "checkpoints/best.safetensors")
+FILES = ("status.json", "config.json", "results.json", "record.json", "heartbeat.json", "heartbeat-node1.json",
+         "metrics.jsonl", "exports/healthy-fp32.onnx.json", "checkpoints/best.json", "checkpoints/best.safetensors")
 WAYS = ("cut short", "empty", "binary garbage", "wrong type")
-REPAIRABLE = ("status.json", "results.json", "record.json", "heartbeat.json", "metrics.jsonl",
-              "exports/healthy-fp32.onnx.json")
+REPAIRABLE = ("status.json", "results.json", "record.json", "heartbeat.json", "heartbeat-node1.json",
+              "metrics.jsonl", "exports/healthy-fp32.onnx.json")
 
 
 def damage(run: Run, file: str, way: str) -> None:
