@@ -156,7 +156,7 @@ def test_laptop_names_its_half_width_variant_for_cpus_that_train_in_fp32():
     assert {name for name in PRESETS if preset_for_cpu(name, computes_bf16=False) != name} == {"laptop"}
     wide, narrow = preset_spec("laptop"), preset_spec("laptop-narrow")
     assert [s.channels for s in narrow.stages] == [s.channels // 2 for s in wide.stages]
-    # and ReLU: on an AVX2 CPU in fp32, GELU costs 13% of a step (0.87x), on AMX in bf16 5%
+    # and ReLU: in fp32 GELU costs 6-13% of a step (0.94x on an AMD EPYC, 0.87x on a Xeon under the AVX2 cap), on AMX 5%
     assert (wide.activation, narrow.activation) == ("gelu", "relu")
     # and the average-pooled head: airbench's head gained on laptop, not on it (docs/PERFORMANCE.md, tenth round)
     assert (wide.pooling, wide.logit_scale, narrow.pooling, narrow.logit_scale) == ("max", 0.1111, "avg", 1.0)
