@@ -118,7 +118,8 @@ def test_exported_run_predicts_the_same_at_half_the_size(trained, tmp_path):
     assert (shipped.checkpoints / "best.safetensors").stat().st_size < 0.6 * full
     a = evaluate_run(Classifier.load(trained, "best"), "builtin")
     b = evaluate_run(Classifier.load(shipped, "best"), "builtin")
-    assert abs(a.accuracy - b.accuracy) <= 0.003  # fp16 rounding may flip a borderline image or three
+    # fp16 rounding may flip a borderline image or three; counted in images, as float32 accuracies differ by 3.00002e-3
+    assert a.images == b.images and round(abs(a.accuracy - b.accuracy) * a.images) <= 3
 
 
 def test_an_uploaded_archive_is_evaluated_as_the_same_file_on_disk_and_errors_name_the_upload(trained, tmp_path):
