@@ -1,5 +1,5 @@
-"""Files that are never seen half-written: atomic replace for whole files, whole-line appends; and the one lock
-across processes (FileLock), which every read-change-write, run folder, device queue and probe takes.
+"""Files that are never seen half-written: atomic replace for whole files and folders, whole-line appends; and the
+one lock across processes (FileLock), which every read-change-write, run folder, device queue and probe takes.
 
 Every JSON file of a run folder and every checkpoint file goes through here.
 """
@@ -10,6 +10,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from collections.abc import Callable, Iterator
@@ -37,6 +38,21 @@ def write_atomic(path: Path, data: bytes) -> None:
             raise FileError(f"{path}: the disk is full; free some space, then resume the run "
                             f"(the previous version of this file is intact)") from None
         raise
+
+
+@contextlib.contextmanager
+def whole_folder(out: Path) -> Iterator[Path]:
+    """A hidden folder beside `out` to write into, renamed to `out` when the block ends and removed if it raises:
+    `out` appears whole or not at all."""
+    staging = out.with_name(f".{out.name}.export")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    os.replace(staging, out)
 
 
 def write_json(path: Path, obj) -> None:

@@ -24,10 +24,8 @@ import importlib.util
 import io
 import json
 import math
-import os
 import pprint
 import re
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -37,7 +35,7 @@ import torch
 from core.design.budget import count
 from core.design.table import hyperparameters
 from core.errors import StudioError
-from core.files import write_atomic
+from core.files import whole_folder, write_atomic
 from core.nn.checkpoint import load_checkpoint
 from core.nn.model import build_model
 from core.runs.record import data_copy, read_record
@@ -211,10 +209,7 @@ def export_code(run: Run, out: str | Path, tag: str = "best") -> dict:
     epochs = epochs_to_train(run, cfg)
     model_py = model_source(run, ckpt.meta, count(cfg.arch).params)
     train_py = train_source(run, cfg, model_py, epochs)
-    tmp = out.with_name(f".{out.name}.export")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with whole_folder(out) as tmp:
         write_atomic(tmp / MODEL, model_py.encode())
         buffer = io.BytesIO()
         torch.save({k: v.contiguous() for k, v in ckpt.weights.items()}, buffer)
@@ -226,10 +221,6 @@ def export_code(run: Run, out: str | Path, tag: str = "best") -> dict:
         write_atomic(tmp / TRAIN, train_py.encode())
         write_atomic(tmp / NOTEBOOK, (json.dumps(notebook(train_py), indent=1) + "\n").encode())
         write_atomic(tmp / README, readme(run, cfg, ckpt.meta, epochs).encode())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.replace(tmp, out)  # the folder appears whole or not at all
     return {"exported": str(out), "files": sorted(p.name for p in out.iterdir()), "format": "code",
             "params": count(cfg.arch).params, "epochs": epochs, "max_logit_difference": difference,
             "eval_accuracy": ckpt.meta.get("eval_acc")}

@@ -13,8 +13,6 @@ such a folder back as a run (`python -m core import OUT --run-dir runs/NAME`).
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -29,7 +27,7 @@ from core.design.config import RunConfig
 from core.design.spec import SpecError
 from core.design.table import hyperparameters
 from core.errors import StudioError
-from core.files import read_json, write_atomic, write_json
+from core.files import read_json, whole_folder, write_atomic, write_json
 from core.nn.checkpoint import load_checkpoint
 from core.runs.record import data_copy, read_record, summary_lines
 from core.runs.run import Run
@@ -137,10 +135,7 @@ def export_hub(run: Run, out: str | Path, tag: str = "best", onnx: bool = False,
     ckpt = load_checkpoint(run.checkpoints, tag)
     cfg = run.config()
     config = hub_config(run, ckpt.meta, cfg)
-    tmp = out.with_name(f".{out.name}.export")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with whole_folder(out) as tmp:
         weights = {k: v.contiguous() for k, v in ckpt.weights.items()}
         write_atomic(tmp / WEIGHTS, save_safetensors(weights, metadata={"format": "pt"}))
         onnx_report = None
@@ -150,10 +145,6 @@ def export_hub(run: Run, out: str | Path, tag: str = "best", onnx: bool = False,
             onnx_report = export_onnx(run, tmp / ONNX, tag, data=data)
         write_json(tmp / CONFIG, config)
         write_atomic(tmp / CARD, model_card(run, config, cfg, onnx_report).encode())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.replace(tmp, out)  # the folder appears whole or not at all
     return {"exported": str(out), "files": sorted(p.name for p in out.iterdir()), "format": "hub",
             "eval_accuracy": config["eval_accuracy"]}
 

@@ -68,3 +68,13 @@ def test_bad_folders_are_messages(trained, tmp_path):
     no_design = core_main("import", str(tmp_path / "weights.pt"), "--run-dir", str(tmp_path / "runs" / "y"),
                           check=False)
     assert no_design.returncode == 2 and "--design" in no_design.stderr
+
+
+def test_an_export_that_fails_half_way_leaves_no_folder_behind(trained, tmp_path):
+    """The weights are written before the ONNX file's data is read: data that is not there fails the export then,
+    and neither the folder nor its hidden staging folder is left."""
+    out = tmp_path / "half"
+    failed = core_main("export", str(trained.dir), str(out), "--format", "hub", "--onnx", "--data",
+                       str(tmp_path / "no-such-data"), check=False)
+    assert failed.returncode == 2 and "no-such-data" in failed.stderr and "Traceback" not in failed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
