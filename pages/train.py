@@ -684,7 +684,7 @@ def device_section(preset: str | None) -> str:
 
 
 def offer_cpu_variant(preset: str | None) -> None:
-    """A preset sized for bf16 matrix units (AMX, AVX512-BF16), on a CPU the probe found without them: its variant
+    """A preset sized for bf16 (AMX, AVX512-BF16), on a CPU the probe found without it: its variant
     for such CPUs, as `python -m core train --preset` picks it there."""
     cpu = read_machine().get("cpu") or {}
     if preset not in PRESETS or (variant := preset_for_cpu(preset, cpu.get("computes_bf16", True))) == preset:
