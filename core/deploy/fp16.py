@@ -2,6 +2,7 @@
 export RUN DEST`)."""
 from __future__ import annotations
 
+from core.files import whole_folder
 from core.runs.run import Run, RunError
 
 
@@ -14,7 +15,8 @@ def export(run: Run, dest: Run, half: bool = True) -> Run:
     if dest.dir.exists():
         raise RunError(f"{dest.dir} already exists; delete it first or pick another name")
     ckpt = load_checkpoint(run.checkpoints, "best")
-    staged = run.staged_copy(dest, status | {"pid": None, "exported_from": run.name, "half": half})
     meta = {k: v for k, v in ckpt.meta.items() if k not in ("format", "generation", "has_train_state")}
-    save_checkpoint(staged.checkpoints, "best", ckpt.weights, meta, half=half)
-    return staged.publish(dest)
+    with whole_folder(dest.dir) as staging:
+        staged = run.copy_into(staging, status | {"pid": None, "exported_from": run.name, "half": half})
+        save_checkpoint(staged.checkpoints, "best", ckpt.weights, meta, half=half)
+    return dest

@@ -334,22 +334,15 @@ class Run:
         """Checkpoint `tag`'s record, read as plain JSON (no torch); None when there is none."""
         return read_json(self.checkpoint_file(tag), default=None)
 
-    def staged_copy(self, dest: Run, status: dict) -> Run:
-        """A copy of this run (config, metrics, results, log, record; no checkpoints) with `status`, in a hidden
-        folder beside `dest`: an export adds its checkpoint, then `publish`es it as `dest`."""
-        staged = Run(dest.dir.with_name(f".{dest.name}.export"))
-        shutil.rmtree(staged.dir, ignore_errors=True)
-        staged.dir.mkdir(parents=True)
+    def copy_into(self, folder: Path, status: dict) -> Run:
+        """A copy of this run (config, metrics, results, log, record; no checkpoints) with `status`, in `folder` (an
+        export's staging folder: it adds its checkpoint there)."""
         for path in (self.config_path, self.metrics_path, self.results_path, self.log_path, self.record_path):
             if path.exists():
-                shutil.copy2(path, staged.dir / path.name)
-        write_json(staged.status_path, status)
-        return staged
-
-    def publish(self, dest: Run) -> Run:
-        """This staged run as `dest`: it appears whole or not at all."""
-        os.replace(self.dir, dest.dir)
-        return dest
+                shutil.copy2(path, folder / path.name)
+        copy = Run(folder)
+        write_json(copy.status_path, status)
+        return copy
 
     def export_file(self, name: str) -> Path:
         """A file of the exports folder: the ONNX files the app makes (core.deploy.onnx_model)."""
